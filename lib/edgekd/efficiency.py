@@ -1,0 +1,508 @@
+"""Model size, FLOPs, export (TorchScript, ONNX, ONNX INT8), inference backends and benchmarks.
+
+Backends take float32 NCHW inputs already normalised (:func:`edgekd.robustness.to_input`) and
+return ``(N, classes)`` logits as numpy arrays.
+
+ONNX export uses the legacy TorchScript-based exporter (``dynamo=False``): with torch 2.14 the
+default dynamo exporter cannot emit opset 17 (it falls back to opset 18 after a failed version
+conversion) and writes weights to a separate ``.onnx.data`` file, whereas the legacy exporter
+gives a single self-contained opset-17 file with a dynamic batch axis and matches eager
+PyTorch to ~1e-6 on timm CNNs. It is deprecated upstream and emits a warning.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import io
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import psutil
+import torch
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from PIL import Image
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from edgekd.robustness import to_input
+
+#: Inference backends understood by :func:`load_backend`.
+BACKENDS: tuple[str, ...] = ("eager", "torchscript", "ort_fp32", "ort_int8")
+#: File written by :func:`export_all` for each artefact.
+EXPORT_FILES: dict[str, str] = {
+    "state_dict": "state_dict.pt",
+    "torchscript": "model.ts",
+    "onnx": "model.onnx",
+    "onnx_int8": "model_int8.onnx",
+}
+#: Artefact whose file size is reported for each backend.
+BACKEND_FILES: dict[str, str] = {
+    "eager": "state_dict",
+    "torchscript": "torchscript",
+    "ort_fp32": "onnx",
+    "ort_int8": "onnx_int8",
+}
+
+Backend = Callable[[np.ndarray], np.ndarray]
+_MB = 1024.0**2
+
+
+def _eval_copy(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
+    """Deep copy of ``model`` in eval mode on ``device`` (the caller's model is left untouched)."""
+    return copy.deepcopy(model).to(device).eval()
+
+
+def _example(img_size: int, batch: int = 2) -> torch.Tensor:
+    return torch.randn(
+        batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)
+    )
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_macs(model: nn.Module, img_size: int) -> dict[str, int]:
+    """FLOPs and MACs of one forward pass at batch 1, counted by ``FlopCounterMode``.
+
+    ``FlopCounterMode`` counts 2 FLOPs per multiply-accumulate of matmul/conv/attention ops only
+    (biases, norms and activations are not counted), so ``macs = flops // 2``.
+    """
+    device = next(model.parameters()).device
+    model = _eval_copy(model, device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, img_size, img_size, device=device))
+    flops = int(counter.get_total_flops())
+    return {"flops": flops, "macs": flops // 2}
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Size in bytes of ``torch.save(model.state_dict())``."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def export_torchscript(model: nn.Module, img_size: int, path: str | Path) -> Path:
+    """Trace ``model`` (eval, CPU) at ``img_size`` and save it as TorchScript; returns ``path``."""
+    path = Path(path)
+    with torch.no_grad():
+        traced = torch.jit.trace(_eval_copy(model), _example(img_size))
+    traced.save(str(path))
+    return path
+
+
+def export_onnx(
+    model: nn.Module, img_size: int, path: str | Path, opset: int = 17
+) -> Path:
+    """Export ``model`` (eval, CPU) to a single ONNX file, input ``input`` / output ``logits``.
+
+    The batch axis is dynamic; height and width are fixed at ``img_size``. BatchNorm is folded
+    into the convolutions and identical initialisers are stored once, so an untrained timm model
+    (last BN of each block zero-initialised) gives a file smaller than its parameter count.
+    """
+    path = Path(path)
+    torch.onnx.export(
+        _eval_copy(model),
+        (_example(img_size),),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=opset,
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
+    return path
+
+
+class _CalibrationReader(CalibrationDataReader):
+    """Feeds calibration images to ``quantize_static`` in batches."""
+
+    def __init__(self, input_name: str, images: np.ndarray, batch_size: int) -> None:
+        self._batches = iter(
+            {
+                input_name: np.ascontiguousarray(
+                    images[i : i + batch_size], dtype=np.float32
+                )
+            }
+            for i in range(0, len(images), batch_size)
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def quantize_int8(
+    onnx_path: str | Path,
+    calib_images: np.ndarray,
+    out_path: str | Path,
+    batch_size: int = 32,
+    per_channel: bool = True,
+    reduce_range: bool = False,
+) -> Path:
+    """Static INT8 quantisation with onnxruntime: QDQ format, uint8 activations, int8 weights.
+
+    ``calib_images`` are float32 NCHW *normalised* inputs (MinMax calibration). The model first
+    goes through ``quant_pre_process`` (shape inference and graph optimisation). Per-channel
+    weight scales are the default because ResNet-style convolutions vary a lot across output
+    channels; ``reduce_range`` (7-bit weights) helps on x86 CPUs without VNNI.
+    """
+    calib_images = np.asarray(calib_images, dtype=np.float32)
+    if calib_images.ndim != 4 or len(calib_images) == 0:
+        raise ValueError(
+            f"calib_images must be a non-empty (N, C, H, W) array, got {calib_images.shape}"
+        )
+    out_path = Path(out_path)
+    input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(onnx_path), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            _CalibrationReader(input_name, calib_images, batch_size),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    return out_path
+
+
+def export_all(
+    model: nn.Module,
+    img_size: int,
+    out_dir: str | Path,
+    calib_images: np.ndarray | None = None,
+    opset: int = 17,
+) -> dict[str, Path]:
+    """Write state_dict, TorchScript, ONNX and (given calibration inputs) INT8 ONNX to ``out_dir``.
+
+    Returns ``{artefact: path}`` with the keys of :data:`EXPORT_FILES`; ``calib_images`` as in
+    :func:`quantize_int8`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {key: out_dir / name for key, name in EXPORT_FILES.items()}
+    torch.save(model.state_dict(), paths["state_dict"])
+    export_torchscript(model, img_size, paths["torchscript"])
+    export_onnx(model, img_size, paths["onnx"], opset)
+    if calib_images is None:
+        del paths["onnx_int8"]
+    else:
+        quantize_int8(paths["onnx"], calib_images, paths["onnx_int8"])
+    return paths
+
+
+def file_sizes(paths: Mapping[str, str | Path]) -> dict[str, int]:
+    """``{name: size in bytes}`` for each file in ``paths``."""
+    return {key: Path(path).stat().st_size for key, path in paths.items()}
+
+
+def _torch_backend(module: nn.Module, device: torch.device, amp: bool) -> Backend:
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+
+    def run(x: np.ndarray | torch.Tensor) -> np.ndarray:
+        inputs = torch.as_tensor(x).to(device, non_blocking=True)
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=amp_dtype, enabled=amp),
+        ):
+            logits = module(inputs)
+        return logits.float().cpu().numpy()
+
+    return run
+
+
+def ort_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
+    """CPU onnxruntime session with ``threads`` intra-op threads, sequential execution, full graph optimisation."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def load_backend(
+    name: str,
+    source: nn.Module | str | Path,
+    threads: int = 1,
+    device: str = "cpu",
+    amp: bool = False,
+) -> Backend:
+    """Callable mapping float32 NCHW inputs to numpy logits.
+
+    ``source``: the model for ``eager``, a ``.ts`` file for ``torchscript``, an ONNX file for
+    ``ort_fp32`` / ``ort_int8`` (see :func:`export_all`). ``threads`` sets onnxruntime's intra-op
+    threads (torch threads are process-wide: :func:`latency` sets them). ``device`` and ``amp``
+    (autocast, float16 on CUDA, bfloat16 on CPU) apply to the torch backends; onnxruntime runs
+    on CPU. Torch backends also accept torch tensors, e.g. already on ``device``.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; valid backends: {list(BACKENDS)}")
+    if name == "eager":
+        if not isinstance(source, nn.Module):
+            raise TypeError(
+                f"backend 'eager' needs an nn.Module, got {type(source).__name__}"
+            )
+        return _torch_backend(_eval_copy(source, device), torch.device(device), amp)
+    if isinstance(source, nn.Module):
+        raise TypeError(f"backend {name!r} needs a file path, got an nn.Module")
+    if name == "torchscript":
+        module = torch.jit.load(str(source), map_location=device).eval()
+        return _torch_backend(module, torch.device(device), amp)
+    if device != "cpu" or amp:
+        raise ValueError(f"backend {name!r} runs on CPU without amp")
+    session = ort_session(source, threads)
+    input_name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(
+            None, {input_name: np.ascontiguousarray(x, dtype=np.float32)}
+        )[0]
+
+    return run
+
+
+def _cuda_sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def latency(
+    fn: Backend,
+    inputs: np.ndarray | torch.Tensor,
+    warmup: int = 10,
+    repeats: int = 50,
+    threads: int | None = None,
+) -> dict[str, float]:
+    """Wall-clock latency of ``fn(inputs)`` after ``warmup`` calls, over ``repeats`` calls.
+
+    ``threads`` fixes ``torch.set_num_threads`` during the measurement (restored afterwards);
+    CUDA is synchronised around each call when initialised. ``throughput_ips`` is images per
+    second at the mean latency.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        for _ in range(warmup):
+            fn(inputs)
+        _cuda_sync()
+        times = np.empty(repeats)
+        for i in range(repeats):
+            start = time.perf_counter()
+            fn(inputs)
+            _cuda_sync()
+            times[i] = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(previous)
+    times_ms = times * 1e3
+    p50, p90, p99 = np.percentile(times_ms, [50, 90, 99])
+    mean_ms = float(times_ms.mean())
+    return {
+        "mean_ms": mean_ms,
+        "std_ms": float(times_ms.std(ddof=1)) if repeats > 1 else 0.0,
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "throughput_ips": len(inputs) / (mean_ms / 1e3),
+    }
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} missing from /proc/self/status")
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's RSS high-water mark (VmHWM) of this process; False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _sampled_peak(
+    fn: Backend, inputs: np.ndarray | torch.Tensor, interval_s: float = 1e-3
+) -> int:
+    """Peak RSS in bytes while ``fn`` runs, sampled every ``interval_s`` by psutil in a thread."""
+    process = psutil.Process()
+    peak = process.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, process.memory_info().rss)
+            done.wait(interval_s)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn(inputs)
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak, process.memory_info().rss)
+
+
+def peak_memory(
+    fn: Backend, inputs: np.ndarray | torch.Tensor
+) -> dict[str, float | str | None]:
+    """Peak memory added by one call ``fn(inputs)``.
+
+    ``cpu_rss_peak_mb`` = peak resident set size during the call minus the RSS just before it.
+    On Linux the peak is the kernel's exact high-water mark (``VmHWM`` in ``/proc/self/status``,
+    reset beforehand by writing ``5`` to ``/proc/self/clear_refs``; ``method="vmhwm"``);
+    elsewhere RSS is sampled every millisecond by psutil (``method="psutil_sampling"``, may miss
+    spikes shorter than that). Memory already resident before the call (allocator caches, the
+    ORT arena grown by earlier calls) is not counted: measure the first call after loading a
+    backend to include its working-set growth. ``cuda_peak_mb`` is the peak of torch's CUDA
+    allocator above its level before the call (None without CUDA; onnxruntime allocations are
+    not seen).
+    """
+    gc.collect()
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        cuda_before = torch.cuda.memory_allocated()
+    rss_before = psutil.Process().memory_info().rss
+    if _reset_rss_peak():
+        method = "vmhwm"
+        fn(inputs)
+        peak = _proc_status_kb("VmHWM") * 1024
+    else:
+        method = "psutil_sampling"
+        peak = _sampled_peak(fn, inputs)
+    cuda_peak = None
+    if cuda:
+        torch.cuda.synchronize()
+        cuda_peak = (torch.cuda.max_memory_allocated() - cuda_before) / _MB
+    return {
+        "cpu_rss_before_mb": rss_before / _MB,
+        "cpu_rss_peak_mb": max(peak - rss_before, 0) / _MB,
+        "cuda_peak_mb": cuda_peak,
+        "method": method,
+    }
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 ``(N, H, W, 3)`` images to ``size`` x ``size`` (PIL bicubic)."""
+    if images.shape[1:3] == (size, size):
+        return images
+    return np.stack(
+        [
+            np.asarray(
+                Image.fromarray(im).resize((size, size), Image.Resampling.BICUBIC)
+            )
+            for im in images
+        ]
+    )
+
+
+def benchmark_model(
+    model: nn.Module,
+    img_size: int,
+    backends: Iterable[str] = BACKENDS,
+    batch_sizes: Sequence[int] = (1, 32),
+    sizes: Sequence[int] | None = None,
+    threads: int = 1,
+    warmup: int = 5,
+    repeats: int = 20,
+    calib_images: np.ndarray | None = None,
+    work_dir: str | Path | None = None,
+    cuda: bool = True,
+) -> pd.DataFrame:
+    """Latency table: one row per backend x batch size x input size (default ``(img_size, 224)``).
+
+    CPU rows use ``threads`` torch / onnxruntime intra-op threads. ``ort_int8`` needs
+    ``calib_images`` (uint8 NHWC, resized to each input size, normalised by ``to_input``).
+    Exports go to ``work_dir/<size>/`` (a temporary folder when None). With ``cuda`` and a GPU,
+    eager fp32 and AMP (float16) rows are added with ``device="cuda"`` (inputs already on the GPU).
+    Columns: ``backend, device, precision, img_size, size, batch, threads, file_bytes`` and the
+    :func:`latency` statistics; inputs are random normal (values do not affect CNN latency).
+    """
+    backends = list(backends)
+    for name in backends:
+        if name not in BACKENDS:
+            raise ValueError(
+                f"unknown backend {name!r}; valid backends: {list(BACKENDS)}"
+            )
+    if "ort_int8" in backends and calib_images is None:
+        raise ValueError("backend 'ort_int8' needs calib_images")
+    sizes = list(dict.fromkeys(sizes if sizes is not None else (img_size, 224)))
+    cpu_model = _eval_copy(model)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(work_dir) if work_dir is not None else Path(tmp)
+        for size in sizes:
+            calib = None
+            if "ort_int8" in backends:
+                calib = to_input(resize_images(calib_images, size))
+            paths = export_all(cpu_model, size, root / str(size), calib)
+            sizes_bytes = file_sizes(paths)
+            for name in backends:
+                source = cpu_model if name == "eager" else paths[BACKEND_FILES[name]]
+                fn = load_backend(name, source, threads=threads)
+                precision = "int8" if name == "ort_int8" else "fp32"
+                for batch in batch_sizes:
+                    inputs = _example(size, batch).numpy()
+                    stats = latency(fn, inputs, warmup, repeats, threads)
+                    rows.append(
+                        {
+                            "backend": name,
+                            "device": "cpu",
+                            "precision": precision,
+                            "img_size": img_size,
+                            "size": size,
+                            "batch": batch,
+                            "threads": threads,
+                            "file_bytes": sizes_bytes[BACKEND_FILES[name]],
+                            **stats,
+                        }
+                    )
+            if cuda and torch.cuda.is_available():
+                for amp in (False, True):
+                    fn = load_backend("eager", model, device="cuda", amp=amp)
+                    for batch in batch_sizes:
+                        inputs = _example(size, batch).cuda()
+                        rows.append(
+                            {
+                                "backend": "eager",
+                                "device": "cuda",
+                                "precision": "amp_fp16" if amp else "fp32",
+                                "img_size": img_size,
+                                "size": size,
+                                "batch": batch,
+                                "threads": threads,
+                                "file_bytes": sizes_bytes["state_dict"],
+                                **latency(fn, inputs, warmup, repeats),
+                            }
+                        )
+    return pd.DataFrame(rows)

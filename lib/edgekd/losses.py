@@ -1,0 +1,141 @@
+"""Loss terms as small composable modules (after torchdistill): CE variants, Hinton KD, attention transfer.
+
+Student objective: ``alpha * CE + (1 - alpha) * T^2 * KL(teacher || student) + beta * AT``.
+
+Attention transfer follows Zagoruyko & Komodakis (ICLR 2017), activation-based, in the form
+of their reference code: for a feature map A (N, C, H, W) the attention map is
+``Q = normalize(mean_c(A^2).flatten())`` (p = 2, L2-normalised); the AT term for matched stages j is
+``sum_j mean((Q_s_j - Q_t_j)^2)``, so ``beta`` plays the role of the paper code's ``beta / 2``
+(their 1e3 corresponds to ``beta = 500`` here). When a stage's spatial sizes differ the larger map is
+average-pooled to the smaller before normalisation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CE_KINDS: tuple[str, ...] = ("ce", "focal")
+BALANCE_MODES: tuple[str, ...] = ("none", "weights", "sampler")
+
+
+def class_balanced_weights(counts: np.ndarray, beta: float = 0.999) -> torch.Tensor:
+    """Class weights from the effective number of samples (Cui et al., CVPR 2019), mean 1."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if (counts <= 0).any():
+        raise ValueError(f"every class needs at least one training image, got counts {counts.tolist()}")
+    w = (1.0 - beta) / (1.0 - np.power(beta, counts))
+    return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+class FocalLoss(nn.Module):
+    """Multiclass focal loss (Lin et al. 2017): mean of ``-w_y (1 - p_y)^gamma log p_y``."""
+
+    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+        loss = -((1.0 - logp.exp()) ** self.gamma) * logp
+        if self.weight is not None:
+            loss = loss * self.weight[target]
+        return loss.mean()
+
+
+def make_ce(
+    kind: str = "ce",
+    label_smoothing: float = 0.0,
+    focal_gamma: float = 2.0,
+    class_weights: torch.Tensor | None = None,
+) -> nn.Module:
+    """The hard-label term: plain/label-smoothed CE or focal, optionally class-weighted."""
+    if kind == "ce":
+        return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+    if kind == "focal":
+        if label_smoothing:
+            raise ValueError("label smoothing is not defined for the focal loss here; set label_smoothing: 0")
+        return FocalLoss(focal_gamma, class_weights)
+    raise ValueError(f"loss {kind!r} is not one of {CE_KINDS}")
+
+
+class KDLoss(nn.Module):
+    """Hinton KD: ``T^2 * KL(softmax(t/T) || softmax(s/T))``, averaged over the batch."""
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature T must be > 0, got {temperature}")
+        self.T = float(temperature)
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        log_p_s = F.log_softmax(student_logits.float() / self.T, dim=1)
+        log_p_t = F.log_softmax(teacher_logits.float() / self.T, dim=1)
+        return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * self.T**2
+
+
+def attention_map(feature: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """L2-normalised spatial attention ``mean_c(A^2)`` (N, H*W), pooled to ``size`` x ``size`` if given."""
+    a = feature.float().pow(2).mean(1, keepdim=True)
+    if size is not None and a.shape[-1] != size:
+        a = F.adaptive_avg_pool2d(a, size)
+    return F.normalize(a.flatten(1), dim=1)
+
+
+class ATLoss(nn.Module):
+    """Attention transfer over matched stages: ``sum_j mean((Q_s_j - Q_t_j)^2)``."""
+
+    def forward(self, student_feats: list[torch.Tensor], teacher_maps: list[torch.Tensor]) -> torch.Tensor:
+        if len(student_feats) != len(teacher_maps):
+            raise ValueError(f"{len(student_feats)} student stages vs {len(teacher_maps)} teacher stages")
+        total = student_feats[0].new_zeros((), dtype=torch.float32)
+        for f_s, q_t in zip(student_feats, teacher_maps, strict=True):
+            t_side = int(round(q_t.shape[1] ** 0.5))
+            side = min(t_side, f_s.shape[-1])
+            q_s = attention_map(f_s, side)
+            if t_side != side:  # pooling is linear, so pooling the normalised map then renormalising is exact
+                q_t = F.normalize(F.adaptive_avg_pool2d(q_t.float().view(-1, 1, t_side, t_side), side).flatten(1), dim=1)
+            total = total + (q_s - q_t.float()).pow(2).mean()
+        return total
+
+
+class DistillLoss(nn.Module):
+    """``alpha * CE + (1 - alpha) * KD + beta * AT``; returns the total and its parts."""
+
+    def __init__(self, ce: nn.Module, alpha: float, temperature: float, beta: float) -> None:
+        super().__init__()
+        check_kd(alpha, temperature, beta)
+        self.ce, self.alpha, self.beta = ce, float(alpha), float(beta)
+        self.kd = KDLoss(temperature)
+        self.at = ATLoss()
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        student_feats: list[torch.Tensor] | None = None,
+        teacher_maps: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        ce = self.ce(logits, target)
+        kd = self.kd(logits, teacher_logits)
+        total = self.alpha * ce + (1.0 - self.alpha) * kd
+        parts = {"ce": ce.item(), "kd": kd.item()}
+        if self.beta > 0:
+            at = self.at(student_feats or [], teacher_maps or [])
+            total = total + self.beta * at
+            parts["at"] = at.item()
+        return total, parts
+
+
+def check_kd(alpha: float, temperature: float, beta: float) -> None:
+    """Raise ``ValueError`` unless 0 <= alpha <= 1, T > 0 and beta >= 0."""
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if not float(temperature) > 0.0:
+        raise ValueError(f"temperature T must be > 0, got {temperature}")
+    if not float(beta) >= 0.0:
+        raise ValueError(f"beta must be >= 0, got {beta}")

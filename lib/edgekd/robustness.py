@@ -1,0 +1,432 @@
+"""Image corruptions, corruption evaluation and MedMNIST-C BE/rBE scores.
+
+Corruptions act on uint8 RGB images ``(N, H, W, 3)`` at the model's input size, *before*
+normalisation (:func:`to_input`). Every image is corrupted with random numbers drawn from
+``np.random.SeedSequence([seed, global_index, crc32("<suite>/<corruption>")])``, so an image's
+result depends only on the seed, its global index and the corruption, never on batch composition.
+The severity is not part of the seed: within one corruption, all severities of an image share
+the same random draws (common random numbers), which makes severity curves smoother.
+
+Two suites (:data:`SUITES`):
+
+* ``"source"``: the source study's suite as the study states it (additive Gaussian noise,
+  not a blur; in-memory JPEG; contrast about the per-image mean). Severities are the corruption
+  parameters themselves (noise sigma on [0, 1], JPEG quality, contrast factor).
+* ``"medmnistc"``: the MedMNIST-C DermaMNIST corruptions of the installed ``medmnistc`` package
+  (``medmnistc/corruptions/registry.py``, ``CORRUPTIONS_DS["dermamnist"]``); severities are the
+  levels 1..5 (the package indexes them 0..4). MedMNIST-C was built from 224 px images, so
+  pixel-sized parameters (blur radii, text size) are strongest relative to the image at small
+  input sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import random
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from medmnistc.corruptions.filter import MotionBlur, MotionImage
+from medmnistc.corruptions.microscopy import Characters
+from medmnistc.corruptions.noise import ImpulseNoise
+from medmnistc.corruptions.registry import CORRUPTIONS_DS
+from medmnistc.utils.baselines import BASELINES
+from PIL import Image
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+from edgekd import info
+from edgekd.data import normalise
+
+#: MedMNIST-C dataset key whose corruptions and baselines are used.
+MEDMNISTC_DATASET: str = "dermamnist"
+_MEDMNISTC = CORRUPTIONS_DS[MEDMNISTC_DATASET]
+#: AlexNet balanced-error baseline shipped by ``medmnistc`` (``medmnistc/utils/baselines.py``).
+DERMAMNIST_BASELINE: Mapping[str, Any] = BASELINES[MEDMNISTC_DATASET]
+
+METRICS: tuple[str, ...] = ("accuracy", "macro_f1", "balanced_error")
+#: Macro-F1 averages over all classes (absent classes score 0), as ``edgekd.metrics`` does.
+_LABELS = np.arange(info.NUM_CLASSES)
+
+
+def to_input(images: np.ndarray) -> np.ndarray:
+    """uint8 ``(N, H, W, 3)`` images -> float32 ``(N, 3, H, W)`` numpy model input.
+
+    Thin numpy wrapper of :func:`edgekd.data.normalise` (``info.MEAN`` / ``info.STD`` on [0, 1]).
+    """
+    _check_images(images)
+    return np.ascontiguousarray(normalise(images).numpy())
+
+
+# --------------------------------------------------------------------------- source suite
+
+
+def gaussian_noise(
+    image: np.ndarray, sigma: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Additive noise: ``round(255 * clip(x / 255 + N(0, sigma^2), 0, 1))`` per pixel and channel."""
+    x = image / 255.0 + rng.normal(0.0, sigma, size=image.shape)
+    return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def jpeg(image: np.ndarray, quality: int, rng: np.random.Generator) -> np.ndarray:
+    """JPEG encode/decode in memory with PIL at ``quality`` (PIL's default chroma subsampling)."""
+    del rng  # deterministic corruption
+    buffer = BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded.convert("RGB"), dtype=np.uint8)
+
+
+def contrast(image: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:
+    """``x' = (x - m) * factor + m``, ``m`` = mean over all pixels and channels of the image.
+
+    Computed in float on the 0..255 scale, then rounded and clipped to uint8.
+    """
+    del rng  # deterministic corruption
+    x = image.astype(np.float64)
+    m = x.mean()
+    return np.clip(np.rint((x - m) * factor + m), 0, 255).astype(np.uint8)
+
+
+_SOURCE: dict[
+    str, tuple[Callable[[np.ndarray, Any, np.random.Generator], np.ndarray], tuple]
+] = {
+    "gaussian_noise": (gaussian_noise, (0.1, 0.2, 0.3)),
+    "jpeg": (jpeg, (90, 70, 50)),
+    "contrast": (contrast, (0.8, 0.6)),
+}
+
+#: suite -> corruption -> severities, mildest first (``"medmnistc"``: levels 1..5).
+SUITES: dict[str, dict[str, tuple]] = {
+    "source": {name: severities for name, (_, severities) in _SOURCE.items()},
+    "medmnistc": {
+        name: tuple(range(1, len(corruptor.severity_params) + 1))
+        for name, corruptor in _MEDMNISTC.items()
+    },
+}
+
+
+# ------------------------------------------------------------------------ medmnistc suite
+
+
+@contextlib.contextmanager
+def _global_random_state(seq: np.random.SeedSequence) -> Iterator[None]:
+    """Seed ``np.random`` and ``random`` from ``seq`` inside the block, restore them afterwards."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    np_seed, py_seed = seq.generate_state(2)
+    np.random.seed(int(np_seed))
+    random.seed(int(py_seed))
+    try:
+        yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def _characters_min_width(max_letters: int) -> int:
+    """Narrowest image ``Characters`` can handle: it draws x in ``[10, width - 8 * letters]``."""
+    return 8 * max_letters + 10
+
+
+def _motion_blur(image: Image.Image, radius_sigma: tuple[float, float]) -> np.ndarray:
+    """``medmnistc`` ``MotionBlur.apply`` with the PNG blob decoded by PIL.
+
+    The package decodes with ``np.fromstring``, whose binary mode NumPy 2 removed; the angle is
+    drawn from the global ``np.random`` exactly as in the package.
+    """
+    radius, sigma = radius_sigma
+    buffer = BytesIO()
+    image.save(buffer, format="PNG")
+    with MotionImage(blob=buffer.getvalue()) as blurred:
+        blurred.motion_blur(
+            radius=radius, sigma=sigma, angle=np.random.uniform(-45, 45)
+        )
+        blob = blurred.make_blob("png")
+    with Image.open(BytesIO(blob)) as decoded:
+        return np.asarray(decoded.convert("RGB"), dtype=np.uint8)
+
+
+def _medmnistc(
+    image: np.ndarray, name: str, level: int, seq: np.random.SeedSequence
+) -> np.ndarray:
+    """Apply the ``medmnistc`` DermaMNIST corruption ``name`` at ``level`` (1-based)."""
+    corruptor = _MEDMNISTC[name]
+    params = corruptor.severity_params[level - 1]
+    if isinstance(corruptor, Characters):
+        min_width = _characters_min_width(params[1])
+        if image.shape[1] < min_width or image.shape[0] < 20:
+            raise ValueError(
+                f"medmnistc 'characters' level {level} needs images at least {min_width} px wide "
+                f"and 20 px high; got {image.shape[1]}x{image.shape[0]}"
+            )
+    pil = Image.fromarray(image)
+    global_seq, generator_seq = seq.spawn(2)
+    with _global_random_state(global_seq):
+        if isinstance(corruptor, MotionBlur):
+            out = _motion_blur(pil, params)
+        elif isinstance(corruptor, ImpulseNoise):
+            # The package reads ``self.rng``; set it on a copy, the registry instance is shared.
+            corruptor = copy.copy(corruptor)
+            corruptor.rng = np.random.default_rng(generator_seq)
+            out = corruptor.apply(pil, level - 1)
+        else:
+            out = corruptor.apply(pil, level - 1)
+    out = np.asarray(out)
+    if out.shape != image.shape or out.dtype != np.uint8:
+        raise RuntimeError(
+            f"medmnistc {name!r} returned {out.dtype} {out.shape}, not {image.shape}"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def _check_images(images: np.ndarray) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise ValueError(
+            f"images must be a uint8 numpy array, got {type(images).__name__}"
+        )
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must have shape (N, H, W, 3), got {images.shape}")
+
+
+def _check(suite: str, name: str | None = None, severity: float | None = None) -> None:
+    """Raise ValueError naming the bad suite, corruption or severity and the valid ones."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; valid suites: {sorted(SUITES)}")
+    if name is None:
+        return
+    if name not in SUITES[suite]:
+        others = [s for s in SUITES if name in SUITES[s]]
+        hint = f" ({name!r} exists in suite {others[0]!r})" if others else ""
+        raise ValueError(
+            f"unknown corruption {name!r} in suite {suite!r}{hint}; "
+            f"valid corruptions: {sorted(SUITES[suite])}"
+        )
+    if severity is not None and severity not in SUITES[suite][name]:
+        raise ValueError(
+            f"unknown severity {severity!r} for {suite}/{name}; "
+            f"valid severities: {list(SUITES[suite][name])}"
+        )
+
+
+def corrupt(
+    images: np.ndarray,
+    name: str,
+    severity: float,
+    seed: int,
+    start_index: int = 0,
+    *,
+    suite: str = "source",
+) -> np.ndarray:
+    """Corrupt uint8 ``(N, H, W, 3)`` images; ``start_index`` is the global index of ``images[0]``.
+
+    ``severity`` is a value of ``SUITES[suite][name]``. Results are identical whether the images
+    are passed at once or in chunks with matching ``start_index``.
+    """
+    _check_images(images)
+    _check(suite, name, severity)
+    if seed < 0 or start_index < 0:
+        raise ValueError(
+            f"seed and start_index must be >= 0, got {seed}, {start_index}"
+        )
+    key = zlib.crc32(f"{suite}/{name}".encode())
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        seq = np.random.SeedSequence([seed, start_index + i, key])
+        if suite == "source":
+            out[i] = _SOURCE[name][0](image, severity, np.random.default_rng(seq))
+        else:
+            out[i] = _medmnistc(image, name, int(severity), seq)
+    return out
+
+
+def _scores(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "macro_f1": float(
+            f1_score(
+                labels, predictions, labels=_LABELS, average="macro", zero_division=0
+            )
+        ),
+        "balanced_error": 1.0 - float(balanced_accuracy_score(labels, predictions)),
+    }
+
+
+PredictFn = Callable[[np.ndarray], np.ndarray]
+
+
+def _predict(
+    predict_fns: Mapping[str, PredictFn],
+    images: np.ndarray,
+    batch_size: int,
+    transform: Callable[..., np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Arg-max predictions of every model; ``transform(batch, start_index=i)`` corrupts each batch."""
+    predictions: dict[str, list[np.ndarray]] = {key: [] for key in predict_fns}
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        if transform is not None:
+            batch = transform(batch, start_index=start)
+        for key, predict_fn in predict_fns.items():
+            logits = np.asarray(predict_fn(batch))
+            if logits.ndim != 2 or len(logits) != len(batch):
+                raise ValueError(
+                    f"predict_fn must return (N, classes) logits, got {logits.shape}"
+                )
+            predictions[key].append(logits.argmax(axis=1))
+    return {key: np.concatenate(chunks) for key, chunks in predictions.items()}
+
+
+def evaluate_corruptions(
+    predict_fn: PredictFn | Mapping[str, PredictFn],
+    images: np.ndarray,
+    labels: np.ndarray,
+    suite: str,
+    seed: int,
+    batch_size: int = 256,
+    corruptions: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Score ``predict_fn`` (uint8 NHWC batch -> ``(N, 7)`` logits) on clean and corrupted images.
+
+    One row per (corruption, severity) plus a ``clean`` row (severity 0, level 0); columns
+    ``suite, corruption, severity, level, n, accuracy, macro_f1, balanced_error`` where ``level``
+    is the 1-based rank of the severity, ``macro_f1`` averages over all ``info.NUM_CLASSES``
+    classes (absent ones score 0) and ``balanced_error = 1 - balanced accuracy`` (sklearn, over
+    the classes present in ``labels``, as MedMNIST-C computes it). ``corruptions`` restricts the suite's corruptions (default: all). A mapping
+    ``{model_name: predict_fn}`` scores several models on the same corrupted batches (each batch
+    is corrupted once) and adds a leading ``model`` column.
+    """
+    _check_images(images)
+    _check(suite)
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    names = list(SUITES[suite]) if corruptions is None else list(corruptions)
+    for name in names:
+        _check(suite, name)
+    several = isinstance(predict_fn, Mapping)
+    predict_fns = dict(predict_fn) if several else {"": predict_fn}
+    settings = [("clean", 0, 0, None)] + [
+        (
+            name,
+            severity,
+            level,
+            functools.partial(
+                corrupt, name=name, severity=severity, seed=seed, suite=suite
+            ),
+        )
+        for name in names
+        for level, severity in enumerate(SUITES[suite][name], start=1)
+    ]
+    rows = []
+    for name, severity, level, transform in settings:
+        for key, predictions in _predict(
+            predict_fns, images, batch_size, transform
+        ).items():
+            row = {"model": key} if several else {}
+            row |= {
+                "suite": suite,
+                "corruption": name,
+                "severity": severity,
+                "level": level,
+                "n": len(images),
+            }
+            rows.append(row | _scores(labels, predictions))
+    return pd.DataFrame(rows)
+
+
+def be_rbe(
+    df: pd.DataFrame, baseline: Mapping[str, Any] = DERMAMNIST_BASELINE
+) -> pd.DataFrame:
+    """MedMNIST-C normalised balanced error (BE) and relative balanced error (rBE) per corruption.
+
+    Definition as implemented by ``medmnistc.eval.Evaluator.populate_summary`` (MedMNIST-C, Di Salvo
+    et al., arXiv:2406.17536), with E the balanced error (1 - balanced accuracy) and the AlexNet
+    baseline of ``medmnistc/utils/baselines.py`` (``raw_scores`` already averaged over severities):
+
+    * ``BE_c  = mean_s E(c, s) / E_AlexNet(c)``
+    * ``rBE_c = (mean_s E(c, s) - E_clean) / (E_AlexNet(c) - E_AlexNet_clean)``
+
+    ``df`` is :func:`evaluate_corruptions` output for the ``medmnistc`` suite (with a ``model``
+    column, scores are computed per model); every corruption present must have all its
+    severities. A final ``mean`` row averages BE and rBE over the corruptions present (the
+    package's overall scores when all 15 are present). MedMNIST-C test sets, hence the baseline,
+    come from 224 px images (``medmnistc.dataset_manager`` uses ``size=224``).
+    """
+    if "model" in df.columns:
+        parts = [
+            be_rbe(rows.drop(columns="model"), baseline).assign(model=key)
+            for key, rows in df.groupby("model", sort=False)
+        ]
+        result = pd.concat(parts, ignore_index=True)
+        return result[["model", *result.columns.drop("model")]]
+    rows = df[df["suite"] == "medmnistc"]
+    clean = rows[rows["corruption"] == "clean"]
+    if len(clean) != 1:
+        raise ValueError(f"need exactly one medmnistc clean row, found {len(clean)}")
+    clean_error = float(clean["balanced_error"].iloc[0])
+    raw, base_clean = baseline["raw_scores"], float(baseline["clean_score"])
+    out = []
+    for name, group in rows[rows["corruption"] != "clean"].groupby(
+        "corruption", sort=False
+    ):
+        _check("medmnistc", str(name))
+        if name not in raw:
+            raise ValueError(
+                f"baseline has no corruption {name!r}; it has {sorted(raw)}"
+            )
+        expected = set(SUITES["medmnistc"][name])
+        if set(group["severity"]) != expected or len(group) != len(expected):
+            raise ValueError(
+                f"{name!r} needs severities {sorted(expected)} once each, got {list(group['severity'])}"
+            )
+        error = float(group["balanced_error"].mean())
+        out.append(
+            {
+                "corruption": name,
+                "balanced_error": error,
+                "be": error / raw[name],
+                "rbe": (error - clean_error) / (raw[name] - base_clean),
+            }
+        )
+    if not out:
+        raise ValueError("no medmnistc corruption rows in df")
+    result = pd.DataFrame(out)
+    mean = {
+        "corruption": "mean",
+        **result[["balanced_error", "be", "rbe"]].mean().to_dict(),
+    }
+    return pd.concat([result, pd.DataFrame([mean])], ignore_index=True)
+
+
+def plot_corruption_curves(df: pd.DataFrame, metric: str = "accuracy") -> Figure:
+    """``metric`` vs severity level (0 = clean), one line per corruption, for one model's rows."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics: {list(METRICS)}")
+    if "model" in df.columns and df["model"].nunique() > 1:
+        raise ValueError("df holds several models; plot one model's rows at a time")
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    several_suites = df["suite"].nunique() > 1
+    for suite, rows in df.groupby("suite", sort=False):
+        clean = rows[rows["corruption"] == "clean"]
+        for name, group in rows[rows["corruption"] != "clean"].groupby(
+            "corruption", sort=False
+        ):
+            group = pd.concat([clean, group]).sort_values("level")
+            label = f"{suite}/{name}" if several_suites else str(name)
+            ax.plot(group["level"], group[metric], marker="o", label=label)
+    ax.set_xlabel("severity level (0 = clean)")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize="small", ncols=2)
+    return fig

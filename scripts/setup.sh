@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: system packages (ImageMagick/MagickWand for MedMNIST-C, pandoc and
+# Chromium for the paper's fallback render and its browser check) and .venv with pinned packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(imagemagick libmagickwand-dev pandoc chromium fonts-dejavu-core)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "[setup] apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PY --version)"
+  $PY -m venv .venv
+fi
+stamp=.venv/.edgekd-requirements
+want=$(sha256sum requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] pip install -r requirements.txt (torch from the local wheel cache where present)"
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  echo "$want" > "$stamp"
+fi
+echo "[setup] ready: $(.venv/bin/python -c 'import torch, edgekd; print("torch", torch.__version__, "edgekd", edgekd.__version__)')"

@@ -1,0 +1,151 @@
+"""Training loop: determinism, resume after a kill, teacher caching, best-on-val, single rebalancing."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import asdict
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from edgekd import data as D
+from edgekd import train as T
+from edgekd.models import create_model
+
+CFG = dict(epochs=2, batch_size=32, lr=2e-3, stem_stride=2, progress=False, warmup_epochs=0.5)
+
+
+def _fit(arrays, run_dir, seed=0, kd=None, teacher_dir=None, arch="resnet18", **over):
+    cfg = T.TrainConfig(**{**CFG, **over})
+    T.seed_everything(seed)
+    model = create_model(arch, 28, stem_stride=cfg.stem_stride)
+    hist = T.fit(model, arrays, cfg, run_dir, seed, kd, teacher_dir)
+    return model, hist
+
+
+def _same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+DATA = D.DataConfig(size=28, subset={"train": 96, "val": 48, "test": 48})
+
+
+def test_training_is_deterministic_on_cpu(tmp_path):
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        T.train_run(tmp_path / name, "resnet18", seed, DATA, T.TrainConfig(**CFG))
+        runs[name] = (torch.load(tmp_path / name / "best.pt"), pd.read_csv(tmp_path / name / "history.csv"))
+    (wa, ha), (wb, hb), (wc, _) = runs["a"], runs["b"], runs["c"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    pd.testing.assert_frame_equal(ha.drop(columns="epoch_time_s"), hb.drop(columns="epoch_time_s"))
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_outputs_of_a_run(tiny, tmp_path):
+    _, hist = _fit(tiny, tmp_path / "r")
+    assert list(hist["epoch"]) == [1, 2]
+    assert {"train_loss", "val_acc", "val_macro_f1", "lr"} <= set(hist.columns)
+    assert (tmp_path / "r" / "history.csv").exists() and (tmp_path / "r" / "best.pt").exists()
+    assert any((tmp_path / "r" / "tb").iterdir())
+
+
+def test_best_epoch_is_chosen_on_val_not_test(tiny, tmp_path):
+    cfg = T.TrainConfig(**{**CFG, "epochs": 3})
+    metrics = T.train_run(tmp_path / "run", "resnet18", 0, DATA, cfg)
+    hist = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert metrics["best_epoch"] == int(hist.loc[hist["val_macro_f1"].idxmax(), "epoch"])
+    assert metrics["val_macro_f1"] == pytest.approx(hist["val_macro_f1"].max())
+    preds = np.load(tmp_path / "run" / "predictions.npz")
+    assert preds["test_logits"].shape == (48, 7)
+    test_acc = float((preds["test_logits"].argmax(1) == preds["test_labels"]).mean())
+    assert metrics["test_acc"] == pytest.approx(test_acc)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from edgekd import data as D, train as T
+    from edgekd.models import create_model
+    arrays = D.subset(D.get_dermamnist(28), {"train": 96, "val": 48, "test": 48})
+    cfg = T.TrainConfig(**%r)
+    T.seed_everything(0)
+    T.fit(create_model("resnet18", 28, stem_stride=2), arrays, cfg, sys.argv[1], 0)
+    """
+)
+
+
+def test_resume_after_kill_matches_uninterrupted(tiny, tmp_path):
+    over = {**CFG, "epochs": 3}
+    ref, _ = _fit(tiny, tmp_path / "ref", epochs=3)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", RESUME_SCRIPT % over, str(run)], stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1:"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert (run / "last.pt").exists()
+    done_before = len(pd.read_csv(run / "history.csv"))
+    assert done_before < 3
+    resumed, hist = _fit(tiny, run, epochs=3)
+    assert list(hist["epoch"]) == [1, 2, 3]
+    assert _same_weights(ref, resumed)
+
+
+def _teacher(tiny, tmp_path):
+    tdir = tmp_path / "teacher"
+    cfg = T.TrainConfig(**{**CFG, "epochs": 1})
+    T.train_run(tdir, "resnet18", 0, DATA, cfg)  # a small teacher keeps the test fast
+    return tdir
+
+
+def test_cached_teacher_equals_live_teacher(tiny, tmp_path):
+    tdir = _teacher(tiny, tmp_path)
+    kd = dict(mode="hinton", alpha=0.3, temperature=2.0, beta=50.0)
+    m1, h1 = _fit(tiny, tmp_path / "cached", kd=T.KDConfig(**kd, teacher_cache=True), teacher_dir=tdir, epochs=1)
+    m2, h2 = _fit(tiny, tmp_path / "live", kd=T.KDConfig(**kd, teacher_cache=False), teacher_dir=tdir, epochs=1)
+    assert list((tdir).glob("teacher_cache_dihedral_at.pt"))
+    for col in ("train_loss", "train_ce", "train_kd", "train_at"):
+        assert h1[col].iloc[0] == pytest.approx(h2[col].iloc[0], rel=1e-3), col
+    assert h1["train_kd"].iloc[0] > 0 and h1["train_at"].iloc[0] > 0
+
+
+def test_kd_none_ignores_the_teacher(tiny, tmp_path):
+    _, h = _fit(tiny, tmp_path / "nokd", kd=T.KDConfig(mode="none"), epochs=1)
+    assert "train_kd" not in h.columns
+
+
+def test_rebalancing_is_applied_once(tiny):
+    labels = tiny.labels["train"]
+    ce, sampler = T.build_objective(T.TrainConfig(**{**CFG, "balance": "sampler"}), labels)
+    assert sampler is not None and ce.weight is None
+    ce, sampler = T.build_objective(T.TrainConfig(**{**CFG, "balance": "weights"}), labels)
+    assert sampler is None and ce.weight is not None
+    ce, sampler = T.build_objective(T.TrainConfig(**CFG), labels)
+    assert sampler is None and ce.weight is None
+
+
+@pytest.mark.parametrize(
+    "over", [{"epochs": 0}, {"lr": 0}, {"balance": "both"}, {"augment": "mixup"}, {"loss": "hinge"}, {"optimizer": "lion"}]
+)
+def test_bad_train_settings(over):
+    with pytest.raises(ValueError):
+        T.TrainConfig(**{**CFG, **over})
+
+
+def test_run_config_round_trips(tiny, tmp_path):
+    tdir = _teacher(tiny, tmp_path)
+    cfg = json.loads((tdir / "run_config.json").read_text())
+    assert cfg["train"] == asdict(T.TrainConfig(**{**CFG, "epochs": 1}))
+    model = T.load_trained(tdir)
+    logits, _ = T.predict(model, tiny.images["test"])
+    saved = np.load(tdir / "predictions.npz")["test_logits"]
+    assert np.allclose(logits, saved, atol=1e-5)
