@@ -4,4 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export MPLBACKEND=Agg HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-.venv/bin/edgekd-run "${PROFILE:-default}"
+PROFILE=${PROFILE:-default}
+.venv/bin/edgekd-run "$PROFILE"
+# INT8 against eager FP32 latency, every model measured in one process on this machine
+.venv/bin/edgekd-bench --profile-dir "outputs/$PROFILE"
+# The manuscript: quarto render where Quarto is installed, else the pandoc fallback; checked in headless Chromium
+.venv/bin/edgekd-paper --profile "$PROFILE"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -31,3 +33,31 @@ def arrays28(data_dir):
 def tiny(arrays28):
     """A stratified 28 px subset small enough to train on in seconds."""
     return D.subset(arrays28, {"train": 96, "val": 48, "test": 48})
+
+
+TINY_DATA = {"size": 28, "source": "raw", "subset": {"train": 140, "val": 70, "test": 70}}
+TINY_TRAIN = {"epochs": 1, "batch_size": 32, "lr": 2e-3, "stem_stride": 2, "progress": False}
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, data_dir):
+    """Finished tiny runs (real data, 1 epoch): a resnet50 teacher and a resnet18 KD student."""
+    from edgekd import train as T
+
+    root = tmp_path_factory.mktemp("runs")
+    data_cfg = D.DataConfig(**TINY_DATA)
+    train_cfg = T.TrainConfig(**TINY_TRAIN)
+    T.train_run(root / "teacher-resnet50-s0", "resnet50", 0, data_cfg, train_cfg)
+    T.train_run(root / "student-resnet18-kd-s0", "resnet18", 0, data_cfg, train_cfg,
+                T.KDConfig(alpha=0.5, temperature=4.0), root / "teacher-resnet50-s0")
+    return {"teacher": root / "teacher-resnet50-s0", "student": root / "student-resnet18-kd-s0", "root": root}
+
+
+@pytest.fixture(scope="session")
+def smoke_outputs(tmp_path_factory):
+    """The smoke profile run end to end through papermill, as the README's test command does."""
+    out = tmp_path_factory.mktemp("outputs")
+    res = subprocess.run([sys.executable, "-m", "edgekd.runner", "smoke", "--outputs", str(out)],
+                         capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out / "smoke", res.stdout

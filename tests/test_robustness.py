@@ -367,3 +367,58 @@ def test_plot_corruption_curves() -> None:
     assert contrast.get_ydata()[0] == pytest.approx(df.iloc[0]["balanced_error"])
     with pytest.raises(ValueError, match="'auc'"):
         rb.plot_corruption_curves(df, "auc")
+
+
+# ------------------------------------------------------------------------ stage helpers
+
+
+def test_stratified_indices_keeps_every_class_and_proportions() -> None:
+    labels = np.repeat(np.arange(info.NUM_CLASSES), [66, 103, 220, 23, 223, 1341, 29])
+    idx = rb.stratified_indices(labels, 140, seed=0)
+    assert len(idx) == 140 and len(set(idx)) == 140 and np.all(np.diff(idx) > 0)
+    counts = np.bincount(labels[idx], minlength=info.NUM_CLASSES)
+    assert counts.min() >= 1 and abs(counts[5] - 140 * 1341 / 2005) <= 1
+    np.testing.assert_array_equal(idx, rb.stratified_indices(labels, 140, seed=0))
+    assert not np.array_equal(idx, rb.stratified_indices(labels, 140, seed=1))
+    assert len(rb.stratified_indices(labels, 3)) == 3  # fewer than the classes
+    np.testing.assert_array_equal(rb.stratified_indices(labels[:10], 50), np.arange(10))
+    with pytest.raises(ValueError):
+        rb.stratified_indices(labels, 0)
+
+
+def test_robustness_plan() -> None:
+    full = rb.robustness_plan(("source", "medmnistc"))
+    assert full["source"] == {name: list(values) for name, values in rb.SUITES["source"].items()}
+    assert len(full["medmnistc"]) == 15
+    flat = rb.robustness_plan(["medmnistc"], {"medmnistc": [5, 1]})
+    assert all(levels == [1, 5] for levels in flat["medmnistc"].values())
+    chosen = rb.robustness_plan(["source"], {"source": {"jpeg": [50, 90]}})
+    assert chosen == {"source": {"jpeg": [90, 50]}}
+
+
+def test_unsupported_only_characters_at_small_sizes() -> None:
+    assert "58 px" in rb.unsupported("medmnistc", "characters", 1, 28, 28)
+    assert rb.unsupported("medmnistc", "characters", 1, 64, 64) is None
+    assert "66 px" in rb.unsupported("medmnistc", "characters", 2, 64, 64)
+    assert rb.unsupported("medmnistc", "characters", 5, 224, 224) is None
+    assert all(
+        rb.unsupported(suite, name, values[-1], 28, 28) is None
+        for suite, corruptions in rb.SUITES.items()
+        for name, values in corruptions.items()
+        if name != "characters"
+    )
+    with pytest.raises(ValueError, match="'fog'"):
+        rb.unsupported("medmnistc", "fog", 1, 28, 28)
+
+
+def test_be_rbe_partial_severities() -> None:
+    baseline = {"clean_score": 0.2, "raw_scores": {"pixelate": 0.4}}
+    df = _medmnistc_frame(0.1, {"pixelate": [0.1, 0.2, 0.3, 0.4, 0.5]})
+    df = df[df["severity"].isin([0, 1, 5])]
+    with pytest.raises(ValueError, match="severities"):
+        rb.be_rbe(df, baseline)
+    out = rb.be_rbe(df, baseline, partial=True).set_index("corruption")
+    assert out.loc["pixelate", "balanced_error"] == pytest.approx(0.3)
+    assert out.loc["pixelate", "rbe"] == pytest.approx((0.3 - 0.1) / (0.4 - 0.2))
+    with pytest.raises(ValueError, match="once each"):
+        rb.be_rbe(pd.concat([df, df[df["severity"] == 1]]), baseline, partial=True)

@@ -29,7 +29,16 @@ def _profile(tmp_path, **edits):
 def test_smoke_expands_teacher_before_students(tmp_path):
     specs = R.expand(R.load_profile("smoke"), tmp_path)
     stages = [s.stage for s in specs]
-    assert stages[:2] == ["data", "teacher"] and set(stages[2:]) == {"student"}
+    assert stages[:2] == ["data", "teacher"] and set(stages[2:14]) == {"student"}
+    assert [st for st in stages[14:] if st in ("data", "teacher", "student")] == []
+    assert stages[-1] == "aggregate" and len(specs[-1].upstream) == 13 * 3
+    for stage in ("evaluate", "robustness", "efficiency"):
+        assert stages.count(stage) == 13
+    evals = {s.run_id: s for s in specs if s.stage == "evaluate"}
+    assert evals["teacher-resnet50-s0"].parameters["teacher_dir"] is None
+    assert evals["student-resnet18-nokd-s1"].parameters["teacher_dir"] == str(specs[1].run_dir)
+    latency = {s.run_id: s.parameters["latency"] for s in specs if s.stage == "efficiency"}
+    assert latency["student-resnet18-kdat-s0"] and not latency["student-resnet18-kdat-s1"]
     students = [s for s in specs if s.stage == "student"]
     assert len(students) == 3 * 2 * 2  # archs x seeds x KD settings
     assert all(s.parameters["teacher_dir"] == str(specs[1].run_dir) for s in students)
@@ -54,6 +63,9 @@ def test_every_profile_is_valid(tmp_path):
         ({"data.data_dir": "/nonexistent/ham10000"}, "does not exist"),
         ({"train.epochs": 0}, "epochs must be >= 1"),
         ({"students.kd.0.gamma": 2}, "unexpected keyword"),
+        ({"robustness.suites": ["source", "imagenet-c"]}, "imagenet-c"),
+        ({"robustness.severities": {"source": [0.15]}}, "0.15"),
+        ({"efficiency.latency": True}, "unknown keys"),
     ],
 )
 def test_bad_profile_fails_before_any_output(tmp_path, edits, message):
@@ -76,28 +88,34 @@ def test_unknown_profile(tmp_path):
         R.load_profile("no-such-profile")
 
 
-@pytest.fixture(scope="session")
-def smoke_outputs(tmp_path_factory):
-    """The smoke profile run end to end through papermill, as the README's test command does."""
-    out = tmp_path_factory.mktemp("outputs")
-    res = subprocess.run([sys.executable, "-m", "edgekd.runner", "smoke", "--outputs", str(out)],
-                         capture_output=True, text=True, timeout=1800)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return out / "smoke", res.stdout
-
-
 def test_smoke_profile_end_to_end(smoke_outputs):
     root, _ = smoke_outputs
     specs = R.expand(R.load_profile("smoke"), root.parent)
     for spec in specs:
-        assert spec.output_notebook.exists(), spec.run_id
-        assert spec.is_done(), spec.run_id
+        assert spec.output_notebook.exists(), spec.key
+        assert spec.is_done(), spec.key
     for spec in specs:
         if spec.stage in ("teacher", "student"):
             metrics = json.loads((spec.run_dir / "metrics.json").read_text())
             hist = pd.read_csv(spec.run_dir / "history.csv")
             assert len(hist) == 2 and 1 <= metrics["best_epoch"] <= 2
             assert 0 <= metrics["test_acc"] <= 1
+            ev = pd.read_csv(spec.run_dir / "eval" / "metrics.csv").set_index("metric")
+            assert ev.loc["accuracy", "value"] == pytest.approx(metrics["test_acc"])
+            assert (spec.run_dir / "eval" / "reliability.png").exists()
+            assert (spec.run_dir / "eval" / "paired.csv").exists() == (spec.stage == "student")
+            rob = pd.read_csv(spec.run_dir / "robustness" / "corruptions.csv")
+            assert set(rob["suite"]) == {"source", "medmnistc"}
+            backends = pd.read_csv(spec.run_dir / "efficiency" / "backends.csv").set_index("backend")
+            assert backends.loc["ort_fp32", "max_abs_logit_diff_vs_eager"] <= 1e-4  # ONNX Runtime parity
+            assert (spec.run_dir / "efficiency" / "latency.csv").exists() == (spec.parameters["seed"] == 0)
+    agg = root / "aggregate"
+    for name in ("performance.csv", "kd_vs_nokd.csv", "calibration.csv", "operating_points.csv", "robustness.csv",
+                 "efficiency.csv", "pareto.csv", "pareto.png", "reliability.png", "corruption_curves.png",
+                 "training_curves.png", "per_class_delta.png", "attention.png", "montage.png", "numbers.json"):
+        assert (agg / name).exists(), name
+    perf = pd.read_csv(agg / "performance.csv")
+    assert len(perf) == 1 + 3 * 2 and set(perf["seeds"]) == {1, 2}
     assert (root / "data" / "montage.png").exists()
     leakage = pd.read_csv(root / "data" / "leakage.csv")
     assert set(leakage["splits"]) == {"train-val", "train-test", "val-test", "any"}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import gc
 import io
+import json
 import tempfile
 import threading
 import time
@@ -38,7 +39,9 @@ from PIL import Image
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from edgekd.robustness import to_input
+from edgekd import data as D
+from edgekd.robustness import stratified_indices, to_input
+from edgekd.train import load_trained, score
 
 #: Inference backends understood by :func:`load_backend`.
 BACKENDS: tuple[str, ...] = ("eager", "torchscript", "ort_fp32", "ort_int8")
@@ -506,3 +509,139 @@ def benchmark_model(
                             }
                         )
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------ efficiency stage
+
+#: How ``model.csv`` counts operations.
+COUNT_NOTE: str = "macs = multiply-accumulates of conv/linear at batch 1; flops = 2 * macs (FlopCounterMode)"
+
+
+def calibration_images(arrays: D.DermaArrays, n: int) -> np.ndarray:
+    """Class-stratified, deterministic subset of ``n`` TRAIN images (uint8 NHWC) for INT8 calibration."""
+    return arrays.images["train"][stratified_indices(arrays.labels["train"], n, seed=0)]
+
+
+def backend_logits(fn: Backend, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits of ``fn`` on uint8 NHWC ``images``, normalised (:func:`to_input`) one batch at a time."""
+    return np.concatenate([fn(to_input(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
+
+
+def _check_positive(**values: int | Sequence[int] | None) -> None:
+    """Raise ValueError naming the first value (or sequence item) that is not a positive integer."""
+    for name, value in values.items():
+        items = [] if value is None else list(value) if isinstance(value, Sequence) else [value]
+        if isinstance(value, Sequence) and not items:
+            raise ValueError(f"{name} must not be empty")
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, np.integer)) or item < 1:
+                raise ValueError(f"{name} must hold positive integers, got {value!r}")
+
+
+def run_efficiency(
+    run_dir: str | Path,
+    latency: bool = True,
+    threads: int = 2,
+    batch_sizes: Sequence[int] = (1, 32),
+    sizes: Sequence[int] | None = None,
+    warmup: int = 5,
+    repeats: int = 30,
+    calib_images: int = 256,
+) -> dict:
+    """Efficiency stage of a finished run: exports, size and cost, accuracy per backend, latency.
+
+    Exports the best checkpoint with :func:`export_all` into ``run_dir/export/`` (INT8 calibrated
+    on ``calib_images`` TRAIN images, :func:`calibration_images`) and writes to
+    ``run_dir/efficiency/``:
+
+    * ``model.csv``: params, MACs and FLOPs (:data:`COUNT_NOTE`), file bytes of each export, and
+      the peak memory of one eager FP32 batch-1 call (CPU RSS; CUDA when available);
+    * ``backends.csv``: per backend on the run's test split, accuracy, macro-F1, the max absolute
+      logit difference, arg-max agreement and macro-F1 / accuracy deltas against eager FP32, and
+      the peak CPU RSS of its first batch;
+    * ``latency.csv`` (when ``latency``): :func:`benchmark_model` at ``batch_sizes`` x ``sizes``
+      (None: trained size and 224; other sizes run the same weights), ``threads`` threads.
+
+    Returns the tables (``model``, ``backends``, ``latency`` or None), ``files`` and ``timings_s``.
+    """
+    start = time.perf_counter()
+    _check_positive(threads=threads, batch_sizes=batch_sizes, sizes=sizes, repeats=repeats, calib_images=calib_images)
+    if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
+        raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
+    run_dir = Path(run_dir)
+    model = load_trained(run_dir)
+    config = json.loads((run_dir / "run_config.json").read_text())
+    arrays = D.load(D.DataConfig(**config["data"]))
+    size = arrays.size
+    calib = calibration_images(arrays, calib_images)
+    timings: dict[str, float] = {}
+
+    tick = time.perf_counter()
+    paths = export_all(model, size, run_dir / "export", to_input(calib))
+    timings["export"] = time.perf_counter() - tick
+    bytes_of = file_sizes(paths)
+    one = to_input(arrays.images["test"][:1])
+    cpu_memory = peak_memory(load_backend("eager", model), one)
+    cuda_peak = None
+    if torch.cuda.is_available():
+        cuda_peak = peak_memory(load_backend("eager", model, device="cuda"), torch.from_numpy(one).cuda())["cuda_peak_mb"]
+    model_row = {
+        "run": run_dir.name,
+        "arch": config["arch"],
+        "img_size": size,
+        "params": count_params(model),
+        **flops_macs(model, size),
+        "count_note": COUNT_NOTE,
+        **{f"{key}_bytes": value for key, value in bytes_of.items()},
+        "peak_cpu_rss_mb": cpu_memory["cpu_rss_peak_mb"],
+        "memory_method": cpu_memory["method"],
+        "peak_cuda_mb": cuda_peak,
+    }
+
+    tick = time.perf_counter()
+    images, labels = arrays.images["test"], arrays.labels["test"]
+    first = images[:256]
+    rows, logits = [], {}
+    for name in BACKENDS:
+        fn = load_backend(name, model if name == "eager" else paths[BACKEND_FILES[name]], threads=threads)
+        memory = peak_memory(fn, to_input(first))
+        logits[name] = backend_logits(fn, images)
+        scores = score(labels, logits[name])
+        rows.append(
+            {
+                "backend": name,
+                "precision": "int8" if name == "ort_int8" else "fp32",
+                "file_bytes": bytes_of[BACKEND_FILES[name]],
+                "n": len(labels),
+                "accuracy": scores["acc"],
+                "macro_f1": scores["macro_f1"],
+                "max_abs_logit_diff_vs_eager": float(np.abs(logits[name] - logits["eager"]).max()),
+                "argmax_agreement_vs_eager": float((logits[name].argmax(1) == logits["eager"].argmax(1)).mean()),
+                "peak_cpu_rss_mb": memory["cpu_rss_peak_mb"],
+                "memory_batch": len(first),
+            }
+        )
+    backends = pd.DataFrame(rows)
+    eager = backends.iloc[0]
+    backends.insert(7, "delta_macro_f1_vs_eager", backends["macro_f1"] - eager["macro_f1"])
+    backends.insert(8, "delta_accuracy_vs_eager", backends["accuracy"] - eager["accuracy"])
+    timings["backends"] = time.perf_counter() - tick
+
+    out_dir = run_dir / "efficiency"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"model": out_dir / "model.csv", "backends": out_dir / "backends.csv", **paths}
+    model_table = pd.DataFrame([model_row])
+    model_table.to_csv(files["model"], index=False)
+    backends.to_csv(files["backends"], index=False)
+    latency_table = None
+    if latency:
+        tick = time.perf_counter()
+        latency_table = benchmark_model(
+            model, size, batch_sizes=batch_sizes, sizes=sizes, threads=threads,
+            warmup=warmup, repeats=repeats, calib_images=calib,
+        )
+        timings["latency"] = time.perf_counter() - tick
+        files["latency"] = out_dir / "latency.csv"
+        latency_table.to_csv(files["latency"], index=False)
+    timings["total"] = time.perf_counter() - start
+    return {"model": model_table, "backends": backends, "latency": latency_table, "files": files, "timings_s": timings}

@@ -24,10 +24,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import hashlib
+import json
+import os
 import random
+import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,8 +47,10 @@ from medmnistc.utils.baselines import BASELINES
 from PIL import Image
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
+from edgekd import data as D
 from edgekd import info
 from edgekd.data import normalise
+from edgekd.train import load_trained, predict, resolve_device
 
 #: MedMNIST-C dataset key whose corruptions and baselines are used.
 MEDMNISTC_DATASET: str = "dermamnist"
@@ -154,19 +162,33 @@ def _motion_blur(image: Image.Image, radius_sigma: tuple[float, float]) -> np.nd
         return np.asarray(decoded.convert("RGB"), dtype=np.uint8)
 
 
+def unsupported(suite: str, name: str, severity: float, height: int, width: int) -> str | None:
+    """Why ``suite/name`` at ``severity`` cannot corrupt ``height`` x ``width`` images, or None if it can.
+
+    Only ``medmnistc`` ``characters`` has a limit: it writes up to 10 letters 8 px apart (see
+    :func:`_characters_min_width`), so it needs 58-90 px wide images and never runs at 28 px.
+    """
+    _check(suite, name, severity)
+    corruptor = _MEDMNISTC.get(name) if suite == "medmnistc" else None
+    if isinstance(corruptor, Characters):
+        min_width = _characters_min_width(corruptor.severity_params[int(severity) - 1][1])
+        if width < min_width or height < 20:
+            return (
+                f"medmnistc 'characters' level {severity} needs images at least {min_width} px wide "
+                f"and 20 px high; got {width}x{height}"
+            )
+    return None
+
+
 def _medmnistc(
     image: np.ndarray, name: str, level: int, seq: np.random.SeedSequence
 ) -> np.ndarray:
     """Apply the ``medmnistc`` DermaMNIST corruption ``name`` at ``level`` (1-based)."""
     corruptor = _MEDMNISTC[name]
     params = corruptor.severity_params[level - 1]
-    if isinstance(corruptor, Characters):
-        min_width = _characters_min_width(params[1])
-        if image.shape[1] < min_width or image.shape[0] < 20:
-            raise ValueError(
-                f"medmnistc 'characters' level {level} needs images at least {min_width} px wide "
-                f"and 20 px high; got {image.shape[1]}x{image.shape[0]}"
-            )
+    reason = unsupported("medmnistc", name, level, image.shape[0], image.shape[1])
+    if reason is not None:
+        raise ValueError(reason)
     pil = Image.fromarray(image)
     global_seq, generator_seq = seq.spawn(2)
     with _global_random_state(global_seq):
@@ -346,7 +368,9 @@ def evaluate_corruptions(
 
 
 def be_rbe(
-    df: pd.DataFrame, baseline: Mapping[str, Any] = DERMAMNIST_BASELINE
+    df: pd.DataFrame,
+    baseline: Mapping[str, Any] = DERMAMNIST_BASELINE,
+    partial: bool = False,
 ) -> pd.DataFrame:
     """MedMNIST-C normalised balanced error (BE) and relative balanced error (rBE) per corruption.
 
@@ -359,13 +383,14 @@ def be_rbe(
 
     ``df`` is :func:`evaluate_corruptions` output for the ``medmnistc`` suite (with a ``model``
     column, scores are computed per model); every corruption present must have all its
-    severities. A final ``mean`` row averages BE and rBE over the corruptions present (the
+    severities, unless ``partial``: then each corruption averages the severities present (once
+    each), which is no longer MedMNIST-C's score. A final ``mean`` row averages BE and rBE over the corruptions present (the
     package's overall scores when all 15 are present). MedMNIST-C test sets, hence the baseline,
     come from 224 px images (``medmnistc.dataset_manager`` uses ``size=224``).
     """
     if "model" in df.columns:
         parts = [
-            be_rbe(rows.drop(columns="model"), baseline).assign(model=key)
+            be_rbe(rows.drop(columns="model"), baseline, partial).assign(model=key)
             for key, rows in df.groupby("model", sort=False)
         ]
         result = pd.concat(parts, ignore_index=True)
@@ -386,9 +411,12 @@ def be_rbe(
                 f"baseline has no corruption {name!r}; it has {sorted(raw)}"
             )
         expected = set(SUITES["medmnistc"][name])
-        if set(group["severity"]) != expected or len(group) != len(expected):
+        present = set(group["severity"])
+        complete = present <= expected if partial else present == expected
+        if not complete or len(group) != len(present):
             raise ValueError(
-                f"{name!r} needs severities {sorted(expected)} once each, got {list(group['severity'])}"
+                f"{name!r} needs severities {'among ' if partial else ''}{sorted(expected)} once each, "
+                f"got {list(group['severity'])}"
             )
         error = float(group["balanced_error"].mean())
         out.append(
@@ -430,3 +458,270 @@ def plot_corruption_curves(df: pd.DataFrame, metric: str = "accuracy") -> Figure
     ax.set_ylabel(metric)
     ax.legend(fontsize="small", ncols=2)
     return fig
+
+
+# ------------------------------------------------------------------------ robustness stage
+
+#: Input size of the MedMNIST-C test sets behind the AlexNet baseline (``size=224``).
+BASELINE_PX: int = 224
+
+
+def default_cache_dir() -> Path:
+    """Where corrupted test sets are cached: ``<outputs>/cache/corrupted``."""
+    return info.outputs_dir() / "cache" / "corrupted"
+
+
+def stratified_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a deterministic class-stratified subset of ``n`` of ``labels``.
+
+    Classes get images in proportion to their counts (largest remainders); when ``n`` is at least
+    the number of classes, a class left empty takes one image from the largest share. All images
+    when ``n >= len(labels)``.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(labels)
+    take = np.floor(quota).astype(int)
+    take[np.argsort(take - quota, kind="stable")[: n - take.sum()]] += 1
+    if n >= len(classes):
+        for empty in np.flatnonzero(take == 0):
+            take[np.argmax(take)] -= 1
+            take[empty] = 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)]
+    return np.sort(np.concatenate(chosen))
+
+
+def _severity_list(suite: str, name: str, values: Any, flat: bool) -> list:
+    """Validated severities of ``suite/name`` in the suite's order (mildest first)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
+        raise ValueError(f"severities for {suite}/{name} must be a non-empty list, got {values!r}")
+    for value in values:
+        try:
+            _check(suite, name, value)
+        except ValueError as exc:
+            hint = (
+                " (a list applies to every corruption of the suite; pass {corruption: [severities]}"
+                " to choose them per corruption)"
+                if flat
+                else ""
+            )
+            raise ValueError(f"{exc}{hint}") from None
+    return [severity for severity in SUITES[suite][name] if severity in values]
+
+
+def robustness_plan(
+    suites: Sequence[str], severities: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, list]]:
+    """``suite -> corruption -> severities`` to evaluate, validated (ValueError naming the bad entry).
+
+    ``severities`` maps a suite to a list of severities (applied to each of its corruptions) or
+    to ``{corruption: [severities]}`` (only those corruptions); suites not in it run in full.
+    """
+    suites = [suites] if isinstance(suites, str) else list(dict.fromkeys(suites))
+    if not suites:
+        raise ValueError(f"suites is empty; valid suites: {sorted(SUITES)}")
+    for suite in suites:
+        _check(suite)
+    severities = dict(severities or {})
+    for suite in severities:
+        _check(suite)
+        if suite not in suites:
+            raise ValueError(f"severities given for suite {suite!r}, which is not in suites {suites}")
+    plan: dict[str, dict[str, list]] = {}
+    for suite in suites:
+        wanted = severities.get(suite)
+        if wanted is None:
+            plan[suite] = {name: list(values) for name, values in SUITES[suite].items()}
+        elif isinstance(wanted, Mapping):
+            if not wanted:
+                raise ValueError(f"severities for suite {suite!r} name no corruption")
+            for name in wanted:
+                _check(suite, name)
+            plan[suite] = {name: _severity_list(suite, name, values, False) for name, values in wanted.items()}
+        else:
+            plan[suite] = {name: _severity_list(suite, name, wanted, True) for name in SUITES[suite]}
+    return plan
+
+
+def _selection_key(images: np.ndarray, indices: np.ndarray) -> str:
+    """Digest of the selected images and their global indices (part of each cache file name)."""
+    digest = hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    """``np.save`` through a unique temporary file and ``os.replace`` (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cached_corrupt(
+    images: np.ndarray,
+    indices: np.ndarray,
+    suite: str,
+    name: str,
+    severity: float,
+    seed: int,
+    cache_dir: str | Path,
+    key: str | None = None,
+) -> tuple[np.ndarray, bool]:
+    """:func:`corrupt` each image with its global index ``indices[i]``, cached on disk.
+
+    The file ``<cache_dir>/<size>px/<suite>/<name>-sev<severity>-seed<seed>-<key>.npy`` is keyed
+    by the images and indices (``key``, computed when None), so every model evaluated on the same
+    test selection reuses it. Returns ``(corrupted, read_from_cache)``.
+    """
+    key = key or _selection_key(images, indices)
+    path = Path(cache_dir) / f"{images.shape[1]}px" / suite / f"{name}-sev{severity}-seed{seed}-{key}.npy"
+    if path.exists():
+        try:
+            cached = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            cached = None
+        if cached is not None and cached.shape == images.shape and cached.dtype == np.uint8:
+            return cached, True
+    out = np.stack(
+        [
+            corrupt(images[i : i + 1], name, severity, seed, int(index), suite=suite)[0]
+            for i, index in enumerate(indices)
+        ]
+    )
+    _save_npy(out, path)
+    return out, False
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _be_rbe_table(df: pd.DataFrame, skipped: pd.DataFrame, img_size: int) -> pd.DataFrame | None:
+    """BE/rBE of the ``medmnistc`` rows with the AlexNet baseline, annotated with what it covers."""
+    rows = df[df["suite"] == "medmnistc"]
+    if (rows["corruption"] != "clean").sum() == 0:
+        return None
+    table = be_rbe(rows, partial=True)
+    evaluated = rows.groupby("corruption")["level"].apply(list)
+    notes, levels = [], []
+    for name in table["corruption"]:
+        if name == "mean":
+            gone = sorted(set(skipped.loc[skipped["suite"] == "medmnistc", "corruption"]) - set(table["corruption"]))
+            note = f"mean over {len(table) - 1} of {len(SUITES['medmnistc'])} corruptions"
+            note += f"; skipped at {img_size} px: {', '.join(gone)}" if gone else ""
+            levels.append("")
+        else:
+            done = sorted(evaluated[name])
+            full = len(done) == len(SUITES["medmnistc"][name])
+            note = "" if full else f"partial: levels {done} of {list(SUITES['medmnistc'][name])}, not comparable with MedMNIST-C"
+            levels.append(",".join(str(level) for level in done))
+        notes.append(note)
+    return table.assign(levels=levels, img_size=img_size, baseline_px=BASELINE_PX, note=notes)
+
+
+def run_robustness(
+    run_dir: str | Path,
+    suites: Sequence[str] = ("source", "medmnistc"),
+    severities: Mapping[str, Any] | None = None,
+    max_images: int | None = None,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Robustness stage of a finished run: its model on corrupted copies of its test split.
+
+    ``max_images`` keeps a class-stratified subset of the test split (:func:`stratified_indices`
+    with ``seed``); ``severities`` restricts suites as in :func:`robustness_plan`. Corrupted sets
+    come from :func:`cached_corrupt` (``cache_dir`` default :func:`default_cache_dir`); cells a
+    corruption cannot produce at this image size (:func:`unsupported`) are listed in
+    ``skipped.csv``. Writes to ``run_dir/robustness/``: ``corruptions.csv`` (clean row per suite,
+    then one row per corruption and severity), ``skipped.csv``, ``medmnistc_be_rbe.csv`` (AlexNet
+    baseline, measured at 224 px) and ``curves_<suite>.png`` (macro-F1 vs level).
+
+    Returns the tables (``corruptions``, ``skipped``, ``be_rbe`` or None), ``files``,
+    ``indices`` (test images used), ``img_size``, ``cache`` (dir, hits, computed) and
+    ``timings_s`` (corrupt, predict, total).
+    """
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    plan = robustness_plan(suites, severities)
+    for name, value, least in (("seed", seed, 0), ("max_images", 1 if max_images is None else max_images, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    device = resolve_device("auto")
+    model = load_trained(run_dir, device)
+    config = json.loads((run_dir / "run_config.json").read_text())
+    arrays = D.load(D.DataConfig(**config["data"]))
+    labels_all = arrays.labels["test"]
+    indices = np.arange(len(labels_all)) if max_images is None else stratified_indices(labels_all, max_images, seed)
+    images, labels = arrays.images["test"][indices], labels_all[indices]
+    size = int(images.shape[1])
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = _selection_key(images, indices)
+
+    timings = {"corrupt": 0.0, "predict": 0.0}
+
+    def scores(batch: np.ndarray) -> dict[str, float]:
+        tick = time.perf_counter()
+        predictions = predict(model, batch, batch_size=256, device=device)[0].argmax(1)
+        timings["predict"] += time.perf_counter() - tick
+        return _scores(labels, predictions)
+
+    clean = scores(images)
+    rows, skipped, hits, computed = [], [], 0, 0
+    for suite, corruptions in plan.items():
+        rows.append({"suite": suite, "corruption": "clean", "severity": 0, "level": 0, "n": len(images), **clean})
+        for name, values in corruptions.items():
+            for severity in values:
+                reason = unsupported(suite, name, severity, size, size)
+                if reason is not None:
+                    skipped.append({"suite": suite, "corruption": name, "severity": severity, "img_size": size, "reason": reason})
+                    continue
+                tick = time.perf_counter()
+                corrupted, hit = cached_corrupt(images, indices, suite, name, severity, seed, cache_dir, key)
+                timings["corrupt"] += time.perf_counter() - tick
+                hits, computed = hits + hit, computed + (not hit)
+                level = SUITES[suite][name].index(severity) + 1
+                rows.append(
+                    {"suite": suite, "corruption": name, "severity": severity, "level": level, "n": len(images), **scores(corrupted)}
+                )
+    table = pd.DataFrame(rows)
+    skipped_table = pd.DataFrame(skipped, columns=["suite", "corruption", "severity", "img_size", "reason"])
+
+    out_dir = run_dir / "robustness"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"corruptions": out_dir / "corruptions.csv", "skipped": out_dir / "skipped.csv"}
+    _write_csv(table, files["corruptions"])
+    _write_csv(skipped_table, files["skipped"])
+    be_table = _be_rbe_table(table, skipped_table, size) if "medmnistc" in plan else None
+    if be_table is not None:
+        files["be_rbe"] = out_dir / "medmnistc_be_rbe.csv"
+        _write_csv(be_table, files["be_rbe"])
+    for suite in plan:
+        fig = plot_corruption_curves(table[table["suite"] == suite], "macro_f1")
+        fig.axes[0].set_title(f"{config['arch']} {size} px, {suite} suite, n = {len(images)}")
+        files[f"curves_{suite}"] = out_dir / f"curves_{suite}.png"
+        fig.savefig(files[f"curves_{suite}"], dpi=120)
+    timings["total"] = time.perf_counter() - start
+    return {
+        "corruptions": table,
+        "skipped": skipped_table,
+        "be_rbe": be_table,
+        "files": files,
+        "indices": indices,
+        "img_size": size,
+        "cache": {"dir": cache_dir, "hits": hits, "computed": computed},
+        "timings_s": timings,
+    }

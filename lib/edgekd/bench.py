@@ -1,0 +1,225 @@
+"""INT8 benchmark of a profile: eager FP32 PyTorch vs ONNX Runtime INT8, in one process.
+
+For the seed-0 teacher and the seed-0 student of each architecture (first KD setting), both
+backends are timed on the same machine with the same threads, batch, warm-up and repeats, and the
+INT8 model's test macro-F1 is compared with eager FP32. Targets: INT8 at least 3x faster than its
+own eager FP32, students' INT8 at least 10x faster than the teacher's eager FP32, and a macro-F1
+drop of at most 0.01. It prints figures (PASS / MISS per target); it is not a test.
+
+``python -m edgekd.bench [--profile-dir outputs/default] [--threads 2] [--batch 1] [--repeats 50]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import torch
+import yaml
+from torch import nn
+
+from edgekd import data as D
+from edgekd import efficiency as E
+from edgekd import info
+from edgekd.models import create_model
+from edgekd.robustness import to_input
+from edgekd.train import load_trained, score
+
+#: Target per column: speedups at least, macro-F1 delta at least (i.e. a drop of at most 0.01).
+TARGETS: dict[str, float] = {
+    "speedup_vs_own_eager": 3.0,
+    "speedup_vs_teacher_eager": 10.0,
+    "int8_delta_macro_f1": -0.01,
+}
+#: PASS / MISS column of each target.
+VERDICTS: dict[str, str] = {
+    "speedup_vs_own_eager": "own_3x",
+    "speedup_vs_teacher_eager": "teacher_10x",
+    "int8_delta_macro_f1": "f1_drop_0.01",
+}
+COLUMNS: tuple[str, ...] = ("model", "eager_fp32_ms", "ort_int8_ms", *TARGETS, *VERDICTS.values())
+
+
+@dataclass
+class Candidate:
+    """A model to benchmark: a finished run (``run_dir``) or a random-init one."""
+
+    name: str
+    model: nn.Module
+    img_size: int
+    run_dir: Path | None = None
+
+
+def _finished(path: Path) -> bool:
+    return (path / "run_config.json").is_file() and (path / "best.pt").is_file()
+
+
+def _first_kd_name(profile_dir: Path, kd_names: Sequence[str]) -> str:
+    """The profile's first KD setting (``params/<folder name>.yaml``), else 'kd', else the first name."""
+    params = info.REPO_ROOT / "params" / f"{profile_dir.name}.yaml"
+    if params.is_file():
+        settings = (yaml.safe_load(params.read_text()) or {}).get("students", {}).get("kd") or []
+        if settings and settings[0].get("name") in kd_names:
+            return settings[0]["name"]
+    return "kd" if "kd" in kd_names else sorted(kd_names)[0]
+
+
+def find_runs(profile_dir: str | Path, kd: str | None = None) -> list[Path]:
+    """Seed-0 runs to benchmark: ``teacher-*-s0`` then ``student-<arch>-<kd>-s0`` per architecture.
+
+    ``kd`` defaults to the profile's first KD setting. Raises FileNotFoundError when the folder
+    has no finished teacher or student (a run is finished with ``run_config.json`` and ``best.pt``).
+    """
+    profile_dir = Path(profile_dir)
+    if not profile_dir.is_dir():
+        raise FileNotFoundError(f"profile folder {profile_dir} does not exist (run the profile first, or use --untrained)")
+    teachers = sorted(p for p in profile_dir.glob("teacher-*-s0") if _finished(p))
+    students: dict[tuple[str, str], Path] = {}
+    for path in sorted(profile_dir.glob("student-*-s0")):
+        if _finished(path):
+            arch = json.loads((path / "run_config.json").read_text())["arch"]
+            students[(arch, path.name.removeprefix(f"student-{arch}-").removesuffix("-s0"))] = path
+    if not teachers or not students:
+        raise FileNotFoundError(
+            f"{profile_dir} has no finished seed-0 {'teacher' if not teachers else 'student'} run "
+            "(teacher-*-s0 / student-*-s0 with run_config.json and best.pt); run the profile first, or use --untrained"
+        )
+    kd_names = sorted({name for _, name in students})
+    kd = kd or _first_kd_name(profile_dir, kd_names)
+    if kd not in kd_names:
+        raise FileNotFoundError(f"no finished seed-0 student with KD setting {kd!r} in {profile_dir}; found {kd_names}")
+    archs = sorted({arch for arch, name in students if name == kd}, key=info.ARCHS.index)
+    return [teachers[0], *(students[(arch, kd)] for arch in archs)]
+
+
+def _int8_path(candidate: Candidate, calib: np.ndarray, tmp: Path) -> Path:
+    """The run's exported INT8 model when present, else one exported and quantised into ``tmp``."""
+    if candidate.run_dir is not None:
+        exported = candidate.run_dir / "export" / E.EXPORT_FILES["onnx_int8"]
+        if exported.is_file():
+            return exported
+    onnx_path = E.export_onnx(candidate.model, candidate.img_size, tmp / f"{candidate.name}.onnx")
+    return E.quantize_int8(onnx_path, to_input(calib), tmp / f"{candidate.name}_int8.onnx")
+
+
+def _verdict(value: float, target: float) -> str:
+    return "n/a" if np.isnan(value) else "PASS" if value >= target else "MISS"
+
+
+def benchmark(
+    candidates: Sequence[Candidate],
+    data: dict[str, D.DermaArrays | None],
+    threads: int,
+    batch: int,
+    warmup: int,
+    repeats: int,
+    calib_images: int,
+) -> pd.DataFrame:
+    """One row per candidate (the teacher first): median latencies, speedups, INT8 macro-F1 delta.
+
+    ``data[name]`` holds the candidate's arrays (INT8 calibration on TRAIN, macro-F1 on test), or
+    None for random-init models: calibration then uses random images and the delta is NaN.
+    """
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for candidate in candidates:
+            arrays = data[candidate.name]
+            size = candidate.img_size
+            if arrays is None:
+                calib = np.random.default_rng(0).integers(0, 256, (calib_images, size, size, 3), dtype=np.uint8)
+            else:
+                calib = E.calibration_images(arrays, calib_images)
+            eager = E.load_backend("eager", candidate.model)
+            int8 = E.load_backend("ort_int8", _int8_path(candidate, calib, Path(tmp)), threads=threads)
+            x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+            eager_ms = E.latency(eager, x, warmup, repeats, threads)["p50_ms"]
+            int8_ms = E.latency(int8, x, warmup, repeats, threads)["p50_ms"]
+            delta = float("nan")
+            if arrays is not None:
+                images, labels = arrays.images["test"], arrays.labels["test"]
+                eager_f1 = score(labels, E.backend_logits(eager, images))["macro_f1"]
+                delta = score(labels, E.backend_logits(int8, images))["macro_f1"] - eager_f1
+            rows.append({"model": candidate.name, "img_size": size, "eager_fp32_ms": eager_ms, "ort_int8_ms": int8_ms,
+                         "int8_delta_macro_f1": delta})
+    table = pd.DataFrame(rows)
+    table["speedup_vs_own_eager"] = table["eager_fp32_ms"] / table["ort_int8_ms"]
+    table["speedup_vs_teacher_eager"] = table["eager_fp32_ms"].iloc[0] / table["ort_int8_ms"]
+    for column, target in TARGETS.items():
+        table[VERDICTS[column]] = [_verdict(value, target) for value in table[column]]
+    table.loc[0, VERDICTS["speedup_vs_teacher_eager"]] = "-"  # a students' target
+    table[["threads", "batch", "warmup", "repeats"]] = threads, batch, warmup, repeats
+    return table[[*COLUMNS, "img_size", "threads", "batch", "warmup", "repeats"]]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edgekd.bench``: print the INT8 benchmark table, write ``bench_int8.csv``."""
+    ap = argparse.ArgumentParser(prog="edgekd-bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile-dir", type=Path, default=info.outputs_dir() / "default",
+                    help="folder of a finished profile (default: <outputs>/default)")
+    ap.add_argument("--kd", default=None, help="KD setting name of the students (default: the profile's first)")
+    ap.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads (default 2)")
+    ap.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    ap.add_argument("--warmup", type=int, default=10, help="warm-up calls per backend (default 10)")
+    ap.add_argument("--repeats", type=int, default=50, help="timed calls per backend (default 50)")
+    ap.add_argument("--calib-images", type=int, default=256, help="TRAIN images for INT8 calibration when no export exists")
+    ap.add_argument("--untrained", action="store_true", help="random-init models (no runs needed; latency only)")
+    ap.add_argument("--size", type=int, default=28, help="input size with --untrained (default 28)")
+    ap.add_argument("--stem-stride", type=int, default=2, help="stem stride with --untrained (default 2, as the default profile)")
+    ap.add_argument("--csv", type=Path, default=None, help="CSV path (default <profile-dir>/bench_int8.csv; none with --untrained)")
+    args = ap.parse_args(argv)
+    if min(args.threads, args.batch, args.repeats, args.calib_images) < 1 or args.warmup < 0:
+        ap.error("--threads, --batch, --repeats and --calib-images must be >= 1, --warmup >= 0")
+    try:
+        if args.untrained:
+            torch.manual_seed(0)
+            candidates = [Candidate(arch, create_model(arch, args.size, stem_stride=args.stem_stride).eval(), args.size)
+                          for arch in info.ARCHS]
+            data: dict[str, D.DermaArrays | None] = {c.name: None for c in candidates}
+            csv = args.csv
+        else:
+            candidates, data, loaded = [], {}, {}
+            for run_dir in find_runs(args.profile_dir, args.kd):
+                config = json.loads((run_dir / "run_config.json").read_text())
+                key = json.dumps(config["data"], sort_keys=True)
+                if key not in loaded:
+                    loaded[key] = D.load(D.DataConfig(**config["data"]))
+                candidates.append(Candidate(run_dir.name, load_trained(run_dir), config["data"]["size"], run_dir))
+                data[run_dir.name] = loaded[key]
+            csv = args.csv or args.profile_dir / "bench_int8.csv"
+        print(f"edgekd-bench: {'UNTRAINED random-init models (latency only, no accuracy)' if args.untrained else args.profile_dir}")
+        print(f"  cpu {_cpu_name()}, {args.threads} threads, batch {args.batch}, warm-up {args.warmup}, {args.repeats} repeats; "
+              f"latency = median ms per call; torch {torch.__version__}, onnxruntime {ort.__version__}")
+        table = benchmark(candidates, data, args.threads, args.batch, args.warmup, args.repeats, args.calib_images)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"edgekd-bench: error: {exc}", file=sys.stderr)
+        return 2
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        print(table[list(COLUMNS)].to_string(index=False))
+    print("  targets: speedup_vs_own_eager >= 3, speedup_vs_teacher_eager >= 10 (students), int8_delta_macro_f1 >= -0.01")
+    if csv is not None:
+        table.to_csv(csv, index=False)
+        print(f"  wrote {csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
