@@ -19,11 +19,11 @@ def test_split_qmd_keeps_order_and_drops_chunk_options():
 
 
 def test_every_section_of_the_source_report_is_in_the_article():
-    text = (P.PAPER_DIR / P.ARTICLE).read_text()
+    headings = [ln for ln in (P.PAPER_DIR / P.ARTICLE).read_text().splitlines() if ln.startswith("## ")]
     for heading in ("Teacher and student roles", "Performance with confidence intervals", "Calibration and operating points",
                     "Robustness", "Efficiency", "Pareto front", "Training curves", "Teacher against student",
                     "Limitations"):
-        assert f"## {heading}" in text, heading
+        assert any(heading in h for h in headings), heading
 
 
 @pytest.fixture(scope="module")

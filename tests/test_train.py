@@ -18,7 +18,7 @@ from edgekd import data as D
 from edgekd import train as T
 from edgekd.models import create_model
 
-CFG = dict(epochs=2, batch_size=32, lr=2e-3, stem_stride=2, progress=False, warmup_epochs=0.5)
+CFG = dict(epochs=2, batch_size=32, lr=2e-3, stem_stride=2, progress=False, warmup_epochs=0.5, threads=2)
 
 
 def _fit(arrays, run_dir, seed=0, kd=None, teacher_dir=None, arch="resnet18", **over):

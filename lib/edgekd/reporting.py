@@ -76,11 +76,11 @@ HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1"
 
 
 def discover(profile_dir: Path) -> pd.DataFrame:
-    """Finished trained runs of a profile: run_id, role, arch, kd, seed, model, path."""
+    """Evaluated runs of a profile: run_id, role, arch, kd, seed, model, path."""
     rows = []
     for cfg_path in sorted(Path(profile_dir).glob("*/run_config.json")):
         run = cfg_path.parent
-        if not (run / "metrics.json").exists():
+        if not (run / "eval" / "metrics.csv").exists():  # only evaluated runs are aggregated
             continue
         cfg = json.loads(cfg_path.read_text())
         role = "teacher" if run.name.startswith("teacher-") else "student"
@@ -88,7 +88,7 @@ def discover(profile_dir: Path) -> pd.DataFrame:
         rows.append({"run_id": run.name, "role": role, "arch": cfg["arch"], "kd": kd, "seed": cfg["seed"],
                      "model": run.name.rsplit("-s", 1)[0], "path": run})
     if not rows:
-        raise FileNotFoundError(f"no finished runs under {profile_dir}")
+        raise FileNotFoundError(f"no evaluated runs under {profile_dir} (run the evaluate stage first)")
     return pd.DataFrame(rows)
 
 
@@ -393,11 +393,11 @@ def aggregate(profile_dir: Path, out_dir: Path) -> dict:
     kd = kd_vs_nokd(runs)
     if len(kd):
         res["kd_vs_nokd"] = kd
-    if (runs["role"] == "student").any():
+    if any((r.path / "eval" / "paired.csv").exists() for r in runs.itertuples()):
         res["per_class_delta"], res["per_class_delta_fig"] = per_class_delta_figure(runs)
         res["paired"] = pd.concat(
             pd.read_csv(r.path / "eval" / "paired.csv").assign(model=r.model)
-            for r in runs[runs["role"] == "student"].itertuples()
+            for r in runs.itertuples() if (r.path / "eval" / "paired.csv").exists()
         ).groupby("model", sort=False)[["agreement", "b", "c", "p_value", "teacher_accuracy", "student_accuracy"]].mean().reset_index()
     rob = robustness_summary(runs)
     if rob is not None:
@@ -424,19 +424,20 @@ def headline_numbers(runs: pd.DataFrame, seed_metrics: pd.DataFrame, generated: 
     acc = seed_metrics[seed_metrics["metric"] == "accuracy"].set_index("model")["mean"]
     f1 = seed_metrics[seed_metrics["metric"] == "macro_f1"].set_index("model")["mean"]
     students = [m for m in acc.index if m.startswith("student-")]
-    teacher = next(m for m in acc.index if m.startswith("teacher-"))
+    teacher = next((m for m in acc.index if m.startswith("teacher-")), None)
     best = max(students, key=lambda m: acc[m]) if students else teacher
     cfg = {r.role: json.loads((r.path / "run_config.json").read_text()) for r in runs.itertuples()}
+    any_cfg = next(iter(cfg.values()))
     return {
         "generated": generated,
-        "size": int(cfg["teacher"]["data"]["size"]),
+        "size": int(any_cfg["data"]["size"]),
         "n_runs": len(runs),
         "n_seeds": int(runs.groupby("model")["seed"].nunique().max()),
-        "teacher_epochs": int(cfg["teacher"]["train"]["epochs"]),
-        "student_epochs": int(cfg.get("student", cfg["teacher"])["train"]["epochs"]),
+        "teacher_epochs": int(cfg["teacher"]["train"]["epochs"]) if "teacher" in cfg else None,
+        "student_epochs": int(cfg["student"]["train"]["epochs"]) if "student" in cfg else None,
         "best_student": best,
         "best_student_accuracy": float(acc[best]),
         "best_student_macro_f1": float(f1[best]),
-        "teacher_accuracy": float(acc[teacher]),
-        "teacher_macro_f1": float(f1[teacher]),
+        "teacher_accuracy": float(acc[teacher]) if teacher else None,
+        "teacher_macro_f1": float(f1[teacher]) if teacher else None,
     }
