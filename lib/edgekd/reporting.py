@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from edgekd import data as D
+from edgekd import evaluation as E
 from edgekd import info
 from edgekd import metrics as M
 
@@ -86,7 +87,7 @@ def discover(profile_dir: Path) -> pd.DataFrame:
         role = "teacher" if run.name.startswith("teacher-") else "student"
         kd = run.name.split("-")[-2] if role == "student" else "teacher"
         rows.append({"run_id": run.name, "role": role, "arch": cfg["arch"], "kd": kd, "seed": cfg["seed"],
-                     "model": run.name.rsplit("-s", 1)[0], "path": run})
+                     "model": E.model_name(run.name), "path": run})
     if not rows:
         raise FileNotFoundError(f"no evaluated runs under {profile_dir} (run the evaluate stage first)")
     return pd.DataFrame(rows)
@@ -371,8 +372,6 @@ def aggregate(profile_dir: Path, out_dir: Path) -> dict:
     """Paper-ready tables and figures for every finished run of a profile, written to ``out_dir``."""
     import shutil
     import time
-
-    from edgekd import evaluation as E
 
     profile_dir, out_dir = Path(profile_dir), Path(out_dir)
     runs = discover(profile_dir)
