@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from edgekd import efficiency as eff
+from edgekd.data import to_input
 from edgekd.info import NUM_CLASSES
-from edgekd.robustness import to_input
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::FutureWarning", "ignore::DeprecationWarning"

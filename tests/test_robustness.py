@@ -41,29 +41,6 @@ def _high_freq_energy(images: np.ndarray) -> float:
     return float((np.diff(x, axis=1) ** 2).mean() + (np.diff(x, axis=2) ** 2).mean())
 
 
-# ----------------------------------------------------------------------------- to_input
-
-
-def test_to_input_normalises_with_info_constants() -> None:
-    images = np.zeros((2, 5, 6, 3), dtype=np.uint8)
-    images[1, 2, 3] = (255, 0, 51)
-    x = rb.to_input(images)
-    assert x.dtype == np.float32 and x.shape == (2, 3, 5, 6)
-    expected = [
-        (1.0 - info.MEAN[0]) / info.STD[0],
-        -info.MEAN[1] / info.STD[1],
-        (0.2 - info.MEAN[2]) / info.STD[2],
-    ]
-    np.testing.assert_allclose(x[1, :, 2, 3], expected, rtol=1e-6)
-    np.testing.assert_allclose(
-        x[0, :, 0, 0],
-        [-m / s for m, s in zip(info.MEAN, info.STD, strict=True)],
-        rtol=1e-6,
-    )
-    with pytest.raises(ValueError):
-        rb.to_input(images.astype(np.float32))
-
-
 # ------------------------------------------------------------------------- source suite
 
 
@@ -370,20 +347,6 @@ def test_plot_corruption_curves() -> None:
 
 
 # ------------------------------------------------------------------------ stage helpers
-
-
-def test_stratified_indices_keeps_every_class_and_proportions() -> None:
-    labels = np.repeat(np.arange(info.NUM_CLASSES), [66, 103, 220, 23, 223, 1341, 29])
-    idx = rb.stratified_indices(labels, 140, seed=0)
-    assert len(idx) == 140 and len(set(idx)) == 140 and np.all(np.diff(idx) > 0)
-    counts = np.bincount(labels[idx], minlength=info.NUM_CLASSES)
-    assert counts.min() >= 1 and abs(counts[5] - 140 * 1341 / 2005) <= 1
-    np.testing.assert_array_equal(idx, rb.stratified_indices(labels, 140, seed=0))
-    assert not np.array_equal(idx, rb.stratified_indices(labels, 140, seed=1))
-    assert len(rb.stratified_indices(labels, 3)) == 3  # fewer than the classes
-    np.testing.assert_array_equal(rb.stratified_indices(labels[:10], 50), np.arange(10))
-    with pytest.raises(ValueError):
-        rb.stratified_indices(labels, 0)
 
 
 def test_robustness_plan() -> None:

@@ -45,6 +45,14 @@ def test_smoke_expands_teacher_before_students(tmp_path):
     assert {s.parameters["kd"]["mode"] for s in students} == {"hinton", "none"}
 
 
+def test_kd_setting_can_name_its_own_archs(tmp_path):
+    path = _profile(tmp_path, **{"students.kd.0.archs": ["resnet18"]})
+    students = [s.run_id for s in R.expand(R.load_profile(path), tmp_path) if s.stage == "student"]
+    assert students == ["student-resnet18-kdat-s0", "student-resnet18-kdat-s1",
+                        *(f"student-{arch}-nokd-s{seed}" for arch in ("resnet18", "mobilenetv2_100", "efficientnet_b0")
+                          for seed in (0, 1))]
+
+
 def test_every_profile_is_valid(tmp_path):
     for path in R.PARAMS_DIR.glob("*.yaml"):
         assert R.expand(R.load_profile(path), tmp_path), path
@@ -66,6 +74,8 @@ def test_every_profile_is_valid(tmp_path):
         ({"robustness.suites": ["source", "imagenet-c"]}, "imagenet-c"),
         ({"robustness.severities": {"source": [0.15]}}, "0.15"),
         ({"efficiency.latency": True}, "unknown keys"),
+        ({"students.kd.0.archs": ["resnet50"]}, "archs must be a non-empty list drawn from students.archs"),
+        ({"students.kd.0.archs": "resnet18"}, "archs must be a non-empty list"),
     ],
 )
 def test_bad_profile_fails_before_any_output(tmp_path, edits, message):

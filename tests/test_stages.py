@@ -155,7 +155,7 @@ def test_exported_onnx_matches_trained_model_on_test_images(student: Path) -> No
         eff.export_onnx(load_trained(student), 28, onnx_path)
     images = _test_split(student).images["test"]
     with torch.no_grad():
-        reference = load_trained(student)(torch.from_numpy(rb.to_input(images))).numpy()
+        reference = load_trained(student)(torch.from_numpy(D.to_input(images))).numpy()
     stored = np.load(student / "predictions.npz")["test_logits"]
     assert np.abs(reference - stored).max() < 1e-4  # the training run's CPU logits
     logits = eff.backend_logits(eff.load_backend("ort_fp32", onnx_path, threads=1), images, batch_size=16)

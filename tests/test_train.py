@@ -113,8 +113,11 @@ def test_cached_teacher_equals_live_teacher(tiny, tmp_path):
     m1, h1 = _fit(tiny, tmp_path / "cached", kd=T.KDConfig(**kd, teacher_cache=True), teacher_dir=tdir, epochs=1)
     m2, h2 = _fit(tiny, tmp_path / "live", kd=T.KDConfig(**kd, teacher_cache=False), teacher_dir=tdir, epochs=1)
     assert list((tdir).glob("teacher_cache_dihedral_at.pt"))
+    # The cache is computed in eval batches, the live teacher per training batch: on CUDA under
+    # bf16 autocast (8-bit mantissa) the two differ in the third digit, on CPU (float32) far less.
+    rel = 1e-2 if torch.cuda.is_available() else 1e-3
     for col in ("train_loss", "train_ce", "train_kd", "train_at"):
-        assert h1[col].iloc[0] == pytest.approx(h2[col].iloc[0], rel=1e-3), col
+        assert h1[col].iloc[0] == pytest.approx(h2[col].iloc[0], rel=rel), col
     assert h1["train_kd"].iloc[0] > 0 and h1["train_at"].iloc[0] > 0
 
 
@@ -145,7 +148,10 @@ def test_run_config_round_trips(tiny, tmp_path):
     tdir = _teacher(tiny, tmp_path)
     cfg = json.loads((tdir / "run_config.json").read_text())
     assert cfg["train"] == asdict(T.TrainConfig(**{**CFG, "epochs": 1}))
-    model = T.load_trained(tdir)
-    logits, _ = T.predict(model, tiny.images["test"])
+    device = T.resolve_device(cfg["train"]["device"])  # the saved logits are float32 on the training device
+    model = T.load_trained(tdir, device)
+    logits, _ = T.predict(model, tiny.images["test"], cfg["train"]["eval_batch_size"], device, amp=False)
     saved = np.load(tdir / "predictions.npz")["test_logits"]
-    assert np.allclose(logits, saved, atol=1e-5)
+    # CUDA convolutions run in TF32 by default (10-bit mantissa) and pick algorithms by memory
+    # format (training leaves the model channels_last): there, logits agree to about 1e-4.
+    assert np.allclose(logits, saved, atol=1e-3 if device.type == "cuda" else 1e-5)

@@ -31,7 +31,6 @@ from edgekd import data as D
 from edgekd import efficiency as E
 from edgekd import info
 from edgekd.models import create_model
-from edgekd.robustness import to_input
 from edgekd.train import load_trained, score
 
 #: Target per column: speedups at least, macro-F1 delta at least (i.e. a drop of at most 0.01).
@@ -108,7 +107,7 @@ def _int8_path(candidate: Candidate, calib: np.ndarray, tmp: Path) -> Path:
         if exported.is_file():
             return exported
     onnx_path = E.export_onnx(candidate.model, candidate.img_size, tmp / f"{candidate.name}.onnx")
-    return E.quantize_int8(onnx_path, to_input(calib), tmp / f"{candidate.name}_int8.onnx")
+    return E.quantize_int8(onnx_path, D.to_input(calib), tmp / f"{candidate.name}_int8.onnx")
 
 
 def _verdict(value: float, target: float) -> str:

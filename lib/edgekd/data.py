@@ -332,6 +332,48 @@ def normalise(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+def check_images(images: np.ndarray) -> None:
+    """Raise ValueError unless ``images`` is a uint8 numpy array of shape ``(N, H, W, 3)``."""
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise ValueError(f"images must be a uint8 numpy array, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must have shape (N, H, W, 3), got {images.shape}")
+
+
+def to_input(images: np.ndarray) -> np.ndarray:
+    """uint8 ``(N, H, W, 3)`` images -> float32 ``(N, 3, H, W)`` numpy model input.
+
+    Numpy form of :func:`normalise`, for the ONNX Runtime backends and exports.
+    """
+    check_images(images)
+    return np.ascontiguousarray(normalise(images).numpy())
+
+
+def stratified_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a deterministic class-stratified subset of ``n`` of ``labels``.
+
+    Classes get images in proportion to their counts (largest remainders); when ``n`` is at least
+    the number of classes, a class left empty takes one image from the largest share. All images
+    when ``n >= len(labels)``.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(labels)
+    take = np.floor(quota).astype(int)
+    take[np.argsort(take - quota, kind="stable")[: n - take.sum()]] += 1
+    if n >= len(classes):
+        for empty in np.flatnonzero(take == 0):
+            take[np.argmax(take)] -= 1
+            take[empty] = 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)]
+    return np.sort(np.concatenate(chosen))
+
+
 def dihedral(x: torch.Tensor, view: int) -> torch.Tensor:
     """View ``view`` in 0..7 of the dihedral group on NCHW ``x``: rotate by 90°·(view % 4), then flip if view >= 4."""
     out = torch.rot90(x, view % 4, dims=(2, 3))

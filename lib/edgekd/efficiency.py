@@ -1,6 +1,6 @@
 """Model size, FLOPs, export (TorchScript, ONNX, ONNX INT8), inference backends and benchmarks.
 
-Backends take float32 NCHW inputs already normalised (:func:`edgekd.robustness.to_input`) and
+Backends take float32 NCHW inputs already normalised (:func:`edgekd.data.to_input`) and
 return ``(N, classes)`` logits as numpy arrays.
 
 ONNX export uses the legacy TorchScript-based exporter (``dynamo=False``): with torch 2.14 the
@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgekd import data as D
-from edgekd.robustness import stratified_indices, to_input
+from edgekd.data import stratified_indices, to_input
 from edgekd.train import load_trained, score
 
 #: Inference backends understood by :func:`load_backend`.

@@ -1,7 +1,7 @@
 """Image corruptions, corruption evaluation and MedMNIST-C BE/rBE scores.
 
 Corruptions act on uint8 RGB images ``(N, H, W, 3)`` at the model's input size, *before*
-normalisation (:func:`to_input`). Every image is corrupted with random numbers drawn from
+normalisation (:func:`edgekd.data.to_input`). Every image is corrupted with random numbers drawn from
 ``np.random.SeedSequence([seed, global_index, crc32("<suite>/<corruption>")])``, so an image's
 result depends only on the seed, its global index and the corruption, never on batch composition.
 The severity is not part of the seed: within one corruption, all severities of an image share
@@ -49,7 +49,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from edgekd import data as D
 from edgekd import info
-from edgekd.data import normalise
+from edgekd.data import check_images, stratified_indices
 from edgekd.train import load_trained, predict, resolve_device
 
 #: MedMNIST-C dataset key whose corruptions and baselines are used.
@@ -61,15 +61,6 @@ DERMAMNIST_BASELINE: Mapping[str, Any] = BASELINES[MEDMNISTC_DATASET]
 METRICS: tuple[str, ...] = ("accuracy", "macro_f1", "balanced_error")
 #: Macro-F1 averages over all classes (absent classes score 0), as ``edgekd.metrics`` does.
 _LABELS = np.arange(info.NUM_CLASSES)
-
-
-def to_input(images: np.ndarray) -> np.ndarray:
-    """uint8 ``(N, H, W, 3)`` images -> float32 ``(N, 3, H, W)`` numpy model input.
-
-    Thin numpy wrapper of :func:`edgekd.data.normalise` (``info.MEAN`` / ``info.STD`` on [0, 1]).
-    """
-    _check_images(images)
-    return np.ascontiguousarray(normalise(images).numpy())
 
 
 # --------------------------------------------------------------------------- source suite
@@ -212,15 +203,6 @@ def _medmnistc(
 # ---------------------------------------------------------------------------- public API
 
 
-def _check_images(images: np.ndarray) -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        raise ValueError(
-            f"images must be a uint8 numpy array, got {type(images).__name__}"
-        )
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must have shape (N, H, W, 3), got {images.shape}")
-
-
 def _check(suite: str, name: str | None = None, severity: float | None = None) -> None:
     """Raise ValueError naming the bad suite, corruption or severity and the valid ones."""
     if suite not in SUITES:
@@ -255,7 +237,7 @@ def corrupt(
     ``severity`` is a value of ``SUITES[suite][name]``. Results are identical whether the images
     are passed at once or in chunks with matching ``start_index``.
     """
-    _check_images(images)
+    check_images(images)
     _check(suite, name, severity)
     if seed < 0 or start_index < 0:
         raise ValueError(
@@ -328,7 +310,7 @@ def evaluate_corruptions(
     ``{model_name: predict_fn}`` scores several models on the same corrupted batches (each batch
     is corrupted once) and adds a leading ``model`` column.
     """
-    _check_images(images)
+    check_images(images)
     _check(suite)
     labels = np.asarray(labels).reshape(-1)
     if len(labels) != len(images):
@@ -471,29 +453,6 @@ def default_cache_dir() -> Path:
     return info.outputs_dir() / "cache" / "corrupted"
 
 
-def stratified_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of a deterministic class-stratified subset of ``n`` of ``labels``.
-
-    Classes get images in proportion to their counts (largest remainders); when ``n`` is at least
-    the number of classes, a class left empty takes one image from the largest share. All images
-    when ``n >= len(labels)``.
-    """
-    labels = np.asarray(labels).reshape(-1)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if n >= len(labels):
-        return np.arange(len(labels))
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = counts * n / len(labels)
-    take = np.floor(quota).astype(int)
-    take[np.argsort(take - quota, kind="stable")[: n - take.sum()]] += 1
-    if n >= len(classes):
-        for empty in np.flatnonzero(take == 0):
-            take[np.argmax(take)] -= 1
-            take[empty] = 1
-    rng = np.random.default_rng(seed)
-    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)]
-    return np.sort(np.concatenate(chosen))
 
 
 def _severity_list(suite: str, name: str, values: Any, flat: bool) -> list:

@@ -173,8 +173,13 @@ def expand(prof: dict, outputs: Path) -> list[RunSpec]:
     if None in names or len(set(names)) != len(names):
         raise ConfigError(f"students.kd: every setting needs a unique 'name', got {names}")
     for setting in kd_settings:
-        kd = asdict(_build(KDConfig, {k: v for k, v in setting.items() if k != "name"}, f"students.kd[{setting['name']}]"))
-        for arch in archs:
+        where = f"students.kd[{setting['name']}]"
+        kd = asdict(_build(KDConfig, {k: v for k, v in setting.items() if k not in ("name", "archs")}, where))
+        # A setting's own ``archs`` (e.g. an ablation on one student) must be among students.archs.
+        setting_archs = setting.get("archs", archs)
+        if not isinstance(setting_archs, list) or not setting_archs or not set(setting_archs) <= set(archs):
+            raise ConfigError(f"{where}: archs must be a non-empty list drawn from students.archs {archs}, got {setting_archs!r}")
+        for arch in setting_archs:
             for seed in students.get("seeds", [0]):
                 # Each student distils from the teacher of its own seed when there is one, else the first.
                 t = teachers.get(seed, teachers[t_seeds[0]])

@@ -308,8 +308,11 @@ def fit(
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
-        gen.set_state(ck["gen"])
-        torch.set_rng_state(ck["torch_rng"])
+        # RNG states must be CPU ByteTensors; map_location moved them to ``device``.
+        gen.set_state(ck["gen"].cpu())
+        torch.set_rng_state(ck["torch_rng"].cpu())
+        if device.type == "cuda" and ck.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ck["cuda_rng"].cpu(), device)
         start, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
     from torch.utils.tensorboard import SummaryWriter
 
@@ -378,7 +381,8 @@ def fit(
         pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
         atomic_save(
             {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
-             "torch_rng": torch.get_rng_state(), "epoch": epoch, "best": best, "history": history},
+             "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+             "epoch": epoch, "best": best, "history": history},
             last,
         )
         print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val acc {val['acc']:.4f}, "
@@ -388,12 +392,16 @@ def fit(
 
 
 def finish(model: nn.Module, arrays: D.DermaArrays, run_dir: Path, cfg: TrainConfig, wall_s: float) -> dict:
-    """Reload the best-val epoch, save val/test logits and the run's summary metrics."""
+    """Reload the best-val epoch, save val/test logits and the run's summary metrics.
+
+    The saved logits are computed in float32 even when training used AMP: bf16 keeps about three
+    significant digits, too few for the calibration metrics computed from these logits.
+    """
     device = resolve_device(cfg.device)
     model.load_state_dict(torch.load(run_dir / "best.pt", map_location=device, weights_only=True))
     out: dict[str, np.ndarray] = {}
     for split in ("val", "test"):
-        out[f"{split}_logits"], _ = predict(model, arrays.images[split], cfg.eval_batch_size, device, amp=cfg.amp)
+        out[f"{split}_logits"], _ = predict(model, arrays.images[split], cfg.eval_batch_size, device, amp=False)
         out[f"{split}_labels"] = arrays.labels[split]
     np.savez_compressed(run_dir / "predictions.npz", **out)
     history = pd.read_csv(run_dir / "history.csv")
