@@ -126,6 +126,14 @@ def test_smoke_profile_end_to_end(smoke_outputs):
         assert (agg / name).exists(), name
     perf = pd.read_csv(agg / "performance.csv")
     assert len(perf) == 1 + 3 * 2 and set(perf["seeds"]) == {1, 2}
+    # BE / rBE per model: the seed mean of each run's MedMNIST-C 'mean' row
+    be = pd.read_csv(agg / "be_rbe.csv").set_index("model")
+    runs = sorted(root.glob("student-resnet18-nokd-s*"))
+    per_run = pd.concat(pd.read_csv(r / "robustness" / "medmnistc_be_rbe.csv").query("corruption == 'mean'") for r in runs)
+    row = be.loc["student-resnet18-nokd"]
+    assert row["seeds"] == len(runs) == 2
+    assert row["BE"] == pytest.approx(per_run["be"].mean()) and row["rBE"] == pytest.approx(per_run["rbe"].mean())
+    assert be[["balanced_error", "BE", "rBE"]].notna().all().all()
     assert (root / "data" / "montage.png").exists()
     leakage = pd.read_csv(root / "data" / "leakage.csv")
     assert set(leakage["splits"]) == {"train-val", "train-test", "val-test", "any"}

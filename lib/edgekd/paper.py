@@ -92,7 +92,7 @@ def render(profile: str, paper_dir: Path = PAPER_DIR, force_fallback: bool = Fal
 
 
 def browser_check(html: Path, timeout_ms: int = 60000) -> dict:
-    """Open ``html`` in headless Chromium; count figures loaded and tables with filled cells."""
+    """Open ``html`` in headless Chromium; count figures loaded and tables with numbers beyond their name column."""
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -104,8 +104,9 @@ def browser_check(html: Path, timeout_ms: int = 60000) -> dict:
             """() => {
               const imgs = [...document.images];
               const tables = [...document.querySelectorAll('table')];
-              const filled = t => [...t.querySelectorAll('tbody tr')].length > 0 &&
-                  [...t.querySelectorAll('td')].some(td => td.textContent.trim().length > 0);
+              // filled: a body row with a number in a cell after the first (the row's name)
+              const filled = t => [...t.querySelectorAll('tbody tr')].some(
+                  tr => [...tr.querySelectorAll('td')].slice(1).some(td => /\d/.test(td.textContent)));
               return {
                 images: imgs.length,
                 images_loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,

@@ -291,17 +291,27 @@ def robustness_summary(runs: pd.DataFrame) -> tuple[pd.DataFrame, Figure] | None
 
 
 def be_rbe_summary(runs: pd.DataFrame) -> pd.DataFrame | None:
-    """MedMNIST-C BE / rBE (mean row of each run) averaged across seeds per model."""
+    """MedMNIST-C balanced error, BE and rBE (the ``mean`` row of each run) averaged across seeds per model.
+
+    The ``note`` column says which corruptions the mean covers (some need larger images).
+    """
     frames = []
     for r in runs.itertuples():
         path = r.path / "robustness" / "medmnistc_be_rbe.csv"
         if path.exists():
             df = pd.read_csv(path)
-            frames.append(df[df["corruption"] == "mean"].assign(model=r.model))
+            mean = df[df["corruption"] == "mean"]
+            missing = {"balanced_error", "be", "rbe"} - set(df.columns)
+            if len(mean) != 1 or missing:
+                raise ValueError(f"{path} needs one 'mean' row and columns balanced_error, be, rbe (missing {sorted(missing)})")
+            frames.append(mean.assign(model=r.model))
     if not frames:
         return None
-    cols = [c for c in ("BE", "rBE") if c in frames[0].columns]
-    return pd.concat(frames).groupby("model", sort=False)[cols].mean().reset_index()
+    df = pd.concat(frames)
+    table = df.groupby("model", sort=False).agg(
+        seeds=("be", "size"), balanced_error=("balanced_error", "mean"), BE=("be", "mean"), rBE=("rbe", "mean"),
+        note=("note", "first"))
+    return table.reset_index()
 
 
 def efficiency_summary(runs: pd.DataFrame) -> dict[str, pd.DataFrame | Figure] | None:
