@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -121,6 +123,20 @@ def load_image(path: Path, size: int) -> np.ndarray:
     return np.asarray(square.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a binary handle to a unique temporary file beside ``path``, then move it into
+    place with ``os.replace``: a kill never leaves a half-written ``path``. Creates the parent folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def build_npz(root: str | Path | None, size: int, out: Path) -> Path:
     """Build a MedMNIST-layout npz at ``size`` from raw HAM10000; written atomically."""
     check_size(size)
@@ -131,16 +147,7 @@ def build_npz(root: str | Path | None, size: int, out: Path) -> Path:
         rows = split[split["split"] == name]
         arrays[f"{name}_images"] = np.stack([load_image(folder / f"{i}.jpg", size) for i in rows["image_id"]])
         arrays[f"{name}_labels"] = rows["label"].to_numpy(dtype=np.uint8)[:, None]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz.tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(out, lambda fh: np.savez_compressed(fh, **arrays))
     return out
 
 

@@ -441,12 +441,15 @@ def benchmark_model(
     calib_images: np.ndarray | None = None,
     work_dir: str | Path | None = None,
     cuda: bool = True,
+    exported: Mapping[int, Mapping[str, Path]] | None = None,
 ) -> pd.DataFrame:
     """Latency table: one row per backend x batch size x input size (default ``(img_size, 224)``).
 
     CPU rows use ``threads`` torch / onnxruntime intra-op threads. ``ort_int8`` needs
     ``calib_images`` (uint8 NHWC, resized to each input size, normalised by ``to_input``).
-    Exports go to ``work_dir/<size>/`` (a temporary folder when None). With ``cuda`` and a GPU,
+    Exports go to ``work_dir/<size>/`` (a temporary folder when None), except for sizes in
+    ``exported`` (``{size: export_all(...) paths}`` made with the same calibration images), which are
+    timed as they are. With ``cuda`` and a GPU,
     eager fp32 and AMP (float16) rows are added with ``device="cuda"`` (inputs already on the GPU).
     Columns: ``backend, device, precision, img_size, size, batch, threads, file_bytes`` and the
     :func:`latency` statistics; inputs are random normal (values do not affect CNN latency).
@@ -465,10 +468,11 @@ def benchmark_model(
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(work_dir) if work_dir is not None else Path(tmp)
         for size in sizes:
-            calib = None
-            if "ort_int8" in backends:
-                calib = to_input(resize_images(calib_images, size))
-            paths = export_all(cpu_model, size, root / str(size), calib)
+            if exported is not None and size in exported:
+                paths = dict(exported[size])
+            else:
+                calib = to_input(resize_images(calib_images, size)) if "ort_int8" in backends else None
+                paths = export_all(cpu_model, size, root / str(size), calib)
             sizes_bytes = file_sizes(paths)
             for name in backends:
                 source = cpu_model if name == "eager" else paths[BACKEND_FILES[name]]
@@ -638,7 +642,7 @@ def run_efficiency(
         tick = time.perf_counter()
         latency_table = benchmark_model(
             model, size, batch_sizes=batch_sizes, sizes=sizes, threads=threads,
-            warmup=warmup, repeats=repeats, calib_images=calib,
+            warmup=warmup, repeats=repeats, calib_images=calib, exported={size: paths},
         )
         timings["latency"] = time.perf_counter() - tick
         files["latency"] = out_dir / "latency.csv"

@@ -26,9 +26,7 @@ import copy
 import functools
 import hashlib
 import json
-import os
 import random
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -453,8 +451,6 @@ def default_cache_dir() -> Path:
     return info.outputs_dir() / "cache" / "corrupted"
 
 
-
-
 def _severity_list(suite: str, name: str, values: Any, flat: bool) -> list:
     """Validated severities of ``suite/name`` in the suite's order (mildest first)."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
@@ -514,19 +510,6 @@ def _selection_key(images: np.ndarray, indices: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-def _save_npy(array: np.ndarray, path: Path) -> None:
-    """``np.save`` through a unique temporary file and ``os.replace`` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def cached_corrupt(
     images: np.ndarray,
     indices: np.ndarray,
@@ -558,14 +541,8 @@ def cached_corrupt(
             for i, index in enumerate(indices)
         ]
     )
-    _save_npy(out, path)
+    D.atomic_write(path, lambda fh: np.save(fh, out, allow_pickle=False))
     return out, False
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def _be_rbe_table(df: pd.DataFrame, skipped: pd.DataFrame, img_size: int) -> pd.DataFrame | None:
@@ -662,12 +639,12 @@ def run_robustness(
     out_dir = run_dir / "robustness"
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"corruptions": out_dir / "corruptions.csv", "skipped": out_dir / "skipped.csv"}
-    _write_csv(table, files["corruptions"])
-    _write_csv(skipped_table, files["skipped"])
+    D.atomic_write(files["corruptions"], lambda fh: table.to_csv(fh, index=False))
+    D.atomic_write(files["skipped"], lambda fh: skipped_table.to_csv(fh, index=False))
     be_table = _be_rbe_table(table, skipped_table, size) if "medmnistc" in plan else None
     if be_table is not None:
         files["be_rbe"] = out_dir / "medmnistc_be_rbe.csv"
-        _write_csv(be_table, files["be_rbe"])
+        D.atomic_write(files["be_rbe"], lambda fh: be_table.to_csv(fh, index=False))
     for suite in plan:
         fig = plot_corruption_curves(table[table["suite"] == suite], "macro_f1")
         fig.axes[0].set_title(f"{config['arch']} {size} px, {suite} suite, n = {len(images)}")

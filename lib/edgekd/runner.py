@@ -140,6 +140,7 @@ def expand(prof: dict, outputs: Path) -> list[RunSpec]:
     """Validate ``prof`` and expand it into runs: data, teachers, then students (arch x KD x seed)."""
     name = prof["name"]
     root = (outputs / name).resolve()
+    stages = _stages(prof)
     data_cfg = _build(D.DataConfig, dict(prof["data"]), "data")
     data = asdict(data_cfg)
     base_train = dict(prof.get("train") or {})
@@ -192,12 +193,12 @@ def expand(prof: dict, outputs: Path) -> list[RunSpec]:
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError("profile expands to duplicate run ids (repeated archs or seeds?)")
-    specs += _per_run_specs(prof, specs, teachers)
-    if "aggregate" in _stages(prof):
+    specs += _per_run_specs(prof, stages, specs)
+    if "aggregate" in stages:
         agg = root / "aggregate"
         params = {"profile_dir": str(root), "out_dir": str(agg), **(prof.get("aggregate") or {})}
         specs.append(RunSpec("aggregate", "aggregate", agg, params, [s for s in specs if s.stage in PER_RUN_STAGES]))
-    return [s for s in specs if s.stage in _stages(prof)]
+    return [s for s in specs if s.stage in stages]
 
 
 def _stages(prof: dict) -> list[str]:
@@ -226,9 +227,8 @@ def _stage_params(prof: dict, stage: str) -> dict:
     return params
 
 
-def _per_run_specs(prof: dict, specs: list[RunSpec], teachers: dict[int, RunSpec]) -> list[RunSpec]:
-    """Evaluation, robustness and efficiency runs for every trained run."""
-    stages = _stages(prof)
+def _per_run_specs(prof: dict, stages: list[str], specs: list[RunSpec]) -> list[RunSpec]:
+    """Evaluation, robustness and efficiency runs (those in ``stages``) for every trained run."""
     out = []
     for stage in PER_RUN_STAGES:
         if stage not in stages:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -112,22 +110,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    """``torch.save`` through a temporary file so a kill never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """``torch.save`` through :func:`edgekd.data.atomic_write`: a kill never leaves a half-written file."""
+    D.atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def write_json(obj: dict, path: Path) -> None:
-    """Write ``obj`` as JSON atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON atomically (:func:`edgekd.data.atomic_write`)."""
+    text = json.dumps(obj, indent=2, default=str).encode()
+    D.atomic_write(path, lambda fh: fh.write(text))
 
 
 def _autocast(device: torch.device, enabled: bool):
