@@ -13,24 +13,26 @@ import torch.nn.functional as F
 
 from edgekd import info
 from edgekd import losses as L
-from edgekd.models import create_model, default_stem_stride, forward_with_stages
+from edgekd.models import AT_STAGES, HEAD_INIT_STD, create_model, default_stem_stride, forward_with_stages
+
+#: Channels of the AT stages 1, 2, 3 (forward_intermediates indices) of each architecture.
+AT_CHANNELS = {"resnet50": (256, 512, 1024), "resnet18": (64, 128, 256),
+               "mobilenetv2_100": (24, 32, 96), "efficientnet_b0": (24, 40, 112)}
 
 
 @pytest.mark.parametrize("arch", info.ARCHS)
-@pytest.mark.parametrize("size", [28, 64])
-def test_every_arch_classifies_small_inputs(arch, size):
-    model = create_model(arch, size).eval()
+@pytest.mark.parametrize(("size", "stride", "sides"), [(28, 1, (14, 7, 4)), (28, 2, (7, 4, 2)),
+                                                       (64, 1, (32, 16, 8)), (64, 2, (16, 8, 4))])
+def test_attention_stages_are_stages_1_2_3(arch, size, stride, sides):
+    """The matched maps sit at 1/2, 1/4, 1/8 of the stem's output, with each arch's own channels."""
+    model = create_model(arch, size, stem_stride=stride).eval()
     x = torch.randn(2, 3, size, size)
-    logits, feats = forward_with_stages(model, x)
-    assert logits.shape == (2, info.NUM_CLASSES)
+    logits, feats = forward_with_stages(model, x, AT_STAGES)
+    assert AT_STAGES == (1, 2, 3)
+    assert [tuple(f.shape[1:]) for f in feats] == [(c, s, s) for c, s in zip(AT_CHANNELS[arch], sides, strict=True)]
     assert torch.allclose(logits, model(x), atol=1e-5)
-    assert min(f.shape[-1] for f in feats) >= 2  # small-input stem keeps maps above 1x1
-
-
-def test_stage_maps_match_across_teacher_and_students():
-    x = torch.randn(1, 3, 64, 64)
-    sides = {a: [f.shape[-2:] for f in forward_with_stages(create_model(a, 64).eval(), x)[1]] for a in info.ARCHS}
-    assert len({tuple(v) for v in sides.values()}) == 1, sides
+    reductions = [model.feature_info[i]["reduction"] for i in AT_STAGES]
+    assert reductions == [4, 8, 16]  # timm's reductions for a stride-2 stem: stages 1, 2, 3, not the last three
 
 
 def test_stem_stride_rule():
@@ -92,10 +94,105 @@ def test_distill_loss_weights():
     torch.manual_seed(0)
     s, t, y = torch.randn(6, 7), torch.randn(6, 7), torch.randint(0, 7, (6,))
     ce = torch.nn.CrossEntropyLoss()
-    total, parts = L.DistillLoss(ce, 1.0, 4.0, 0.0)(s, y, t)
+    total, parts = L.DistillLoss(ce, L.KDLoss(4.0), 1.0, 0.0)(s, y, t)
     assert torch.allclose(total, ce(s, y))
-    total, parts = L.DistillLoss(ce, 0.25, 4.0, 0.0)(s, y, t)
+    total, parts = L.DistillLoss(ce, L.KDLoss(4.0), 0.25, 0.0)(s, y, t)
     assert np.isclose(float(total), 0.25 * parts["ce"] + 0.75 * parts["kd"], atol=1e-6)
+    assert parts["kd"] == pytest.approx(float(L.KDLoss(4.0)(s, t)))
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return (p * (np.log(p) - np.log(q))).sum(-1)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def dkd_reference(s: np.ndarray, t: np.ndarray, y: np.ndarray, a: float, b: float, T: float) -> float:
+    """Zhao et al. (CVPR 2022), eq. 4-5, in float64 as mdistiller writes it: the binary (target, rest)
+    probabilities, and the non-target classes by a softmax whose target logit is pushed down by 1000."""
+    p_s, p_t = _softmax(s / T), _softmax(t / T)
+    gt = np.eye(s.shape[1])[y].astype(bool)
+    b_s = np.stack([p_s[gt], (p_s * ~gt).sum(1)], 1)
+    b_t = np.stack([p_t[gt], (p_t * ~gt).sum(1)], 1)
+    tckd = _kl(b_t, b_s).mean()
+    n_s, n_t = _softmax(s / T - 1000.0 * gt), _softmax(t / T - 1000.0 * gt)
+    nckd = (n_t * (np.log(n_t + 1e-300) - np.log(n_s + 1e-300))).sum(1).mean()
+    return float((a * tckd + b * nckd) * T**2)
+
+
+def dist_reference(s: np.ndarray, t: np.ndarray, beta: float, gamma: float, T: float) -> float:
+    """Huang et al. (NeurIPS 2022) as torchdistill's DISTLoss: 1 - mean Pearson r, per image and per class."""
+    p_s, p_t = _softmax(s / T), _softmax(t / T)
+
+    def r(a: np.ndarray, b: np.ndarray) -> float:
+        a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+        return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-8)).mean())
+
+    return float(T**2 * (beta * (1 - r(p_s, p_t)) + gamma * (1 - r(p_s.T, p_t.T))))
+
+
+def test_dkd_matches_the_published_formula():
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(16, 7)) * 3, rng.normal(size=(16, 7)) * 3
+    y = rng.integers(0, 7, 16)
+    for a, b, T in ((1.0, 8.0, 4.0), (0.5, 2.0, 1.0), (1.0, 0.0, 2.0)):
+        got = L.DKDLoss(a, b, T)(torch.tensor(s, dtype=torch.float32), torch.tensor(t, dtype=torch.float32), torch.tensor(y))
+        assert float(got) == pytest.approx(dkd_reference(s, t, y, a, b, T), rel=1e-4)
+    st = torch.tensor(s, dtype=torch.float32)
+    assert float(L.DKDLoss(1.0, 8.0, 4.0)(st, st, torch.tensor(y))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dkd_with_two_classes_is_hinton_kd():
+    """Hand check: with two classes the non-target part is one class (NCKD = 0) and TCKD is the full KL."""
+    s, t, y = torch.tensor([[2.0, -1.0]]), torch.tensor([[0.5, 0.0]]), torch.tensor([0])
+    p_t = torch.tensor([1 / (1 + np.exp(-0.25)), 1 - 1 / (1 + np.exp(-0.25))])
+    p_s = torch.tensor([1 / (1 + np.exp(-1.5)), 1 - 1 / (1 + np.exp(-1.5))])
+    by_hand = float((p_t * (p_t.log() - p_s.log())).sum() * 4)
+    assert float(L.DKDLoss(1.0, 8.0, 2.0)(s, t, y)) == pytest.approx(by_hand, rel=1e-5)
+    assert float(L.KDLoss(2.0)(s, t)) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_dist_matches_the_published_formula():
+    rng = np.random.default_rng(1)
+    s, t = rng.normal(size=(12, 7)) * 2, rng.normal(size=(12, 7)) * 2
+    for beta, gamma, T in ((1.0, 1.0, 1.0), (2.0, 0.5, 4.0)):
+        got = L.DISTLoss(beta, gamma, T)(torch.tensor(s, dtype=torch.float32), torch.tensor(t, dtype=torch.float32))
+        assert float(got) == pytest.approx(dist_reference(s, t, beta, gamma, T), rel=1e-4)
+    st = torch.tensor(s, dtype=torch.float32)
+    assert float(L.DISTLoss()(st, st)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_standardized_kd_ignores_the_student_logits_scale_and_shift():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(8, 7), torch.randn(8, 7) * 5, torch.randint(0, 7, (8,))
+    z = L.standardize(s)
+    assert torch.allclose(z.mean(1), torch.zeros(8), atol=1e-6) and torch.allclose(z.std(1), torch.ones(8), atol=1e-5)
+    loss = L.DistillLoss(torch.nn.CrossEntropyLoss(), L.KDLoss(2.0), 0.0, 0.0, standardize=True)
+    plain, _ = loss(s, y, t)
+    scaled, _ = loss(3.0 * s + 1.5, y, t)
+    assert float(plain) == pytest.approx(float(scaled), rel=1e-5)
+    manual = L.KDLoss(2.0)(L.standardize(s), L.standardize(t))
+    assert float(plain) == pytest.approx(float(manual), rel=1e-6)
+
+
+def test_logit_terms_by_name():
+    assert isinstance(L.logit_term("hinton", 4.0), L.KDLoss)
+    assert isinstance(L.logit_term("dkd", 4.0, dkd_alpha=1.0, dkd_beta=8.0), L.DKDLoss)
+    assert isinstance(L.logit_term("dist", 1.0), L.DISTLoss)
+    with pytest.raises(ValueError, match="'fitnet'"):
+        L.logit_term("fitnet", 4.0)
+    with pytest.raises(ValueError, match="DKD needs"):
+        L.logit_term("dkd", 4.0, dkd_beta=-1.0)
+
+
+def test_head_init_shrinks_the_mobile_classifiers():
+    default = create_model("mobilenetv2_100", 28).get_classifier().weight.std()
+    small = create_model("mobilenetv2_100", 28, head_init_std=HEAD_INIT_STD).get_classifier()
+    assert default > 0.15  # timm: uniform in +-1/sqrt(7)
+    assert float(small.weight.detach().std()) == pytest.approx(HEAD_INIT_STD, rel=0.05) and float(small.bias.abs().max()) == 0
 
 
 @pytest.mark.parametrize("alpha, T, beta", [(-0.1, 4, 0), (1.5, 4, 0), (0.5, 0, 0), (0.5, -2, 0), (0.5, 4, -1)])

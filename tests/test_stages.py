@@ -15,7 +15,8 @@ from edgekd import bench
 from edgekd import data as D
 from edgekd import efficiency as eff
 from edgekd import robustness as rb
-from edgekd.train import load_trained, score
+from edgekd.inference import load_run
+from edgekd.train import score
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -127,10 +128,10 @@ def test_run_robustness_rejects_bad_counts(student: Path) -> None:
 def test_run_efficiency_on_trained_run(student: Path) -> None:
     res = eff.run_efficiency(student, threads=1, batch_sizes=(1,), sizes=(28,), warmup=0, repeats=1, calib_images=32)
     for name in eff.EXPORT_FILES.values():
-        assert (student / "export" / name).stat().st_size > 0, name
+        assert (student / "efficiency" / "export" / name).stat().st_size > 0, name
     out = student / "efficiency"
     model = pd.read_csv(out / "model.csv").iloc[0]
-    trained = load_trained(student)
+    trained = load_run(student).model
     assert model["params"] == eff.count_params(trained) and model["flops"] == 2 * model["macs"] > 0
     assert model["onnx_int8_bytes"] < model["onnx_bytes"] / 3
     assert model["peak_cpu_rss_mb"] >= 0
@@ -150,12 +151,12 @@ def test_run_efficiency_on_trained_run(student: Path) -> None:
 
 
 def test_exported_onnx_matches_trained_model_on_test_images(student: Path) -> None:
-    onnx_path = student / "export" / "model.onnx"
+    onnx_path = student / "efficiency" / "export" / "model.onnx"
     if not onnx_path.exists():
-        eff.export_onnx(load_trained(student), 28, onnx_path)
+        eff.export_onnx(load_run(student).model, 28, onnx_path)
     images = _test_split(student).images["test"]
     with torch.no_grad():
-        reference = load_trained(student)(torch.from_numpy(D.to_input(images))).numpy()
+        reference = load_run(student).model(torch.from_numpy(D.to_input(images))).numpy()
     stored = np.load(student / "predictions.npz")["test_logits"]
     assert np.abs(reference - stored).max() < 1e-4  # the training run's CPU logits
     logits = eff.backend_logits(eff.load_backend("ort_fp32", onnx_path, threads=1), images, batch_size=16)

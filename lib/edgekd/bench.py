@@ -30,8 +30,9 @@ from torch import nn
 from edgekd import data as D
 from edgekd import efficiency as E
 from edgekd import info
+from edgekd import metrics as M
+from edgekd.inference import load_run
 from edgekd.models import create_model
-from edgekd.train import load_trained, score
 
 #: Target per column: speedups at least, macro-F1 delta at least (i.e. a drop of at most 0.01).
 TARGETS: dict[str, float] = {
@@ -103,7 +104,7 @@ def find_runs(profile_dir: str | Path, kd: str | None = None) -> list[Path]:
 def _int8_path(candidate: Candidate, calib: np.ndarray, tmp: Path) -> Path:
     """The run's exported INT8 model when present, else one exported and quantised into ``tmp``."""
     if candidate.run_dir is not None:
-        exported = candidate.run_dir / "export" / E.EXPORT_FILES["onnx_int8"]
+        exported = candidate.run_dir / "efficiency" / "export" / E.EXPORT_FILES["onnx_int8"]
         if exported.is_file():
             return exported
     onnx_path = E.export_onnx(candidate.model, candidate.img_size, tmp / f"{candidate.name}.onnx")
@@ -145,8 +146,8 @@ def benchmark(
             delta = float("nan")
             if arrays is not None:
                 images, labels = arrays.images["test"], arrays.labels["test"]
-                eager_f1 = score(labels, E.backend_logits(eager, images))["macro_f1"]
-                delta = score(labels, E.backend_logits(int8, images))["macro_f1"] - eager_f1
+                eager_f1 = M.macro_f1(labels, E.backend_logits(eager, images).argmax(1))
+                delta = M.macro_f1(labels, E.backend_logits(int8, images).argmax(1)) - eager_f1
             rows.append({"model": candidate.name, "img_size": size, "eager_fp32_ms": eager_ms, "ort_int8_ms": int8_ms,
                          "int8_delta_macro_f1": delta})
     table = pd.DataFrame(rows)
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 key = json.dumps(config["data"], sort_keys=True)
                 if key not in loaded:
                     loaded[key] = D.load(D.DataConfig(**config["data"]))
-                candidates.append(Candidate(run_dir.name, load_trained(run_dir), config["data"]["size"], run_dir))
+                candidates.append(Candidate(run_dir.name, load_run(run_dir).model, config["data"]["size"], run_dir))
                 data[run_dir.name] = loaded[key]
             csv = args.csv or args.profile_dir / "bench_int8.csv"
         print(f"edgekd-bench: {'UNTRAINED random-init models (latency only, no accuracy)' if args.untrained else args.profile_dir}")

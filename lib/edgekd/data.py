@@ -6,13 +6,10 @@ Offline arrays follow DermaMNIST's recipe: centre square crop of the frame, then
 
 from __future__ import annotations
 
-import os
-import tempfile
+import hashlib
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -20,6 +17,8 @@ import torch
 from PIL import Image
 
 from edgekd import info
+from edgekd.files import atomic_write
+from edgekd.preprocess import centre_square_resize, check_images, to_input  # noqa: F401  (re-exported)
 
 SOURCES: tuple[str, ...] = ("raw", "medmnist", "npz")
 SPLIT_MODES: tuple[str, ...] = ("official", "lesion")
@@ -109,36 +108,18 @@ def read_split(root: str | Path | None = None) -> pd.DataFrame:
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
-    """Centre square crop then resize one raw image to ``size`` (uint8 HWC RGB)."""
+    """One raw image through DermaMNIST's recipe (:func:`edgekd.preprocess.centre_square_resize`)."""
     try:
         with Image.open(path) as im:
             im.load()
-            rgb = im.convert("RGB")
+            return centre_square_resize(im, size)
     except (OSError, SyntaxError) as exc:
         raise DataError(f"image {path} is truncated or corrupt: {exc}") from exc
-    w, h = rgb.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    square = rgb.crop((left, top, left + side, top + side))
-    return np.asarray(square.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write`` on a binary handle to a unique temporary file beside ``path``, then move it into
-    place with ``os.replace``: a kill never leaves a half-written ``path``. Creates the parent folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def build_npz(root: str | Path | None, size: int, out: Path) -> Path:
-    """Build a MedMNIST-layout npz at ``size`` from raw HAM10000; written atomically."""
+    """Build a MedMNIST-layout npz at ``size`` from raw HAM10000; written atomically, uncompressed
+    (it is a cache: loading it then costs a copy, not a decompression)."""
     check_size(size)
     split = read_split(root)
     folder = raw_paths(root)["images"]
@@ -147,7 +128,7 @@ def build_npz(root: str | Path | None, size: int, out: Path) -> Path:
         rows = split[split["split"] == name]
         arrays[f"{name}_images"] = np.stack([load_image(folder / f"{i}.jpg", size) for i in rows["image_id"]])
         arrays[f"{name}_labels"] = rows["label"].to_numpy(dtype=np.uint8)[:, None]
-    atomic_write(out, lambda fh: np.savez_compressed(fh, **arrays))
+    atomic_write(out, lambda fh: np.savez(fh, **arrays))
     return out
 
 
@@ -177,10 +158,26 @@ def load_npz(path: str | Path, size: int | None = None) -> DermaArrays:
     return DermaArrays(images, labels)
 
 
-def cache_path(size: int, cache_dir: str | Path | None = None) -> Path:
-    """Where the offline build of DermaMNIST at ``size`` is cached."""
+def source_fingerprint(root: str | Path | None) -> str:
+    """Digest of a raw folder: the split file's and the metadata's bytes, and every image's name, size and mtime.
+
+    Any replaced, truncated or touched image, or another folder, gives another fingerprint (stat only:
+    about 0.1 s for the 10,015 images).
+    """
+    paths = raw_paths(root)
+    h = hashlib.sha256()
+    for key in ("split", "metadata"):
+        h.update(paths[key].read_bytes())
+    for image in sorted(paths["images"].glob("*.jpg")):
+        st = image.stat()
+        h.update(f"{image.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_path(size: int, fingerprint: str, cache_dir: str | Path | None = None) -> Path:
+    """Where the offline build of DermaMNIST at ``size`` from the source with ``fingerprint`` is cached."""
     base = Path(cache_dir) if cache_dir is not None else info.outputs_dir() / "cache"
-    return base / f"dermamnist_{size}.npz"
+    return base / f"dermamnist_{size}_{fingerprint}.npz"
 
 
 def get_dermamnist(
@@ -206,7 +203,7 @@ def get_dermamnist(
             raise ValueError("source 'npz' needs data_dir to name the npz file")
         return load_npz(data_dir, size)
     split = read_split(data_dir)
-    path = cache_path(size, cache_dir)
+    path = cache_path(size, source_fingerprint(data_dir), cache_dir)
     if not path.exists():
         build_npz(data_dir, size, path)
     arrays = load_npz(path, size)
@@ -247,6 +244,17 @@ class DataConfig:
             raw_paths(self.data_dir)
         elif self.source == "npz" and not (self.data_dir and Path(self.data_dir).is_file()):
             raise DataError(f"npz file {self.data_dir} does not exist")
+
+
+def fingerprint(cfg: DataConfig) -> str:
+    """What the arrays of ``cfg`` are made from: the raw folder's :func:`source_fingerprint`, an npz
+    file's size and mtime, or the official npz (which ``medmnist`` checks by md5)."""
+    if cfg.source == "raw":
+        return source_fingerprint(cfg.data_dir)
+    if cfg.source == "npz":
+        st = Path(cfg.data_dir).stat()
+        return hashlib.sha256(f"{Path(cfg.data_dir).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return f"medmnist-{cfg.size}"
 
 
 def load(cfg: DataConfig) -> DermaArrays:
@@ -331,29 +339,9 @@ def subset(arrays: DermaArrays, sizes: dict[str, int], seed: int = 0) -> DermaAr
     return out
 
 
-def normalise(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC images -> float32 NCHW tensor, scaled to [0, 1] then ImageNet-normalised."""
-    x = torch.as_tensor(images).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(info.MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(info.STD).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def check_images(images: np.ndarray) -> None:
-    """Raise ValueError unless ``images`` is a uint8 numpy array of shape ``(N, H, W, 3)``."""
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        raise ValueError(f"images must be a uint8 numpy array, got {type(images).__name__}")
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must have shape (N, H, W, 3), got {images.shape}")
-
-
-def to_input(images: np.ndarray) -> np.ndarray:
-    """uint8 ``(N, H, W, 3)`` images -> float32 ``(N, 3, H, W)`` numpy model input.
-
-    Numpy form of :func:`normalise`, for the ONNX Runtime backends and exports.
-    """
-    check_images(images)
-    return np.ascontiguousarray(normalise(images).numpy())
+def normalise(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC images -> float32 NCHW tensor (:func:`edgekd.preprocess.to_input`)."""
+    return torch.from_numpy(to_input(np.asarray(images)))
 
 
 def stratified_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -394,6 +382,48 @@ def apply_views(x: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         m = views == v
         out[m] = dihedral(x[m], int(v))
     return out
+
+
+def random_resized_crop(x: torch.Tensor, min_scale: float, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random-resized crop of NCHW ``x`` back to its size (bilinear, one ``grid_sample``).
+
+    Each crop covers an area fraction drawn from U(min_scale, 1) with a log-uniform aspect ratio in
+    [3/4, 4/3] (sides capped at the image), at a uniform position inside the image.
+    """
+    n = len(x)
+    area = min_scale + (1.0 - min_scale) * torch.rand(n, generator=generator)
+    log_r = (torch.rand(n, generator=generator) * 2 - 1) * np.log(4 / 3)
+    w = torch.sqrt(area * log_r.exp()).clamp(max=1.0)
+    h = torch.sqrt(area / log_r.exp()).clamp(max=1.0)
+    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - w)
+    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - h)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w, cx, h, cy
+    grid = torch.nn.functional.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def colour_jitter(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Per-image brightness, contrast and saturation factors from U(1 - strength, 1 + strength).
+
+    ``x`` is normalised (ImageNet statistics); the jitter acts on the [0, 1] image and is clipped there.
+    """
+    n = len(x)
+    mean = torch.tensor(info.MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(info.STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    b, c, s = (1 + (torch.rand(3, n, 1, 1, 1, generator=generator) * 2 - 1) * strength).to(x.device, x.dtype)
+    img = (x * std + mean) * b
+    img = (img - img.mean((1, 2, 3), keepdim=True)) * c + img.mean((1, 2, 3), keepdim=True)
+    grey = (img * torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    img = ((img - grey) * s + grey).clamp(0.0, 1.0)
+    return (img - mean) / std
+
+
+def views_of(augment: str) -> list[int]:
+    """Dihedral view indices an augmentation draws from ('flip' uses views 0 and 4)."""
+    if augment not in AUGMENTS:
+        raise ValueError(f"augmentation {augment!r} is not one of {AUGMENTS}")
+    return [0, 4] if augment == "flip" else list(range(AUGMENT_VIEWS[augment]))
 
 
 def sample_views(n: int, augment: str, generator: torch.Generator) -> torch.Tensor:

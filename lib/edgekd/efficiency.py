@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import gc
 import io
-import json
 import tempfile
 import threading
 import time
@@ -40,8 +39,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgekd import data as D
+from edgekd import metrics as M
 from edgekd.data import stratified_indices, to_input
-from edgekd.train import load_trained, score
+from edgekd.files import clear_results
+from edgekd.inference import load_run
 
 #: Inference backends understood by :func:`load_backend`.
 BACKENDS: tuple[str, ...] = ("eager", "torchscript", "ort_fp32", "ort_int8")
@@ -573,15 +574,17 @@ def run_efficiency(
     if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
         raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
     run_dir = Path(run_dir)
-    model = load_trained(run_dir)
-    config = json.loads((run_dir / "run_config.json").read_text())
+    run = load_run(run_dir)
+    model, config = run.model, run.config
     arrays = D.load(D.DataConfig(**config["data"]))
     size = arrays.size
     calib = calibration_images(arrays, calib_images)
     timings: dict[str, float] = {}
 
+    out_dir = run_dir / "efficiency"
+    clear_results(out_dir)
     tick = time.perf_counter()
-    paths = export_all(model, size, run_dir / "export", to_input(calib))
+    paths = export_all(model, size, out_dir / "export", to_input(calib))
     timings["export"] = time.perf_counter() - tick
     bytes_of = file_sizes(paths)
     one = to_input(arrays.images["test"][:1])
@@ -610,7 +613,8 @@ def run_efficiency(
         fn = load_backend(name, model if name == "eager" else paths[BACKEND_FILES[name]], threads=threads)
         memory = peak_memory(fn, to_input(first))
         logits[name] = backend_logits(fn, images)
-        scores = score(labels, logits[name])
+        pred = logits[name].argmax(1)
+        scores = {"acc": M.accuracy(labels, pred), "macro_f1": M.macro_f1(labels, pred)}
         rows.append(
             {
                 "backend": name,
@@ -631,8 +635,6 @@ def run_efficiency(
     backends.insert(8, "delta_accuracy_vs_eager", backends["accuracy"] - eager["accuracy"])
     timings["backends"] = time.perf_counter() - tick
 
-    out_dir = run_dir / "efficiency"
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = {"model": out_dir / "model.csv", "backends": out_dir / "backends.csv", **paths}
     model_table = pd.DataFrame([model_row])
     model_table.to_csv(files["model"], index=False)

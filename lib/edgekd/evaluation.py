@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy.special import log_softmax, softmax
 
 from edgekd import calibration as C
 from edgekd import metrics as M
+from edgekd.files import clear_results
 from edgekd.info import CLASS_NAMES, MELANOMA, NUM_CLASSES
 
 EVAL_DIR: str = "eval"
@@ -105,6 +106,24 @@ def risk_coverage_figure(rc: pd.DataFrame, aurc: float) -> Figure:
     return ax.figure
 
 
+def plot_per_class_f1(table: pd.DataFrame, ax: Axes | None = None) -> Figure:
+    """Grouped per-class F1 bars from a long table (model, class, f1), models in table order."""
+    if ax is None:
+        ax = Figure(figsize=(8, 3.5), layout="constrained").add_subplot()
+    models = list(dict.fromkeys(table["model"]))
+    classes = [c for c in CLASS_NAMES if c in set(table["class"])]
+    width = 0.8 / len(models)
+    x = np.arange(len(classes))
+    for i, model in enumerate(models):
+        f1 = table[table["model"] == model].set_index("class")["f1"].reindex(classes)
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, f1.to_numpy(), width, label=model)
+    ax.set_xticks(x, classes)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1")
+    ax.legend(fontsize="small", ncols=min(len(models), 4))
+    return ax.figure
+
+
 def compare_teacher(
     y: np.ndarray, probs_teacher: np.ndarray, probs_student: np.ndarray, names: tuple[str, str]
 ) -> dict[str, pd.DataFrame | Figure]:
@@ -115,7 +134,7 @@ def compare_teacher(
     long = pd.concat([M.per_class_table(y, p).assign(model=name)
                       for name, p in zip(names, (probs_teacher, probs_student), strict=True)])
     return {"teacher_vs_student": M.per_class_delta(y, probs_teacher, probs_student),
-            "paired": pd.DataFrame([paired]), "per_class_f1_fig": M.plot_per_class_f1(long)}
+            "paired": pd.DataFrame([paired]), "per_class_f1_fig": plot_per_class_f1(long)}
 
 
 def evaluate_run(
@@ -137,8 +156,7 @@ def evaluate_run(
     if teacher is not None and not np.array_equal(teacher["test_labels"], pred["test_labels"]):
         raise ValueError(f"{teacher_dir} and {run_dir} were not tested on the same images")
     out = run_dir / EVAL_DIR
-    shutil.rmtree(out, ignore_errors=True)  # no stale files from an earlier evaluation
-    out.mkdir()
+    clear_results(out)  # no stale files from an earlier evaluation
     y, y_val = pred["test_labels"], pred["val_labels"]
     probs = softmax(pred["test_logits"].astype(float), axis=1)
     probs_val = softmax(pred["val_logits"].astype(float), axis=1)

@@ -1,6 +1,16 @@
-"""Loss terms as small composable modules (after torchdistill): CE variants, Hinton KD, attention transfer.
+"""Loss terms as small composable modules (after torchdistill): CE variants, logit distillation, attention transfer.
 
-Student objective: ``alpha * CE + (1 - alpha) * T^2 * KL(teacher || student) + beta * AT``.
+Student objective: ``alpha * CE + (1 - alpha) * KD + beta * AT``, where the logit term KD is one of
+
+* ``hinton``: ``T^2 * KL(softmax(t/T) || softmax(s/T))`` (Hinton et al. 2015);
+* ``dkd``: decoupled KD (Zhao et al., CVPR 2022), ``T^2 * (a * TCKD + b * NCKD)``: the binary KL of
+  target vs rest, plus the KL between the distributions over the non-target classes;
+* ``dist``: DIST (Huang et al., NeurIPS 2022), ``T^2 * (b * (1 - inter) + g * (1 - intra))`` with
+  inter/intra the mean Pearson correlation of student and teacher probabilities across classes
+  (per image) and across the batch (per class);
+
+and ``standardize`` (Sun et al., CVPR 2024) z-scores each image's logits (over classes) of both
+networks before a KL-based term, so the student matches the teacher's logit *shape*, not its scale.
 
 Attention transfer follows Zagoruyko & Komodakis (ICLR 2017), activation-based, in the form
 of their reference code: for a feature map A (N, C, H, W) the attention map is
@@ -62,6 +72,12 @@ def make_ce(
     raise ValueError(f"loss {kind!r} is not one of {CE_KINDS}")
 
 
+def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Per-row z-score of logits over classes: ``(z - mean(z)) / (std(z) + eps)`` (sample std, as Sun et al.)."""
+    z = logits.float()
+    return (z - z.mean(1, keepdim=True)) / (z.std(1, keepdim=True) + eps)
+
+
 class KDLoss(nn.Module):
     """Hinton KD: ``T^2 * KL(softmax(t/T) || softmax(s/T))``, averaged over the batch."""
 
@@ -75,6 +91,67 @@ class KDLoss(nn.Module):
         log_p_s = F.log_softmax(student_logits.float() / self.T, dim=1)
         log_p_t = F.log_softmax(teacher_logits.float() / self.T, dim=1)
         return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * self.T**2
+
+
+class DKDLoss(nn.Module):
+    """Decoupled KD: ``T^2 * (alpha * TCKD + beta * NCKD)``, averaged over the batch.
+
+    TCKD is the KL between the binary distributions (p_target, 1 - p_target) of teacher and student;
+    NCKD the KL between their distributions over the non-target classes (softmax with the target
+    class removed). Both at temperature T. Computed in log space, so no probability is clamped.
+    """
+
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> None:
+        super().__init__()
+        if temperature <= 0 or alpha < 0 or beta < 0:
+            raise ValueError(f"DKD needs T > 0 and alpha, beta >= 0, got T={temperature}, alpha={alpha}, beta={beta}")
+        self.alpha, self.beta, self.T = float(alpha), float(beta), float(temperature)
+
+    def _parts(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log of (p_target, 1 - p_target) (N, 2) and the log-softmax over non-target classes (N, C)."""
+        z = logits.float() / self.T
+        gt = F.one_hot(target, z.shape[1]).bool()
+        log_all = torch.logsumexp(z, 1, keepdim=True)
+        log_gt = z.gather(1, target[:, None]) - log_all
+        rest = z.masked_fill(gt, float("-inf"))
+        log_rest = torch.logsumexp(rest, 1, keepdim=True)
+        binary = torch.cat([log_gt, log_rest - log_all], 1)
+        return binary, (rest - log_rest).masked_fill(gt, 0.0)
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        bin_s, non_s = self._parts(student_logits, target)
+        bin_t, non_t = self._parts(teacher_logits, target)
+        tckd = (bin_t.exp() * (bin_t - bin_s)).sum(1).mean()
+        nckd = (non_t.exp() * (non_t - non_s)).sum(1).mean()  # the target column is 0 in both: no term
+        return (self.alpha * tckd + self.beta * nckd) * self.T**2
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of each row of ``a`` with the same row of ``b``."""
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+class DISTLoss(nn.Module):
+    """DIST: ``T^2 * (beta * (1 - inter) + gamma * (1 - intra))`` on softmax(logits / T).
+
+    ``inter``: mean over images of the Pearson correlation between the student's and the teacher's
+    class probabilities; ``intra``: mean over classes of their correlation across the batch.
+    """
+
+    def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> None:
+        super().__init__()
+        if temperature <= 0 or beta < 0 or gamma < 0:
+            raise ValueError(f"DIST needs T > 0 and beta, gamma >= 0, got T={temperature}, beta={beta}, gamma={gamma}")
+        self.beta, self.gamma, self.T = float(beta), float(gamma), float(temperature)
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        p_s = F.softmax(student_logits.float() / self.T, 1)
+        p_t = F.softmax(teacher_logits.float() / self.T, 1)
+        inter = 1.0 - _pearson_rows(p_s, p_t).mean()
+        intra = 1.0 - _pearson_rows(p_s.T, p_t.T).mean()
+        return (self.beta * inter + self.gamma * intra) * self.T**2
 
 
 def attention_map(feature: torch.Tensor, size: int | None = None) -> torch.Tensor:
@@ -102,14 +179,35 @@ class ATLoss(nn.Module):
         return total
 
 
-class DistillLoss(nn.Module):
-    """``alpha * CE + (1 - alpha) * KD + beta * AT``; returns the total and its parts."""
+#: Logit-distillation terms understood by :func:`logit_term`.
+LOGIT_TERMS: tuple[str, ...] = ("hinton", "dkd", "dist")
 
-    def __init__(self, ce: nn.Module, alpha: float, temperature: float, beta: float) -> None:
+
+def logit_term(
+    mode: str, temperature: float, dkd_alpha: float = 1.0, dkd_beta: float = 8.0, dist_beta: float = 1.0,
+    dist_gamma: float = 1.0,
+) -> nn.Module:
+    """The logit-distillation term of ``mode`` (see the module docstring)."""
+    if mode == "hinton":
+        return KDLoss(temperature)
+    if mode == "dkd":
+        return DKDLoss(dkd_alpha, dkd_beta, temperature)
+    if mode == "dist":
+        return DISTLoss(dist_beta, dist_gamma, temperature)
+    raise ValueError(f"logit distillation {mode!r} is not one of {LOGIT_TERMS}")
+
+
+class DistillLoss(nn.Module):
+    """``alpha * CE + (1 - alpha) * KD + beta * AT``; returns the total and its parts.
+
+    ``kd`` is a logit term (:func:`logit_term`); with ``standardize`` both networks' logits are
+    z-scored per image (:func:`standardize`) before it.
+    """
+
+    def __init__(self, ce: nn.Module, kd: nn.Module, alpha: float, beta: float, standardize: bool = False) -> None:
         super().__init__()
-        check_kd(alpha, temperature, beta)
-        self.ce, self.alpha, self.beta = ce, float(alpha), float(beta)
-        self.kd = KDLoss(temperature)
+        check_kd(alpha, getattr(kd, "T", 1.0), beta)
+        self.ce, self.kd, self.alpha, self.beta, self.standardize = ce, kd, float(alpha), float(beta), bool(standardize)
         self.at = ATLoss()
 
     def forward(
@@ -121,7 +219,8 @@ class DistillLoss(nn.Module):
         teacher_maps: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         ce = self.ce(logits, target)
-        kd = self.kd(logits, teacher_logits)
+        s, t = (standardize(logits), standardize(teacher_logits)) if self.standardize else (logits, teacher_logits)
+        kd = self.kd(s, t, target) if isinstance(self.kd, DKDLoss) else self.kd(s, t)
         total = self.alpha * ce + (1.0 - self.alpha) * kd
         parts = {"ce": ce.item(), "kd": kd.item()}
         if self.beta > 0:

@@ -11,12 +11,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from scipy import stats
 from sklearn import metrics as skm
 
-from edgekd.calibration import brier, nll
 from edgekd.info import CLASS_NAMES, MELANOMA, NUM_CLASSES
 
 LABELS = np.arange(NUM_CLASSES)
@@ -41,27 +38,34 @@ def ovr_auc(y: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
-def _f1(y: np.ndarray, probs: np.ndarray, average: str) -> float:
-    """sklearn F1 of the argmax prediction over all classes."""
-    return float(skm.f1_score(y, probs.argmax(1), labels=LABELS, average=average, zero_division=0))
+def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Share of ``pred`` equal to ``y`` (sklearn)."""
+    return float(skm.accuracy_score(y, pred))
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in ``y`` (sklearn; the ISIC challenge metric)."""
+    return float(skm.balanced_accuracy_score(y, pred))
+
+
+def f1(y: np.ndarray, pred: np.ndarray, average: str = "macro") -> float:
+    """F1 over all ``NUM_CLASSES`` labels (sklearn, ``zero_division=0``), ``average``d."""
+    return float(skm.f1_score(y, pred, labels=LABELS, average=average, zero_division=0))
+
+
+def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    """Macro-F1 over all ``NUM_CLASSES`` labels: the project's selection metric."""
+    return f1(y, pred, "macro")
 
 
 #: Label-based metrics reported with bootstrap intervals: name -> fn(y, probs).
 HEADLINE: dict[str, MetricFn] = {
-    "accuracy": lambda y, p: float(skm.accuracy_score(y, p.argmax(1))),
-    "balanced_accuracy": lambda y, p: float(skm.balanced_accuracy_score(y, p.argmax(1))),
-    "macro_f1": lambda y, p: _f1(y, p, "macro"),
-    "weighted_f1": lambda y, p: _f1(y, p, "weighted"),
+    "accuracy": lambda y, p: accuracy(y, p.argmax(1)),
+    "balanced_accuracy": lambda y, p: balanced_accuracy(y, p.argmax(1)),
+    "macro_f1": lambda y, p: macro_f1(y, p.argmax(1)),
+    "weighted_f1": lambda y, p: f1(y, p.argmax(1), "weighted"),
     "auc": ovr_auc,
 }
-
-
-def classification_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Accuracy, balanced accuracy, macro/weighted F1, OvR AUC, NLL and Brier."""
-    out = {name: fn(y, probs) for name, fn in HEADLINE.items()}
-    out["nll"] = nll(y, probs)
-    out["brier"] = brier(y, probs)
-    return out
 
 
 def per_class_table(y: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
@@ -314,21 +318,3 @@ def mcnemar(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict[str, 
         stat, method = (abs(b - c) - 1) ** 2 / (b + c), "chi2_cc"
         p = stats.chi2.sf(stat, 1)
     return {"b": b, "c": c, "statistic": float(stat), "p_value": float(p), "method": method}
-
-
-def plot_per_class_f1(table: pd.DataFrame, ax: Axes | None = None) -> Figure:
-    """Grouped per-class F1 bars from a long table (model, class, f1), models in table order."""
-    if ax is None:
-        ax = Figure(figsize=(8, 3.5), layout="constrained").add_subplot()
-    models = list(dict.fromkeys(table["model"]))
-    classes = [c for c in CLASS_NAMES if c in set(table["class"])]
-    width = 0.8 / len(models)
-    x = np.arange(len(classes))
-    for i, model in enumerate(models):
-        f1 = table[table["model"] == model].set_index("class")["f1"].reindex(classes)
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, f1.to_numpy(), width, label=model)
-    ax.set_xticks(x, classes)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("F1")
-    ax.legend(fontsize="small", ncols=min(len(models), 4))
-    return ax.figure

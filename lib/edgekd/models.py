@@ -10,9 +10,14 @@ from torch import nn
 
 from edgekd import info
 
-#: Stage indices of ``forward_intermediates`` used for attention transfer. All four supported
-#: architectures expose five stages at reductions 2, 4, 8, 16, 32, so the same indices match.
+#: Stage indices of ``forward_intermediates`` used for attention transfer: its feature stages
+#: 0..4 sit at reductions 1, 2, 4, 8, 16 relative to the stem's output for all four architectures
+#: (ResNet: act1, layer1..4; MobileNetV2 / EfficientNet-B0: blocks 0, 1, 2, 4, 6), so the same
+#: indices match teacher and students. Stages 1, 2, 3 are at 1/2, 1/4 and 1/8 of the stem's output
+#: (a 64 px input with ``stem_stride`` 2 gives 16x16, 8x8 and 4x4 maps; 28 px gives 7x7, 4x4, 2x2).
 AT_STAGES: tuple[int, ...] = (1, 2, 3)
+#: Standard deviation of the re-initialised classifier weights (see :func:`init_head`).
+HEAD_INIT_STD: float = 0.01
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -47,12 +52,14 @@ def create_model(
     stem_stride: int | None = None,
     drop_rate: float = 0.0,
     weights_file: str | Path | None = None,
+    head_init_std: float | None = None,
 ) -> nn.Module:
     """Build ``arch`` through timm for ``img_size`` inputs.
 
     ``stem_stride`` None picks ``default_stem_stride(img_size)``. ``pretrained`` loads timm's
     ImageNet weights (from the local Hugging Face cache, or ``weights_file``) and raises
-    ``PretrainedUnavailable`` with a clear message when they cannot be had.
+    ``PretrainedUnavailable`` with a clear message when they cannot be had. ``head_init_std``
+    re-initialises the classifier (:func:`init_head`); None keeps timm's initialisation.
     """
     check_arch(arch)
     if img_size not in info.SIZES:
@@ -74,12 +81,31 @@ def create_model(
     else:
         model = timm.create_model(arch, pretrained=False, **kwargs)
     set_stem_stride(model, stem_stride if stem_stride is not None else default_stem_stride(img_size))
+    if head_init_std is not None:
+        init_head(model, head_init_std)
     return model
+
+
+def init_head(model: nn.Module, std: float = HEAD_INIT_STD) -> None:
+    """Classifier weights from N(0, std^2), bias 0.
+
+    timm initialises the MobileNetV2 / EfficientNet classifier uniformly in +-1/sqrt(num_classes),
+    a weight std of 0.22 for 7 classes (0.026 for ResNet-18's default), which makes their initial
+    logits large and the first steps' loss several times that of a uniform guess.
+    """
+    head = model.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"{type(model).__name__} has no linear classifier to initialise")
+    nn.init.normal_(head.weight, 0.0, std)
+    nn.init.zeros_(head.bias)
 
 
 def forward_with_stages(
     model: nn.Module, x: torch.Tensor, stages: tuple[int, ...] = AT_STAGES
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Logits and the feature maps of ``stages`` in one forward pass."""
-    final, inter = model.forward_intermediates(x, indices=max(stages) + 1 if stages else 1)
-    return model.forward_head(final), [inter[i] for i in stages]
+    if not stages:
+        return model(x), []
+    # An explicit list: an integer n would mean "the last n stages" to timm.
+    final, inter = model.forward_intermediates(x, indices=list(stages))
+    return model.forward_head(final), list(inter)

@@ -13,6 +13,7 @@ from edgekd import data as D
 from edgekd import evaluation as E
 from edgekd import info
 from edgekd import metrics as M
+from edgekd.files import clear_results
 
 
 def montage(arrays: D.DermaArrays, per_class: int = 6, split: str = "train", seed: int = 0) -> Figure:
@@ -30,25 +31,6 @@ def montage(arrays: D.DermaArrays, per_class: int = 6, split: str = "train", see
                 ax.imshow(arrays.images[split][pick[j]])
         axes[c][0].set_ylabel(name, rotation=0, ha="right", va="center")
     fig.suptitle(f"DermaMNIST {split} images at {arrays.size} px")
-    fig.tight_layout()
-    return fig
-
-
-def plot_history(history: pd.DataFrame, title: str = "") -> Figure:
-    """Training loss and validation accuracy / macro-F1 per epoch."""
-    fig = Figure(figsize=(9, 3.2))
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(history["epoch"], history["train_loss"], marker="o", label="train loss")
-    ax1.plot(history["epoch"], history["val_loss"], marker="o", label="val CE")
-    ax1.set_xlabel("epoch")
-    ax1.legend()
-    ax2.plot(history["epoch"], history["val_acc"], marker="o", label="val accuracy")
-    ax2.plot(history["epoch"], history["val_macro_f1"], marker="o", label="val macro-F1")
-    best = history.loc[history["val_macro_f1"].idxmax()]
-    ax2.axvline(best["epoch"], color="grey", ls="--", label=f"best epoch {int(best['epoch'])}")
-    ax2.set_xlabel("epoch")
-    ax2.legend()
-    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -234,9 +216,9 @@ def attention_panels(runs: pd.DataFrame, n_images: int = 4, stage: int = 1) -> F
     """Spatial attention ``mean_c(A^2)`` at an AT stage: teacher beside each student (first seed), on test images."""
     import torch
 
+    from edgekd.inference import load_run
     from edgekd.losses import attention_map
     from edgekd.models import forward_with_stages
-    from edgekd.train import load_trained
 
     first = runs.sort_values(["role", "seed"], ascending=[False, True]).drop_duplicates("model")
     cfg = json.loads((first["path"].iloc[0] / "run_config.json").read_text())
@@ -251,7 +233,7 @@ def attention_panels(runs: pd.DataFrame, n_images: int = 4, stage: int = 1) -> F
         axes[i][0].imshow(img)
         axes[i][0].set_ylabel(info.CLASS_NAMES[y[pick[i]]])
     for j, r in enumerate(first.itertuples(), start=1):
-        model = load_trained(r.path)
+        model = load_run(r.path).model
         with torch.no_grad():
             _, feats = forward_with_stages(model, x, (stage,))
         side = feats[0].shape[-1]
@@ -385,8 +367,7 @@ def aggregate(profile_dir: Path, out_dir: Path) -> dict:
 
     profile_dir, out_dir = Path(profile_dir), Path(out_dir)
     runs = discover(profile_dir)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True)
+    clear_results(out_dir)
     seed_metrics = E.seed_table(profile_dir, "metrics")
     seed_cal = E.seed_table(profile_dir, "calibration")
     res: dict = {

@@ -25,7 +25,6 @@ import contextlib
 import copy
 import functools
 import hashlib
-import json
 import random
 import time
 import zlib
@@ -43,12 +42,13 @@ from medmnistc.corruptions.noise import ImpulseNoise
 from medmnistc.corruptions.registry import CORRUPTIONS_DS
 from medmnistc.utils.baselines import BASELINES
 from PIL import Image
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from edgekd import data as D
 from edgekd import info
+from edgekd import metrics as M
 from edgekd.data import check_images, stratified_indices
-from edgekd.train import load_trained, predict, resolve_device
+from edgekd.files import atomic_write, clear_results
+from edgekd.inference import load_run, predict, resolve_device
 
 #: MedMNIST-C dataset key whose corruptions and baselines are used.
 MEDMNISTC_DATASET: str = "dermamnist"
@@ -57,8 +57,6 @@ _MEDMNISTC = CORRUPTIONS_DS[MEDMNISTC_DATASET]
 DERMAMNIST_BASELINE: Mapping[str, Any] = BASELINES[MEDMNISTC_DATASET]
 
 METRICS: tuple[str, ...] = ("accuracy", "macro_f1", "balanced_error")
-#: Macro-F1 averages over all classes (absent classes score 0), as ``edgekd.metrics`` does.
-_LABELS = np.arange(info.NUM_CLASSES)
 
 
 # --------------------------------------------------------------------------- source suite
@@ -254,13 +252,9 @@ def corrupt(
 
 def _scores(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
     return {
-        "accuracy": float(accuracy_score(labels, predictions)),
-        "macro_f1": float(
-            f1_score(
-                labels, predictions, labels=_LABELS, average="macro", zero_division=0
-            )
-        ),
-        "balanced_error": 1.0 - float(balanced_accuracy_score(labels, predictions)),
+        "accuracy": M.accuracy(labels, predictions),
+        "macro_f1": M.macro_f1(labels, predictions),
+        "balanced_error": 1.0 - M.balanced_accuracy(labels, predictions),
     }
 
 
@@ -541,7 +535,7 @@ def cached_corrupt(
             for i, index in enumerate(indices)
         ]
     )
-    D.atomic_write(path, lambda fh: np.save(fh, out, allow_pickle=False))
+    atomic_write(path, lambda fh: np.save(fh, out, allow_pickle=False))
     return out, False
 
 
@@ -597,9 +591,8 @@ def run_robustness(
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     device = resolve_device("auto")
-    model = load_trained(run_dir, device)
-    config = json.loads((run_dir / "run_config.json").read_text())
-    arrays = D.load(D.DataConfig(**config["data"]))
+    run = load_run(run_dir, device)
+    arrays = D.load(D.DataConfig(**run.config["data"]))
     labels_all = arrays.labels["test"]
     indices = np.arange(len(labels_all)) if max_images is None else stratified_indices(labels_all, max_images, seed)
     images, labels = arrays.images["test"][indices], labels_all[indices]
@@ -611,7 +604,7 @@ def run_robustness(
 
     def scores(batch: np.ndarray) -> dict[str, float]:
         tick = time.perf_counter()
-        predictions = predict(model, batch, batch_size=256, device=device)[0].argmax(1)
+        predictions = predict(run.model, batch, batch_size=256, device=device, views=run.tta_views)[0].argmax(1)
         timings["predict"] += time.perf_counter() - tick
         return _scores(labels, predictions)
 
@@ -637,17 +630,17 @@ def run_robustness(
     skipped_table = pd.DataFrame(skipped, columns=["suite", "corruption", "severity", "img_size", "reason"])
 
     out_dir = run_dir / "robustness"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    clear_results(out_dir)
     files = {"corruptions": out_dir / "corruptions.csv", "skipped": out_dir / "skipped.csv"}
-    D.atomic_write(files["corruptions"], lambda fh: table.to_csv(fh, index=False))
-    D.atomic_write(files["skipped"], lambda fh: skipped_table.to_csv(fh, index=False))
+    atomic_write(files["corruptions"], lambda fh: table.to_csv(fh, index=False))
+    atomic_write(files["skipped"], lambda fh: skipped_table.to_csv(fh, index=False))
     be_table = _be_rbe_table(table, skipped_table, size) if "medmnistc" in plan else None
     if be_table is not None:
         files["be_rbe"] = out_dir / "medmnistc_be_rbe.csv"
-        D.atomic_write(files["be_rbe"], lambda fh: be_table.to_csv(fh, index=False))
+        atomic_write(files["be_rbe"], lambda fh: be_table.to_csv(fh, index=False))
     for suite in plan:
         fig = plot_corruption_curves(table[table["suite"] == suite], "macro_f1")
-        fig.axes[0].set_title(f"{config['arch']} {size} px, {suite} suite, n = {len(images)}")
+        fig.axes[0].set_title(f"{run.arch} {size} px, {suite} suite, n = {len(images)}")
         files[f"curves_{suite}"] = out_dir / f"curves_{suite}.png"
         fig.savefig(files[f"curves_{suite}"], dpi=120)
     timings["total"] = time.perf_counter() - start

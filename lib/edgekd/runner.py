@@ -1,10 +1,26 @@
-"""Run a profile from ``params/*.yaml``: expand it into papermill runs and execute them in order.
+"""Run a profile from ``params/*.yaml``: expand it into papermill runs and execute the stale ones.
 
-Every run is one executed notebook kept in ``outputs/<profile>/<run>/<stage>.ipynb``. A run is
-finished when its ``.done-<stage>.json`` marker holds the same digest (its parameters, its notebook
-and the digests of the runs it depends on); rerunning skips it. All parameters are validated, and
-the data checked, before any run starts. Runs execute sequentially, or on Dask ``distributed``
-(a LocalCluster, or a scheduler address for a real cluster; training runs can ask for a GPU resource).
+Bookkeeping, so that no trained work is lost and no stale result is kept:
+
+* **Each stage owns a folder.** Training owns its run folder (``best.pt``, ``predictions.npz``, ...)
+  minus the per-run stages' subfolders; ``evaluate`` owns ``<run>/eval/``, ``robustness``
+  ``<run>/robustness/``, ``efficiency`` ``<run>/efficiency/``; ``data`` and ``aggregate`` their own
+  folders. The executed notebook and the ``.done-<stage>.json`` marker live in the stage's folder. A
+  stage that reruns clears only what it owns.
+* **Digests.** A stage is fresh when its marker records the same components as now: its parameters
+  (outputs root written as ``<outputs>``, so a moved outputs folder stays fresh), its notebook, the
+  source of the ``edgekd`` modules the notebook imports (:mod:`edgekd.provenance`), the pinned
+  ``requirements.txt``, and the digests recorded by its upstream stages. A stage whose upstream
+  reran is stale through that chain. ``--dry-run`` says which component changed.
+* **Resume.** A killed training run resumes from ``last.pt`` only when the checkpoint came from the
+  same configuration and training code (see :func:`edgekd.train.fit`).
+* **Failures.** A failed run (a notebook error, a :class:`~edgekd.train.CollapsedRun`) does not stop
+  the runs that do not depend on it; its dependants are skipped and the runner exits with status 1.
+
+Runs execute sequentially or on Dask ``distributed`` (a LocalCluster, or a scheduler address;
+training runs can ask for a GPU resource). Before training, the runner times a few training steps
+of each architecture on this machine and prints its estimate; a progress bar shows the sweep's
+elapsed time and ETA; at the end a stage-by-stage time table goes to ``<profile>/timings.csv``.
 """
 
 from __future__ import annotations
@@ -19,10 +35,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from edgekd import data as D
-from edgekd import info
+from edgekd import info, provenance
+from edgekd.files import atomic_write, clear_results
 from edgekd.models import check_arch
 from edgekd.train import KDConfig, TrainConfig
 
@@ -41,60 +59,131 @@ TRAIN_STAGES: frozenset[str] = frozenset({"teacher", "student"})
 #: Stages run on every trained run, and their parameter defaults.
 PER_RUN_STAGES: dict[str, dict] = {
     "evaluate": {"n_resamples": 1000, "seed": 0},
-    "robustness": {"suites": ["source", "medmnistc"], "severities": None, "max_images": None, "seed": 0},
+    "robustness": {"suites": ["source", "medmnistc"], "severities": None, "max_images": None, "seed": 0,
+                   "seeds": None},
     "efficiency": {"latency_seeds": [0], "threads": 2, "batch_sizes": [1, 32], "sizes": None,
                    "warmup": 5, "repeats": 30, "calib_images": 256},
 }
+#: The folder inside a trained run that each per-run stage owns.
+STAGE_DIRS: dict[str, str] = {"evaluate": "eval", "robustness": "robustness", "efficiency": "efficiency"}
 PROFILE_KEYS: frozenset[str] = frozenset(
     {"name", "description", "data", "train", "teacher", "students", "stages", "aggregate", *PER_RUN_STAGES}
 )
 EXECUTORS: tuple[str, ...] = ("sequential", "dask")
 NOTEBOOKS_DIR: Path = info.REPO_ROOT / "notebooks"
 PARAMS_DIR: Path = info.REPO_ROOT / "params"
+#: Source of the library whose modules the digests hash (a test may point it at a copy).
+LIB_DIR: Path = provenance.LIB_DIR
+#: The outputs root in portable parameters.
+ROOT_TOKEN: str = "<outputs>"
 
 
 class ConfigError(ValueError):
     """A profile that cannot run, reported before any compute."""
 
 
+class Blocked(RuntimeError):
+    """A run not executed because a run it depends on failed."""
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 @dataclass
 class RunSpec:
-    """One papermill execution: ``stage`` notebook with ``parameters``, writing into ``run_dir``."""
+    """One papermill execution: ``stage`` notebook with ``parameters`` for the run in ``run_dir``.
+
+    ``upstream``: the stages whose results this one reads (their digests are part of its own);
+    ``after``: stages it only waits for (training waits for the data check, but depends on the data's
+    content through its ``data`` component, not on the data stage's notebook).
+    """
 
     run_id: str
     stage: str
     run_dir: Path
     parameters: dict
     upstream: list[RunSpec] = field(default_factory=list)
+    outputs_root: Path | None = None
+    notebooks_dir: Path = NOTEBOOKS_DIR
+    after: list[RunSpec] = field(default_factory=list)
 
     @property
     def key(self) -> str:
         return f"{self.run_id}:{self.stage}"
 
     @property
+    def stage_dir(self) -> Path:
+        """The folder this stage owns: its outputs, executed notebook and marker."""
+        return self.run_dir / STAGE_DIRS[self.stage] if self.stage in STAGE_DIRS else self.run_dir
+
+    @property
     def notebook(self) -> Path:
-        return NOTEBOOKS_DIR / STAGES[self.stage]
+        return self.notebooks_dir / STAGES[self.stage]
 
     @property
     def output_notebook(self) -> Path:
-        return self.run_dir / f"{self.stage}.ipynb"
+        return self.stage_dir / f"{self.stage}.ipynb"
 
     @property
     def marker(self) -> Path:
-        return self.run_dir / f".done-{self.stage}.json"
+        return self.stage_dir / f".done-{self.stage}.json"
 
-    def digest(self) -> str:
-        """Hash of the parameters, the notebook's source and the upstream digests."""
-        h = hashlib.sha256(json.dumps(self.parameters, sort_keys=True, default=str).encode())
-        h.update(self.notebook.read_bytes())
-        for up in self.upstream:
-            h.update(up.digest().encode())
-        return h.hexdigest()[:16]
+    def recorded(self) -> dict | None:
+        """The marker's contents, or None when this stage never finished."""
+        try:
+            return json.loads(self.marker.read_text())
+        except (OSError, ValueError):
+            return None
 
-    def is_done(self) -> bool:
-        if not self.marker.exists():
-            return False
-        return json.loads(self.marker.read_text()).get("digest") == self.digest()
+    def portable_parameters(self) -> str:
+        """The parameters as JSON with the outputs root replaced by ``<outputs>``."""
+        text = json.dumps(self.parameters, sort_keys=True, default=str)
+        return text.replace(str(self.outputs_root), ROOT_TOKEN) if self.outputs_root else text
+
+    def components(self) -> dict:
+        """What this stage's result depends on, each as a digest (the upstream ones as recorded)."""
+        notebook = self.notebook.read_bytes()
+        modules = provenance.notebook_modules(self.notebook)
+        out = {
+            "params": _sha(self.portable_parameters().encode()),
+            "notebook": _sha(notebook),
+            "library": provenance.library_digest(modules, LIB_DIR),
+            "requirements": provenance.requirements_digest(),
+            "upstream": {u.key: (u.recorded() or {}).get("digest") for u in self.upstream},
+        }
+        if "data" in self.parameters:
+            out["data"] = D.fingerprint(D.DataConfig(**self.parameters["data"]))
+        return out
+
+    def status(self) -> tuple[str, list[str]]:
+        """('fresh' | 'stale' | 'new', reasons): new never finished; stale finished from other inputs."""
+        mark = self.recorded()
+        if mark is None:
+            return "new", ["never finished"]
+        stale_up = [u.key for u in self.upstream if u.status()[0] != "fresh"]
+        now, then = self.components(), mark.get("components") or {}
+        reasons = [name for name in ("params", "notebook", "library", "requirements", "data")
+                   if now.get(name) != then.get(name)]
+        changed_up = [k for k, v in now["upstream"].items() if v != (then.get("upstream") or {}).get(k)]
+        if changed_up:
+            reasons.append(f"upstream reran ({_some(changed_up)})")
+        if stale_up:
+            reasons.append(f"upstream not fresh ({_some(stale_up)})")
+        return ("stale", reasons) if reasons else ("fresh", [])
+
+    def owned(self) -> list[Path]:
+        """What this stage deletes before it reruns: its folder, or for training the run folder less
+        the per-run stages' folders."""
+        if self.stage not in TRAIN_STAGES:
+            return [self.stage_dir]
+        if not self.run_dir.is_dir():
+            return []
+        return [p for p in self.run_dir.iterdir() if p.name not in STAGE_DIRS.values()]
+
+
+def _some(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def profile_path(name_or_path: str | Path) -> Path:
@@ -121,83 +210,104 @@ def load_profile(name_or_path: str | Path) -> dict:
     return prof
 
 
-def _merge(base: dict, override: dict | None) -> dict:
+def _merge(base: dict, *overrides: dict | None) -> dict:
     out = copy.deepcopy(base)
-    out.update(override or {})
+    for override in overrides:
+        out.update(override or {})
     return out
 
 
 def _build(kind: type, values: dict, where: str):
     try:
         return kind(**values)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _check_arch(arch: str, where: str) -> None:
+    try:
+        check_arch(arch)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def expand(prof: dict, outputs: Path) -> list[RunSpec]:
-    """Validate ``prof`` and expand it into runs: data, teachers, then students (arch x KD x seed)."""
+def data_config(prof: dict, outputs: Path, where: str = "data", **override) -> dict:
+    """The profile's data settings, validated; the offline cache lives under the outputs root by default."""
+    values = {"cache_dir": str(outputs / "cache"), **dict(prof["data"]), **override}
+    if values["cache_dir"] is None:
+        values["cache_dir"] = str(outputs / "cache")
+    return asdict(_build(D.DataConfig, values, where))
+
+
+def expand(prof: dict, outputs: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> list[RunSpec]:
+    """Validate ``prof`` and expand it into runs: data, teachers, students (arch x KD x seed), per-run stages, aggregate."""
     name = prof["name"]
-    root = (outputs / name).resolve()
+    outputs = Path(outputs).resolve()
+    root = outputs / name
     stages = _stages(prof)
-    data_cfg = _build(D.DataConfig, dict(prof["data"]), "data")
-    data = asdict(data_cfg)
+
+    def spec(run_id: str, stage: str, run_dir: Path, params: dict, upstream: list[RunSpec], after=()) -> RunSpec:
+        return RunSpec(run_id, stage, run_dir, params, upstream, outputs, notebooks_dir, list(after))
+
+    data = data_config(prof, outputs)
     base_train = dict(prof.get("train") or {})
-    specs = [RunSpec("data", "data", root / "data", {"run_dir": str(root / "data"), "data": data})]
+    specs = [spec("data", "data", root / "data", {"run_dir": str(root / "data"), "data": data}, [])]
 
     teacher = prof["teacher"]
     t_arch = teacher.get("arch", info.TEACHER_ARCH)
-    try:
-        check_arch(t_arch)
-    except ValueError as exc:
-        raise ConfigError(f"teacher: {exc}") from exc
+    _check_arch(t_arch, "teacher")
     t_train = asdict(_build(TrainConfig, _merge(base_train, teacher.get("train")), "teacher.train"))
     t_seeds = list(teacher.get("seeds", [0]))
     teachers: dict[int, RunSpec] = {}
     for seed in t_seeds:
         rid = f"teacher-{t_arch}-s{seed}"
         params = {"run_dir": str(root / rid), "arch": t_arch, "seed": seed, "data": data, "train": t_train}
-        teachers[seed] = RunSpec(rid, "teacher", root / rid, params, [specs[0]])
+        teachers[seed] = spec(rid, "teacher", root / rid, params, [], after=[specs[0]])
     specs += teachers.values()
 
     students = prof["students"]
     archs = list(students.get("archs", info.STUDENT_ARCHS))
     for arch in archs:
-        try:
-            check_arch(arch)
-        except ValueError as exc:
-            raise ConfigError(f"students: {exc}") from exc
-    s_train = asdict(_build(TrainConfig, _merge(base_train, students.get("train")), "students.train"))
+        _check_arch(arch, "students")
+    arch_train = students.get("arch_train") or {}
+    if not isinstance(arch_train, dict) or not set(arch_train) <= set(archs):
+        raise ConfigError(f"students.arch_train: keys must be among students.archs {archs}, got {arch_train!r}")
+    s_train = {arch: asdict(_build(TrainConfig, _merge(base_train, students.get("train"), arch_train.get(arch)),
+                                   f"students.train ({arch})")) for arch in archs}
     kd_settings = students.get("kd") or [{"name": "kd", "mode": "hinton"}]
     names = [k.get("name") for k in kd_settings]
     if None in names or len(set(names)) != len(names):
         raise ConfigError(f"students.kd: every setting needs a unique 'name', got {names}")
     for setting in kd_settings:
         where = f"students.kd[{setting['name']}]"
-        kd = asdict(_build(KDConfig, {k: v for k, v in setting.items() if k not in ("name", "archs")}, where))
-        # A setting's own ``archs`` (e.g. an ablation on one student) must be among students.archs.
+        kd = asdict(_build(KDConfig, {k: v for k, v in setting.items() if k not in ("name", "archs", "seeds")}, where))
+        # A setting's own ``archs`` / ``seeds`` (e.g. an ablation on one student) must be among the students'.
         setting_archs = setting.get("archs", archs)
         if not isinstance(setting_archs, list) or not setting_archs or not set(setting_archs) <= set(archs):
             raise ConfigError(f"{where}: archs must be a non-empty list drawn from students.archs {archs}, got {setting_archs!r}")
+        all_seeds = list(students.get("seeds", [0]))
+        setting_seeds = setting.get("seeds", all_seeds)
+        if not isinstance(setting_seeds, list) or not setting_seeds or not set(setting_seeds) <= set(all_seeds):
+            raise ConfigError(f"{where}: seeds must be a non-empty list drawn from students.seeds {all_seeds}, got {setting_seeds!r}")
         for arch in setting_archs:
-            for seed in students.get("seeds", [0]):
+            for seed in setting_seeds:
                 # Each student distils from the teacher of its own seed when there is one, else the first.
                 t = teachers.get(seed, teachers[t_seeds[0]])
+                distils = kd["mode"] != "none"
                 rid = f"student-{arch}-{setting['name']}-s{seed}"
                 params = {
-                    "run_dir": str(root / rid), "arch": arch, "seed": seed, "data": data, "train": s_train,
-                    "kd": kd, "teacher_dir": str(t.run_dir),
+                    "run_dir": str(root / rid), "arch": arch, "seed": seed, "data": data, "train": s_train[arch],
+                    "kd": kd, "teacher_dir": str(t.run_dir) if distils else None,
                 }
-                specs.append(RunSpec(rid, "student", root / rid, params, [t]))
+                specs.append(spec(rid, "student", root / rid, params, [t] if distils else [], after=[specs[0], t]))
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError("profile expands to duplicate run ids (repeated archs or seeds?)")
-    specs += _per_run_specs(prof, stages, specs)
+    specs += _per_run_specs(prof, stages, specs, outputs, spec)
     if "aggregate" in stages:
         agg = root / "aggregate"
         params = {"profile_dir": str(root), "out_dir": str(agg), **(prof.get("aggregate") or {})}
-        specs.append(RunSpec("aggregate", "aggregate", agg, params, [s for s in specs if s.stage in PER_RUN_STAGES]))
+        specs.append(spec("aggregate", "aggregate", agg, params, [s for s in specs if s.stage in PER_RUN_STAGES]))
     return [s for s in specs if s.stage in stages]
 
 
@@ -227,7 +337,7 @@ def _stage_params(prof: dict, stage: str) -> dict:
     return params
 
 
-def _per_run_specs(prof: dict, stages: list[str], specs: list[RunSpec]) -> list[RunSpec]:
+def _per_run_specs(prof: dict, stages: list[str], specs: list[RunSpec], outputs: Path, spec) -> list[RunSpec]:
     """Evaluation, robustness and efficiency runs (those in ``stages``) for every trained run."""
     out = []
     for stage in PER_RUN_STAGES:
@@ -237,44 +347,91 @@ def _per_run_specs(prof: dict, stages: list[str], specs: list[RunSpec]) -> list[
         for trained in (s for s in specs if s.stage in TRAIN_STAGES):
             p = {"run_dir": str(trained.run_dir)}
             upstream = [trained]
+            seed = trained.parameters["seed"]
             if stage == "evaluate":
-                teacher = trained.upstream[0] if trained.stage == "student" else None
+                teacher = trained.after[-1] if trained.stage == "student" else None
                 p["teacher_dir"] = str(teacher.run_dir) if teacher else None
                 upstream += [teacher] if teacher else []
                 p.update(params)
             elif stage == "efficiency":
                 p.update({k: v for k, v in params.items() if k != "latency_seeds"})
-                p["latency"] = trained.parameters["seed"] in params["latency_seeds"]
+                p["latency"] = seed in params["latency_seeds"]
             else:
-                p.update(params)
-            out.append(RunSpec(trained.run_id, stage, trained.run_dir, p, upstream))
+                if params["seeds"] is not None and seed not in params["seeds"]:
+                    continue  # robustness on the listed seeds only
+                p.update({k: v for k, v in params.items() if k != "seeds"})
+                p["cache_dir"] = str(outputs / "cache" / "corrupted")
+            out.append(spec(trained.run_id, stage, trained.run_dir, p, upstream))
     return out
 
 
-def check_inputs(prof: dict) -> None:
-    """Check the data before any run: folder, split file, and every image/npz decodes (cached)."""
-    cfg = D.DataConfig(**prof["data"])
+def check_inputs(prof: dict, outputs: Path) -> None:
+    """Check the data before any run: folder, split file, and every image/npz decodes (cached by source)."""
+    cfg = D.DataConfig(**data_config(prof, Path(outputs).resolve()))
     cfg.check_source()
     D.load(cfg)
 
 
+def _kernel_manager():
+    """An ipykernel manager on IPC sockets (no 'running over TCP without encryption' warning per notebook)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(transport="ipc", **kwargs)
+
+    return IPCKernelManager
+
+
+def clear_owned(spec: RunSpec) -> None:
+    """Delete what ``spec``'s stage owns before it reruns.
+
+    Training keeps an unfinished run's files (``last.pt`` resumes when it matches); once a training
+    stage has finished, rerunning it means its inputs changed, and everything it owns goes.
+    """
+    if spec.stage in TRAIN_STAGES:
+        if spec.recorded() is None:
+            return
+        for path in spec.owned():
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        return
+    clear_results(spec.stage_dir)
+    for stale in spec.stage_dir.glob(".done-*.json"):
+        stale.unlink()
+
+
+def key_metric(spec: RunSpec) -> str:
+    """One number for the log line of a finished run: val macro-F1 of training, test macro-F1 of evaluation."""
+    try:
+        if spec.stage in TRAIN_STAGES:
+            m = json.loads((spec.run_dir / "metrics.json").read_text())
+            return f"val macro-F1 {m['val_macro_f1']:.3f}"
+        if spec.stage == "evaluate":
+            m = pd.read_csv(spec.stage_dir / "metrics.csv").set_index("metric")["value"]
+            return f"test macro-F1 {m['macro_f1']:.3f}"
+    except (OSError, KeyError, ValueError):
+        pass
+    return ""
+
+
 def execute(spec: RunSpec, log=print) -> float:
-    """Execute one run with papermill (resuming a killed one); returns its wall time in seconds."""
+    """Execute one run with papermill, clearing only what its stage owns; returns its wall time in seconds."""
     import papermill as pm
 
-    digest = spec.digest()
-    if spec.marker.exists():  # finished with other parameters: stale, start again
-        shutil.rmtree(spec.run_dir)
-    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    clear_owned(spec)
+    spec.stage_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    log(f"[run] {spec.run_id} ({spec.stage}) -> {spec.output_notebook}")
     pm.execute_notebook(
         str(spec.notebook), str(spec.output_notebook), parameters=spec.parameters,
-        cwd=str(NOTEBOOKS_DIR), progress_bar=False, kernel_name="python3",
+        cwd=str(spec.notebooks_dir), progress_bar=False, kernel_name="python3",
+        kernel_manager_class=_kernel_manager(),
     )
     wall = time.time() - t0
-    spec.marker.write_text(json.dumps({"digest": digest, "wall_time_s": wall, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}))
-    log(f"[done] {spec.run_id} ({spec.stage}) in {wall:.1f}s")
+    mark = {"digest": None, "components": spec.components(), "wall_time_s": wall,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    mark["digest"] = _sha(json.dumps(mark["components"], sort_keys=True).encode())
+    text = json.dumps(mark, indent=1).encode()
+    atomic_write(spec.marker, lambda fh: fh.write(text))
     return wall
 
 
@@ -283,14 +440,15 @@ def _after(spec: RunSpec, *upstream_results: float) -> float:
     return execute(spec)
 
 
-def run_dask(specs: list[RunSpec], scheduler: str | None = None, workers: int = 2, gpu: bool = False) -> dict[str, float]:
-    """Execute ``specs`` on Dask distributed, respecting dependencies; returns wall time per run key.
+def run_dask(specs: list[RunSpec], scheduler: str | None = None, workers: int = 2, gpu: bool = False,
+             on_done=None) -> dict[str, float | Exception]:
+    """Execute ``specs`` on Dask distributed, respecting dependencies; wall time (or the error) per run key.
 
     ``scheduler`` None starts a LocalCluster of ``workers`` single-threaded processes. With ``gpu``,
     training runs request the worker resource ``GPU=1`` (LocalCluster workers get one GPU each
     where CUDA is present; on a real cluster start workers with ``--resources GPU=1``).
     """
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if scheduler is None:
@@ -299,16 +457,35 @@ def run_dask(specs: list[RunSpec], scheduler: str | None = None, workers: int = 
                                dashboard_address=None, resources=resources)
     client = Client(scheduler or cluster)
     try:
-        futures = {}
+        futures, keys = {}, {}
         for spec in specs:
-            ups = [futures[u.key] for u in spec.upstream if u.key in futures]
+            ups = [futures[u.key] for u in (*spec.upstream, *spec.after) if u.key in futures]
             res = {"GPU": 1} if gpu and spec.stage in TRAIN_STAGES else None
             futures[spec.key] = client.submit(_after, spec, *ups, key=f"edgekd-{spec.key}", pure=False, resources=res)
-        return dict(zip(futures, client.gather(list(futures.values())), strict=True))
+            keys[futures[spec.key].key] = spec
+        results: dict[str, float | Exception] = {}
+        for future in as_completed(list(futures.values())):
+            spec = keys[future.key]
+            try:
+                results[spec.key] = future.result()
+            except Exception as exc:  # noqa: BLE001 - reported per run, dependants are cancelled by Dask
+                results[spec.key] = exc
+            if on_done is not None:
+                on_done(spec, results[spec.key])
+        return results
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def status_table(specs: list[RunSpec]) -> pd.DataFrame:
+    """Per run and stage: fresh / stale / new, and why."""
+    rows = []
+    for s in specs:
+        state, reasons = s.status()
+        rows.append({"run_id": s.run_id, "stage": s.stage, "status": state, "why": "; ".join(reasons)})
+    return pd.DataFrame(rows)
 
 
 def run_profile(
@@ -320,12 +497,18 @@ def run_profile(
     workers: int = 2,
     gpu: bool = False,
     only: list[str] | None = None,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+    estimate: bool = True,
     log=print,
 ) -> list[dict]:
-    """Validate, check data, then execute every unfinished run of a profile (sequentially or on Dask).
+    """Validate, check data, then execute every stage that is not fresh (sequentially or on Dask).
 
-    ``only`` restricts execution to some stages (e.g. ``["data", "teacher", "student"]``).
+    ``only`` restricts execution to some stages (e.g. ``["data", "teacher", "student"]``); a stage
+    whose upstream is not fresh and not among them is refused. Returns one row per run and stage:
+    status (fresh / ran / failed / blocked, or with ``dry_run`` fresh / stale / new), why, wall time.
     """
+    from edgekd import progress
+
     if executor not in EXECUTORS:
         raise ConfigError(f"executor {executor!r} is not one of {EXECUTORS}")
     unknown = [st for st in only or [] if st not in STAGES]
@@ -333,23 +516,63 @@ def run_profile(
         raise ConfigError(f"--only: unknown stages {unknown}; expected some of {list(STAGES)}")
     prof = load_profile(name_or_path)
     outputs = Path(outputs) if outputs is not None else info.outputs_dir()
-    specs = [s for s in expand(prof, outputs) if not only or s.stage in only]
-    check_inputs(prof)
-    todo = [s for s in specs if not s.is_done()]
-    pending = {s.key for s in todo}
-    for spec in specs:
-        if spec.key not in pending:
-            log(f"[skip] {spec.run_id} ({spec.stage}): finished with the same parameters")
-    walls: dict[str, float] = {}
-    if not dry_run and executor == "dask" and todo:
-        walls = run_dask(todo, scheduler, workers, gpu)
-    elif not dry_run:
-        walls = {spec.key: execute(spec, log) for spec in todo}
-    status = "pending" if dry_run else "ran"
-    return [
-        {"run_id": s.run_id, "stage": s.stage, "status": status if s.key in pending else "skipped", "wall_time_s": walls.get(s.key, 0.0)}
-        for s in specs
-    ]
+    all_specs = expand(prof, outputs, notebooks_dir)
+    specs = [s for s in all_specs if not only or s.stage in only]
+    check_inputs(prof, outputs)
+    table = status_table(specs)
+    todo = [s for s, st in zip(specs, table["status"], strict=True) if st != "fresh"]
+    todo_keys = {s.key for s in todo}
+    for s in todo:
+        missing = [u.key for u in s.upstream if u.key not in todo_keys and u.status()[0] != "fresh"]
+        if missing:
+            raise ConfigError(f"{s.key} depends on {', '.join(missing)}, which is not fresh and not selected by --only")
+    if dry_run:
+        return [{**row, "wall_time_s": 0.0} for row in table.to_dict("records")]
+
+    for row in table.itertuples():
+        if row.status == "fresh":
+            log(f"[fresh] {row.run_id} ({row.stage})")
+    root = outputs.resolve() / prof["name"]
+    plan = progress.Plan(todo, measure=estimate)
+    log(plan.describe())
+    tracker = progress.Tracker(plan, log)
+    results: dict[str, float | Exception] = {}
+    if executor == "dask" and todo:
+        results = run_dask(todo, scheduler, workers, gpu, on_done=tracker.done)
+    else:
+        failed: set[str] = set()
+        for spec in todo:
+            blocked = list(dict.fromkeys(u.key for u in (*spec.upstream, *spec.after) if u.key in failed))
+            if blocked:
+                results[spec.key] = Blocked(f"upstream {_some(blocked)} failed")
+                failed.add(spec.key)
+                tracker.done(spec, results[spec.key])
+                continue
+            tracker.start(spec)
+            try:
+                results[spec.key] = execute(spec, log)
+            except Exception as exc:  # noqa: BLE001 - a failed run is reported; independent runs go on
+                results[spec.key] = exc
+                failed.add(spec.key)
+            tracker.done(spec, results[spec.key])
+    summary = []
+    for s, row in zip(specs, table.itertuples(), strict=True):
+        res = results.get(s.key)
+        if res is None:
+            status, why, wall = "fresh", "", 0.0
+        elif isinstance(res, Exception):
+            status = "blocked" if isinstance(res, Blocked) else "failed"
+            why, wall = f"{type(res).__name__}: {str(res)[:500]}", 0.0
+        else:
+            status, why, wall = "ran", row.why, float(res)
+        summary.append({"run_id": s.run_id, "stage": s.stage, "status": status, "why": why, "wall_time_s": wall})
+    if todo:
+        tracker.close()
+        frame = pd.DataFrame(summary)
+        root.mkdir(parents=True, exist_ok=True)
+        frame.assign(estimate_s=[plan.seconds.get(s.key, 0.0) for s in specs]).to_csv(root / "timings.csv", index=False)
+        log(progress.stage_table(frame))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,25 +580,29 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="edgekd-run", description=__doc__.splitlines()[0])
     ap.add_argument("profile", help="profile name in params/ (smoke, default, cpu64, paper) or a YAML path")
     ap.add_argument("--outputs", type=Path, default=None, help=f"outputs root (default ${info.OUTPUTS_ENV} or outputs/)")
-    ap.add_argument("--dry-run", action="store_true", help="validate and list the runs without executing them")
+    ap.add_argument("--dry-run", action="store_true", help="validate, and list each run and stage as fresh, stale or new, and why")
     ap.add_argument("--executor", choices=EXECUTORS, default="sequential", help="run sequentially or on Dask distributed")
     ap.add_argument("--scheduler", default=None, help="Dask scheduler address (default: start a LocalCluster)")
     ap.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
     ap.add_argument("--gpu", action="store_true", help="Dask: training runs request the worker resource GPU=1")
     ap.add_argument("--only", default=None, help="comma-separated stages to execute (default: all of the profile's)")
+    ap.add_argument("--no-estimate", action="store_true", help="skip timing a few training steps for the estimate")
     args = ap.parse_args(argv)
     only = args.only.split(",") if args.only else None
     try:
         summary = run_profile(args.profile, args.outputs, args.dry_run, args.executor, args.scheduler, args.workers,
-                              args.gpu, only)
+                              args.gpu, only, estimate=not args.no_estimate)
     except (ConfigError, D.DataError, ValueError) as exc:
         print(f"edgekd-run: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # a notebook failed: papermill keeps it, with the error, in the run folder
-        print(f"edgekd-run: a run failed: {type(exc).__name__}: {str(exc)[:2000]}", file=sys.stderr)
-        return 1
+    width = max((len(r["run_id"]) for r in summary), default=10)
     for row in summary:
-        print(f"{row['status']:>8}  {row['wall_time_s']:8.1f}s  {row['run_id']} ({row['stage']})")
+        print(f"{row['status']:>8}  {row['wall_time_s']:8.1f}s  {row['run_id']:<{width}}  {row['stage']:<10}  {row['why']}")
+    failed = [r for r in summary if r["status"] in ("failed", "blocked")]
+    if failed:
+        print(f"edgekd-run: {len(failed)} run(s) failed or were blocked; their notebooks (with the error) are in the run folders",
+              file=sys.stderr)
+        return 1
     return 0
 
 
