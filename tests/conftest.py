@@ -36,7 +36,7 @@ def tiny(arrays28):
 
 
 TINY_DATA = {"size": 28, "source": "raw", "subset": {"train": 140, "val": 70, "test": 70}}
-TINY_TRAIN = {"epochs": 1, "batch_size": 32, "lr": 2e-3, "stem_stride": 2, "progress": False}
+TINY_TRAIN = {"epochs": 1, "batch_size": 32, "lr": 2e-3, "stem_stride": 2, "progress": False, "collapse": "warn"}
 
 
 @pytest.fixture(scope="session")

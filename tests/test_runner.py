@@ -30,11 +30,16 @@ def _profile(tmp_path, **edits):
 def test_smoke_expands_teacher_before_students(tmp_path):
     specs = R.expand(R.load_profile("smoke"), tmp_path)
     stages = [s.stage for s in specs]
-    assert stages[:2] == ["data", "teacher"] and set(stages[2:14]) == {"student"}
-    assert [st for st in stages[14:] if st in ("data", "teacher", "student")] == []
+    assert stages[:2] == ["data", "teacher"] and stages[2:15].count("student") == 12
+    assert [st for st in stages[15:] if st in ("data", "teacher", "student")] == []
     assert stages[-1] == "aggregate" and len(specs[-1].upstream) == 13 * 3
     for stage in ("evaluate", "robustness", "efficiency"):
         assert stages.count(stage) == 13
+    # the export of a model comes right after its last seed has trained, and reads all its seeds
+    export = next(s for s in specs if s.stage == "export")
+    assert stages.count("export") == 1 and export.run_id == "student-resnet18-kdat"
+    assert specs[specs.index(export) - 1].run_id == "student-resnet18-kdat-s1"
+    assert [u.run_id for u in export.upstream] == ["student-resnet18-kdat-s0", "student-resnet18-kdat-s1"]
     evals = {s.run_id: s for s in specs if s.stage == "evaluate"}
     assert evals["teacher-resnet50-s0"].parameters["teacher_dir"] is None
     assert evals["student-resnet18-nokd-s1"].parameters["teacher_dir"] == str(specs[1].run_dir)
@@ -156,3 +161,46 @@ def test_rerun_skips_finished_runs(smoke_outputs):
     assert all(ln.split()[0] == "fresh" for ln in lines), res.stdout
     assert "[plan] nothing to run" in res.stdout
 
+
+
+def test_lesion_pair_settings_filters_and_overrides(tmp_path):
+    path = _profile(tmp_path, **{
+        "lesion": {"archs": ["resnet18"], "kd": ["nokd"], "seeds": [1]},
+        "students.kd.0.train": {"lr": 0.01},
+        "robustness.settings": ["nokd"], "robustness.seeds": [0],
+        "efficiency.seeds": [1],
+    })
+    specs = R.expand(R.load_profile(path), tmp_path)
+    by_key = {s.key: s for s in specs}
+    lesion = [s for s in specs if "-lesion" in s.run_id]
+    assert [s.key for s in lesion if s.stage in R.TRAIN_STAGES] == ["teacher-resnet50-lesion-s1:teacher",
+                                                                    "student-resnet18-nokd-lesion-s1:student"]
+    assert all(s.parameters["data"]["split"] == "lesion" for s in lesion if "data" in s.parameters)
+    assert {s.stage for s in lesion} == {"teacher", "student", "evaluate"}  # no robustness/efficiency/export
+    ev = by_key["student-resnet18-nokd-lesion-s1:evaluate"]
+    assert ev.parameters["teacher_dir"] == str(by_key["teacher-resnet50-lesion-s1:teacher"].run_dir)
+    # a KD setting's own train overrides apply to its students only
+    assert by_key["student-resnet18-kdat-s0:student"].parameters["train"]["lr"] == 0.01
+    assert by_key["student-resnet18-nokd-s0:student"].parameters["train"]["lr"] == 0.002
+    rob = sorted(s.run_id for s in specs if s.stage == "robustness")
+    assert rob == ["student-efficientnet_b0-nokd-s0", "student-mobilenetv2_100-nokd-s0", "student-resnet18-nokd-s0",
+                   "teacher-resnet50-s0"]
+    efficiency = [s.run_id for s in specs if s.stage == "efficiency"]
+    assert len(efficiency) == 6 and all(r.endswith("-s1") for r in efficiency)  # seed 1 of every student
+
+
+@pytest.mark.parametrize(
+    "edits, message",
+    [
+        ({"lesion": {"archs": ["resnet34"]}}, "lesion: archs must be among"),
+        ({"lesion": {"kd": ["nope"]}}, "lesion: archs must be among"),
+        ({"robustness.settings": ["nope"]}, "robustness.settings"),
+        ({"export": {"models": ["student-resnet18-nope"]}}, "export.models"),
+        ({"export": {"every": True}}, "export: unknown keys"),
+        ({"students.kd.0.name": "KD-at"}, "unique 'name' of"),
+        ({"students.kd.0.train": {"lr": -1}}, "lr must be > 0"),
+    ],
+)
+def test_bad_new_profile_keys(tmp_path, edits, message):
+    with pytest.raises(R.ConfigError, match=message):
+        R.expand(R.load_profile(_profile(tmp_path, **edits)), tmp_path)

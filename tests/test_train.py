@@ -73,8 +73,7 @@ RESUME_SCRIPT = textwrap.dedent(
     """
     import sys
     from edgekd import data as D, train as T
-    from edgekd.inference import load_run, predict
-from edgekd.models import create_model
+    from edgekd.models import create_model
     arrays = D.subset(D.get_dermamnist(28), {"train": 96, "val": 48, "test": 48})
     cfg = T.TrainConfig(**%r)
     T.seed_everything(0)

@@ -246,6 +246,19 @@ class DataConfig:
             raise DataError(f"npz file {self.data_dir} does not exist")
 
 
+def resolution_note(cfg: DataConfig) -> str | None:
+    """A warning when ``cfg`` asks for more pixels than the offline source has, else None.
+
+    The raw images here are 200x150 copies of HAM10000's 600x450 frames: the centre square is
+    150 px, so 224 px inputs are upsampled and 128 px ones a downsample of 150 px.
+    """
+    side = min(info.RAW_FRAME)
+    if cfg.source == "raw" and cfg.size > side:
+        return (f"{cfg.size} px asks for more pixels than the source has: the raw images are {info.RAW_FRAME[0]}x"
+                f"{info.RAW_FRAME[1]}, so their {side} px centre square is upsampled to {cfg.size} px")
+    return None
+
+
 def fingerprint(cfg: DataConfig) -> str:
     """What the arrays of ``cfg`` are made from: the raw folder's :func:`source_fingerprint`, an npz
     file's size and mtime, or the official npz (which ``medmnist`` checks by md5)."""

@@ -103,10 +103,11 @@ def state_dict_bytes(model: nn.Module) -> int:
 
 
 def export_torchscript(model: nn.Module, img_size: int, path: str | Path) -> Path:
-    """Trace ``model`` (eval, CPU) at ``img_size`` and save it as TorchScript; returns ``path``."""
+    """Trace ``model`` (eval, CPU) at ``img_size``, freeze it (weights inlined as constants, BatchNorm
+    folded) and save it as TorchScript; returns ``path``."""
     path = Path(path)
     with torch.no_grad():
-        traced = torch.jit.trace(_eval_copy(model), _example(img_size))
+        traced = torch.jit.freeze(torch.jit.trace(_eval_copy(model), _example(img_size)))
     traced.save(str(path))
     return path
 
@@ -290,18 +291,56 @@ def _cuda_sync() -> None:
         torch.cuda.synchronize()
 
 
+#: Fewest timed calls for which a p99 is reported (with fewer, the "p99" would be the maximum).
+MIN_CALLS_P99: int = 100
+#: Warm-up ends when the median of the last ``STEADY_WINDOW`` calls is within ``STEADY_TOLERANCE`` of the window before.
+STEADY_WINDOW: int = 5
+STEADY_TOLERANCE: float = 0.10
+#: Most warm-up calls (and seconds) spent waiting for steady timings.
+MAX_WARMUP_CALLS: int = 200
+MAX_WARMUP_S: float = 20.0
+
+
+def _timed(fn: Backend, inputs: np.ndarray | torch.Tensor) -> float:
+    start = time.perf_counter()
+    fn(inputs)
+    _cuda_sync()
+    return time.perf_counter() - start
+
+
+def warm_up(fn: Backend, inputs: np.ndarray | torch.Tensor, least: int = 2) -> int:
+    """Call ``fn`` until its timings are steady; returns the number of warm-up calls.
+
+    At least ``least`` calls, then until the median of the last :data:`STEADY_WINDOW` calls is within
+    :data:`STEADY_TOLERANCE` of the median of the window before (JIT executors such as TorchScript's
+    profiling executor re-optimise during their first calls), at most :data:`MAX_WARMUP_CALLS` calls
+    or :data:`MAX_WARMUP_S` seconds.
+    """
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < MAX_WARMUP_CALLS and time.perf_counter() - start < MAX_WARMUP_S:
+        times.append(_timed(fn, inputs))
+        if len(times) >= max(least, 2 * STEADY_WINDOW):
+            last, before = np.median(times[-STEADY_WINDOW:]), np.median(times[-2 * STEADY_WINDOW : -STEADY_WINDOW])
+            if abs(last - before) <= STEADY_TOLERANCE * before:
+                break
+    return len(times)
+
+
 def latency(
     fn: Backend,
     inputs: np.ndarray | torch.Tensor,
     warmup: int = 10,
-    repeats: int = 50,
+    repeats: int = MIN_CALLS_P99,
     threads: int | None = None,
 ) -> dict[str, float]:
-    """Wall-clock latency of ``fn(inputs)`` after ``warmup`` calls, over ``repeats`` calls.
+    """Wall-clock latency of ``fn(inputs)`` over ``repeats`` calls, after warming up until steady.
 
-    ``threads`` fixes ``torch.set_num_threads`` during the measurement (restored afterwards);
-    CUDA is synchronised around each call when initialised. ``throughput_ips`` is images per
-    second at the mean latency.
+    Warm-up: at least ``warmup`` calls, then until timings are steady (:func:`warm_up`); the number
+    of warm-up calls is returned as ``warmup_calls``. ``p99_ms`` is NaN unless ``repeats`` >=
+    :data:`MIN_CALLS_P99`. ``threads`` fixes ``torch.set_num_threads`` during the measurement
+    (restored afterwards); CUDA is synchronised around each call when initialised.
+    ``throughput_ips`` is images per second at the mean latency.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
@@ -309,15 +348,8 @@ def latency(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        for _ in range(warmup):
-            fn(inputs)
-        _cuda_sync()
-        times = np.empty(repeats)
-        for i in range(repeats):
-            start = time.perf_counter()
-            fn(inputs)
-            _cuda_sync()
-            times[i] = time.perf_counter() - start
+        calls = warm_up(fn, inputs, warmup)
+        times = np.array([_timed(fn, inputs) for _ in range(repeats)])
     finally:
         torch.set_num_threads(previous)
     times_ms = times * 1e3
@@ -328,8 +360,10 @@ def latency(
         "std_ms": float(times_ms.std(ddof=1)) if repeats > 1 else 0.0,
         "p50_ms": float(p50),
         "p90_ms": float(p90),
-        "p99_ms": float(p99),
+        "p99_ms": float(p99) if repeats >= MIN_CALLS_P99 else float("nan"),
         "throughput_ips": len(inputs) / (mean_ms / 1e3),
+        "warmup_calls": calls,
+        "timed_calls": repeats,
     }
 
 

@@ -145,6 +145,8 @@ class Plan:
             return KERNEL_OVERHEAD_S + seconds
         if spec.stage == "evaluate":
             return KERNEL_OVERHEAD_S + EVALUATE_S
+        if spec.stage == "export":  # bootstrap, ONNX and INT8 export, both backends on test
+            return KERNEL_OVERHEAD_S + EVALUATE_S + 4 * n["test"] / speed.infer_ips
         if spec.stage == "robustness":
             from edgekd.robustness import robustness_plan
 

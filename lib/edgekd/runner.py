@@ -29,6 +29,7 @@ import argparse
 import copy
 import hashlib
 import json
+import re
 import shutil
 import sys
 import time
@@ -49,6 +50,7 @@ STAGES: dict[str, str] = {
     "data": "01_data.ipynb",
     "teacher": "02_teacher.ipynb",
     "student": "03_student.ipynb",
+    "export": "08_export.ipynb",
     "evaluate": "04_evaluate.ipynb",
     "robustness": "05_robustness.ipynb",
     "efficiency": "06_efficiency.ipynb",
@@ -60,15 +62,22 @@ TRAIN_STAGES: frozenset[str] = frozenset({"teacher", "student"})
 PER_RUN_STAGES: dict[str, dict] = {
     "evaluate": {"n_resamples": 1000, "seed": 0},
     "robustness": {"suites": ["source", "medmnistc"], "severities": None, "max_images": None, "seed": 0,
-                   "seeds": None},
-    "efficiency": {"latency_seeds": [0], "threads": 2, "batch_sizes": [1, 32], "sizes": None,
-                   "warmup": 5, "repeats": 30, "calib_images": 256},
+                   "seeds": None, "settings": None},
+    "efficiency": {"seeds": None, "settings": None, "latency_seeds": [0], "threads": 2, "batch_sizes": [1, 32],
+                   "sizes": None, "warmup": 5, "repeats": 100, "calib_images": 256},
 }
+#: The export stage: one bundle per model (its best seed on val), written as soon as the model's seeds are trained.
+EXPORT_DEFAULTS: dict = {"models": None, "coverage": 0.9, "n_resamples": 1000, "seed": 0}
 #: The folder inside a trained run that each per-run stage owns.
 STAGE_DIRS: dict[str, str] = {"evaluate": "eval", "robustness": "robustness", "efficiency": "efficiency"}
 PROFILE_KEYS: frozenset[str] = frozenset(
-    {"name", "description", "data", "train", "teacher", "students", "stages", "aggregate", *PER_RUN_STAGES}
+    {"name", "description", "data", "train", "teacher", "students", "lesion", "stages", "aggregate", "export",
+     *PER_RUN_STAGES}
 )
+#: Keys of a KD setting that are not KDConfig fields: its name, the archs / seeds it runs on, its train overrides.
+KD_SETTING_KEYS: frozenset[str] = frozenset({"name", "archs", "seeds", "train"})
+#: Marker of the lesion-split pair's run ids (``teacher-resnet50-lesion-s0``).
+LESION_TAG: str = "-lesion"
 EXECUTORS: tuple[str, ...] = ("sequential", "dask")
 NOTEBOOKS_DIR: Path = info.REPO_ROOT / "notebooks"
 PARAMS_DIR: Path = info.REPO_ROOT / "params"
@@ -96,7 +105,8 @@ class RunSpec:
 
     ``upstream``: the stages whose results this one reads (their digests are part of its own);
     ``after``: stages it only waits for (training waits for the data check, but depends on the data's
-    content through its ``data`` component, not on the data stage's notebook).
+    content through its ``data`` component, not on the data stage's notebook). ``setting``: a
+    student's KD setting name.
     """
 
     run_id: str
@@ -107,6 +117,7 @@ class RunSpec:
     outputs_root: Path | None = None
     notebooks_dir: Path = NOTEBOOKS_DIR
     after: list[RunSpec] = field(default_factory=list)
+    setting: str | None = None
 
     @property
     def key(self) -> str:
@@ -239,11 +250,90 @@ def data_config(prof: dict, outputs: Path, where: str = "data", **override) -> d
     return asdict(_build(D.DataConfig, values, where))
 
 
+def _teachers(prof: dict, data: dict, base_train: dict, root: Path, spec, data_spec: RunSpec, tag: str = "",
+              seeds: list[int] | None = None) -> dict[int, RunSpec]:
+    teacher = prof["teacher"]
+    t_arch = teacher.get("arch", info.TEACHER_ARCH)
+    _check_arch(t_arch, "teacher")
+    t_train = asdict(_build(TrainConfig, _merge(base_train, teacher.get("train")), "teacher.train"))
+    out: dict[int, RunSpec] = {}
+    for seed in seeds or list(teacher.get("seeds", [0])):
+        rid = f"teacher-{t_arch}{tag}-s{seed}"
+        params = {"run_dir": str(root / rid), "arch": t_arch, "seed": seed, "data": data, "train": t_train}
+        out[seed] = spec(rid, "teacher", root / rid, params, [], after=[data_spec])
+    return out
+
+
+def _kd_settings(prof: dict) -> list[dict]:
+    settings = prof["students"].get("kd") or [{"name": "kd", "mode": "hinton"}]
+    names = [k.get("name") for k in settings]
+    if None in names or len(set(names)) != len(names) or not all(re.fullmatch(r"[a-z0-9_]+", str(n)) for n in names):
+        raise ConfigError(f"students.kd: every setting needs a unique 'name' of [a-z0-9_], got {names}")
+    return settings
+
+
+def _students(prof: dict, data: dict, base_train: dict, root: Path, spec, data_spec: RunSpec,
+              teachers: dict[int, RunSpec], tag: str = "", select: dict | None = None) -> list[RunSpec]:
+    """Student runs: arch x KD setting x seed; ``select`` (archs, kd names, seeds) narrows them (the lesion pair)."""
+    students = prof["students"]
+    archs = list(students.get("archs", info.STUDENT_ARCHS))
+    for arch in archs:
+        _check_arch(arch, "students")
+    all_seeds = list(students.get("seeds", [0]))
+    arch_train = students.get("arch_train") or {}
+    if not isinstance(arch_train, dict) or not set(arch_train) <= set(archs):
+        raise ConfigError(f"students.arch_train: keys must be among students.archs {archs}, got {arch_train!r}")
+    out = []
+    for setting in _kd_settings(prof):
+        where = f"students.kd[{setting['name']}]"
+        kd = asdict(_build(KDConfig, {k: v for k, v in setting.items() if k not in KD_SETTING_KEYS}, where))
+        # A setting's own ``archs`` / ``seeds`` (e.g. an ablation on one student) must be among the students'.
+        setting_archs = setting.get("archs", archs)
+        if not isinstance(setting_archs, list) or not setting_archs or not set(setting_archs) <= set(archs):
+            raise ConfigError(f"{where}: archs must be a non-empty list drawn from students.archs {archs}, got {setting_archs!r}")
+        setting_seeds = setting.get("seeds", all_seeds)
+        if not isinstance(setting_seeds, list) or not setting_seeds or not set(setting_seeds) <= set(all_seeds):
+            raise ConfigError(f"{where}: seeds must be a non-empty list drawn from students.seeds {all_seeds}, got {setting_seeds!r}")
+        if select is not None:
+            if setting["name"] not in select["kd"]:
+                continue
+            setting_archs, setting_seeds = select["archs"], select["seeds"]
+        for arch in setting_archs:
+            train = asdict(_build(TrainConfig, _merge(base_train, students.get("train"), arch_train.get(arch),
+                                                      setting.get("train")), f"{where}.train ({arch})"))
+            for seed in setting_seeds:
+                # Each student distils from the teacher of its own seed when there is one, else the first.
+                t = teachers.get(seed, next(iter(teachers.values())))
+                distils = kd["mode"] != "none"
+                rid = f"student-{arch}-{setting['name']}{tag}-s{seed}"
+                params = {"run_dir": str(root / rid), "arch": arch, "seed": seed, "data": data, "train": train,
+                          "kd": kd, "teacher_dir": str(t.run_dir) if distils else None}
+                student = spec(rid, "student", root / rid, params, [t] if distils else [], after=[data_spec, t])
+                student.setting = setting["name"]
+                out.append(student)
+    return out
+
+
+def _lesion_select(prof: dict) -> dict | None:
+    """The profile's ``lesion`` block, validated: archs, KD setting names and seeds of the lesion-split pair."""
+    block = prof.get("lesion")
+    if block is None:
+        return None
+    archs = list(prof["students"].get("archs", info.STUDENT_ARCHS))
+    names = [k["name"] for k in _kd_settings(prof)]
+    sel = {"archs": block.get("archs", archs[:1]), "kd": block.get("kd", names), "seeds": block.get("seeds", [0])}
+    unknown = set(block) - {"archs", "kd", "seeds"}
+    if unknown or not set(sel["archs"]) <= set(archs) or not set(sel["kd"]) <= set(names) or not sel["seeds"]:
+        raise ConfigError(f"lesion: archs must be among {archs}, kd among {names}, seeds a non-empty list "
+                          f"(and no other keys); got {block!r}")
+    return sel
+
+
 def expand(prof: dict, outputs: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> list[RunSpec]:
-    """Validate ``prof`` and expand it into runs: data, teachers, students (arch x KD x seed), per-run stages, aggregate."""
-    name = prof["name"]
+    """Validate ``prof`` and expand it into runs: data, teachers, students (arch x KD x seed), the optional
+    lesion-split pair, the per-run stages and the aggregate, in execution order."""
     outputs = Path(outputs).resolve()
-    root = outputs / name
+    root = outputs / prof["name"]
     stages = _stages(prof)
 
     def spec(run_id: str, stage: str, run_dir: Path, params: dict, upstream: list[RunSpec], after=()) -> RunSpec:
@@ -251,64 +341,58 @@ def expand(prof: dict, outputs: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> li
 
     data = data_config(prof, outputs)
     base_train = dict(prof.get("train") or {})
-    specs = [spec("data", "data", root / "data", {"run_dir": str(root / "data"), "data": data}, [])]
-
-    teacher = prof["teacher"]
-    t_arch = teacher.get("arch", info.TEACHER_ARCH)
-    _check_arch(t_arch, "teacher")
-    t_train = asdict(_build(TrainConfig, _merge(base_train, teacher.get("train")), "teacher.train"))
-    t_seeds = list(teacher.get("seeds", [0]))
-    teachers: dict[int, RunSpec] = {}
-    for seed in t_seeds:
-        rid = f"teacher-{t_arch}-s{seed}"
-        params = {"run_dir": str(root / rid), "arch": t_arch, "seed": seed, "data": data, "train": t_train}
-        teachers[seed] = spec(rid, "teacher", root / rid, params, [], after=[specs[0]])
-    specs += teachers.values()
-
-    students = prof["students"]
-    archs = list(students.get("archs", info.STUDENT_ARCHS))
-    for arch in archs:
-        _check_arch(arch, "students")
-    arch_train = students.get("arch_train") or {}
-    if not isinstance(arch_train, dict) or not set(arch_train) <= set(archs):
-        raise ConfigError(f"students.arch_train: keys must be among students.archs {archs}, got {arch_train!r}")
-    s_train = {arch: asdict(_build(TrainConfig, _merge(base_train, students.get("train"), arch_train.get(arch)),
-                                   f"students.train ({arch})")) for arch in archs}
-    kd_settings = students.get("kd") or [{"name": "kd", "mode": "hinton"}]
-    names = [k.get("name") for k in kd_settings]
-    if None in names or len(set(names)) != len(names):
-        raise ConfigError(f"students.kd: every setting needs a unique 'name', got {names}")
-    for setting in kd_settings:
-        where = f"students.kd[{setting['name']}]"
-        kd = asdict(_build(KDConfig, {k: v for k, v in setting.items() if k not in ("name", "archs", "seeds")}, where))
-        # A setting's own ``archs`` / ``seeds`` (e.g. an ablation on one student) must be among the students'.
-        setting_archs = setting.get("archs", archs)
-        if not isinstance(setting_archs, list) or not setting_archs or not set(setting_archs) <= set(archs):
-            raise ConfigError(f"{where}: archs must be a non-empty list drawn from students.archs {archs}, got {setting_archs!r}")
-        all_seeds = list(students.get("seeds", [0]))
-        setting_seeds = setting.get("seeds", all_seeds)
-        if not isinstance(setting_seeds, list) or not setting_seeds or not set(setting_seeds) <= set(all_seeds):
-            raise ConfigError(f"{where}: seeds must be a non-empty list drawn from students.seeds {all_seeds}, got {setting_seeds!r}")
-        for arch in setting_archs:
-            for seed in setting_seeds:
-                # Each student distils from the teacher of its own seed when there is one, else the first.
-                t = teachers.get(seed, teachers[t_seeds[0]])
-                distils = kd["mode"] != "none"
-                rid = f"student-{arch}-{setting['name']}-s{seed}"
-                params = {
-                    "run_dir": str(root / rid), "arch": arch, "seed": seed, "data": data, "train": s_train[arch],
-                    "kd": kd, "teacher_dir": str(t.run_dir) if distils else None,
-                }
-                specs.append(spec(rid, "student", root / rid, params, [t] if distils else [], after=[specs[0], t]))
+    data_spec = spec("data", "data", root / "data", {"run_dir": str(root / "data"), "data": data}, [])
+    teachers = _teachers(prof, data, base_train, root, spec, data_spec)
+    specs = [data_spec, *teachers.values(), *_students(prof, data, base_train, root, spec, data_spec, teachers)]
+    select = _lesion_select(prof)
+    if select is not None:
+        # The same recipe, trained and tested on a lesion-grouped split (no lesion in two splits).
+        lesion = data_config(prof, outputs, "lesion", split="lesion")
+        l_teachers = _teachers(prof, lesion, base_train, root, spec, data_spec, LESION_TAG, select["seeds"][:1])
+        specs += [*l_teachers.values(), *_students(prof, lesion, base_train, root, spec, data_spec, l_teachers,
+                                                   LESION_TAG, select)]
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError("profile expands to duplicate run ids (repeated archs or seeds?)")
+    if "export" in stages:
+        specs = _with_exports(prof, specs, root, spec)
     specs += _per_run_specs(prof, stages, specs, outputs, spec)
     if "aggregate" in stages:
         agg = root / "aggregate"
         params = {"profile_dir": str(root), "out_dir": str(agg), **(prof.get("aggregate") or {})}
         specs.append(spec("aggregate", "aggregate", agg, params, [s for s in specs if s.stage in PER_RUN_STAGES]))
     return [s for s in specs if s.stage in stages]
+
+
+def model_of(run_id: str) -> str:
+    """``student-resnet18-kd-s1`` -> ``student-resnet18-kd``: a run's model, its seeds pooled."""
+    return re.sub(r"-s\d+$", "", run_id)
+
+
+def _with_exports(prof: dict, specs: list[RunSpec], root: Path, spec) -> list[RunSpec]:
+    """Insert one export spec per model (official split) right after its last seed's training spec."""
+    given = dict(prof.get("export") or {})
+    unknown = set(given) - set(EXPORT_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"export: unknown keys {sorted(unknown)}; allowed: {sorted(EXPORT_DEFAULTS)}")
+    params = {**EXPORT_DEFAULTS, **given}
+    trained = [s for s in specs if s.stage in TRAIN_STAGES and LESION_TAG not in s.run_id]
+    models = list(dict.fromkeys(model_of(s.run_id) for s in trained))
+    chosen = params["models"] if params["models"] is not None else models
+    if not isinstance(chosen, list) or not set(chosen) <= set(models):
+        raise ConfigError(f"export.models: must be a list drawn from {models}, got {chosen!r}")
+    last = {model_of(s.run_id): s for s in trained}
+    out = []
+    for s in specs:
+        out.append(s)
+        model = model_of(s.run_id) if s.stage in TRAIN_STAGES else None
+        if model in chosen and last[model] is s:
+            seeds = [t for t in trained if model_of(t.run_id) == model]
+            folder = root / "bundles" / model
+            p = {"out_dir": str(folder), "run_dirs": [str(t.run_dir) for t in seeds],
+                 **{k: v for k, v in params.items() if k != "models"}}
+            out.append(spec(model, "export", folder, p, seeds))
+    return out
 
 
 def _stages(prof: dict) -> list[str]:
@@ -344,22 +428,29 @@ def _per_run_specs(prof: dict, stages: list[str], specs: list[RunSpec], outputs:
         if stage not in stages:
             continue
         params = _stage_params(prof, stage)
+        names = [k["name"] for k in _kd_settings(prof)]
+        if params.get("settings") is not None and (not isinstance(params["settings"], list) or not set(params["settings"]) <= set(names)):
+            raise ConfigError(f"{stage}.settings: must be a list drawn from the KD settings {names}, got {params['settings']!r}")
         for trained in (s for s in specs if s.stage in TRAIN_STAGES):
             p = {"run_dir": str(trained.run_dir)}
             upstream = [trained]
             seed = trained.parameters["seed"]
+            if LESION_TAG in trained.run_id and stage != "evaluate":
+                continue  # the lesion-split pair answers one question: how much the official split inflates scores
+            if params.get("seeds") is not None and seed not in params["seeds"]:
+                continue  # robustness / efficiency on the listed seeds only
+            if params.get("settings") is not None and trained.setting is not None and trained.setting not in params["settings"]:
+                continue  # ... and on the listed KD settings' students (the teacher always)
             if stage == "evaluate":
                 teacher = trained.after[-1] if trained.stage == "student" else None
                 p["teacher_dir"] = str(teacher.run_dir) if teacher else None
                 upstream += [teacher] if teacher else []
                 p.update(params)
             elif stage == "efficiency":
-                p.update({k: v for k, v in params.items() if k != "latency_seeds"})
+                p.update({k: v for k, v in params.items() if k not in ("latency_seeds", "seeds", "settings")})
                 p["latency"] = seed in params["latency_seeds"]
             else:
-                if params["seeds"] is not None and seed not in params["seeds"]:
-                    continue  # robustness on the listed seeds only
-                p.update({k: v for k, v in params.items() if k != "seeds"})
+                p.update({k: v for k, v in params.items() if k not in ("seeds", "settings")})
                 p["cache_dir"] = str(outputs / "cache" / "corrupted")
             out.append(spec(trained.run_id, stage, trained.run_dir, p, upstream))
     return out
@@ -519,6 +610,9 @@ def run_profile(
     all_specs = expand(prof, outputs, notebooks_dir)
     specs = [s for s in all_specs if not only or s.stage in only]
     check_inputs(prof, outputs)
+    note = D.resolution_note(D.DataConfig(**prof["data"]))
+    if note:
+        log(f"[warn] {note}")
     table = status_table(specs)
     todo = [s for s, st in zip(specs, table["status"], strict=True) if st != "fresh"]
     todo_keys = {s.key for s in todo}

@@ -326,7 +326,9 @@ def fit(
             if not cfg.cacheable_views:
                 raise ValueError("the teacher cache holds the dihedral views only: with crop_scale < 1 or jitter > 0 "
                                  "set kd teacher_cache: false to run the teacher on each augmented batch")
+            tick = time.time()
             cache = teacher_cache(Path(teacher_dir), arrays, cfg.augment, kd.beta > 0, device, amp)
+            print(f"teacher cache ready in {time.time() - tick:.1f}s", flush=True)
             if kd.teacher_views == "mean":
                 views = D.views_of(cfg.augment)
                 cache["logits"][:] = cache["logits"][views].mean(0)
@@ -424,6 +426,7 @@ def fit(
                 sums[k] = sums.get(k, 0.0) + val * b
             bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", refresh=False)
         evaluated = ema.module if ema is not None else model
+        tick = time.time()
         val_logits, _ = predict(evaluated, arrays.images["val"], cfg.eval_batch_size, device, amp=amp)
         val = score(arrays.labels["val"], val_logits)
         row = {
@@ -434,6 +437,7 @@ def fit(
             **{f"val_{k}": s for k, s in val.items()},
             "val_top_share": float(np.bincount(val_logits.argmax(1), minlength=info.NUM_CLASSES).max() / len(val_logits)),
             "epoch_time_s": time.time() - t0,
+            "val_time_s": time.time() - tick,
         }
         history.append(row)
         for k, val_ in row.items():
@@ -470,7 +474,8 @@ def _config_change(old: dict | None, new: dict) -> str:
     return ", ".join(changes) or "same settings, other training code or teacher"
 
 
-def finish(model: nn.Module, arrays: D.DermaArrays, run_dir: Path, cfg: TrainConfig, wall_s: float) -> dict:
+def finish(model: nn.Module, arrays: D.DermaArrays, run_dir: Path, cfg: TrainConfig, wall_s: float,
+           phases: dict[str, float] | None = None) -> dict:
     """Reload the best-val epoch, check it did not collapse, save val/test logits and the run's summary metrics.
 
     The saved logits are computed in float32 even when training used autocast, averaged over the
@@ -505,6 +510,7 @@ def finish(model: nn.Module, arrays: D.DermaArrays, run_dir: Path, cfg: TrainCon
         "epochs": int(history["epoch"].max()),
         "train_time_s": float(history["epoch_time_s"].sum()),
         "wall_time_s": wall_s,
+        "phases_s": phases or {},
     }
     write_json(metrics, run_dir / "metrics.json")
     if (run_dir / "last.pt").exists():
@@ -536,11 +542,21 @@ def train_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     teacher = Path(teacher_dir) if teacher_dir and kd is not None and kd.distills else None
     arrays = D.load(data_cfg)
+    phases = {"load_data": time.time() - t0}
     config = {"arch": arch, "seed": seed, "data": asdict(data_cfg), "train": asdict(train_cfg),
               "kd": asdict(kd) if kd else None, "teacher_dir": str(teacher) if teacher else None}
     write_json(config, run_dir / "run_config.json")
     seed_everything(seed)  # weight initialisation depends on the seed too
     model = create_model(arch, data_cfg.size, stem_stride=train_cfg.stem_stride, drop_rate=train_cfg.drop_rate,
                          head_init_std=train_cfg.head_init_std)
-    fit(model, arrays, train_cfg, run_dir, seed, kd, teacher, resume_key(config, teacher))
-    return finish(model, arrays, run_dir, train_cfg, time.time() - t0)
+    tick = time.time()
+    history = fit(model, arrays, train_cfg, run_dir, seed, kd, teacher, resume_key(config, teacher))
+    phases["fit"] = time.time() - tick
+    phases["epochs"] = float(history["epoch_time_s"].sum()) if len(history) else 0.0
+    phases["validation"] = float(history["val_time_s"].sum()) if "val_time_s" in history else 0.0
+    tick = time.time()
+    metrics = finish(model, arrays, run_dir, train_cfg, time.time() - t0, phases)
+    metrics["phases_s"]["finish"] = time.time() - tick
+    metrics["wall_time_s"] = time.time() - t0
+    write_json(metrics, run_dir / "metrics.json")
+    return metrics

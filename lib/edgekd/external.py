@@ -1,0 +1,177 @@
+"""External test sets: a trained run scored on labelled images from outside its training data.
+
+A profile lists them as ``external: [{name: ..., images: FOLDER, labels: CSV}]``; the labels CSV is ISIC
+one-hot or ``image,label`` and is read, like the images, by :mod:`edgekd.inputs` (the same code as
+``edgekd-predict``). :func:`evaluate_external` scores a run on each set at the run's input size with its
+test-time views and writes, per set, to ``<run_dir>/eval/external/<name>/``:
+
+* ``metrics.csv``: :func:`edgekd.evaluation.metrics_table` on the softmax probabilities, as the
+  evaluate stage's ``eval/metrics.csv`` (same metrics, same bootstrap), so the two can be compared;
+* ``calibration.csv``: before / after temperature scaling with the temperature fitted on val;
+* ``per_class.csv``: precision, recall, F1, support;
+* ``deployed.csv``: what ``edgekd-predict`` prints for these images with the run's bundle: metrics of the
+  temperature-scaled probabilities at the operating points fitted on val (:func:`edgekd.bundle.fit_deployment`),
+  computed with the reference implementations of :mod:`edgekd.metrics` / :mod:`edgekd.calibration`, with
+  bootstrap intervals;
+* ``operating_points.json`` (the fitted values) and ``predictions.csv`` (calibrated probabilities per image).
+
+Unlike ``edgekd-predict``, which skips unreadable files, an external set with an unreadable image is an
+error: an evaluation must say exactly which images it scored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.special import softmax
+
+from edgekd import calibration as C
+from edgekd import evaluation as V
+from edgekd import metrics as M
+from edgekd.bundle import COVERAGE, fit_deployment, operating_report
+from edgekd.files import clear_results
+from edgekd.inference import load_run, predict, resolve_device
+from edgekd.info import CLASS_NAMES
+from edgekd.inputs import UnreadableImage, find_images, image_id, match_labels, read_image, read_labels
+
+#: Folder of the external results inside a run folder.
+EXTERNAL_DIR: str = f"{V.EVAL_DIR}/external"
+ENTRY_KEYS: tuple[str, ...] = ("name", "images", "labels")
+#: Operating metrics of ``deployed.csv`` (the rest are ``metrics.HEADLINE`` entries and ECE).
+OPERATING: tuple[str, ...] = ("mel_sensitivity", "mel_specificity", "coverage", "selective_accuracy")
+
+
+@dataclass(frozen=True)
+class ExternalSet:
+    """A named folder of images with a labels CSV."""
+
+    name: str
+    images: Path
+    labels: Path
+
+    @classmethod
+    def from_entry(cls, entry: Mapping, base: str | Path | None = None) -> ExternalSet:
+        """Parse a profile entry ``{name, images, labels}``; relative paths are taken from ``base`` when given.
+
+        Raises ValueError for a non-mapping, missing or unknown keys, a name that is not a plain folder
+        name, a missing image folder or labels file.
+        """
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"an external set must be a mapping with keys {ENTRY_KEYS}, got {entry!r}")
+        missing = [k for k in ENTRY_KEYS if k not in entry]
+        unknown = [k for k in entry if k not in ENTRY_KEYS]
+        if missing or unknown:
+            raise ValueError(f"external set {dict(entry)}: keys must be {ENTRY_KEYS}"
+                             + (f"; missing {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else ""))
+        name = entry["name"]
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"external set name {name!r} must be a plain folder name (letters, digits, _ . -)")
+        root = Path(base) if base is not None else Path()
+        images, labels = root / str(entry["images"]), root / str(entry["labels"])
+        if not images.is_dir():
+            raise ValueError(f"external set {name!r}: image folder {images} does not exist")
+        if not labels.is_file():
+            raise ValueError(f"external set {name!r}: labels CSV {labels} does not exist")
+        return cls(name, images, labels)
+
+
+def parse_external(entries: Sequence[Mapping] | None, base: str | Path | None = None) -> list[ExternalSet]:
+    """The ``external:`` list of a profile (None or empty: no sets); ValueError on a bad entry or a repeated name."""
+    if entries is None:
+        return []
+    if isinstance(entries, (str, Mapping)) or not isinstance(entries, Sequence):
+        raise ValueError(f"external must be a list of {{name, images, labels}} entries, got {entries!r}")
+    sets = [ExternalSet.from_entry(e, base) for e in entries]
+    names = [s.name for s in sets]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"external set names must be unique, repeated: {repeated}")
+    return sets
+
+
+def load_external(ext: ExternalSet, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """uint8 images (N, size, size, 3) through the training recipe, their labels and image ids (folder order).
+
+    Raises ValueError (the set named) for a labels problem, an image without a label or a label without
+    an image, or any unreadable image.
+    """
+    try:
+        files, _ = find_images([ext.images])
+        ids = [image_id(p.name) for p in files]
+        labels = match_labels(ids, read_labels(ext.labels), str(ext.labels))
+    except ValueError as exc:
+        raise ValueError(f"external set {ext.name!r}: {exc}") from None
+    images, unreadable = [], []
+    for path in files:
+        try:
+            images.append(read_image(path, size)[0])
+        except UnreadableImage as exc:
+            unreadable.append(f"{path.name} ({exc})")
+    if unreadable:
+        raise ValueError(f"external set {ext.name!r}: {len(unreadable)} images cannot be read: {'; '.join(unreadable[:10])}")
+    return np.stack(images), labels, ids
+
+
+def deployed_metrics(fitted: Mapping[str, float]) -> dict[str, M.MetricFn]:
+    """``edgekd-predict``'s metrics as ``fn(y, calibrated probs)`` with the reference implementations, at ``fitted``."""
+    fns: dict[str, M.MetricFn] = {k: M.HEADLINE[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc")}
+    fns["ece"] = C.ece
+    for key in OPERATING:
+        fns[key] = lambda y, p, key=key: operating_report(y, p, dict(fitted))[key]
+    return fns
+
+
+def deployed_table(y: np.ndarray, probs: np.ndarray, fitted: Mapping[str, float], n_resamples: int, seed: int) -> pd.DataFrame:
+    """:func:`deployed_metrics` of calibrated ``probs`` with percentile bootstrap intervals (same resamples per metric)."""
+    rows = []
+    for name, fn in deployed_metrics(fitted).items():
+        value, low, high = M.bootstrap_ci(y, probs, fn, n_resamples, seed)
+        rows.append({"metric": name, "value": value, "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows)
+
+
+def evaluate_external(
+    run_dir: str | Path,
+    sets: Sequence[ExternalSet],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    coverage: float = COVERAGE,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """Score the finished run ``run_dir`` on each external set and write its tables (see the module docstring).
+
+    The temperature and operating points are fitted on the run's validation logits (``predictions.npz``),
+    as the evaluate stage and the run's bundle do. Returns one long table: ``set, n, table`` (``metrics`` or
+    ``deployed``), ``metric, value, ci_low, ci_high``. Call it after the evaluate stage, which clears ``eval/``.
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, resolve_device(device))
+    saved = V.load_predictions(run_dir)
+    fitted = fit_deployment(saved["val_logits"], saved["val_labels"], coverage)
+    frames = []
+    for ext in sets:
+        images, y, ids = load_external(ext, run.size)
+        logits = predict(run.model, images, views=run.tta_views)[0]
+        probs, probs_cal = softmax(logits.astype(float), axis=1), C.apply_temperature(logits, fitted["temperature"])
+        out = run_dir / EXTERNAL_DIR / ext.name
+        clear_results(out)
+        metrics = V.metrics_table(y, probs, n_resamples, seed)
+        deployed = deployed_table(y, probs_cal, fitted, n_resamples, seed)
+        metrics.to_csv(out / "metrics.csv", index=False)
+        deployed.to_csv(out / "deployed.csv", index=False)
+        C.calibration_report(y, logits, fitted["temperature"]).to_csv(out / "calibration.csv", index=False)
+        M.per_class_table(y, probs).to_csv(out / "per_class.csv", index=False)
+        pd.DataFrame({"image": ids, "label": [CLASS_NAMES[i] for i in y], "pred": [CLASS_NAMES[i] for i in probs_cal.argmax(1)],
+                      **{f"p_{c}": probs_cal[:, i] for i, c in enumerate(CLASS_NAMES)}}).to_csv(out / "predictions.csv", index=False)
+        (out / "operating_points.json").write_text(json.dumps({**fitted, "tta_views": len(run.tta_views), "images": str(ext.images),
+                                                               "labels": str(ext.labels)}, indent=2))
+        for table, frame in (("metrics", metrics), ("deployed", deployed)):
+            frames.append(frame.assign(set=ext.name, n=len(y), table=table))
+    columns = ["set", "n", "table", "metric", "value", "ci_low", "ci_high"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
