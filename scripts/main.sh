@@ -5,8 +5,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export MPLBACKEND=Agg HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 PROFILE=${PROFILE:-default}
-.venv/bin/edgekd-run "$PROFILE"
-# INT8 against eager FP32 latency, every model measured in one process on this machine
+# Two single-threaded runs at a time on a local Dask cluster; the timing stages (efficiency) run after
+# everything else, one at a time, so no other run shares the machine while they measure latency.
+.venv/bin/edgekd-run "$PROFILE" --executor dask --workers 2
+# ORT INT8 against ORT FP32 and eager FP32 latency, every model measured in one process on this machine
 .venv/bin/edgekd-bench --profile-dir "outputs/$PROFILE"
 # The manuscript: quarto render where Quarto is installed, else the pandoc fallback; checked in headless Chromium
 .venv/bin/edgekd-paper --profile "$PROFILE"

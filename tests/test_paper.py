@@ -1,13 +1,149 @@
-"""The manuscript: qmd parsing, and the fallback render of the smoke outputs checked in headless Chromium."""
+"""The manuscript: the aggregate's statistics on hand-made runs, qmd parsing, the browser check itself, and the
+smoke profile's paper (HTML and PDF) rendered from its outputs and checked in headless Chromium."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 
+import numpy as np
+import pandas as pd
 import pytest
+from scipy import stats
+from scipy.special import softmax
 
-from edgekd import info
+from edgekd import info, publish
+from edgekd import manuscript as MS
+from edgekd import metrics as M
 from edgekd import paper as P
+from edgekd import reporting as R
+
+# ----------------------------------------------------------------------------- hand-made runs
+
+
+def fake_run(root, name, arch, seed, y, pred, mode=None, split="official", collapsed=None):
+    """A run folder with what the aggregate reads for pairing: run_config, metrics.json, predictions, eval/metrics.csv."""
+    run = root / name
+    (run / "eval").mkdir(parents=True)
+    kd = None if mode is None else {"mode": mode, "alpha": 0.5, "temperature": 4.0, "beta": 0.0, "standardize": False}
+    (run / "run_config.json").write_text(json.dumps({"arch": arch, "seed": seed, "data": {"size": 28, "split": split},
+                                                     "train": {"epochs": 1}, "kd": kd}))
+    (run / "metrics.json").write_text(json.dumps({"collapsed": collapsed, "tta_views": 1}))
+    logits = 5.0 * np.eye(info.NUM_CLASSES)[pred]
+    np.savez(run / "predictions.npz", val_logits=logits, val_labels=y, test_logits=logits, test_labels=y)
+    probs = softmax(logits, axis=1)
+    values = [fn(y, probs) for fn in M.HEADLINE.values()]
+    pd.DataFrame({"metric": list(M.HEADLINE), "value": values, "ci_low": values, "ci_high": values}).to_csv(
+        run / "eval" / "metrics.csv", index=False)
+    return run
+
+
+def noisy(y, rng, rate):
+    """``y`` with a fraction ``rate`` of labels replaced at random."""
+    pred = y.copy()
+    flip = rng.random(len(y)) < rate
+    pred[flip] = rng.integers(0, info.NUM_CLASSES, flip.sum())
+    return pred
+
+
+@pytest.fixture()
+def profile(tmp_path):
+    """Teacher, ResNet-18 with KD and no KD over 3 seeds (no-KD seed 2 collapsed), a lesion pair."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, info.NUM_CLASSES, 300)
+    fake_run(tmp_path, "teacher-resnet50-s0", "resnet50", 0, y, noisy(y, rng, 0.2))
+    preds = {}
+    for seed in range(3):
+        preds[("kd", seed)] = noisy(y, rng, 0.30)
+        preds[("nokd", seed)] = noisy(y, rng, 0.40)
+        fake_run(tmp_path, f"student-resnet18-kd-s{seed}", "resnet18", seed, y, preds[("kd", seed)], "hinton")
+        fake_run(tmp_path, f"student-resnet18-nokd-s{seed}", "resnet18", seed, y, preds[("nokd", seed)], "none",
+                 collapsed="100% of its validation predictions are 'nv'" if seed == 2 else None)
+    fake_run(tmp_path, "teacher-resnet50-lesion-s0", "resnet50", 0, y, noisy(y, rng, 0.5), split="lesion")
+    fake_run(tmp_path, "student-resnet18-kd-lesion-s0", "resnet18", 0, y, noisy(y, rng, 0.6), "hinton", split="lesion")
+    return tmp_path, y, preds
+
+
+def test_run_identity_comes_from_run_config_and_the_folder(profile):
+    root, _, _ = profile
+    lesion = R.run_identity(root / "student-resnet18-kd-lesion-s0")
+    assert (lesion["role"], lesion["arch"], lesion["setting"], lesion["split"], lesion["seed"]) == \
+        ("student", "resnet18", "kd", "lesion", 0)
+    assert lesion["label"] == "ResNet-18 · kd (lesion split)" and lesion["model"] == "student-resnet18-kd-lesion"
+    teacher = R.run_identity(root / "teacher-resnet50-s0")
+    assert (teacher["role"], teacher["setting"], teacher["kd_mode"], teacher["valid"]) == ("teacher", "", "teacher", True)
+    assert R.run_identity(root / "student-resnet18-nokd-s2")["valid"] is False
+    shutil.move(root / "student-resnet18-kd-s1", root / "student-resnet18-kd-s7")  # folder and config disagree
+    with pytest.raises(ValueError, match="does not match its run_config"):
+        R.run_identity(root / "student-resnet18-kd-s7")
+
+
+def test_kd_is_paired_by_seed_with_a_pooled_mcnemar_and_collapsed_pairs_dropped(profile):
+    root, y, preds = profile
+    runs = R.discover(root)
+    assert list(runs["run_id"][:2]) == ["teacher-resnet50-s0", "student-resnet18-kd-s0"]  # official split first
+    summary, per_seed = R.paired_kd(runs)
+    official = summary[summary["split"] == "official"].iloc[0]
+    assert (official["setting"], official["pairs"], official["pairs_dropped"]) == ("kd", 2, 1)
+    deltas = [M.macro_f1(y, preds[("kd", s)]) - M.macro_f1(y, preds[("nokd", s)]) for s in (0, 1)]
+    assert np.allclose(per_seed[per_seed["split"] == "official"]["d_macro_f1"], deltas)
+    half = stats.t.ppf(0.975, 1) * np.std(deltas, ddof=1) / np.sqrt(2)
+    assert official["d_macro_f1"] == pytest.approx(np.mean(deltas))
+    assert official["d_macro_f1_low"] == pytest.approx(max(np.mean(deltas) - half, -1.0))
+    ok_base = np.concatenate([preds[("nokd", s)] == y for s in (0, 1)])
+    ok_kd = np.concatenate([preds[("kd", s)] == y for s in (0, 1)])
+    b, c = int(np.sum(ok_base & ~ok_kd)), int(np.sum(~ok_base & ok_kd))
+    assert (official["b"], official["c"]) == (b, c)
+    assert official["mcnemar_p"] == pytest.approx(stats.chi2.sf((abs(b - c) - 1) ** 2 / (b + c), 1))
+    assert (summary["split"] == "lesion").sum() == 0  # the lesion student has no lesion no-KD partner
+
+
+def test_collapsed_runs_enter_no_mean_and_best_student_is_by_macro_f1(profile):
+    root, y, preds = profile
+    runs = R.discover(root)
+    valid = runs[runs["valid"]]
+    seeds = R.seed_metrics(valid)
+    perf = R.performance_table(valid, seeds)
+    nokd = perf.set_index("model").loc["student-resnet18-nokd"]
+    assert nokd["seeds"] == 2 and nokd["macro_f1"] == pytest.approx(np.mean([M.macro_f1(y, preds[("nokd", s)])
+                                                                             for s in (0, 1)]))
+    assert list(R.excluded_runs(runs)["run_id"]) == ["student-resnet18-nokd-s2"]
+    # a student with the higher accuracy but the lower macro-F1 is not the best student
+    perf.loc[perf["model"] == "student-resnet18-nokd", "accuracy"] = 0.99
+    assert R.best_student(perf)["model"] == "student-resnet18-kd"
+
+
+def test_intervals_respect_the_metric_range():
+    clipped = R.seed_interval([0.97, 0.99, 1.0], (0.0, 1.0))
+    assert clipped["clipped"] and clipped["ci_high"] == 1.0 and clipped["ci_low"] < clipped["mean"]
+    free = R.seed_interval([0.97, 0.99, 1.0])
+    assert not free["clipped"] and free["ci_high"] > 1.0
+    half = stats.t.ppf(0.975, 1) * np.std([0.0, 0.02], ddof=1) / np.sqrt(2)
+    assert R.unit_interval([0.0, 0.02]) == (0.0, pytest.approx(0.01 + half))
+
+
+def test_lesion_split_is_set_beside_the_official_split(profile):
+    root, _, _ = profile
+    runs = R.discover(root)
+    valid = runs[runs["valid"]]
+    table = R.split_comparison(valid, R.seed_metrics(valid)).set_index("label")
+    assert list(table.index) == ["ResNet-50 teacher", "ResNet-18 · kd"]
+    row = table.loc["ResNet-18 · kd"]
+    assert (row["official_seeds"], row["lesion_seeds"]) == (3, 1)
+    assert row["delta_macro_f1"] == pytest.approx(row["lesion_macro_f1"] - row["official_macro_f1"])
+
+
+def test_cells_never_show_nan_or_booleans():
+    assert [MS.num(x) for x in (float("nan"), None, True, False, -0.0001, 3)] == ["—", "—", "yes", "no", "0.000", "3"]
+    assert MS.interval(0.5, float("nan"), float("nan")) == "0.500"
+    assert MS.interval(0.01, -0.02, 0.04, sign=True) == '+0.010<br><span class="ci">[-0.020, +0.040]</span>'
+    table = MS.md_table(pd.DataFrame({"a": ["x"], "b": [np.nan]}), {"A": MS.col("a", str), "B": MS.col("b")}, "Cap.")
+    assert table.splitlines()[2] == "| x | — |"
+
+
+# ----------------------------------------------------------------------------- qmd and the browser check
 
 
 def test_split_qmd_keeps_order_and_drops_chunk_options():
@@ -18,20 +154,25 @@ def test_split_qmd_keeps_order_and_drops_chunk_options():
     assert nb.cells[1].source == "x = 1" and nb.cells[2].source == "Middle."
 
 
-def test_every_section_of_the_source_report_is_in_the_article():
-    headings = [ln for ln in (P.PAPER_DIR / P.ARTICLE).read_text().splitlines() if ln.startswith("## ")]
-    for heading in ("Teacher and student roles", "Performance with confidence intervals", "Calibration and operating points",
-                    "Robustness", "Efficiency", "Pareto front", "Training curves", "Teacher against student",
-                    "Limitations"):
-        assert any(heading in h for h in headings), heading
+def test_browser_check_finds_each_defect(tmp_path):
+    png = tmp_path / "dot.png"
+    from PIL import Image
+
+    Image.new("RGB", (4, 4), "red").save(png)
+    html = tmp_path / "bad.html"
+    html.write_text(f"""<html><body style="max-width:600px;padding:0 10px">
+      <figure><img src="{png.name}"><figcaption>fine</figcaption></figure><p>png</p>
+      <img src="missing.png">
+      <table><tbody><tr><td>model</td><td>nan</td></tr></tbody></table>
+      <table><tbody><tr><td>model</td><td>True</td></tr></tbody></table>
+      <table style="width:2000px"><tbody><tr><td>wide</td><td>1</td></tr></tbody></table>
+    </body></html>""")
+    found = " | ".join(P.problems(P.browser_check(html)))
+    for defect in ("1/2 figures loaded", "1/3 tables filled", "wider than the text column", "literal nan", "stray words"):
+        assert defect in found, (defect, found)
 
 
-@pytest.fixture(scope="module")
-def rendered(smoke_outputs, tmp_path_factory, monkeypatch_module):
-    root, _ = smoke_outputs
-    monkeypatch_module.setenv(info.OUTPUTS_ENV, str(root.parent))
-    out = tmp_path_factory.mktemp("paper")
-    return P.render_fallback("smoke", out_dir=out)
+# ----------------------------------------------------------------------------- the smoke paper
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +182,73 @@ def monkeypatch_module():
     mp.undo()
 
 
-def test_fallback_render_loads_every_figure_and_fills_every_table(rendered):
-    assert rendered.exists() and rendered.stat().st_size > 50_000
-    report = P.browser_check(rendered)
-    print("headless Chromium saw:", report)
-    assert report["images"] >= 7 and report["images_loaded"] == report["images"]
-    assert report["tables"] >= 8 and report["tables_filled"] == report["tables"]
-    assert report["errors"] == 0
-    assert any("Pareto" in h for h in report["headings"]) and any("Limitations" in h for h in report["headings"])
-
-
-def test_paper_numbers_come_from_outputs(rendered, smoke_outputs):
+@pytest.fixture(scope="module")
+def rendered(smoke_outputs, tmp_path_factory, monkeypatch_module):
+    """The smoke paper rendered from its outputs (HTML and PDF)."""
     root, _ = smoke_outputs
-    html = rendered.read_text()
-    numbers = json.loads((root / "aggregate" / "numbers.json").read_text())
-    assert f"{numbers['best_student_accuracy']:.3f}" in html
-    assert "Profile <strong><code>smoke</code></strong>" in html
+    monkeypatch_module.setenv(info.OUTPUTS_ENV, str(root.parent))
+    monkeypatch_module.setenv(publish.RESULTS_ENV, str(tmp_path_factory.mktemp("no_results")))
+    out = tmp_path_factory.mktemp("paper")
+    html = P.render_fallback("smoke", out_dir=out)
+    return html, P.write_pdf(html, out / "paper.pdf")
+
+
+def test_smoke_paper_passes_the_browser_check_on_screen_and_in_print(rendered):
+    html, _ = rendered
+    for media, report in P.check(html).items():
+        print(media, "headless Chromium saw:", {k: v for k, v in report.items() if k != "headings"})
+        assert P.problems(report) == [], media
+        assert report["images"] >= 6 and report["tables"] >= 8
+    headings = P.browser_check(html)["headings"]
+    for heading in ("Abstract", "Does distillation help? KD against no KD", "Performance with confidence intervals",
+                    "Leakage: official against lesion split", "Calibration and operating points", "Robustness",
+                    "Efficiency: INT8 against FP32", "Pareto front", "Grad-CAM", "Limitations", "Excluded runs",
+                    "Appendix A: reproduction report", "Appendix B: provenance", "References"):
+        assert any(heading in h for h in headings), heading
+
+
+def test_smoke_paper_numbers_and_exclusions_come_from_outputs(rendered, smoke_outputs):
+    html = " ".join(rendered[0].read_text().split())
+    root, _ = smoke_outputs
+    agg = root / "aggregate"
+    numbers = json.loads((agg / "numbers.json").read_text())
+    assert set(numbers) == set(R.NUMBERS)
+    assert "Results</strong> of profile <code>smoke</code>: this checkout’s own run" in html
+    assert f"{numbers['n_valid']} of {numbers['n_runs']} runs usable" in html
+    runs = pd.read_csv(agg / "runs.csv")
+    excluded = runs[~runs["valid"]]
+    assert len(excluded) == numbers["n_excluded"]
+    if len(excluded):
+        assert f"{len(excluded)} of {len(runs)} runs are excluded" in html
+        perf = pd.read_csv(agg / "performance.csv")
+        gone = set(excluded["model"]) - set(runs[runs["valid"]]["model"])
+        assert not gone & set(perf["model"])  # a model whose every run collapsed is in no table
+    if numbers["best_student"]:
+        assert f"{numbers['best_student_macro_f1']:.3f}" in html
+
+
+def test_smoke_paper_cites_its_references(rendered):
+    html = " ".join(rendered[0].read_text().split())
+    refs = html[html.index('id="refs"'):]
+    for author in ("Tschandl", "Yang", "Doerrich", "Di Salvo", "Hinton", "Zagoruyko", "Zhao", "Huang", "Sun", "Guo",
+                   "Abhishek"):
+        assert author in refs, author
+    assert "The HAM10000 dataset" in re.sub(r"<[^>]+>", "", refs)  # titles as written, not "Ham10000"
+    assert html.count('href="#ref-') >= 11
+
+
+def test_smoke_pdf_has_every_figure_on_a_page_with_content(rendered, tmp_path):
+    html, pdf = rendered
+    assert pdf.stat().st_size > 100_000
+    listing = subprocess.run(["pdfimages", "-list", str(pdf)], capture_output=True, text=True, check=True).stdout
+    pages = sorted({int(line.split()[0]) for line in listing.splitlines()[2:] if line.split()[2] == "image"})
+    assert len(pages) >= 4
+    n_images = sum(1 for line in listing.splitlines()[2:] if line.split()[2] == "image")
+    assert n_images >= P.browser_check(html)["images"]
+    subprocess.run(["pdftoppm", "-r", "40", "-png", str(pdf), str(tmp_path / "page")], check=True)
+    pngs = sorted(tmp_path.glob("page-*.png"))
+    from PIL import Image
+
+    for page in pages:
+        pixels = np.asarray(Image.open(pngs[page - 1]).convert("L"))
+        assert (pixels < 200).mean() > 0.02, f"page {page} of {pdf} has a figure but is almost blank"

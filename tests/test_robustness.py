@@ -385,3 +385,24 @@ def test_be_rbe_partial_severities() -> None:
     assert out.loc["pixelate", "rbe"] == pytest.approx((0.3 - 0.1) / (0.4 - 0.2))
     with pytest.raises(ValueError, match="once each"):
         rb.be_rbe(pd.concat([df, df[df["severity"] == 1]]), baseline, partial=True)
+
+
+def test_balanced_errors_match_sklearn_and_bootstrap_brackets_the_estimate() -> None:
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 300)
+    cells = ["clean", *list(rb.SUITES["medmnistc"])[:3]]
+    predictions = np.where(rng.random((len(cells), 300)) < np.linspace(0.8, 0.4, len(cells))[:, None], labels,
+                           rng.integers(0, 7, (len(cells), 300)))
+    errors = rb.balanced_errors(labels, predictions)
+    for row, error in zip(predictions, errors, strict=True):
+        assert error == pytest.approx(1 - balanced_accuracy_score(labels, row))
+    rows = pd.DataFrame({"suite": "medmnistc", "corruption": cells, "severity": [0, 1, 1, 1], "level": [0, 1, 1, 1],
+                         "balanced_error": errors})
+    intervals = rb.bootstrap_be_rbe(rows, labels, predictions, n_resamples=100)
+    point = rb.be_rbe(rows, partial=True).set_index("corruption")
+    assert list(intervals.index) == [*cells[1:], "mean"]
+    for col in ("balanced_error", "be", "rbe"):
+        assert (intervals[f"{col}_ci_low"] <= point[col]).all() and (point[col] <= intervals[f"{col}_ci_high"]).all()
+        assert (intervals[f"{col}_ci_high"] - intervals[f"{col}_ci_low"] > 0).all()

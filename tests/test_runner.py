@@ -204,3 +204,10 @@ def test_lesion_pair_settings_filters_and_overrides(tmp_path):
 def test_bad_new_profile_keys(tmp_path, edits, message):
     with pytest.raises(R.ConfigError, match=message):
         R.expand(R.load_profile(_profile(tmp_path, **edits)), tmp_path)
+
+
+def test_timing_stages_and_their_dependants_run_exclusively(tmp_path):
+    specs = R.expand(R.load_profile("smoke"), tmp_path)
+    exclusive = R._exclusive(specs)
+    assert {k.split(":")[1] for k in exclusive} == {"efficiency", "aggregate"}
+    assert sum(k.endswith(":efficiency") for k in exclusive) == 13

@@ -113,7 +113,7 @@ def test_cached_teacher_equals_live_teacher(tiny, tmp_path):
     kd = dict(mode="hinton", alpha=0.3, temperature=2.0, beta=50.0)
     m1, h1 = _fit(tiny, tmp_path / "cached", kd=T.KDConfig(**kd, teacher_cache=True), teacher_dir=tdir, epochs=1)
     m2, h2 = _fit(tiny, tmp_path / "live", kd=T.KDConfig(**kd, teacher_cache=False), teacher_dir=tdir, epochs=1)
-    assert len(list(tdir.glob("teacher_cache_dihedral_at_*.pt"))) == 1
+    assert len(list(tdir.glob("teacher_cache_*_dihedral_at_*.pt"))) == 1
     # The cache is computed in eval batches, the live teacher per training batch: on CUDA under
     # bf16 autocast (8-bit mantissa) the two differ in the third digit, on CPU (float32) far less.
     rel = 1e-2 if torch.cuda.is_available() else 1e-3
@@ -156,3 +156,52 @@ def test_run_config_round_trips(tiny, tmp_path):
     # CUDA convolutions run in TF32 by default (10-bit mantissa) and pick algorithms by memory
     # format (training leaves the model channels_last): there, logits agree to about 1e-4.
     assert np.allclose(logits, saved, atol=1e-3 if device.type == "cuda" else 1e-5)
+
+
+def test_collapse_guard_stops_a_broken_run(tmp_path):
+    """lr 10 blows the weights up: every prediction lands on one class, and the run must fail loudly."""
+    cfg = T.TrainConfig(**{**CFG, "lr": 10.0, "collapse": "error"})
+    with pytest.raises(T.CollapsedRun, match=r"run broken collapsed: \d+% of its validation predictions are '\w+'"):
+        T.train_run(tmp_path / "broken", "resnet18", 0, DATA, cfg)
+    assert not (tmp_path / "broken" / "predictions.npz").exists()  # nothing for the tables to pick up
+    assert not (tmp_path / "broken" / "metrics.json").exists()
+    flagged = T.train_run(tmp_path / "flagged", "resnet18", 0, DATA, T.TrainConfig(**{**CFG, "lr": 10.0}))
+    assert "validation predictions are" in flagged["collapsed"]
+    assert json.loads((tmp_path / "flagged" / "metrics.json").read_text())["collapsed"] == flagged["collapsed"]
+
+
+def test_collapse_reason_rules():
+    y = np.array([5] * 60 + [0] * 20 + [1] * 20)
+    constant = np.eye(7)[np.full(100, 5)]
+    assert "100% of its validation predictions are 'nv'" in T.collapse_reason(y, constant)
+    perfect = np.eye(7)[y]
+    assert T.collapse_reason(y, perfect) is None
+    wrong = np.eye(7)[(y + 1) % 7]  # spread over classes but worse than always saying 'nv'
+    assert "constant predictor" in T.collapse_reason(y, wrong)
+
+
+@pytest.mark.parametrize("kd", [dict(mode="dkd"), dict(mode="dist", temperature=1.0),
+                                dict(mode="hinton", standardize=True, teacher_views="mean")])
+def test_modern_kd_modes_train_from_the_cache(tiny, tmp_path, kd):
+    tdir = _teacher(tiny, tmp_path)
+    _, hist = _fit(tiny, tmp_path / "s", kd=T.KDConfig(**kd), teacher_dir=tdir, epochs=1)
+    assert hist["train_kd"].iloc[0] > 0 and np.isfinite(hist["train_loss"]).all()
+
+
+@pytest.mark.parametrize("kd, message", [
+    (dict(mode="dist", standardize=True), "standardize applies to the KL-based modes"),
+    (dict(mode="hinton", teacher_views="mean", teacher_cache=False), "needs teacher_cache"),
+    (dict(mode="dkd", dkd_beta=-1.0), "DKD needs"),
+    (dict(mode="fitnet"), "kd mode 'fitnet'"),
+])
+def test_bad_kd_settings(kd, message):
+    with pytest.raises(ValueError, match=message):
+        T.KDConfig(**kd)
+
+
+def test_phases_account_for_the_wall_time(tmp_path):
+    metrics = T.train_run(tmp_path / "r", "resnet18", 0, DATA, T.TrainConfig(**CFG))
+    phases = metrics["phases_s"]
+    assert set(phases) == {"load_data", "fit", "epochs", "validation", "finish"}
+    assert phases["epochs"] <= phases["fit"] and phases["validation"] <= phases["epochs"]
+    assert phases["load_data"] + phases["fit"] + phases["finish"] <= metrics["wall_time_s"] + 1e-6

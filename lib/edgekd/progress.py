@@ -169,7 +169,7 @@ class Plan:
     def total(self) -> float:
         return float(sum(self.seconds.values()))
 
-    def describe(self) -> str:
+    def describe(self, workers: int = 1) -> str:
         """The measured speeds and the estimate, for the log before the sweep starts."""
         if not self.specs:
             return "[plan] nothing to run: every stage is fresh"
@@ -181,8 +181,9 @@ class Plan:
         per_stage = pd.Series({k: v for k, v in self.seconds.items()}).groupby(lambda k: k.split(":")[1]).sum()
         for stage, seconds in per_stage.items():
             lines.append(f"[plan]   {stage:<11} ~{seconds / 60:6.1f} min")
-        lines.append(f"[plan] estimated total ~{self.total / 60:.0f} min (training speed of the first seconds; "
-                     "other stages roughly)")
+        lines.append(f"[plan] estimated total ~{self.total / 60:.0f} min of work (training speed of the first seconds; "
+                     "other stages roughly)" + (f", about {self.total / 60 / workers:.0f} min on {workers} parallel workers"
+                                                 if workers > 1 else ""))
         return "\n".join(lines)
 
 

@@ -539,12 +539,47 @@ def cached_corrupt(
     return out, False
 
 
-def _be_rbe_table(df: pd.DataFrame, skipped: pd.DataFrame, img_size: int) -> pd.DataFrame | None:
-    """BE/rBE of the ``medmnistc`` rows with the AlexNet baseline, annotated with what it covers."""
+#: Bootstrap resamples of the test images behind the BE / rBE intervals.
+BOOTSTRAP: int = 200
+
+
+def balanced_errors(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """1 - balanced accuracy of each row of ``predictions`` (cells, images); the mean recall runs over the
+    classes present in ``labels``, as ``sklearn.metrics.balanced_accuracy_score``."""
+    present = np.unique(labels)
+    correct = predictions == labels
+    recall = np.stack([correct[:, labels == c].mean(1) for c in present], 1)
+    return 1.0 - recall.mean(1)
+
+
+def bootstrap_be_rbe(rows: pd.DataFrame, labels: np.ndarray, predictions: np.ndarray, n_resamples: int = BOOTSTRAP,
+                     seed: int = 0) -> pd.DataFrame:
+    """95% percentile-bootstrap intervals over test images of each corruption's balanced error, BE and rBE.
+
+    ``rows`` are the ``medmnistc`` rows (clean first) and ``predictions`` their per-image predictions in
+    the same order; every resample recomputes :func:`be_rbe` on the resampled images.
+    """
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_resamples):
+        idx = rng.integers(0, len(labels), len(labels))
+        resampled = rows.assign(balanced_error=balanced_errors(labels[idx], predictions[:, idx]))
+        draws.append(be_rbe(resampled, partial=True).set_index("corruption")[["balanced_error", "be", "rbe"]])
+    stacked = pd.concat(draws, keys=range(n_resamples))
+    low = stacked.groupby(level=1, sort=False).quantile(0.025).add_suffix("_ci_low")
+    high = stacked.groupby(level=1, sort=False).quantile(0.975).add_suffix("_ci_high")
+    return low.join(high)
+
+
+def _be_rbe_table(df: pd.DataFrame, skipped: pd.DataFrame, img_size: int, labels: np.ndarray,
+                  predictions: dict[int, np.ndarray]) -> pd.DataFrame | None:
+    """BE/rBE of the ``medmnistc`` rows with the AlexNet baseline, bootstrap intervals, and what it covers."""
     rows = df[df["suite"] == "medmnistc"]
     if (rows["corruption"] != "clean").sum() == 0:
         return None
     table = be_rbe(rows, partial=True)
+    intervals = bootstrap_be_rbe(rows, labels, np.stack([predictions[i] for i in rows.index]))
+    table = table.join(intervals, on="corruption")
     evaluated = rows.groupby("corruption")["level"].apply(list)
     notes, levels = [], []
     for name in table["corruption"]:
@@ -602,15 +637,22 @@ def run_robustness(
 
     timings = {"corrupt": 0.0, "predict": 0.0}
 
+    predictions: dict[int, np.ndarray] = {}  # row of the table -> per-image predictions (for the bootstrap)
+
     def scores(batch: np.ndarray) -> dict[str, float]:
         tick = time.perf_counter()
-        predictions = predict(run.model, batch, batch_size=256, device=device, views=run.tta_views)[0].argmax(1)
+        predicted = predict(run.model, batch, batch_size=256, device=device, views=run.tta_views)[0].argmax(1)
         timings["predict"] += time.perf_counter() - tick
-        return _scores(labels, predictions)
+        predictions[len(rows)] = predicted
+        return _scores(labels, predicted)
 
-    clean = scores(images)
     rows, skipped, hits, computed = [], [], 0, 0
+    clean_predictions = None
     for suite, corruptions in plan.items():
+        if clean_predictions is None:
+            clean = scores(images)
+            clean_predictions = predictions[len(rows)]
+        predictions[len(rows)] = clean_predictions
         rows.append({"suite": suite, "corruption": "clean", "severity": 0, "level": 0, "n": len(images), **clean})
         for name, values in corruptions.items():
             for severity in values:
@@ -634,7 +676,7 @@ def run_robustness(
     files = {"corruptions": out_dir / "corruptions.csv", "skipped": out_dir / "skipped.csv"}
     atomic_write(files["corruptions"], lambda fh: table.to_csv(fh, index=False))
     atomic_write(files["skipped"], lambda fh: skipped_table.to_csv(fh, index=False))
-    be_table = _be_rbe_table(table, skipped_table, size) if "medmnistc" in plan else None
+    be_table = _be_rbe_table(table, skipped_table, size, labels, predictions) if "medmnistc" in plan else None
     if be_table is not None:
         files["be_rbe"] = out_dir / "medmnistc_be_rbe.csv"
         atomic_write(files["be_rbe"], lambda fh: be_table.to_csv(fh, index=False))

@@ -32,7 +32,9 @@ import json
 import re
 import shutil
 import sys
+import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,7 +42,7 @@ import pandas as pd
 import yaml
 
 from edgekd import data as D
-from edgekd import info, provenance
+from edgekd import info, provenance, publish
 from edgekd.files import atomic_write, clear_results
 from edgekd.models import check_arch
 from edgekd.train import KDConfig, TrainConfig
@@ -58,6 +60,9 @@ STAGES: dict[str, str] = {
 }
 #: Stages that train (the ones a GPU resource is requested for on Dask).
 TRAIN_STAGES: frozenset[str] = frozenset({"teacher", "student"})
+#: Stages that time things: under Dask they run after every other stage, one at a time, so that no other
+#: run shares the machine while they measure latency.
+TIMING_STAGES: frozenset[str] = frozenset({"efficiency"})
 #: Stages run on every trained run, and their parameter defaults.
 PER_RUN_STAGES: dict[str, dict] = {
     "evaluate": {"n_resamples": 1000, "seed": 0},
@@ -72,7 +77,7 @@ EXPORT_DEFAULTS: dict = {"models": None, "coverage": 0.9, "n_resamples": 1000, "
 STAGE_DIRS: dict[str, str] = {"evaluate": "eval", "robustness": "robustness", "efficiency": "efficiency"}
 PROFILE_KEYS: frozenset[str] = frozenset(
     {"name", "description", "data", "train", "teacher", "students", "lesion", "stages", "aggregate", "export",
-     *PER_RUN_STAGES}
+     "external", *PER_RUN_STAGES}
 )
 #: Keys of a KD setting that are not KDConfig fields: its name, the archs / seeds it runs on, its train overrides.
 KD_SETTING_KEYS: frozenset[str] = frozenset({"name", "archs", "seeds", "train"})
@@ -105,8 +110,9 @@ class RunSpec:
 
     ``upstream``: the stages whose results this one reads (their digests are part of its own);
     ``after``: stages it only waits for (training waits for the data check, but depends on the data's
-    content through its ``data`` component, not on the data stage's notebook). ``setting``: a
-    student's KD setting name.
+    content through its ``data`` component, not on the data stage's notebook). ``setting`` and
+    ``teacher``: a student's KD setting name and the teacher of its seed (for the evaluation's comparison,
+    even where the student does not distil).
     """
 
     run_id: str
@@ -118,6 +124,7 @@ class RunSpec:
     notebooks_dir: Path = NOTEBOOKS_DIR
     after: list[RunSpec] = field(default_factory=list)
     setting: str | None = None
+    teacher: RunSpec | None = None
 
     @property
     def key(self) -> str:
@@ -308,8 +315,8 @@ def _students(prof: dict, data: dict, base_train: dict, root: Path, spec, data_s
                 rid = f"student-{arch}-{setting['name']}{tag}-s{seed}"
                 params = {"run_dir": str(root / rid), "arch": arch, "seed": seed, "data": data, "train": train,
                           "kd": kd, "teacher_dir": str(t.run_dir) if distils else None}
-                student = spec(rid, "student", root / rid, params, [t] if distils else [], after=[data_spec, t])
-                student.setting = setting["name"]
+                student = spec(rid, "student", root / rid, params, [t] if distils else [], after=[data_spec])
+                student.setting, student.teacher = setting["name"], t
                 out.append(student)
     return out
 
@@ -343,14 +350,17 @@ def expand(prof: dict, outputs: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> li
     base_train = dict(prof.get("train") or {})
     data_spec = spec("data", "data", root / "data", {"run_dir": str(root / "data"), "data": data}, [])
     teachers = _teachers(prof, data, base_train, root, spec, data_spec)
-    specs = [data_spec, *teachers.values(), *_students(prof, data, base_train, root, spec, data_spec, teachers)]
+    specs = [data_spec, *teachers.values()]
+    students = _students(prof, data, base_train, root, spec, data_spec, teachers)
     select = _lesion_select(prof)
     if select is not None:
-        # The same recipe, trained and tested on a lesion-grouped split (no lesion in two splits).
+        # The same recipe, trained and tested on a lesion-grouped split (no lesion in two splits). Its
+        # teacher comes right after the official one, so that a parallel executor trains both first.
         lesion = data_config(prof, outputs, "lesion", split="lesion")
         l_teachers = _teachers(prof, lesion, base_train, root, spec, data_spec, LESION_TAG, select["seeds"][:1])
-        specs += [*l_teachers.values(), *_students(prof, lesion, base_train, root, spec, data_spec, l_teachers,
-                                                   LESION_TAG, select)]
+        specs += l_teachers.values()
+        students += _students(prof, lesion, base_train, root, spec, data_spec, l_teachers, LESION_TAG, select)
+    specs += students
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
         raise ConfigError("profile expands to duplicate run ids (repeated archs or seeds?)")
@@ -424,6 +434,7 @@ def _stage_params(prof: dict, stage: str) -> dict:
 def _per_run_specs(prof: dict, stages: list[str], specs: list[RunSpec], outputs: Path, spec) -> list[RunSpec]:
     """Evaluation, robustness and efficiency runs (those in ``stages``) for every trained run."""
     out = []
+    external = _external(prof)
     for stage in PER_RUN_STAGES:
         if stage not in stages:
             continue
@@ -442,10 +453,12 @@ def _per_run_specs(prof: dict, stages: list[str], specs: list[RunSpec], outputs:
             if params.get("settings") is not None and trained.setting is not None and trained.setting not in params["settings"]:
                 continue  # ... and on the listed KD settings' students (the teacher always)
             if stage == "evaluate":
-                teacher = trained.after[-1] if trained.stage == "student" else None
+                teacher = trained.teacher
                 p["teacher_dir"] = str(teacher.run_dir) if teacher else None
                 upstream += [teacher] if teacher else []
                 p.update(params)
+                if external and LESION_TAG not in trained.run_id:
+                    p["external"] = external
             elif stage == "efficiency":
                 p.update({k: v for k, v in params.items() if k not in ("latency_seeds", "seeds", "settings")})
                 p["latency"] = seed in params["latency_seeds"]
@@ -456,6 +469,17 @@ def _per_run_specs(prof: dict, stages: list[str], specs: list[RunSpec], outputs:
     return out
 
 
+def _external(prof: dict) -> list[dict]:
+    """The profile's external test sets, validated (names, folders, labels CSVs), as plain dicts."""
+    from edgekd.external import parse_external
+
+    try:
+        sets = parse_external(prof.get("external"), base=info.REPO_ROOT)
+    except ValueError as exc:
+        raise ConfigError(f"external: {exc}") from exc
+    return [{"name": s.name, "images": str(s.images), "labels": str(s.labels)} for s in sets]
+
+
 def check_inputs(prof: dict, outputs: Path) -> None:
     """Check the data before any run: folder, split file, and every image/npz decodes (cached by source)."""
     cfg = D.DataConfig(**data_config(prof, Path(outputs).resolve()))
@@ -464,12 +488,15 @@ def check_inputs(prof: dict, outputs: Path) -> None:
 
 
 def _kernel_manager():
-    """An ipykernel manager on IPC sockets (no 'running over TCP without encryption' warning per notebook)."""
+    """An ipykernel manager on IPC sockets (no 'running over TCP without encryption' warning per notebook),
+    each kernel on its own socket path in the temp folder (kernels of concurrent runs never cross)."""
     from jupyter_client.manager import AsyncKernelManager
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs) -> None:
-            super().__init__(transport="ipc", **kwargs)
+            folder = Path(tempfile.gettempdir()) / "edgekd-kernels"
+            folder.mkdir(exist_ok=True)
+            super().__init__(transport="ipc", ip=str(folder / uuid.uuid4().hex), **kwargs)
 
     return IPCKernelManager
 
@@ -549,10 +576,12 @@ def run_dask(specs: list[RunSpec], scheduler: str | None = None, workers: int = 
     client = Client(scheduler or cluster)
     try:
         futures, keys = {}, {}
-        for spec in specs:
+        for order, spec in enumerate(specs):
             ups = [futures[u.key] for u in (*spec.upstream, *spec.after) if u.key in futures]
             res = {"GPU": 1} if gpu and spec.stage in TRAIN_STAGES else None
-            futures[spec.key] = client.submit(_after, spec, *ups, key=f"edgekd-{spec.key}", pure=False, resources=res)
+            # earlier in the list runs first when several are ready: teachers (the longest runs) lead
+            futures[spec.key] = client.submit(_after, spec, *ups, key=f"edgekd-{spec.key}", pure=False, resources=res,
+                                              priority=len(specs) - order)
             keys[futures[spec.key].key] = spec
         results: dict[str, float | Exception] = {}
         for future in as_completed(list(futures.values())):
@@ -568,6 +597,15 @@ def run_dask(specs: list[RunSpec], scheduler: str | None = None, workers: int = 
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _exclusive(specs: list[RunSpec]) -> set[str]:
+    """Keys of the timing stages and of every stage downstream of one: they run after the parallel part."""
+    out: set[str] = set()
+    for spec in specs:
+        if spec.stage in TIMING_STAGES or any(u.key in out for u in (*spec.upstream, *spec.after)):
+            out.add(spec.key)
+    return out
 
 
 def status_table(specs: list[RunSpec]) -> pd.DataFrame:
@@ -628,14 +666,17 @@ def run_profile(
             log(f"[fresh] {row.run_id} ({row.stage})")
     root = outputs.resolve() / prof["name"]
     plan = progress.Plan(todo, measure=estimate)
-    log(plan.describe())
+    log(plan.describe(workers if executor == "dask" else 1))
     tracker = progress.Tracker(plan, log)
     results: dict[str, float | Exception] = {}
+    sequential = todo
     if executor == "dask" and todo:
-        results = run_dask(todo, scheduler, workers, gpu, on_done=tracker.done)
-    else:
-        failed: set[str] = set()
-        for spec in todo:
+        exclusive = _exclusive(todo)
+        results = run_dask([s for s in todo if s.key not in exclusive], scheduler, workers, gpu, on_done=tracker.done)
+        sequential = [s for s in todo if s.key in exclusive]
+    if sequential:
+        failed: set[str] = {k for k, r in results.items() if isinstance(r, Exception)}
+        for spec in sequential:
             blocked = list(dict.fromkeys(u.key for u in (*spec.upstream, *spec.after) if u.key in failed))
             if blocked:
                 results[spec.key] = Blocked(f"upstream {_some(blocked)} failed")
@@ -666,6 +707,9 @@ def run_profile(
         root.mkdir(parents=True, exist_ok=True)
         frame.assign(estimate_s=[plan.seconds.get(s.key, 0.0) for s in specs]).to_csv(root / "timings.csv", index=False)
         log(progress.stage_table(frame))
+    report = publish.reproduction_report(prof["name"], outputs)
+    if report:
+        log(report)
     return summary
 
 

@@ -10,6 +10,7 @@ never on test; a run whose validation predictions collapse onto one class fails 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -197,49 +198,51 @@ def score(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     return {"acc": M.accuracy(labels, pred), "macro_f1": M.macro_f1(labels, pred), "loss": ce}
 
 
-def teacher_cache(
-    teacher_dir: Path, arrays: D.DermaArrays, augment: str, with_maps: bool, device: torch.device, amp: bool = False
-) -> dict:
+def teacher_cache(teacher_dir: Path, arrays: D.DermaArrays, augment: str, with_maps: bool, device: torch.device) -> dict:
     """Teacher logits (V, N, C) and attention maps (V, N, HW) for each augmentation view of each train image.
 
     The finite augmentations (dihedral views) make the teacher's outputs cacheable: it is run once per
-    view and image, shared by every student and seed. Saved beside the teacher and keyed by the sha256
-    of its ``best.pt`` (a retrained teacher gets a new cache), the data, the views, the stages, amp and
-    the device.
+    view and image, in float32 whatever the students' autocast, and shared by every student and seed.
+    Saved beside the teacher and keyed by the sha256 of its ``best.pt`` (a retrained teacher gets a new
+    cache, and the caches of its old weights are deleted), the data, the views, the stages and the device.
     """
     stages = AT_STAGES if with_maps else ()
+    weights = provenance.file_digest(Path(teacher_dir) / "best.pt")
     fingerprint = {
-        "teacher_sha256": provenance.file_digest(Path(teacher_dir) / "best.pt"),
+        "teacher_sha256": weights,
         "size": arrays.size,
         "n_train": len(arrays.labels["train"]),
         "labels_sum": int((arrays.labels["train"] * np.arange(1, len(arrays.labels["train"]) + 1)).sum()),
         "views": D.views_of(augment),
         "stages": list(stages),
-        "amp": bool(amp),
         "device": device.type,
     }
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(teacher_dir) / f"teacher_cache_{augment}{'_at' if with_maps else ''}_{key}.pt"
-    if path.exists():
-        cache = torch.load(path, weights_only=False)
-        if cache["fingerprint"] == fingerprint:
-            return cache
-    for stale in Path(teacher_dir).glob(f"teacher_cache_{augment}{'_at' if with_maps else ''}_*.pt"):
-        stale.unlink()  # made from other weights or settings
-    teacher = load_run(teacher_dir, device).model
-    n_views = max(D.AUGMENT_VIEWS.values())
-    logits_all, maps_all = None, []
-    for v in D.views_of(augment):
-        logits, maps = predict(teacher, arrays.images["train"], device=device, views=(v,), stages=stages, amp=amp)
-        if logits_all is None:
-            logits_all = torch.zeros(n_views, *logits.shape)
-            maps_all = [torch.zeros(n_views, *m.shape, dtype=torch.float16) for m in maps]
-        logits_all[v] = torch.from_numpy(logits)
-        for j, m in enumerate(maps):
-            maps_all[j][v] = torch.from_numpy(m)
-    cache = {"fingerprint": fingerprint, "logits": logits_all, "maps": maps_all}
-    atomic_save(cache, path)
-    return cache
+    path = Path(teacher_dir) / f"teacher_cache_{weights[:12]}_{augment}{'_at' if with_maps else ''}_{key}.pt"
+    # Students started at the same time (a parallel executor) wait for one of them to build the cache.
+    with open(Path(teacher_dir) / ".teacher_cache.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            cache = torch.load(path, weights_only=False)
+            if cache["fingerprint"] == fingerprint:
+                return cache
+        for stale in Path(teacher_dir).glob("teacher_cache_*.pt"):
+            if not stale.name.startswith(f"teacher_cache_{weights[:12]}_"):
+                stale.unlink()  # made from weights the teacher no longer has
+        teacher = load_run(teacher_dir, device).model
+        n_views = max(D.AUGMENT_VIEWS.values())
+        logits_all, maps_all = None, []
+        for v in D.views_of(augment):
+            logits, maps = predict(teacher, arrays.images["train"], device=device, views=(v,), stages=stages)
+            if logits_all is None:
+                logits_all = torch.zeros(n_views, *logits.shape)
+                maps_all = [torch.zeros(n_views, *m.shape, dtype=torch.float16) for m in maps]
+            logits_all[v] = torch.from_numpy(logits)
+            for j, m in enumerate(maps):
+                maps_all[j][v] = torch.from_numpy(m)
+        cache = {"fingerprint": fingerprint, "logits": logits_all, "maps": maps_all}
+        atomic_save(cache, path)
+        return cache
 
 
 def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
@@ -327,7 +330,7 @@ def fit(
                 raise ValueError("the teacher cache holds the dihedral views only: with crop_scale < 1 or jitter > 0 "
                                  "set kd teacher_cache: false to run the teacher on each augmented batch")
             tick = time.time()
-            cache = teacher_cache(Path(teacher_dir), arrays, cfg.augment, kd.beta > 0, device, amp)
+            cache = teacher_cache(Path(teacher_dir), arrays, cfg.augment, kd.beta > 0, device)
             print(f"teacher cache ready in {time.time() - tick:.1f}s", flush=True)
             if kd.teacher_views == "mean":
                 views = D.views_of(cfg.augment)

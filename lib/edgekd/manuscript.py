@@ -1,0 +1,497 @@
+"""The manuscript's presentation layer: where its numbers come from, human tables, figures and the abstract.
+
+``paper/index.qmd`` calls these. Every function returns markdown (pandoc pipe tables; an interval is
+raw HTML under its value), so Quarto and the pandoc fallback render the same text. Cells that do
+not apply read "—"; no raw column name, ``nan`` or ``True``/``False`` reaches the page.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from edgekd import info, publish, reproduce
+from edgekd.reporting import INT8_DELTA_F1_TARGET, INT8_SPEEDUP_TARGET, LESION_MARK
+
+#: A table column: header -> cell text of a row.
+Columns = dict[str, Callable[[pd.Series], str]]
+DASH: str = "—"
+
+
+@dataclass
+class Source:
+    """The folder the paper reads (``kind``: 'outputs' for this checkout's run, 'published' for the reference)."""
+
+    profile: str
+    path: Path
+    kind: str
+    numbers: dict
+    provenance: dict
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).exists()
+
+    def csv(self, name: str) -> pd.DataFrame:
+        return pd.read_csv(self.path / name)
+
+
+def locate(profile: str) -> Source:
+    """``outputs/<profile>/aggregate`` where it exists, else the published ``paper/results/<profile>``."""
+    agg = info.outputs_dir() / profile / "aggregate"
+    published = publish.results_root() / profile
+    if (agg / "numbers.json").exists():
+        prov = publish.collect_provenance(profile)
+        return Source(profile, agg, "outputs", json.loads((agg / "numbers.json").read_text()), prov)
+    if (published / "numbers.json").exists():
+        prov = json.loads((published / "provenance.json").read_text())
+        return Source(profile, published, "published", json.loads((published / "numbers.json").read_text()), prov)
+    raise FileNotFoundError(f"neither {agg} nor {published} holds results: run `edgekd-run {profile}` "
+                            f"(or `edgekd-publish {profile}` after a complete run)")
+
+
+def studies() -> Source | None:
+    """The committed development studies (``paper/results/studies/``, written by ``scripts/studies.py``), if any."""
+    folder = publish.results_root() / "studies"
+    if not (folder / "teacher_levers.csv").exists():
+        return None
+    prov = json.loads((folder / "provenance.json").read_text()) if (folder / "provenance.json").exists() else {}
+    return Source("studies", folder, "published", {}, prov)
+
+
+def collapse_paragraph(src: Source) -> str:
+    """Why the mobile students collapsed, from ``collapse_diagnosis.csv`` (validation numbers, seed 0, 64 px)."""
+    df = src.csv("collapse_diagnosis.csv").set_index("variant")
+
+    def f1(name: str, col: str = "val_macro_f1") -> str:
+        return num(df.loc[name, col])
+
+    return (
+        "**Why MobileNetV2 and EfficientNet-B0 collapsed.** timm initialises their classifiers uniformly in "
+        "±1/√(classes): for 7 classes a weight std of 0.22, against 0.026 for ResNet-18's, so their first logits are "
+        "large and the early loss several times that of a uniform guess; with few steps at lr 3·10⁻³ on data that "
+        "is 67 % *nv* they ended near the *nv* prior. Trained 6 epochs at 64 px (seed 0, validation macro-F1), "
+        f"MobileNetV2 reached {f1('base-mobilenetv2_100')} with timm's initialisation and {f1('mb-head')} with a "
+        f"classifier initialised at std 0.01; EfficientNet-B0 {f1('base-efficientnet_b0')} and {f1('eb-head')}. "
+        f"A lower learning rate (10⁻³) did not help ({f1('mb-lr1')} and {f1('eb-lr1')}). Eval-mode BatchNorm is not "
+        f"the cause: for MobileNetV2 with timm's initialisation, batch statistics give {f1('base-mobilenetv2_100', 'val_macro_f1_batch_bn')} "
+        f"and running statistics re-estimated on the training images {f1('base-mobilenetv2_100', 'val_macro_f1_reestimated_bn')}, "
+        f"against {f1('base-mobilenetv2_100', 'val_macro_f1_eval_bn')} in eval mode. Every student's classifier is "
+        "therefore initialised at std 0.01 (`head_init_std`), the inputs are 64 px (at 28 px with a stride-2 stem the "
+        "last stages ran on 1×1 maps), and the collapse guard stops any run that still collapses (`scripts/studies.py`)."
+    )
+
+
+def _shown(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(info.REPO_ROOT)) if path.is_relative_to(info.REPO_ROOT) else str(path)
+
+
+def source_note(src: Source) -> str:
+    """The paper's first lines: which folder it reads, and the provenance of those results."""
+    prov, machine = src.provenance, src.provenance.get("machine") or {}
+    git = prov.get("git") or {}
+    commit = (git.get("commit") or "unknown")[:10] + (" with uncommitted changes" if git.get("dirty") else "")
+    gpu = machine.get("gpu") or "no GPU"
+    where = (f"this checkout's own run in `{_shown(src.path)}`" if src.kind == "outputs" else
+             f"the published reference in `{_shown(src.path)}` (no `outputs/{src.profile}/aggregate` here)")
+    when = src.numbers.get("generated", "")
+    return (f"**Results** of profile `{src.profile}`: {where}, aggregated {when}. Code at commit `{commit}`; "
+            f"machine {machine.get('cpu', 'unknown CPU')} ({machine.get('cores', '?')} cores, {gpu}), "
+            f"torch {machine.get('torch', '?')} ({machine.get('torch_threads', '?')} CPU threads by default); profile sha256 "
+            f"`{str(prov.get('profile_sha256', ''))[:12]}`; {prov.get('total_wall_time_s', 0):,.0f} s of stage wall "
+            "time. The provenance appendix has the details.")
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+def _finite(x) -> bool:
+    return x is not None and not (isinstance(x, float) and not np.isfinite(x)) and not pd.isna(x)
+
+
+def num(x, digits: int = 3) -> str:
+    """A number, or "—"; booleans read yes/no."""
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if not _finite(x):
+        return DASH
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    value = float(x)
+    return f"{0.0 if round(value, digits) == 0 else value:.{digits}f}"  # never "-0.000"
+
+
+def signed(x, digits: int = 3) -> str:
+    """A difference with its sign (zero without one)."""
+    if not _finite(x):
+        return DASH
+    return num(0.0, digits) if round(float(x), digits) == 0 else f"{float(x):+.{digits}f}"
+
+
+def pvalue(p) -> str:
+    if not _finite(p):
+        return DASH
+    return "<\u00a00.001" if p < 0.001 else f"{p:.3f}"  # no line break inside
+
+
+def ratio(x) -> str:
+    return f"{x:.2f}×" if _finite(x) else DASH
+
+
+def interval(mean, low, high, digits: int = 3, sign: bool = False) -> str:
+    """``mean`` with ``[low, high]`` on a second, smaller line (the mean alone where no interval exists)."""
+    text = signed(mean, digits) if sign else num(mean, digits)
+    if text == DASH or not (_finite(low) and _finite(high)):
+        return text
+    fmt = signed if sign else num
+    return f'{text}<br><span class="ci">[{fmt(low, digits)}, {fmt(high, digits)}]</span>'
+
+
+def ci_col(prefix: str, sign: bool = False) -> Callable[[pd.Series], str]:
+    """A column of ``prefix`` with its ``prefix_low`` / ``prefix_high`` interval."""
+    return lambda r: interval(r[prefix], r[f"{prefix}_low"], r[f"{prefix}_high"], sign=sign)
+
+
+def col(name: str, fmt: Callable = num) -> Callable[[pd.Series], str]:
+    return lambda r: fmt(r[name])
+
+
+def md_table(rows: pd.DataFrame, columns: Columns, caption: str, text: tuple[str, ...] = ()) -> str:
+    """A pipe table: the first column and the ``text`` columns left-aligned, numbers right-aligned; empty cells "—"."""
+    def cell(value: str) -> str:
+        value = str(value).strip().replace("|", "\\|").replace("\n", " ")
+        return value or DASH
+
+    align = [":--" if i == 0 or name in text else "--:" for i, name in enumerate(columns)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(cell(f(r)) for f in columns.values()) + " |" for _, r in rows.iterrows()]
+    return "\n".join(lines) + f"\n\n: {caption}\n"
+
+
+def figure(src: Source, name: str, caption: str) -> str:
+    """A PNG of the results folder as a captioned figure."""
+    return f"![{caption}]({(src.path / name).resolve()})\n"
+
+
+def missing(src: Source, what: str) -> str:
+    return f"*No {what} in this profile's results: that stage was not run for `{src.profile}`.*\n"
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _official(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["split"] != LESION_MARK] if "split" in df else df
+
+
+def performance(src: Source) -> str:
+    df = _official(src.csv("performance.csv"))
+    return md_table(df, {"Model": col("label", str), "Seeds": col("seeds"), "Accuracy": ci_col("accuracy"),
+                         "Balanced accuracy": ci_col("balanced_accuracy"), "Macro-F1": ci_col("macro_f1"),
+                         "AUC (one-vs-rest)": ci_col("auc")},
+                    "Test performance (official split): mean over seeds and its 95% t-interval across seeds, clipped to [0, 1].")
+
+
+def paired(src: Source) -> str:
+    df = _official(src.csv("paired_kd.csv"))
+    return md_table(df, {"Student": col("student", str), "KD setting": col("setting", str), "Mode": col("kd_mode", str),
+                         "Pairs": col("pairs"), "Δ macro-F1": ci_col("d_macro_f1", sign=True),
+                         "Δ balanced accuracy": ci_col("d_balanced_accuracy", sign=True),
+                         "McNemar b / c": lambda r: f"{int(r['b'])} / {int(r['c'])}", "p": col("mcnemar_p", pvalue)},
+                    "KD minus no KD, paired by seed (same data order): mean Δ and its 95% t-interval across seeds; "
+                    "McNemar's test on the test-set discordant counts pooled over seeds (b: only no-KD correct, "
+                    "c: only KD correct).", text=("KD setting", "Mode"))
+
+
+def ablation(src: Source) -> str:
+    df = src.csv("kd_ablation.csv")
+    student = df["student"].iloc[0]
+    return md_table(df, {"KD setting": col("setting", str), "Mode": col("kd_mode", str), "Weights": col("weights", str),
+                         "Pairs": col("pairs"), "Δ macro-F1": ci_col("d_macro_f1", sign=True),
+                         "Δ balanced accuracy": ci_col("d_balanced_accuracy", sign=True), "p": col("mcnemar_p", pvalue)},
+                    f"KD settings on {student}, each paired against its no-KD baseline (seeds paired as above).",
+                    text=("KD setting", "Mode", "Weights"))
+
+
+def split_table(src: Source) -> str:
+    df = src.csv("split_comparison.csv")
+    return md_table(df, {"Model": col("label", str), "Seeds (official / lesion)":
+                         lambda r: f"{int(r['official_seeds'])} / {int(r['lesion_seeds'])}",
+                         "Macro-F1, official": ci_col("official_macro_f1"), "Macro-F1, lesion": ci_col("lesion_macro_f1"),
+                         "Δ macro-F1": col("delta_macro_f1", signed), "Accuracy, official": ci_col("official_accuracy"),
+                         "Accuracy, lesion": ci_col("lesion_accuracy"), "Δ accuracy": col("delta_accuracy", signed)},
+                    "The same models trained and tested on the official split and on the lesion-grouped split "
+                    "(Δ = lesion − official).")
+
+
+def excluded(src: Source) -> str:
+    df = src.csv("excluded_runs.csv")
+    return md_table(df, {"Run": col("label", str), "Seed": col("seed"),
+                         "What the collapse guard saw": lambda r: str(r["reason"]).split(". Likely causes")[0]},
+                    "Runs excluded from every table, mean, comparison and figure.", text=("What the collapse guard saw",))
+
+
+def calibration(src: Source) -> str:
+    df = src.csv("calibration.csv")
+    wide = df.pivot_table(index=["model", "label"], columns="stage", values=["nll", "brier", "ece", "ece_adaptive",
+                                                                             "temperature"], sort=False)
+    wide.columns = [f"{m}_{s}" for m, s in wide.columns]
+    wide = wide.reset_index()
+
+    def arrow(m: str) -> Callable[[pd.Series], str]:
+        return lambda r: f"{num(r[f'{m}_before'])} → {num(r[f'{m}_after'])}"
+
+    return md_table(wide, {"Model": col("label", str), "Temperature": col("temperature_after", lambda x: num(x, 2)),
+                           "NLL": arrow("nll"), "Brier": arrow("brier"), "ECE": arrow("ece"),
+                           "Adaptive ECE": arrow("ece_adaptive")},
+                    "Test calibration before → after temperature scaling fitted on validation (means over seeds; "
+                    "ECE with 15 equal-width bins, adaptive ECE with 15 equal-mass bins).")
+
+
+def operating(src: Source) -> str:
+    df = src.csv("operating_points.csv").set_index(["model", "rule"])
+    models = df.reset_index().drop_duplicates("model")[["model", "label"]]
+
+    def get(rule: str, metric: str) -> Callable[[pd.Series], str]:
+        return lambda r: num(df.loc[(r["model"], rule), metric]) if (r["model"], rule) in df.index else DASH
+
+    return md_table(models, {"Model": col("label", str), "Macro-F1, argmax": get("argmax", "macro_f1"),
+                             "Macro-F1, class offsets": get("class_offsets", "macro_f1"),
+                             "Decisions changed by offsets": get("class_offsets", "changed_fraction"),
+                             "Melanoma sensitivity, screening": get("mel_screening", "mel_sensitivity"),
+                             "Melanoma specificity, screening": get("mel_screening", "mel_specificity")},
+                    "Operating points fitted on validation and applied unchanged to test (means over seeds): "
+                    "macro-F1-optimal class offsets, and a melanoma threshold reaching 0.90 sensitivity on validation.")
+
+
+SUITE_NAMES: dict[str, str] = {"source": "source suite", "medmnistc": "MedMNIST-C"}
+
+
+def robustness(src: Source) -> str:
+    df = src.csv("robustness.csv")
+    suites = list(dict.fromkeys(df["suite"]))
+    wide = df.pivot_table(index=["model", "label"], columns="suite", values=["accuracy", "balanced_error"], sort=False)
+    wide.columns = [f"{m}_{s}" for m, s in wide.columns]
+    first = df.drop_duplicates("model").set_index("model")
+    wide = wide.reset_index().join(first[["clean_accuracy", "images"]], on="model")
+    columns: Columns = {"Model": col("label", str), "Test images": col("images"), "Clean accuracy": col("clean_accuracy")}
+    for suite in suites:
+        name = SUITE_NAMES.get(suite, suite)
+        columns |= {f"Accuracy, {name}": col(f"accuracy_{suite}"), f"Balanced error, {name}": col(f"balanced_error_{suite}")}
+    return md_table(wide, columns, "Accuracy and balanced error under corruption: mean over the corruptions and "
+                    "severities of each suite and over seeds.")
+
+
+def be_rbe(src: Source) -> str:
+    df = src.csv("be_rbe.csv")
+    boot = "be_boot_low" in df
+    columns: Columns = {"Model": col("label", str), "Seeds": col("seeds"),
+                        "Balanced error": ci_col("balanced_error"), "BE": ci_col("be"), "rBE": ci_col("rbe")}
+    if boot:
+        columns["BE, bootstrap"] = lambda r: f"[{num(r['be_boot_low'])}, {num(r['be_boot_high'])}]"
+    note = df["note"].dropna().iloc[0] if df["note"].notna().any() else ""
+    return md_table(df, columns, "MedMNIST-C balanced error, BE and rBE (normalised by the package's AlexNet "
+                    "baseline): mean over seeds with its t-interval" + (" and the mean per-run bootstrap interval over "
+                    "test images" if boot else "") + (f". Coverage: {note}." if note else "."))
+
+
+def cost(src: Source) -> str:
+    df = src.csv("efficiency.csv")
+    return md_table(df, {"Model": col("label", str), "Parameters (M)": col("params_M", lambda x: num(x, 2)),
+                         "MACs (M)": col("MMACs", lambda x: num(x, 1)),
+                         "ONNX FP32 (MB)": col("onnx_MB", lambda x: num(x, 1)),
+                         "ONNX INT8 (MB)": col("onnx_int8_MB", lambda x: num(x, 1))},
+                    f"Model cost at {int(df['img_size'].iloc[0])} px (MACs per image at batch 1; FLOPs = 2 × MACs).")
+
+
+def int8(src: Source) -> str:
+    df = src.csv("int8.csv")
+
+    def ms(name: str) -> Callable[[pd.Series], str]:
+        return col(name, lambda x: num(x, 2))
+
+    return md_table(df, {"Model": col("label", str), "Eager FP32 (ms)": ms("eager_ms"), "ORT FP32 (ms)": ms("ort_fp32_ms"),
+                         "ORT INT8 (ms)": ms("ort_int8_ms"), "INT8 speed-up over ORT FP32": col("speedup_vs_ort_fp32", ratio),
+                         "INT8 speed-up over eager": col("speedup_vs_eager", ratio),
+                         "Δ macro-F1 (INT8 − FP32)": col("delta_macro_f1", signed), "Target met": col("target_met")},
+                    f"CPU latency p50 at batch 1 and the trained size ({int(df['img_size'].iloc[0])} px). Target: INT8 "
+                    f"≥ {INT8_SPEEDUP_TARGET:g}× faster than ORT FP32 with Δ macro-F1 ≥ {INT8_DELTA_F1_TARGET:g}.")
+
+
+def pareto(src: Source) -> str:
+    df = src.csv("pareto.csv")
+    front = df[df["pareto"].astype(str).str.lower() == "true"]
+    return md_table(front, {"Model": col("label", str), "Backend": col("backend", str),
+                            "p50 (ms)": col("p50_ms", lambda x: num(x, 2)), "p99 (ms)": col("p99_ms", lambda x: num(x, 2)),
+                            "Macro-F1": col("macro_f1"), "File (MB)": lambda r: num(r["file_bytes"] / 2**20, 1)},
+                    "The Pareto-optimal models and backends (no other point is both faster and better).", text=("Backend",))
+
+
+def teacher_agreement(src: Source) -> str:
+    df = src.csv("paired.csv")
+    return md_table(df, {"Student": col("label", str), "Agreement with the teacher": col("agreement"),
+                         "Student accuracy": col("student_accuracy"), "Teacher accuracy": col("teacher_accuracy"),
+                         "McNemar p (mean over seeds)": col("p_value", pvalue)},
+                    "Top-1 agreement with the teacher on test, and McNemar's test of student against teacher.")
+
+
+def external(src: Source) -> str:
+    df = src.csv("external.csv")
+    wide = df.pivot_table(index=["model", "label", "test_set"], columns="metric", values="mean", sort=False).reset_index()
+    ind = wide[wide["test_set"] == "in-distribution"].set_index("model")["macro_f1"]
+    rows = wide[wide["test_set"] != "in-distribution"].copy()
+    rows["gap"] = rows["macro_f1"] - rows["model"].map(ind)
+    return md_table(rows, {"Model": col("label", str), "Test set": col("test_set", str), "Accuracy": col("accuracy"),
+                           "Balanced accuracy": col("balanced_accuracy"), "Macro-F1": col("macro_f1"),
+                           "Δ macro-F1 vs in-distribution": col("gap", signed)},
+                    "External validation (means over seeds).", text=("Test set",))
+
+
+RECIPE_NAMES: dict[str, str] = {
+    "img_size": "Input size (px)", "split": "Split", "epochs": "Epochs", "batch_size": "Batch size",
+    "lr": "Peak learning rate", "optimizer": "Optimiser", "weight_decay": "Weight decay", "loss": "Loss",
+    "label_smoothing": "Label smoothing", "balance": "Class rebalancing", "augment": "Augmentation",
+    "crop_scale": "Random-resized-crop minimum scale", "jitter": "Colour/brightness jitter", "ema": "EMA decay",
+    "tta": "Test-time augmentation", "stem_stride": "Stem stride", "tta_views": "Views averaged at test time",
+}
+
+
+def teacher_recipe(src: Source) -> str:
+    df = src.csv("teacher_recipe.csv").set_index("label")
+    rows = pd.DataFrame({"setting": [RECIPE_NAMES.get(k, k) for k in df.columns], "key": df.columns})
+    columns: Columns = {"Setting": col("setting", str)}
+    for label in df.index:
+        columns[label] = lambda r, label=label: _value(df.loc[label, r["key"]])
+    return md_table(rows, columns, "The teacher's recipe (its run_config.json).")
+
+
+def _value(x, digits: int | None = None) -> str:
+    """A CSV value in words: yes/no, an integer, a float (``digits`` decimals, else 4 significant), or "—"."""
+    if isinstance(x, (bool, np.bool_)) or (isinstance(x, str) and x in ("True", "False")):
+        return "yes" if str(x) == "True" else "no"
+    if not _finite(x):
+        return DASH
+    if isinstance(x, (float, np.floating)):
+        if float(x).is_integer():
+            return num(int(x))
+        return num(x, digits) if digits is not None else f"{float(x):.4g}"
+    return num(x) if isinstance(x, (int, np.integer)) else str(x)
+
+
+def human(name: str) -> str:
+    """A column name in words (``macro_f1`` -> ``Macro-F1``)."""
+    known = {"macro_f1": "Macro-F1", "accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "auc": "AUC"}
+    return known.get(name, name.replace("_", " ").strip().capitalize())
+
+
+def generic(src: Source, name: str, caption: str) -> str:
+    """Any results CSV with its column names in words (for tables the lead adds, e.g. teacher_levers.csv)."""
+    df = src.csv(name)
+    return md_table(df, {human(c): (lambda r, c=c: _value(r[c], 3)) for c in df.columns}, caption)
+
+
+def data_counts(src: Source) -> str:
+    df = src.csv("data_counts.csv")
+    return md_table(df, {"Split": col("split", str), **{c: col(c) for c in df.columns if c not in ("split", "total")},
+                         "Total": col("total")}, "Images per split and class (DermaMNIST order).")
+
+
+def leakage(src: Source) -> str:
+    df = src.csv("leakage.csv")
+    return md_table(df, {"Splits": col("splits", str), "Lesions shared": col("lesions"), "Their images": col("images")},
+                    "Lesions (and their images) with images in more than one split.")
+
+
+# ----------------------------------------------------------------------------- appendices
+
+
+def provenance_tables(src: Source) -> str:
+    machine = pd.DataFrame([(k, DASH if v is None else str(v)) for k, v in (src.provenance.get("machine") or {}).items()],
+                           columns=["k", "v"])
+    versions = pd.DataFrame([(k, v or DASH) for k, v in (src.provenance.get("versions") or {}).items()], columns=["k", "v"])
+    times = pd.DataFrame([{"stage": k, **v} for k, v in (src.provenance.get("stage_wall_time_s") or {}).items()])
+    out = [md_table(machine, {"Machine": col("k", str), "Value": col("v", str)}, "The machine that produced the results.",
+                    text=("Value",)),
+           md_table(versions, {"Library": col("k", str), "Version": col("v", str)}, "Library versions.", text=("Version",))]
+    if len(times):
+        out.append(md_table(times, {"Stage": col("stage", str), "Runs": col("runs"),
+                                    "Wall time of its finished runs (s)": col("wall_time_s", lambda x: num(x, 0)),
+                                    "Last runner invocation (s)": lambda r: num(r.get("last_invocation_s"), 0)},
+                            "Wall time per stage (the runs' markers; the last invocation from timings.csv)."))
+    return "\n".join(out)
+
+
+def reproduction(src: Source) -> str:
+    """The reproduction report as an appendix: this run against the published reference."""
+    reference = publish.results_root() / src.profile
+    if src.kind == "published":
+        return (f"This rendering reads the published reference itself. After `edgekd-run {src.profile}`, this "
+                "appendix compares every headline number of the new run with it (and `edgekd-run` prints the same "
+                "report).\n")
+    if not (reference / "seed_metrics.csv").exists():
+        return (f"There is no published reference for `{src.profile}` (`{_shown(reference)}`): "
+                f"`edgekd-publish {src.profile}` writes one from a complete run.\n")
+    table = reproduce.compare(reference, src.path, src.provenance.get("machine"))
+    text = f"Against `{_shown(reference)}`: {reproduce.summary(table)}.\n\n"
+    return text + md_table(table, {"Model": col("label", str), "Metric": col("metric", human),
+                                   "Reference": col("reference", lambda x: num(x, 4)),
+                                   "Reproduced": col("reproduced", lambda x: num(x, 4)),
+                                   "Δ": col("delta", lambda x: signed(x, 4)),
+                                   "Reference interval": lambda r: (f"[{num(r['ref_ci_low'])}, {num(r['ref_ci_high'])}]"
+                                                                    if _finite(r["ref_ci_low"]) else DASH),
+                                   "Verdict": col("verdict", str)},
+                           "Every headline number of this run against the published reference.", text=("Verdict",))
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def resolution_note(size: int) -> str:
+    """What the input size means relative to the source images read (200×150 copies of HAM10000)."""
+    w, h = info.RAW_FRAME
+    side = min(w, h)
+    how = ("a downsample of" if size < side else "an upsample of" if size > side else "exactly")
+    return (f"The HAM10000 images read here are {w}×{h} px copies (the original dermatoscopic images are 600×450), "
+            f"so DermaMNIST's centre square crop is {side}×{side} px and the {size} px input is {how} it.")
+
+
+def abstract(n: dict) -> str:
+    """The abstract, written from ``numbers.json`` (see :data:`edgekd.reporting.NUMBERS`)."""
+    students = ", ".join(n.get("student_archs") or []) or "student"
+    parts = [f"Can a small skin-lesion classifier for edge devices learn from a larger teacher? On DermaMNIST "
+             f"(HAM10000, 7 classes) at {n['size']} px, we distil a ResNet-50 teacher into {students} students and "
+             f"compare each, seed by seed, with the same architecture trained without a teacher "
+             f"({n['n_seeds']} seeds; {n['n_valid']} of {n['n_runs']} runs usable"
+             + (f", {n['n_excluded']} excluded because they collapsed to a near-constant predictor" if n["n_excluded"] else "")
+             + ")."]
+    if n["kd_comparisons"]:
+        parts.append(f"Of {n['kd_comparisons']} student × KD-setting comparisons, the paired 95% interval of Δ macro-F1 "
+                     f"lies above zero in {n['kd_positive']} and below zero in {n['kd_negative']}; the largest mean gain, "
+                     f"{n['kd_best']}, is {n['kd_best_delta_macro_f1']:+.3f} "
+                     + (f"[{n['kd_best_delta_low']:+.3f}, {n['kd_best_delta_high']:+.3f}] " if n["kd_best_delta_low"] is not None else "")
+                     + f"over {n['kd_best_pairs']} paired seeds (pooled McNemar p {pvalue(n['kd_best_mcnemar_p'])}).")
+    else:
+        parts.append("No KD run has a usable no-KD baseline of the same seed in this profile, so the effect of "
+                     "distillation is not measured here.")
+    if n["teacher"]:
+        parts.append(f"The teacher reaches test macro-F1 {n['teacher_macro_f1']:.3f} (accuracy {n['teacher_accuracy']:.3f}).")
+    else:
+        parts.append("No teacher run trained usably in this profile.")
+    if n["best_student"]:
+        parts.append(f"The best student by mean test macro-F1 is {n['best_student']} with macro-F1 "
+                     f"{n['best_student_macro_f1']:.3f} and accuracy {n['best_student_accuracy']:.3f}.")
+    if n["lesion_delta_macro_f1"] is not None:
+        parts.append(f"Re-splitting by lesion, so that no lesion is in two splits, changes macro-F1 by "
+                     f"{n['lesion_delta_macro_f1']:+.3f} on average.")
+    if n["int8_models"]:
+        parts.append(f"ONNX Runtime INT8 runs a median {n['int8_speedup_median']:.2f}× faster than ONNX Runtime FP32 "
+                     f"({n['int8_speedup_eager_median']:.1f}× faster than eager PyTorch); {n['int8_target_met']} of "
+                     f"{n['int8_models']} models meet the ≥ {INT8_SPEEDUP_TARGET:g}× target without losing more than "
+                     f"{-INT8_DELTA_F1_TARGET:g} macro-F1.")
+    parts.append("Every number is generated from the runs, and the study reruns with one command.")
+    return " ".join(parts)

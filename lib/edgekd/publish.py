@@ -1,0 +1,181 @@
+"""Publish a profile's reference results into the repository: ``edgekd-publish PROFILE``.
+
+From a complete run (every stage of the profile fresh, the aggregate written), the aggregate stage's
+small files (CSV tables, ``numbers.json``, PNG figures; no checkpoints, logits or notebooks) are
+copied to ``paper/results/<profile>/`` with ``provenance.json``: git commit, sha256 of the profile
+YAML, machine, library versions, date and wall time per stage. The paper renders from there when
+``outputs/<profile>/aggregate`` does not exist, and :func:`reproduction_report` compares a later
+run with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from edgekd import info, provenance, reproduce
+
+#: Published reference results, one folder per profile.
+RESULTS_DIR: Path = info.REPO_ROOT / "paper" / "results"
+#: Environment variable naming another results folder (tests, a second checkout).
+RESULTS_ENV: str = "EDGEKD_RESULTS"
+#: File types copied from the aggregate folder.
+SUFFIXES: tuple[str, ...] = (".csv", ".json", ".png")
+#: Refuse a file or a whole publication larger than these (the repository holds only small files).
+MAX_FILE_BYTES: int = 3 * 2**20
+MAX_TOTAL_BYTES: int = 12 * 2**20
+#: Distributions whose versions provenance.json records.
+PACKAGES: tuple[str, ...] = ("torch", "torchvision", "timm", "numpy", "pandas", "scipy", "scikit-learn", "onnx",
+                             "onnxruntime", "medmnistc", "matplotlib", "seaborn", "grad-cam", "papermill")
+
+
+class NotPublishable(RuntimeError):
+    """The run is incomplete or stale, or its aggregate holds something too large to commit."""
+
+
+def results_root() -> Path:
+    """``$EDGEKD_RESULTS`` or ``paper/results``."""
+    env = os.environ.get(RESULTS_ENV)
+    return Path(env) if env else RESULTS_DIR
+
+
+def _specs(profile: str, outputs_root: Path) -> list:
+    from edgekd import runner
+
+    return runner.expand(runner.load_profile(profile), outputs_root)
+
+
+def stage_times(specs: list, profile_dir: Path) -> dict[str, dict]:
+    """Per stage: runs, summed wall time of the finished runs (their markers) and, from ``timings.csv``,
+    the seconds that stage took in the last runner invocation and its estimate."""
+    out: dict[str, dict] = {}
+    for spec in specs:
+        row = out.setdefault(spec.stage, {"runs": 0, "wall_time_s": 0.0})
+        row["runs"] += 1
+        row["wall_time_s"] += float((spec.recorded() or {}).get("wall_time_s") or 0.0)
+    timings = Path(profile_dir) / "timings.csv"
+    if timings.exists():
+        df = pd.read_csv(timings)
+        last = df[df["status"] == "ran"].groupby("stage")[["wall_time_s", "estimate_s"]].sum()
+        for stage, row in last.iterrows():
+            if stage in out:
+                out[stage] |= {"last_invocation_s": float(row["wall_time_s"]), "last_estimate_s": float(row["estimate_s"])}
+    return {stage: {k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()} for stage, row in out.items()}
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of :data:`PACKAGES` (None where one is missing)."""
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def collect_provenance(profile: str, outputs_root: Path | None = None) -> dict:
+    """What produced ``outputs/<profile>``: commit, profile digest, machine (the aggregate's ``machine.json``,
+    else this one), versions, date, stage wall times."""
+    from edgekd import runner
+
+    outputs_root = Path(outputs_root) if outputs_root is not None else info.outputs_dir()
+    path = runner.profile_path(profile)
+    times = stage_times(_specs(profile, outputs_root), outputs_root / profile)
+    ran_on = reproduce.read_machine(outputs_root / profile / "aggregate")
+    return {
+        "profile": profile,
+        "profile_file": str(path.resolve().relative_to(info.REPO_ROOT)) if path.resolve().is_relative_to(info.REPO_ROOT)
+        else str(path),
+        "profile_sha256": provenance.file_digest(path),
+        "requirements_sha256": provenance.file_digest(provenance.REQUIREMENTS),
+        "git": provenance.git_commit(),
+        "machine": ran_on or provenance.machine(),
+        "versions": versions(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "stage_wall_time_s": times,
+        "total_wall_time_s": round(sum(t["wall_time_s"] for t in times.values()), 1),
+    }
+
+
+def check_complete(profile: str, outputs_root: Path) -> None:
+    """Raise :class:`NotPublishable` unless the aggregate exists and every stage of the profile is fresh."""
+    from edgekd import runner
+
+    agg = Path(outputs_root) / profile / "aggregate"
+    if not (agg / "numbers.json").exists():
+        raise NotPublishable(f"{agg} has no numbers.json: run `edgekd-run {profile}` to the end first")
+    table = runner.status_table(_specs(profile, outputs_root))
+    stale = table[table["status"] != "fresh"]
+    if len(stale):
+        listed = "; ".join(f"{r.run_id} ({r.stage}): {r.status}, {r.why}" for r in stale.head(5).itertuples())
+        raise NotPublishable(f"{len(stale)} of {len(table)} stages are not fresh ({listed}); "
+                             f"run `edgekd-run {profile}` until every stage is fresh")
+
+
+def publish(profile: str, outputs_root: Path | None = None, results: Path | None = None) -> Path:
+    """Copy ``outputs/<profile>/aggregate``'s small files and provenance.json to ``<results>/<profile>/``."""
+    outputs_root = Path(outputs_root) if outputs_root is not None else info.outputs_dir()
+    dest = (Path(results) if results is not None else results_root()) / profile
+    check_complete(profile, outputs_root)
+    files = sorted(p for p in (outputs_root / profile / "aggregate").iterdir() if p.is_file() and p.suffix in SUFFIXES)
+    big = [f"{p.name} ({p.stat().st_size / 2**20:.1f} MiB)" for p in files if p.stat().st_size > MAX_FILE_BYTES]
+    total = sum(p.stat().st_size for p in files)
+    if big or total > MAX_TOTAL_BYTES:
+        raise NotPublishable(f"too large to commit: {', '.join(big) or f'{total / 2**20:.1f} MiB in all'} "
+                             f"(limits {MAX_FILE_BYTES // 2**20} MiB a file, {MAX_TOTAL_BYTES // 2**20} MiB in all)")
+    staging = dest.parent / f".{profile}.publishing"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for p in files:
+        shutil.copy2(p, staging / p.name)
+    (staging / "provenance.json").write_text(json.dumps(collect_provenance(profile, outputs_root), indent=2) + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.rename(dest)
+    return dest
+
+
+def reproduction_report(profile: str, outputs_root: Path | None = None, results: Path | None = None) -> str:
+    """The reproduction report of ``outputs/<profile>`` against ``paper/results/<profile>`` as text
+    ("" when either side has no results): what ``edgekd-run`` prints at the end of a run."""
+    outputs_root = Path(outputs_root) if outputs_root is not None else info.outputs_dir()
+    reference = (Path(results) if results is not None else results_root()) / profile
+    reproduced = outputs_root / profile / "aggregate"
+    if not ((reference / "seed_metrics.csv").exists() and (reproduced / "seed_metrics.csv").exists()):
+        return ""
+    table = reproduce.compare(reference, reproduced)
+    ref = json.loads((reference / "provenance.json").read_text()) if (reference / "provenance.json").exists() else {}
+    commit = ((ref.get("git") or {}).get("commit") or "unknown")[:10]
+    title = (f"[reproduction] {reproduced} against the published reference {reference} "
+             f"(commit {commit}, {ref.get('date', 'undated')})")
+    return reproduce.format_report(table, title)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``edgekd-publish PROFILE [--outputs DIR] [--results DIR]``."""
+    ap = argparse.ArgumentParser(prog="edgekd-publish", description=__doc__.splitlines()[0])
+    ap.add_argument("profile", help="profile whose complete run to publish (smoke, default, cpu64, paper)")
+    ap.add_argument("--outputs", type=Path, default=None, help=f"outputs root (default ${info.OUTPUTS_ENV} or outputs/)")
+    ap.add_argument("--results", type=Path, default=None, help=f"results root (default ${RESULTS_ENV} or paper/results/)")
+    args = ap.parse_args(argv)
+    try:
+        dest = publish(args.profile, args.outputs, args.results)
+    except NotPublishable as exc:
+        print(f"edgekd-publish: error: {exc}", file=sys.stderr)
+        return 2
+    files = sorted(dest.iterdir())
+    size = sum(p.stat().st_size for p in files) / 2**20
+    print(f"published {len(files)} files ({size:.1f} MiB) to {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Published reference results: the reproduction verdicts, edgekd-publish on the smoke run (refusals, what it copies,
+provenance), the reproduction report of an unchanged run, and the paper rendered from the published copy alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+
+import pandas as pd
+import pytest
+
+from edgekd import info, publish, reproduce
+from edgekd import paper as P
+from edgekd.runner import PARAMS_DIR
+
+MACHINE = {"cpu": "CPU A", "cpu_capability": "AVX2", "gpu": None, "torch_threads": 2, "torch": "2.14.1",
+           "timm": "1.0.31", "numpy": "2.4.6", "onnxruntime": "1.32.0"}
+
+
+def write_results(folder, rows, machine=MACHINE):
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows, columns=["model", "label", "metric", "n_seeds", "mean", "ci_low", "ci_high"]).to_csv(
+        folder / "seed_metrics.csv", index=False)
+    (folder / "provenance.json").write_text(json.dumps({"machine": machine}))
+
+
+def test_compare_gives_one_verdict_per_number(tmp_path):
+    ref = [("m", "M", "accuracy", 3, 0.80, 0.75, 0.85), ("m", "M", "macro_f1", 3, 0.60, 0.55, 0.65),
+           ("m", "M", "auc", 3, 0.90, 0.88, 0.92), ("t", "T", "accuracy", 1, 0.70, float("nan"), float("nan")),
+           ("gone", "G", "accuracy", 3, 0.5, 0.4, 0.6)]
+    rep = [("m", "M", "accuracy", 3, 0.80, 0.70, 0.90), ("m", "M", "macro_f1", 3, 0.62, 0.5, 0.7),
+           ("m", "M", "auc", 3, 0.95, 0.9, 0.99), ("t", "T", "accuracy", 1, 0.71, float("nan"), float("nan"))]
+    write_results(tmp_path / "ref", ref)
+    write_results(tmp_path / "same", rep)
+    table = reproduce.compare(tmp_path / "ref", tmp_path / "same").set_index(["model", "metric"])
+    assert table.loc[("m", "accuracy"), "verdict"] == "bitwise identical"
+    assert table.loc[("m", "macro_f1"), "verdict"].startswith("within seed noise")
+    assert table.loc[("m", "macro_f1"), "delta"] == pytest.approx(0.02) and table.loc[("m", "macro_f1"), "within_ci"]
+    assert table.loc[("m", "auc"), "verdict"].startswith("outside the reference's seed interval")
+    assert table.loc[("t", "accuracy"), "verdict"].startswith("differs; the reference has one seed")
+    assert table.loc[("gone", "accuracy"), "verdict"] == "missing in the reproduction"
+    assert "same machine" in table.loc[("m", "auc"), "verdict"]
+    write_results(tmp_path / "other", rep, {**MACHINE, "cpu": "CPU B", "torch_threads": 4})
+    other = reproduce.compare(tmp_path / "ref", tmp_path / "other")
+    assert other.attrs["machine_differences"] == ["cpu: CPU A → CPU B", "torch_threads: 2 → 4"]
+    assert other.set_index(["model", "metric"]).loc[("m", "auc"), "verdict"].endswith("likely hardware or thread differences")
+    line = reproduce.summary(other)
+    assert line.startswith("5 numbers: 1 bitwise identical, 1 within seed noise, 1 outside") and "CPU B" in line
+
+
+def test_publish_refuses_a_profile_without_aggregate(tmp_path):
+    with pytest.raises(publish.NotPublishable, match="no numbers.json"):
+        publish.publish("smoke", tmp_path / "outputs", tmp_path / "results")
+    assert publish.main(["smoke", "--outputs", str(tmp_path / "outputs"), "--results", str(tmp_path / "results")]) == 2
+    assert not (tmp_path / "results").exists()
+
+
+def test_publish_refuses_a_stale_stage(smoke_outputs, tmp_path):
+    root, _ = smoke_outputs
+    marker = root / "student-resnet18-kdat-s0" / "eval" / ".done-evaluate.json"
+    saved = marker.read_text()
+    try:
+        mark = json.loads(saved)
+        mark["components"]["params"] = "edited"
+        marker.write_text(json.dumps(mark))
+        with pytest.raises(publish.NotPublishable, match=r"student-resnet18-kdat-s0 \(evaluate\): stale, params"):
+            publish.publish("smoke", root.parent, tmp_path)
+    finally:
+        marker.write_text(saved)
+
+
+@pytest.fixture(scope="module")
+def published(smoke_outputs, tmp_path_factory):
+    root, _ = smoke_outputs
+    results = tmp_path_factory.mktemp("results")
+    assert publish.main(["smoke", "--outputs", str(root.parent), "--results", str(results)]) == 0
+    return results / "smoke"
+
+
+def test_publish_copies_only_small_files_with_provenance(published, smoke_outputs):
+    root, _ = smoke_outputs
+    files = sorted(p.name for p in published.iterdir())
+    assert {p.suffix for p in published.iterdir()} <= {".csv", ".json", ".png"}
+    assert {"numbers.json", "seed_metrics.csv", "performance.csv", "excluded_runs.csv", "provenance.json"} <= set(files)
+    assert sum(p.stat().st_size for p in published.iterdir()) < publish.MAX_TOTAL_BYTES
+    for name in files:
+        if name != "provenance.json":
+            assert (published / name).read_bytes() == (root / "aggregate" / name).read_bytes(), name
+    prov = json.loads((published / "provenance.json").read_text())
+    assert prov["profile_sha256"] == hashlib.sha256((PARAMS_DIR / "smoke.yaml").read_bytes()).hexdigest()
+    assert len(prov["git"]["commit"]) == 40 and prov["machine"]["cpu"] and prov["versions"]["torch"]
+    times = prov["stage_wall_time_s"]
+    assert times["evaluate"]["runs"] == 13 and times["student"]["runs"] == 12 and times["aggregate"]["wall_time_s"] > 0
+    assert prov["total_wall_time_s"] == pytest.approx(sum(t["wall_time_s"] for t in times.values()), abs=1)
+
+
+def test_reproduction_report_of_the_same_run_is_bitwise_identical(published, smoke_outputs):
+    root, _ = smoke_outputs
+    report = publish.reproduction_report("smoke", root.parent, published.parent)
+    lines = report.splitlines()
+    n = len(lines) - 2
+    assert lines[0].startswith("[reproduction]") and n > 0
+    assert lines[1].startswith(f"{n} numbers: {n} bitwise identical, 0 within seed noise, 0 outside")
+    assert publish.reproduction_report("smoke", root.parent, published.parent / "nothing") == ""
+
+
+def test_clean_clone_renders_the_paper_from_published_results(published, tmp_path, monkeypatch):
+    """No outputs at all: the paper reads paper/results/<profile>, says so, and passes the browser check, fast."""
+    results = tmp_path / "results"
+    shutil.copytree(published, results / "smoke")
+    monkeypatch.setenv(info.OUTPUTS_ENV, str(tmp_path / "empty_outputs"))
+    monkeypatch.setenv(publish.RESULTS_ENV, str(results))
+    t0 = time.time()
+    html = P.render_fallback("smoke", out_dir=tmp_path / "paper")
+    pdf = P.write_pdf(html, tmp_path / "paper" / "paper.pdf")
+    assert time.time() - t0 < 120 and pdf.stat().st_size > 100_000
+    text = " ".join(html.read_text().split())
+    assert "the published reference in <code>" in text and "reads the published reference itself" in text
+    assert P.problems(P.browser_check(html)) == []
