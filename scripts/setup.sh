@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: system packages (ImageMagick/MagickWand for MedMNIST-C, pandoc and
-# Chromium for the paper's fallback render, PDF and browser check, poppler-utils for the PDF test) and .venv
-# with pinned packages.
+# Chromium for the paper's fallback render, PDF and browser check, poppler-utils for the PDF test,
+# GNU time for scripts/bench_predict.sh) and .venv with pinned packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(imagemagick libmagickwand-dev pandoc chromium fonts-dejavu-core poppler-utils)
+APT_PACKAGES=(imagemagick libmagickwand-dev pandoc chromium fonts-dejavu-core poppler-utils time)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

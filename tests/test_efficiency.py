@@ -156,21 +156,16 @@ def test_unknown_backend_and_wrong_sources(resnet18: nn.Module) -> None:
 def test_latency_stats() -> None:
     threads = torch.get_num_threads()
     x = np.ones((4, 3, 8, 8), dtype=np.float32)
-    stats = eff.latency(
-        lambda a: np.sort(a, axis=None), x, warmup=2, repeats=15, threads=1
-    )
+    stats = eff.latency(lambda a: np.sort(a, axis=None), x, warmup=2, repeats=15, threads=1)
     assert torch.get_num_threads() == threads
-    assert set(stats) == {
-        "mean_ms",
-        "std_ms",
-        "p50_ms",
-        "p90_ms",
-        "p99_ms",
-        "throughput_ips",
-    }
-    assert all(value > 0 for value in stats.values())
-    assert stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
+    assert set(stats) == {"mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_ips",
+                          "warmup_calls", "timed_calls"}
+    assert stats["timed_calls"] == 15 and stats["warmup_calls"] >= 2
+    assert np.isnan(stats["p99_ms"])  # 15 calls cannot resolve a 99th percentile
+    assert stats["mean_ms"] > 0 and stats["p50_ms"] <= stats["p90_ms"]
     assert stats["throughput_ips"] == pytest.approx(4 / (stats["mean_ms"] / 1e3))
+    full = eff.latency(lambda a: np.sort(a, axis=None), x, warmup=2, repeats=eff.MIN_CALLS_P99, threads=1)
+    assert full["p50_ms"] <= full["p90_ms"] <= full["p99_ms"]
     with pytest.raises(ValueError):
         eff.latency(lambda a: a, x, repeats=0)
 

@@ -34,10 +34,10 @@ def free_port() -> int:
 
 
 def parameterised_copy(folder, runs: dict) -> None:
-    """``04_evaluate.ipynb`` in ``folder`` with its parameters cell set to ``runs`` (the cell papermill would inject)."""
+    """``04_evaluate.ipynb`` in ``folder`` with ``runs`` injected after its parameters cell, as papermill does."""
     nb = nbformat.read(NOTEBOOKS_DIR / NOTEBOOK, as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source = "\n".join(f"{k} = {v!r}" for k, v in runs.items())
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in runs.items())))
     nbformat.write(nb, folder / NOTEBOOK)
 
 
