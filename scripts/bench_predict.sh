@@ -7,29 +7,35 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: $0 BUNDLE_DIR..." >&2; exit 2; }
-DATA=${EDGEKD_DATA:-../shared/data/ham10000}
-[ -f "$DATA/dermamnist_split.csv" ] || { echo "no HAM10000 folder at $DATA (set EDGEKD_DATA)" >&2; exit 2; }
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-mkdir "$WORK/test"
-# the test split as a folder of the original JPEGs (links, nothing copied)
-awk -F, 'NR > 1 && $1 == "test" {print $3}' "$DATA/dermamnist_split.csv" | while read -r id; do
-  ln -s "$(realpath "$DATA/images/$id.jpg")" "$WORK/test/$id.jpg"
-done
+# the test split as a folder of links to the raw JPEGs (the data folder as edgekd finds and checks it)
+.venv/bin/python - "$WORK/test" <<'PY'
+import sys
+from pathlib import Path
+
+from edgekd import data as D
+
+out = Path(sys.argv[1])
+out.mkdir()
+images = D.raw_paths(None)["images"]
+for image_id in D.read_split().query("split == 'test'")["image_id"]:
+    (out / f"{image_id}.jpg").symlink_to((images / f"{image_id}.jpg").resolve())
+PY
 IMAGES=("$WORK"/test/*)
-ONE=${IMAGES[0]}
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; ${#IMAGES[@]} images"
+
+# measure BUNDLE BACKEND WHAT INPUT REPEATS: edgekd-predict's own summary line and /usr/bin/time's figures
+measure() {
+  for _ in $(seq "$5"); do
+    OMP_NUM_THREADS=1 /usr/bin/time -f "$1 $2 $3: %e s wall, %M KiB peak RSS" \
+      .venv/bin/edgekd-predict "$1" "$4" --out "$WORK/predictions.csv" --backend "$2" --threads 1 2>&1 |
+      grep -E "peak RSS|images/s"
+  done
+}
 for bundle in "$@"; do
   for backend in fp32 int8; do
-    for rep in 1 2 3; do
-      OMP_NUM_THREADS=1 /usr/bin/time -f "$bundle $backend one image: %e s wall, %M KiB peak RSS" \
-        .venv/bin/edgekd-predict "$bundle" "$ONE" --out "$WORK/one.csv" --backend "$backend" --threads 1 2>&1 |
-        grep -E "peak RSS|first prediction"
-    done
-    for rep in 1 2; do
-      OMP_NUM_THREADS=1 /usr/bin/time -f "$bundle $backend folder: %e s wall, %M KiB peak RSS" \
-        .venv/bin/edgekd-predict "$bundle" "$WORK/test" --out "$WORK/folder.csv" --backend "$backend" --threads 1 2>&1 |
-        grep -E "peak RSS|images/s"
-    done
+    measure "$bundle" "$backend" "one image" "${IMAGES[0]}" 3
+    measure "$bundle" "$backend" folder "$WORK/test" 2
   done
 done

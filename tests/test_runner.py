@@ -137,23 +137,22 @@ def test_smoke_profile_end_to_end(smoke_outputs):
     trained = [s for s in specs if s.stage in ("teacher", "student")]
     collapsed = {s.run_id for s in trained if json.loads((s.run_dir / "metrics.json").read_text())["collapsed"]}
     assert set(pd.read_csv(agg / "excluded_runs.csv")["run_id"]) == collapsed
-    valid = [s for s in trained if s.run_id not in collapsed]
-    assert valid, "every smoke run collapsed: nothing left to aggregate"
+    model_of = {s.run_id: s.run_id.rsplit("-s", 1)[0] for s in trained if s.run_id not in collapsed}  # valid runs
+    assert model_of, "every smoke run collapsed: nothing left to aggregate"
     for name in ("performance.csv", "calibration.csv", "operating_points.csv", "robustness.csv", "efficiency.csv",
                  "pareto.csv", "pareto.png", "reliability.png", "corruption_curves.png", "training_curves.png",
                  "gradcam.png", "montage.png", "numbers.json", "runs.csv"):
         assert (agg / name).exists(), name
-    valid_ids = {s.run_id for s in valid}
-    pairs = [i for i in valid_ids if "-kdat-" in i and i.replace("-kdat-", "-nokd-") in valid_ids]
+    pairs = [i for i in model_of if "-kdat-" in i and i.replace("-kdat-", "-nokd-") in model_of]
     assert (agg / "paired_kd.csv").exists() == bool(pairs)
-    seeds_of = pd.Series([s.run_id.rsplit("-s", 1)[0] for s in valid]).value_counts()
+    seeds_of = pd.Series(list(model_of.values())).value_counts()
     perf = pd.read_csv(agg / "performance.csv").set_index("model")
     assert sorted(perf.index) == sorted(seeds_of.index)
     assert all(perf.loc[m, "seeds"] == n for m, n in seeds_of.items())
     # BE / rBE per model: the seed mean of each valid run's MedMNIST-C 'mean' row
     be = pd.read_csv(agg / "be_rbe.csv").set_index("model")
     model = seeds_of.index[0]
-    runs = [root / s.run_id for s in valid if s.run_id.rsplit("-s", 1)[0] == model]
+    runs = [root / run_id for run_id, m in model_of.items() if m == model]
     per_run = pd.concat(pd.read_csv(r / "robustness" / "medmnistc_be_rbe.csv").query("corruption == 'mean'") for r in runs)
     row = be.loc[model]
     assert row["seeds"] == len(runs)
