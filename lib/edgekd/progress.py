@@ -189,17 +189,31 @@ class Plan:
 
 class Tracker:
     """Progress over the sweep: a bar on a terminal, and on every finished run one log line with the
-    run's time and key metric, the runs done, the elapsed time and the ETA (estimated seconds left,
-    scaled by how fast the estimate has been running)."""
+    run's time and key metric, the runs done, the elapsed time and the ETA (see :meth:`eta`)."""
 
-    def __init__(self, plan: Plan, log=print) -> None:
+    def __init__(self, plan: Plan, log=print, workers: int = 1, exclusive: frozenset[str] = frozenset()) -> None:
         from tqdm import tqdm
 
-        self.plan, self.log = plan, log
+        self.plan, self.log, self.workers, self.exclusive = plan, log, max(1, workers), exclusive
         self.total = plan.total if plan.measured else float(len(plan.specs))
         self.bar = tqdm(total=self.total, file=sys.stderr, disable=None if plan.specs else True, mininterval=5,
                         bar_format="{l_bar}{bar}| [{elapsed}<{remaining}] {postfix}")
         self.t0, self.progress, self.count = time.time(), 0.0, 0
+        self.left = {spec.key: self._planned(spec) for spec in plan.specs}
+        self.ran_s, self.ran_planned = 0.0, 0.0
+
+    def _planned(self, spec) -> float:
+        return self.plan.seconds.get(spec.key, 0.0) if self.plan.measured else 1.0
+
+    def eta(self) -> float:
+        """Seconds left: the planned work left, scaled by how long the finished runs really took against their
+        plan (which absorbs parallel runs slowing each other), spread over the workers except for the stages
+        that run one at a time."""
+        if self.ran_planned <= 0:
+            return float("nan")
+        shared = sum(v for k, v in self.left.items() if k not in self.exclusive)
+        alone = sum(v for k, v in self.left.items() if k in self.exclusive)
+        return self.ran_s / self.ran_planned * (shared / self.workers + alone)
 
     def start(self, spec) -> None:
         self.bar.set_postfix_str(f"{spec.run_id} ({spec.stage})", refresh=True)
@@ -207,13 +221,14 @@ class Tracker:
     def done(self, spec, result: float | Exception) -> None:
         from edgekd.runner import Blocked, key_metric
 
-        step = self.plan.seconds.get(spec.key, 0.0) if self.plan.measured else 1.0
+        step = self.left.pop(spec.key, 0.0)
         self.progress += step
         self.count += 1
         self.bar.update(step)
+        if not isinstance(result, Exception) and step > 0:
+            self.ran_s, self.ran_planned = self.ran_s + float(result), self.ran_planned + step
         elapsed = time.time() - self.t0
-        eta = elapsed / self.progress * (self.total - self.progress) if self.progress > 0 else float("nan")
-        where = f"[{self.count}/{len(self.plan.specs)}, {_clock(elapsed)} elapsed, ETA {_clock(eta)}]"
+        where = f"[{self.count}/{len(self.plan.specs)}, {_clock(elapsed)} elapsed, ETA {_clock(self.eta())}]"
         if isinstance(result, Blocked):
             self.log(f"[blocked] {spec.run_id} {spec.stage}: {result} {where}")
         elif isinstance(result, Exception):

@@ -667,11 +667,12 @@ def run_profile(
     root = outputs.resolve() / prof["name"]
     plan = progress.Plan(todo, measure=estimate)
     log(plan.describe(workers if executor == "dask" else 1))
-    tracker = progress.Tracker(plan, log)
+    parallel = executor == "dask" and bool(todo)
+    exclusive = _exclusive(todo) if parallel else set()
+    tracker = progress.Tracker(plan, log, workers if parallel else 1, frozenset(exclusive))
     results: dict[str, float | Exception] = {}
     sequential = todo
-    if executor == "dask" and todo:
-        exclusive = _exclusive(todo)
+    if parallel:
         results = run_dask([s for s in todo if s.key not in exclusive], scheduler, workers, gpu, on_done=tracker.done)
         sequential = [s for s in todo if s.key in exclusive]
     if sequential:
