@@ -213,6 +213,29 @@ def test_corrupted_image_is_found_even_with_a_warm_cache(arrays28, data_dir, tmp
     assert D.source_fingerprint(root) != D.source_fingerprint(data_dir)
 
 
+def test_data_fingerprint_follows_content_not_mtimes(data_dir, tmp_path):
+    """A byte-identical copy with new mtimes (a re-download, a re-mounted share) keeps stages fresh; one changed
+    byte does not."""
+    split = pd.read_csv(data_dir / "dermamnist_split.csv")
+    copies = []
+    for name in ("a", "b"):
+        root = tmp_path / name
+        (root / "images").mkdir(parents=True)
+        for image_id in split["image_id"].iloc[:3]:
+            shutil.copyfile(data_dir / "images" / f"{image_id}.jpg", root / "images" / f"{image_id}.jpg")
+        for csv in ("HAM10000_metadata.csv", "dermamnist_split.csv"):
+            shutil.copyfile(data_dir / csv, root / csv)
+        copies.append(root)
+    for image in (copies[1] / "images").iterdir():
+        os.utime(image, (1e9, 1e9))
+    assert D.source_fingerprint(copies[0]) == D.source_fingerprint(copies[1])
+    image = sorted((copies[1] / "images").iterdir())[0]
+    payload = bytearray(image.read_bytes())
+    payload[-3] ^= 0xFF
+    image.write_bytes(bytes(payload))
+    assert D.source_fingerprint(copies[0]) != D.source_fingerprint(copies[1])
+
+
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
 def test_atomic_writes_get_ordinary_modes(tmp_path, mask):
     previous = os.umask(mask)

@@ -159,18 +159,19 @@ def load_npz(path: str | Path, size: int | None = None) -> DermaArrays:
 
 
 def source_fingerprint(root: str | Path | None) -> str:
-    """Digest of a raw folder: the split file's and the metadata's bytes, and every image's name, size and mtime.
+    """Digest of a raw folder's contents: the split file's and the metadata's bytes, and every image's name and bytes.
 
-    Any replaced, truncated or touched image, or another folder, gives another fingerprint (stat only:
-    about 0.1 s for the 10,015 images).
+    Any replaced or truncated image, or another folder's data, gives another fingerprint; a byte-identical copy
+    (a re-download, ``cp`` without ``-p``, a re-mounted share: new mtimes) gives the same one, so it keeps every
+    finished stage fresh (about 0.5 s for the 10,015 images, 54 MB).
     """
     paths = raw_paths(root)
     h = hashlib.sha256()
     for key in ("split", "metadata"):
         h.update(paths[key].read_bytes())
     for image in sorted(paths["images"].glob("*.jpg")):
-        st = image.stat()
-        h.update(f"{image.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        payload = image.read_bytes()
+        h.update(f"{image.name}:{len(payload)}\n".encode() + payload)
     return h.hexdigest()[:16]
 
 

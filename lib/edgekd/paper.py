@@ -24,6 +24,7 @@ import nbformat
 import yaml
 
 from edgekd import info
+from edgekd.kernels import ipc_kernel_manager
 
 PAPER_DIR: Path = info.REPO_ROOT / "paper"
 ARTICLE: str = "index.qmd"
@@ -67,7 +68,8 @@ def render_fallback(profile: str, paper_dir: Path = PAPER_DIR, out_dir: Path | N
     out_dir.mkdir(parents=True, exist_ok=True)
     meta, nb = split_qmd((paper_dir / ARTICLE).read_text())
     os.environ[PROFILE_ENV] = profile
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(paper_dir)}}).execute()
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", kernel_manager_class=ipc_kernel_manager(),
+                   resources={"metadata": {"path": str(paper_dir)}}).execute()
     for cell in nb.cells:  # warnings stay out of the manuscript (Quarto: execute.warning false)
         cell["outputs"] = [o for o in cell.get("outputs", []) if o.get("name") != "stderr"]
     exporter = MarkdownExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)

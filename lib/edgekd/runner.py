@@ -32,9 +32,7 @@ import json
 import re
 import shutil
 import sys
-import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,6 +42,7 @@ import yaml
 from edgekd import data as D
 from edgekd import info, provenance, publish
 from edgekd.files import atomic_write, clear_results
+from edgekd.kernels import ipc_kernel_manager
 from edgekd.models import check_arch
 from edgekd.train import KDConfig, TrainConfig
 
@@ -487,20 +486,6 @@ def check_inputs(prof: dict, outputs: Path) -> None:
     D.load(cfg)
 
 
-def _kernel_manager():
-    """An ipykernel manager on IPC sockets (no 'running over TCP without encryption' warning per notebook),
-    each kernel on its own socket path in the temp folder (kernels of concurrent runs never cross)."""
-    from jupyter_client.manager import AsyncKernelManager
-
-    class IPCKernelManager(AsyncKernelManager):
-        def __init__(self, **kwargs) -> None:
-            folder = Path(tempfile.gettempdir()) / "edgekd-kernels"
-            folder.mkdir(exist_ok=True)
-            super().__init__(transport="ipc", ip=str(folder / uuid.uuid4().hex), **kwargs)
-
-    return IPCKernelManager
-
-
 def clear_owned(spec: RunSpec) -> None:
     """Delete what ``spec``'s stage owns before it reruns.
 
@@ -542,7 +527,7 @@ def execute(spec: RunSpec, log=print) -> float:
     pm.execute_notebook(
         str(spec.notebook), str(spec.output_notebook), parameters=spec.parameters,
         cwd=str(spec.notebooks_dir), progress_bar=False, kernel_name="python3",
-        kernel_manager_class=_kernel_manager(),
+        kernel_manager_class=ipc_kernel_manager(),
     )
     wall = time.time() - t0
     mark = {"digest": None, "components": spec.components(), "wall_time_s": wall,
