@@ -258,24 +258,28 @@ def test_clear_results_keeps_only_bookkeeping(tmp_path):
 
 
 def test_eta_scales_planned_work_by_measured_speed_and_workers():
-    """The ETA is the planned work left, scaled by actual/planned time of the finished runs, shared by the workers
-    except for the exclusive (timing) stages; a failed run does not calibrate it."""
+    """The ETA is the planned work left, scaled by actual/planned time of the finished training runs (the plan
+    itself before one finishes), shared by the workers except for the exclusive (timing) stages; a failed run
+    or a quick non-training stage does not calibrate it."""
     from types import SimpleNamespace
 
     from edgekd.progress import Tracker
 
-    specs = [SimpleNamespace(key=k, run_id=k, stage="aggregate", run_dir=Path("."), stage_dir=Path("."))
-             for k in ("a", "b", "c", "d", "e")]
-    plan = SimpleNamespace(specs=specs, measured=True, seconds={"a": 100.0, "b": 100.0, "c": 200.0, "d": 400.0, "e": 50.0})
-    plan.total = sum(plan.seconds.values())
+    stages = {"d": "data", "a": "student", "b": "student", "c": "teacher", "x": "student", "e": "efficiency"}
+    specs = {k: SimpleNamespace(key=k, run_id=k, stage=st, run_dir=Path("."), stage_dir=Path("."))
+             for k, st in stages.items()}
+    seconds = {"d": 30.0, "a": 100.0, "b": 100.0, "c": 200.0, "x": 400.0, "e": 50.0}
+    plan = SimpleNamespace(specs=list(specs.values()), measured=True, seconds=seconds, total=sum(seconds.values()))
     lines: list[str] = []
     tracker = Tracker(plan, lines.append, workers=2, exclusive=frozenset({"e"}))
-    assert np.isnan(tracker.eta())
-    tracker.done(specs[0], 150.0)                   # ran 1.5x slower than planned
+    assert tracker.eta() == pytest.approx((30 + 100 + 100 + 200 + 400) / 2 + 50)
+    tracker.done(specs["d"], 3.0)                        # the data stage ran 10x faster: not a training speed
+    assert tracker.eta() == pytest.approx((100 + 100 + 200 + 400) / 2 + 50)
+    tracker.done(specs["a"], 150.0)                      # ran 1.5x slower than planned
     assert tracker.eta() == pytest.approx(1.5 * ((100 + 200 + 400) / 2 + 50))
-    tracker.done(specs[1], RuntimeError("boom"))    # failures say nothing about speed
+    tracker.done(specs["b"], RuntimeError("boom"))       # failures say nothing about speed
     assert tracker.eta() == pytest.approx(1.5 * ((200 + 400) / 2 + 50))
-    tracker.done(specs[2], 100.0)                   # now 250 s for 300 planned
+    tracker.done(specs["c"], 100.0)                      # now 250 s for 300 planned
     assert tracker.eta() == pytest.approx(250 / 300 * (400 / 2 + 50))
-    assert "ETA" in lines[-1] and lines[1].startswith("[FAILED] b")
+    assert "ETA" in lines[-1] and lines[2].startswith("[FAILED] b")
     tracker.close()

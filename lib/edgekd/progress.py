@@ -206,26 +206,25 @@ class Tracker:
         return self.plan.seconds.get(spec.key, 0.0) if self.plan.measured else 1.0
 
     def eta(self) -> float:
-        """Seconds left: the planned work left, scaled by how long the finished runs really took against their
-        plan (which absorbs parallel runs slowing each other), spread over the workers except for the stages
-        that run one at a time."""
-        if self.ran_planned <= 0:
-            return float("nan")
+        """Seconds left: the planned work left, scaled by how long the finished training runs really took against
+        their plan (which absorbs parallel runs slowing each other; the plan as it is until one finishes), spread
+        over the workers except for the stages that run one at a time."""
+        speed = self.ran_s / self.ran_planned if self.ran_planned > 0 else 1.0
         shared = sum(v for k, v in self.left.items() if k not in self.exclusive)
         alone = sum(v for k, v in self.left.items() if k in self.exclusive)
-        return self.ran_s / self.ran_planned * (shared / self.workers + alone)
+        return speed * (shared / self.workers + alone)
 
     def start(self, spec) -> None:
         self.bar.set_postfix_str(f"{spec.run_id} ({spec.stage})", refresh=True)
 
     def done(self, spec, result: float | Exception) -> None:
-        from edgekd.runner import Blocked, key_metric
+        from edgekd.runner import TRAIN_STAGES, Blocked, key_metric
 
         step = self.left.pop(spec.key, 0.0)
         self.progress += step
         self.count += 1
         self.bar.update(step)
-        if not isinstance(result, Exception) and step > 0:
+        if not isinstance(result, Exception) and step > 0 and spec.stage in TRAIN_STAGES:
             self.ran_s, self.ran_planned = self.ran_s + float(result), self.ran_planned + step
         elapsed = time.time() - self.t0
         where = f"[{self.count}/{len(self.plan.specs)}, {_clock(elapsed)} elapsed, ETA {_clock(self.eta())}]"
