@@ -198,12 +198,9 @@ class Tracker:
         self.total = plan.total if plan.measured else float(len(plan.specs))
         self.bar = tqdm(total=self.total, file=sys.stderr, disable=None if plan.specs else True, mininterval=5,
                         bar_format="{l_bar}{bar}| [{elapsed}<{remaining}] {postfix}")
-        self.t0, self.progress, self.count = time.time(), 0.0, 0
-        self.left = {spec.key: self._planned(spec) for spec in plan.specs}
+        self.t0, self.count = time.time(), 0
+        self.left = {spec.key: plan.seconds.get(spec.key, 0.0) if plan.measured else 1.0 for spec in plan.specs}
         self.ran_s, self.ran_planned = 0.0, 0.0
-
-    def _planned(self, spec) -> float:
-        return self.plan.seconds.get(spec.key, 0.0) if self.plan.measured else 1.0
 
     def eta(self) -> float:
         """Seconds left: the planned work left, scaled by how long the finished training runs really took against
@@ -221,7 +218,6 @@ class Tracker:
         from edgekd.runner import TRAIN_STAGES, Blocked, key_metric
 
         step = self.left.pop(spec.key, 0.0)
-        self.progress += step
         self.count += 1
         self.bar.update(step)
         if not isinstance(result, Exception) and step > 0 and spec.stage in TRAIN_STAGES:
