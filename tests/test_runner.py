@@ -185,12 +185,21 @@ def test_lesion_pair_settings_filters_and_overrides(tmp_path):
     specs = R.expand(R.load_profile(path), tmp_path)
     by_key = {s.key: s for s in specs}
     lesion = [s for s in specs if "-lesion" in s.run_id]
-    assert [s.key for s in lesion if s.stage in R.TRAIN_STAGES] == ["teacher-resnet50-lesion-s1:teacher",
-                                                                    "student-resnet18-nokd-lesion-s1:student"]
+    # no-KD students only: no lesion teacher is trained (nothing distils from it)
+    assert [s.key for s in lesion if s.stage in R.TRAIN_STAGES] == ["student-resnet18-nokd-lesion-s1:student"]
     assert all(s.parameters["data"]["split"] == "lesion" for s in lesion if "data" in s.parameters)
-    assert {s.stage for s in lesion} == {"teacher", "student", "evaluate"}  # no robustness/efficiency/export
-    ev = by_key["student-resnet18-nokd-lesion-s1:evaluate"]
-    assert ev.parameters["teacher_dir"] == str(by_key["teacher-resnet50-lesion-s1:teacher"].run_dir)
+    assert {s.stage for s in lesion} == {"student", "evaluate"}  # no robustness/efficiency/export
+    assert by_key["student-resnet18-nokd-lesion-s1:evaluate"].parameters["teacher_dir"] is None
+    # with a distilling setting in the pair, its teacher is trained on the lesion split too
+    pair = R.expand(R.load_profile(_profile(tmp_path, lesion={"archs": ["resnet18"], "kd": ["kdat", "nokd"],
+                                                              "seeds": [1]})), tmp_path)
+    pair_keys = {s.key: s for s in pair}
+    assert [s.key for s in pair if "-lesion" in s.run_id and s.stage in R.TRAIN_STAGES] == [
+        "teacher-resnet50-lesion-s1:teacher", "student-resnet18-kdat-lesion-s1:student",
+        "student-resnet18-nokd-lesion-s1:student"]
+    teacher_dir = str(pair_keys["teacher-resnet50-lesion-s1:teacher"].run_dir)
+    assert pair_keys["student-resnet18-kdat-lesion-s1:student"].parameters["teacher_dir"] == teacher_dir
+    assert pair_keys["student-resnet18-nokd-lesion-s1:evaluate"].parameters["teacher_dir"] == teacher_dir
     # a KD setting's own train overrides apply to its students only
     assert by_key["student-resnet18-kdat-s0:student"].parameters["train"]["lr"] == 0.01
     assert by_key["student-resnet18-nokd-s0:student"].parameters["train"]["lr"] == 0.002

@@ -308,8 +308,9 @@ def _students(prof: dict, data: dict, base_train: dict, root: Path, spec, data_s
             train = asdict(_build(TrainConfig, _merge(base_train, students.get("train"), arch_train.get(arch),
                                                       setting.get("train")), f"{where}.train ({arch})"))
             for seed in setting_seeds:
-                # Each student distils from the teacher of its own seed when there is one, else the first.
-                t = teachers.get(seed, next(iter(teachers.values())))
+                # Each student distils from the teacher of its own seed when there is one, else the first
+                # (none for a lesion pair of no-KD students only: no lesion teacher is trained then).
+                t = teachers.get(seed, next(iter(teachers.values()), None))
                 distils = kd["mode"] != "none"
                 rid = f"student-{arch}-{setting['name']}{tag}-s{seed}"
                 params = {"run_dir": str(root / rid), "arch": arch, "seed": seed, "data": data, "train": train,
@@ -356,7 +357,9 @@ def expand(prof: dict, outputs: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> li
         # The same recipe, trained and tested on a lesion-grouped split (no lesion in two splits). Its
         # teacher comes right after the official one, so that a parallel executor trains both first.
         lesion = data_config(prof, outputs, "lesion", split="lesion")
-        l_teachers = _teachers(prof, lesion, base_train, root, spec, data_spec, LESION_TAG, select["seeds"][:1])
+        distils = any(k.get("mode", "hinton") != "none" for k in _kd_settings(prof) if k["name"] in select["kd"])
+        l_teachers = (_teachers(prof, lesion, base_train, root, spec, data_spec, LESION_TAG, select["seeds"][:1])
+                      if distils else {})
         specs += l_teachers.values()
         students += _students(prof, lesion, base_train, root, spec, data_spec, l_teachers, LESION_TAG, select)
     specs += students
