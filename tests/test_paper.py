@@ -143,6 +143,25 @@ def test_cells_never_show_nan_or_booleans():
     assert table.splitlines()[2] == "| x | — |"
 
 
+def test_gpu_benchmark_table_and_paragraph_come_from_its_csv(tmp_path, monkeypatch):
+    monkeypatch.setenv(publish.RESULTS_ENV, str(tmp_path))
+    assert MS.gpu() is None  # no benchmark committed: the paper shows no GPU section
+    folder = tmp_path / "gpu"
+    folder.mkdir()
+    rows = [{"profile": "default", "arch": arch, "size": 64, "stem_stride": 2, "batch": b, "precision": prec,
+             "p50_ms": p50 * (1 if b == 1 else 1.5), "p99_ms": p50 * 2, "timed_calls": 200}
+            for arch, fp32, fp16 in (("resnet50", 2.0, 2.5), ("resnet18", 1.0, 0.8))
+            for b in (1, 32) for prec, p50 in (("fp32", fp32), ("amp_fp16", fp16))]
+    pd.DataFrame(rows).to_csv(folder / "gpu_latency.csv", index=False)
+    (folder / "environment.json").write_text(json.dumps({"gpu": "Some GPU", "torch": "2.x"}))
+    src = MS.gpu()
+    text = MS.gpu_paragraph(src)
+    assert "teacher's (2.00 ms) is ResNet-18 0.50×" in text and "slower than FP32 for 1 of 2 models" in text
+    table = MS.gpu_latency(src)
+    assert "nan" not in table and "Some GPU" in table and "200 timed calls" in table
+    assert "| ResNet-18 | 64 | 32 | 1.50 | 2.00 | 1.20 | 1.60 |" in table.splitlines()
+
+
 # ----------------------------------------------------------------------------- qmd and the browser check
 
 

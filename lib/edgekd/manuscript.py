@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from edgekd import info, publish, reproduce
-from edgekd.reporting import INT8_DELTA_F1_TARGET, INT8_SPEEDUP_TARGET, LESION_MARK
+from edgekd.reporting import ARCH_LABELS, INT8_DELTA_F1_TARGET, INT8_SPEEDUP_TARGET, LESION_MARK
 
 #: A table column: header -> cell text of a row.
 Columns = dict[str, Callable[[pd.Series], str]]
@@ -61,6 +61,51 @@ def studies() -> Source | None:
         return None
     prov = json.loads((folder / "provenance.json").read_text()) if (folder / "provenance.json").exists() else {}
     return Source("studies", folder, "published", {}, prov)
+
+
+def gpu() -> Source | None:
+    """The committed GPU benchmark (``paper/results/gpu/``, written by ``scripts/gpu_bench.py``), if any."""
+    folder = publish.results_root() / "gpu"
+    if not (folder / "gpu_latency.csv").exists():
+        return None
+    env = json.loads((folder / "environment.json").read_text()) if (folder / "environment.json").exists() else {}
+    plan = json.loads((folder / "paper_plan.json").read_text()) if (folder / "paper_plan.json").exists() else {}
+    return Source("gpu", folder, "published", plan, env)
+
+
+def gpu_paragraph(src: Source) -> str:
+    """What the GPU latencies say, computed from ``gpu_latency.csv`` (batch 1, FP32, against the ResNet-50 teacher)."""
+    df = src.csv("gpu_latency.csv")
+    parts = []
+    for size, g in df[(df["batch"] == 1)].groupby("size"):
+        p50 = g.pivot_table(index="arch", columns="precision", values="p50_ms")
+        teacher = p50.loc["resnet50", "fp32"]
+        rel = ", ".join(f"{ARCH_LABELS.get(a, a)} {p50.loc[a, 'fp32'] / teacher:.2f}×" for a in p50.index if a != "resnet50")
+        slower = int((p50["amp_fp16"] > p50["fp32"]).sum())
+        parts.append(f"at {size} px, batch 1, the students' median latency relative to the teacher's "
+                     f"({teacher:.2f} ms) is {rel}; FP16 autocast is slower than FP32 for {slower} of {len(p50)} models")
+    return ("On a GPU every model answers in a few milliseconds, bound by kernel launches more than arithmetic: "
+            + "; ".join(parts) + ". This was measured once on a borrowed GPU, not by the run above.")
+
+
+def gpu_latency(src: Source) -> str:
+    """GPU latency of every architecture at the default (64 px) and paper (224 px) input sizes: p50 and p99
+    of eager PyTorch in FP32 and under FP16 autocast, batch 1 and 32 (``gpu_latency.csv``)."""
+    df = src.csv("gpu_latency.csv")
+    wide = df.pivot_table(index=["profile", "arch", "size", "batch"], columns="precision",
+                          values=["p50_ms", "p99_ms", "timed_calls"], aggfunc="first", sort=False)
+    wide.columns = [f"{stat}_{prec}" for stat, prec in wide.columns]
+    wide = wide.reset_index()
+    calls = int(df["timed_calls"].min())
+    return md_table(wide, {"Model": lambda r: ARCH_LABELS.get(r["arch"], r["arch"]), "Input (px)": col("size"),
+                           "Batch": col("batch"), "FP32 p50 (ms)": lambda r: num(r["p50_ms_fp32"], 2),
+                           "FP32 p99 (ms)": lambda r: num(r["p99_ms_fp32"], 2),
+                           "FP16 p50 (ms)": lambda r: num(r["p50_ms_amp_fp16"], 2),
+                           "FP16 p99 (ms)": lambda r: num(r["p99_ms_amp_fp16"], 2)},
+                    f"GPU latency on one {src.provenance.get('gpu', 'GPU')} (torch {src.provenance.get('torch', '?')}): "
+                    f"eager PyTorch, inputs already on the GPU, logits copied back, {calls} timed calls after warming up "
+                    "until steady (`scripts/gpu_bench.py`; random weights, which do not change a CNN's latency). "
+                    "64 px as in the default profile, 224 px as in the paper profile; the stem stride is 2 in both.")
 
 
 def collapse_paragraph(src: Source) -> str:
