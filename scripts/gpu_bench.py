@@ -71,8 +71,7 @@ def paper_plan() -> dict:
         specs = runner.expand(runner.load_profile("paper"), Path(tmp))
         plan = progress.Plan(specs)
     print(plan.describe(1), flush=True)
-    per_stage = pd.Series(plan.seconds).groupby(lambda k: k.split(":")[1]).sum() / 60
-    return {"runs": len(specs), "total_min": plan.total / 60, "per_stage_min": per_stage.round(2).to_dict(),
+    return {"runs": len(specs), "total_min": plan.total / 60, "per_stage_min": (plan.per_stage / 60).round(2).to_dict(),
             "speeds_img_s": {f"{k[0]}@{k[1]}px": {"train": v.train_ips, "inference": v.infer_ips}
                              for k, v in plan.speeds.items()}}
 

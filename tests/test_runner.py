@@ -237,21 +237,20 @@ def test_timing_stages_and_their_dependants_run_exclusively(tmp_path):
 
 def test_kernels_started_by_a_dask_worker_do_not_inherit_its_malloc_trim_threshold(monkeypatch):
     """Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for its workers; a training kernel that inherits it
-    mmaps and unmaps every tensor (about 2x slower epochs), so the runner starts kernels without it."""
+    mmaps and unmaps every tensor (about 2x slower epochs), so the runner's kernels start without it."""
     import nbclient
     import nbformat
+    from jupyter_client.manager import AsyncKernelManager
 
-    from edgekd.kernels import ipc_kernel_manager, kernel_environment
+    from edgekd.kernels import ipc_kernel_manager
 
-    def kernel_sees() -> str:
+    def kernel_sees(manager: type) -> str:
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
             "import os; print(os.environ.get('MALLOC_TRIM_THRESHOLD_', 'unset'))")])
-        nbclient.NotebookClient(nb, kernel_name="python3", kernel_manager_class=ipc_kernel_manager(),
-                                timeout=120).execute()
+        nbclient.NotebookClient(nb, kernel_name="python3", kernel_manager_class=manager, timeout=120).execute()
         return nb.cells[0].outputs[0]["text"].strip()
 
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
-    assert kernel_sees() == "65536"  # what a kernel started by a Dask worker inherits otherwise
-    with kernel_environment():
-        assert kernel_sees() == "unset"
-    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # the worker's own environment is restored
+    assert kernel_sees(AsyncKernelManager) == "65536"  # what a kernel started by a Dask worker inherits otherwise
+    assert kernel_sees(ipc_kernel_manager()) == "unset"
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # the worker's own environment is untouched

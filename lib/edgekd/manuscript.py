@@ -69,8 +69,7 @@ def gpu() -> Source | None:
     if not (folder / "gpu_latency.csv").exists():
         return None
     env = json.loads((folder / "environment.json").read_text()) if (folder / "environment.json").exists() else {}
-    plan = json.loads((folder / "paper_plan.json").read_text()) if (folder / "paper_plan.json").exists() else {}
-    return Source("gpu", folder, "published", plan, env)
+    return Source("gpu", folder, "published", {}, env)
 
 
 def gpu_paragraph(src: Source) -> str:
@@ -93,7 +92,7 @@ def gpu_latency(src: Source) -> str:
     of eager PyTorch in FP32 and under FP16 autocast, batch 1 and 32 (``gpu_latency.csv``)."""
     df = src.csv("gpu_latency.csv")
     wide = df.pivot_table(index=["profile", "arch", "size", "batch"], columns="precision",
-                          values=["p50_ms", "p99_ms", "timed_calls"], aggfunc="first", sort=False)
+                          values=["p50_ms", "p99_ms"], aggfunc="first", sort=False)
     wide.columns = [f"{stat}_{prec}" for stat, prec in wide.columns]
     wide = wide.reset_index()
     calls = int(df["timed_calls"].min())

@@ -166,6 +166,11 @@ class Plan:
         return KERNEL_OVERHEAD_S
 
     @property
+    def per_stage(self) -> pd.Series:
+        """Planned seconds per stage (the part of each run key after ':')."""
+        return pd.Series(self.seconds, dtype=float).groupby(lambda k: k.split(":")[1]).sum()
+
+    @property
     def total(self) -> float:
         return float(sum(self.seconds.values()))
 
@@ -178,8 +183,7 @@ class Plan:
         lines = [f"[plan] {len(self.specs)} run(s) to execute; training speed measured on this machine:"]
         for (arch, size, *_), sp in self.speeds.items():
             lines.append(f"[plan]   {arch:<16} {size:>3} px: train {sp.train_ips:7.1f} img/s, inference {sp.infer_ips:7.1f} img/s")
-        per_stage = pd.Series({k: v for k, v in self.seconds.items()}).groupby(lambda k: k.split(":")[1]).sum()
-        for stage, seconds in per_stage.items():
+        for stage, seconds in self.per_stage.items():
             lines.append(f"[plan]   {stage:<11} ~{seconds / 60:6.1f} min")
         lines.append(f"[plan] estimated total ~{self.total / 60:.0f} min of work (training speed of the first seconds; "
                      "other stages roughly)" + (f", about {self.total / 60 / workers:.0f} min on {workers} parallel workers"

@@ -42,7 +42,7 @@ import yaml
 from edgekd import data as D
 from edgekd import info, provenance, publish
 from edgekd.files import atomic_write, clear_results
-from edgekd.kernels import ipc_kernel_manager, kernel_environment
+from edgekd.kernels import ipc_kernel_manager
 from edgekd.models import check_arch
 from edgekd.train import KDConfig, TrainConfig
 
@@ -527,12 +527,11 @@ def execute(spec: RunSpec, log=print) -> float:
     clear_owned(spec)
     spec.stage_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    with kernel_environment():
-        pm.execute_notebook(
-            str(spec.notebook), str(spec.output_notebook), parameters=spec.parameters,
-            cwd=str(spec.notebooks_dir), progress_bar=False, kernel_name="python3",
-            kernel_manager_class=ipc_kernel_manager(),
-        )
+    pm.execute_notebook(
+        str(spec.notebook), str(spec.output_notebook), parameters=spec.parameters,
+        cwd=str(spec.notebooks_dir), progress_bar=False, kernel_name="python3",
+        kernel_manager_class=ipc_kernel_manager(),
+    )
     wall = time.time() - t0
     mark = {"digest": None, "components": spec.components(), "wall_time_s": wall,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
