@@ -162,6 +162,40 @@ def test_gpu_benchmark_table_and_paragraph_come_from_its_csv(tmp_path, monkeypat
     assert "| ResNet-18 | 64 | 32 | 1.50 | 2.00 | 1.20 | 1.60 |" in table.splitlines()
 
 
+def test_kd_power_paragraph_and_table_come_from_its_tables(tmp_path, monkeypatch):
+    monkeypatch.setenv(publish.RESULTS_ENV, str(tmp_path))
+    assert MS.kd_power() is None  # no study committed: the paper says so instead
+    folder = tmp_path / "studies" / "kd_power"
+    folder.mkdir(parents=True)
+
+    def pair(student: str, setting: str, d: float, low: float, high: float) -> dict:
+        return {"student": student, "setting": setting, "pairs": 4, "d_macro_f1": d, "d_macro_f1_low": low,
+                "d_macro_f1_high": high, "d_balanced_accuracy": d, "d_balanced_accuracy_low": low,
+                "d_balanced_accuracy_high": high, "mcnemar_p": 0.01}
+
+    pd.DataFrame([pair("A", "kd_t2", 0.05, 0.01, 0.09), pair("A", "nokd16", 0.08, 0.02, 0.1),
+                  pair("B", "kd_t2", 0.02, -0.01, 0.05), pair("B", "nokd16", 0.01, -0.02, 0.04)]
+                 ).to_csv(folder / "paired.csv", index=False)
+    pd.DataFrame([pair("A", "kd_t2", -0.03, -0.05, -0.01), pair("B", "kd_t2", 0.01, -0.02, 0.04)]
+                 ).to_csv(folder / "paired_vs_nokd16.csv", index=False)
+    runs = [{"kind": "teacher:t2", "arch": "resnet50", "epochs": 16, "val_macro_f1": 0.55, "test_macro_f1": 0.57},
+            {"kind": "teacher:t1", "arch": "resnet50", "epochs": 16, "val_macro_f1": 0.60, "test_macro_f1": 0.61}]
+    runs += [{"kind": f"student:{k}", "arch": "resnet18", "epochs": e, "val_macro_f1": 0.5, "test_macro_f1": f}
+             for k, e, f in (("nokd", 8, 0.50), ("nokd16", 16, 0.58), ("nokd16", 16, 0.56))]
+    pd.DataFrame(runs).to_csv(folder / "runs.csv", index=False)
+    (folder / "provenance.json").write_text(json.dumps({"strong_teacher": "t1", "machine": {"gpu": "Some GPU"}}))
+    text = MS.kd_power_paragraph(MS.kd_power())
+    assert "(Some GPU;" in text and "3 student runs, 4 seeds per setting" in text
+    assert "same 8 epochs for 1 of 2 students" in text  # only A's interval lies above 0
+    assert "gains more on average for 1 of 2 students (1 of 2 intervals above 0)" in text
+    assert "below it for 1 of 2 students and above for 0: much of KD's gain" in text
+    assert "validation macro-F1 t2 0.550, t1 0.600: the best on validation (t1) is +0.050" in text
+    assert "(0.610) against 0.570 for a no-KD ResNet-18 trained 16 epochs" in text
+    table = MS.kd_power_table(MS.kd_power())
+    assert len([line for line in table.splitlines() if line.startswith("| A ")]) == 3 and "nan" not in table
+    assert "| B | KD, the profile's teacher | no KD, 2× epochs | 4 |" in table
+
+
 # ----------------------------------------------------------------------------- qmd and the browser check
 
 
