@@ -9,7 +9,8 @@ trained with the pipeline's own :func:`edgekd.train.train_run` on the recipe of 
   profile's epochs and with twice as many. The strongest on VALIDATION macro-F1 is the "strong" teacher.
 * Every student on seeds ``0..n-1``: ``nokd`` (the profile's no-KD run), ``nokd16`` (the same for twice the
   epochs: a simple stronger baseline, and a measure of under-training), ``kd_t2`` (the profile's ``kd``
-  setting from the profile's teacher) and ``kd_strong`` (the same setting from the strong teacher).
+  setting from the profile's teacher) and ``kd_strong`` (the same setting from the strong teacher); on request
+  ``kd16`` (``kd_t2`` for twice the epochs, to compare with ``nokd16`` at the same budget).
 
 Each run writes ``eval/metrics.csv`` (:func:`edgekd.evaluation.metrics_table`), so the paired comparison is
 :func:`edgekd.reporting.paired_kd`, the paper's own: same seed, same initialisation and data order, t-interval
@@ -48,8 +49,10 @@ PROFILE_TEACHER = "t2"
 #: the student settings: (KD setting of the profile or None, teacher variant or "strong", epoch factor)
 SETTINGS: dict[str, tuple[str | None, str | None, int]] = {
     "nokd": (None, None, 1), "nokd16": (None, None, 2), "kd_t2": ("kd", PROFILE_TEACHER, 1),
-    "kd_strong": ("kd", "strong", 1),
+    "kd_strong": ("kd", "strong", 1), "kd16": ("kd", PROFILE_TEACHER, 2),
 }
+#: what a plain run trains (``kd16``, KD for twice the epochs, is asked for with ``--settings``)
+DEFAULT_SETTINGS = ("nokd", "nokd16", "kd_t2", "kd_strong")
 #: the settings each pairing compares with (``edgekd.reporting.paired_kd`` pairs every setting with ``nokd``)
 LONG_BASELINE = "nokd16"
 
@@ -99,20 +102,24 @@ def job(run_dir: str, arch: str, seed: int, data: dict, train: dict, kd: dict | 
 class Study:
     """The queue of runs, released seed by seed as their teachers finish."""
 
-    def __init__(self, root: Path, profile: dict, seeds: int, threads: int, quick: bool, n_resamples: int) -> None:
+    def __init__(self, root: Path, profile: dict, seeds: int, threads: int, quick: bool, n_resamples: int,
+                 archs: list[str] | None = None, settings: tuple[str, ...] = DEFAULT_SETTINGS,
+                 teachers: tuple[str, ...] = tuple(TEACHERS)) -> None:
         self.root, self.n_resamples = root, n_resamples
         self.data, teacher, per_arch, self.kd = recipes(profile, quick)
         self.t_arch = profile["teacher"]["arch"]
         self.teachers = {}
-        for name, over in TEACHERS.items():
-            over = dict(over)
+        for name in teachers:
+            over = dict(TEACHERS[name])
             factor = over.pop("epoch_factor", 1)
             self.teachers[name] = {**teacher, **over, "epochs": teacher["epochs"] * factor, "threads": threads,
                                    "collapse": "warn", "progress": False}
         self.students = []  # seed-major: partial results are whole pairs
         for seed in range(seeds):
-            for arch, train in per_arch.items():
-                for setting, (kd_name, teacher_name, factor) in SETTINGS.items():
+            for arch in archs or per_arch:
+                train = per_arch[arch]
+                for setting in settings:
+                    kd_name, teacher_name, factor = SETTINGS[setting]
                     cfg = {**train, "epochs": train["epochs"] * factor, "threads": threads, "collapse": "warn",
                            "progress": False}
                     self.students.append((setting, arch, seed, cfg, kd_name, teacher_name))
@@ -210,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline-s", type=float, default=420, help="start no run after this many seconds from the start")
     ap.add_argument("--n-resamples", type=int, default=200, help="bootstrap resamples of each run's metrics table")
     ap.add_argument("--commit", default=None, help="git commit of this code (where the copy has no .git)")
+    ap.add_argument("--archs", nargs="+", default=None, help="students to train (default: the profile's)")
+    ap.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=list(SETTINGS),
+                    help="student settings to train")
+    ap.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=list(TEACHERS),
+                    help=f"teacher variants to train ({PROFILE_TEACHER} is the profile's)")
     ap.add_argument("--quick", action="store_true", help="28 px, 600 train images, 1 epoch: checks the path on a CPU")
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -224,7 +236,14 @@ def main(argv: list[str] | None = None) -> int:
         logfile.flush()
 
     profile = yaml.safe_load((info.REPO_ROOT / "params" / f"{args.profile}.yaml").read_text())
-    study = Study(root, profile, args.seeds, args.threads, args.quick, args.n_resamples)
+    unknown = set(args.archs or []) - set(profile["students"]["archs"])
+    if unknown:
+        ap.error(f"--archs {sorted(unknown)} are not students of params/{args.profile}.yaml")
+    needed = {SETTINGS[s][1] for s in args.settings} - {None, "strong"}
+    if needed - set(args.teachers) or ("kd_strong" in args.settings and not args.teachers):
+        ap.error(f"--settings {args.settings} need the teachers {sorted(needed)}; --teachers gives {args.teachers}")
+    study = Study(root, profile, args.seeds, args.threads, args.quick, args.n_resamples, args.archs,
+                  tuple(args.settings), tuple(args.teachers))
     tick = time.time()
     D.load(D.DataConfig(**study.data))  # build the offline cache once, before the workers read it
     log(f"data ready in {time.time() - tick:.0f}s; {len(study.teachers)} teachers, {len(study.students)} student runs, "
