@@ -190,9 +190,15 @@ def test_kd_power_paragraph_and_table_come_from_its_tables(tmp_path, monkeypatch
     assert "gains more on average for 1 of 2 students (1 of 2 intervals above 0)" in text
     assert "below it for 1 of 2 students and above for 0: much of KD's gain" in text
     assert "validation macro-F1 t2 0.550, t1 0.600: the best on validation (t1) is +0.050" in text
-    assert "(0.610) against 0.570 for a no-KD ResNet-18 trained 16 epochs" in text
+    assert "test macro-F1 is 0.610, against 0.570 for a no-KD ResNet-18 trained 16 epochs" in text
+    assert "At the same budget" not in text  # no run of KD for twice the epochs yet
+    (folder / "kd16").mkdir()
+    pd.DataFrame([pair("A", "kd16", -0.001, -0.02, 0.015)]).to_csv(folder / "kd16" / "paired_vs_nokd16.csv", index=False)
+    text = MS.kd_power_paragraph(MS.kd_power())
+    assert "At the same budget, KD for twice the epochs against no KD for twice the epochs: A Δ macro-F1 -0.001 " \
+           "[-0.020, +0.015] over 4 seeds" in text
     table = MS.kd_power_table(MS.kd_power())
-    assert len([line for line in table.splitlines() if line.startswith("| A ")]) == 3 and "nan" not in table
+    assert len([line for line in table.splitlines() if line.startswith("| A ")]) == 4 and "nan" not in table
     assert "| B | KD, the profile's teacher | no KD, 2× epochs | 4 |" in table
 
 
