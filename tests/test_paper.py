@@ -197,6 +197,9 @@ def test_kd_power_paragraph_and_table_come_from_its_tables(tmp_path, monkeypatch
     text = MS.kd_power_paragraph(MS.kd_power())
     assert "At the same budget, KD for twice the epochs against no KD for twice the epochs: A Δ macro-F1 -0.001 " \
            "[-0.020, +0.015] over 4 seeds" in text
+    assert MS.kd_power_sentence(MS.kd_power()) == (
+        "A GPU study with 4 seeds per setting finds KD above no KD at the same epochs for 1 of 2 students, but below "
+        "a no-KD student trained twice as long for 1 of 2 (above it for 0).")
     table = MS.kd_power_table(MS.kd_power())
     assert len([line for line in table.splitlines() if line.startswith("| A ")]) == 4 and "nan" not in table
     assert "| B | KD, the profile's teacher | no KD, 2× epochs | 4 |" in table

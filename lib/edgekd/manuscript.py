@@ -131,6 +131,29 @@ def _kd_power_pairs(src: Source) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _above(rows: pd.DataFrame) -> int:
+    return int((rows["d_macro_f1_low"] > 0).sum())
+
+
+def _below(rows: pd.DataFrame) -> int:
+    return int((rows["d_macro_f1_high"] < 0).sum())
+
+
+def _pairs_range(df: pd.DataFrame) -> str:
+    low, high = int(df["pairs"].min()), int(df["pairs"].max())
+    return f"{low}–{high}" if low != high else str(low)
+
+
+def kd_power_sentence(src: Source) -> str:
+    """One sentence for the abstract: the GPU study's KD gain at equal epochs and against a longer no-KD baseline."""
+    df = _kd_power_pairs(src)
+    short = df[(df["against"] == "no KD") & (df["setting"] == "kd_t2")]
+    vs_long = df[(df["against"] != "no KD") & (df["setting"] == "kd_t2")]
+    return (f"A GPU study with {_pairs_range(df)} seeds per setting finds KD above no KD at the same epochs for "
+            f"{_above(short)} of {len(short)} students, but below a no-KD student trained twice as long for "
+            f"{_below(vs_long)} of {len(vs_long)} (above it for {_above(vs_long)}).")
+
+
 def kd_power_paragraph(src: Source) -> str:
     """What the GPU study says, computed from its tables: KD against no KD at the same epochs, against a
     no-KD student trained twice as long, and how strong its teachers were (validation chooses, test reports)."""
@@ -144,12 +167,12 @@ def kd_power_paragraph(src: Source) -> str:
     n = short["student"].nunique()
 
     def count(rows: pd.DataFrame, side: str) -> int:
-        return int((rows["d_macro_f1_low"] > 0).sum() if side == "up" else (rows["d_macro_f1_high"] < 0).sum())
+        return _above(rows) if side == "up" else _below(rows)
 
     kd, longer = short[short["setting"] == "kd_t2"], short[short["setting"] == "nokd16"]
     vs_long = df[(df["against"] != "no KD") & (df["setting"] == "kd_t2")]
     bigger = int((longer.set_index("student")["d_macro_f1"] > kd.set_index("student")["d_macro_f1"]).sum())
-    pairs = f"{int(df['pairs'].min())}–{int(df['pairs'].max())}" if df["pairs"].nunique() > 1 else str(int(df["pairs"].iloc[0]))
+    pairs = _pairs_range(df)
     r18_long = students[(students["arch"] == "resnet18") & (students["kind"] == "student:nokd16")]["test_macro_f1"].mean()
     strong = src.provenance.get("strong_teacher") or PROFILE_TEACHER
     reading = (": much of KD's gain here stands in for training the students longer"
