@@ -30,7 +30,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +187,8 @@ def run_study(study: Study, workers: int, deadline: float, log) -> None:
     if study.students and time.time() >= deadline:
         log(f"deadline: {len(study.students)} student runs never started")
     pool.shutdown(wait=False, cancel_futures=True)
+    for child in active_children():  # runs abandoned in flight would hold the console open until killed
+        child.terminate()
 
 
 def tables(root: Path, rows: list[dict]) -> dict[str, pd.DataFrame]:
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "provenance.json").write_text(json.dumps(prov, indent=2, default=str) + "\n")
     log(f"done in {time.time() - t0:.0f}s")
     logfile.close()
-    os._exit(0)  # runs abandoned at the deadline must not keep the interpreter alive
+    os._exit(0)  # no interpreter shutdown: it would wait on the pool's management thread
 
 
 if __name__ == "__main__":
