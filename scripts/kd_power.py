@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from scipy.special import softmax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
@@ -53,7 +54,7 @@ SETTINGS: dict[str, tuple[str | None, str | None, int]] = {
 }
 #: what a plain run trains (``kd16``, KD for twice the epochs, is asked for with ``--settings``)
 DEFAULT_SETTINGS = ("nokd", "nokd16", "kd_t2", "kd_strong")
-#: the settings each pairing compares with (``edgekd.reporting.paired_kd`` pairs every setting with ``nokd``)
+#: the second baseline (``edgekd.reporting.paired_kd`` pairs every setting with ``nokd``; a second pairing uses this)
 LONG_BASELINE = "nokd16"
 
 
@@ -88,8 +89,7 @@ def job(run_dir: str, arch: str, seed: int, data: dict, train: dict, kd: dict | 
         m = T.train_run(run_dir, arch, seed, cfg, T.TrainConfig(**train), T.KDConfig(**kd) if kd else None, teacher_dir)
         with np.load(Path(run_dir) / "predictions.npz") as z:
             logits, y = z["test_logits"], z["test_labels"]
-        probs = np.exp(logits - logits.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
+        probs = softmax(logits, axis=1)
         (Path(run_dir) / "eval").mkdir(exist_ok=True)
         metrics_table(y, probs, n_resamples, 0).to_csv(Path(run_dir) / "eval" / "metrics.csv", index=False)
         return {"ok": True, "val_macro_f1": m["val_macro_f1"], "test_macro_f1": m["test_macro_f1"],
@@ -123,7 +123,8 @@ class Study:
                     cfg = {**train, "epochs": train["epochs"] * factor, "threads": threads, "collapse": "warn",
                            "progress": False}
                     self.students.append((setting, arch, seed, cfg, kd_name, teacher_name))
-        self.done_teachers: dict[str, float] = {}  # variant -> val macro-F1
+        self.done_teachers: dict[str, float] = {}  # variant -> val macro-F1 (-1 if collapsed)
+        self.failed_teachers: set[str] = set()
         self.strong: str | None = None
         self.rows: list[dict] = []
 
@@ -157,8 +158,18 @@ class Study:
             log(result["error"])
         if label.startswith("teacher:"):
             name = label.split(":", 1)[1]
-            self.done_teachers[name] = result["val_macro_f1"] if result["ok"] and not result["collapsed"] else -1.0
-            if len(self.done_teachers) == len(self.teachers):
+            if not result["ok"]:  # nothing is distilled from a failed teacher (a collapsed one is flagged in runs.csv)
+                before = len(self.students)
+                self.students = [s for s in self.students if s[5] != name]
+                log(f"teacher {name} failed: {before - len(self.students)} of its students dropped")
+                self.failed_teachers.add(name)
+            else:
+                self.done_teachers[name] = result["val_macro_f1"] if not result["collapsed"] else -1.0
+            if len(self.done_teachers) + len(self.failed_teachers) < len(self.teachers):
+                return
+            if not self.done_teachers:
+                self.students = [s for s in self.students if s[5] != "strong"]
+            else:
                 self.strong = max(self.done_teachers, key=self.done_teachers.get)
                 log(f"strong teacher (best val macro-F1): {self.strong} {self.done_teachers[self.strong]:.3f}")
 
@@ -227,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="28 px, 600 train images, 1 epoch: checks the path on a CPU")
     args = ap.parse_args(argv)
     t0 = time.time()
+    profile = yaml.safe_load((info.REPO_ROOT / "params" / f"{args.profile}.yaml").read_text())
+    unknown = set(args.archs or []) - set(profile["students"]["archs"])
+    if unknown:
+        ap.error(f"--archs {sorted(unknown)} are not students of params/{args.profile}.yaml")
+    needed = {SETTINGS[s][1] for s in args.settings} - {None, "strong"}
+    if needed - set(args.teachers) or ("kd_strong" in args.settings and not args.teachers):
+        ap.error(f"--settings {args.settings} need the teachers {sorted(needed)}; --teachers gives {args.teachers}")
     args.out.mkdir(parents=True, exist_ok=True)
     root = args.runs or args.out / "runs"
     logfile = (args.out / "log.txt").open("a")
@@ -237,13 +255,6 @@ def main(argv: list[str] | None = None) -> int:
         logfile.write(line + "\n")
         logfile.flush()
 
-    profile = yaml.safe_load((info.REPO_ROOT / "params" / f"{args.profile}.yaml").read_text())
-    unknown = set(args.archs or []) - set(profile["students"]["archs"])
-    if unknown:
-        ap.error(f"--archs {sorted(unknown)} are not students of params/{args.profile}.yaml")
-    needed = {SETTINGS[s][1] for s in args.settings} - {None, "strong"}
-    if needed - set(args.teachers) or ("kd_strong" in args.settings and not args.teachers):
-        ap.error(f"--settings {args.settings} need the teachers {sorted(needed)}; --teachers gives {args.teachers}")
     study = Study(root, profile, args.seeds, args.threads, args.quick, args.n_resamples, args.archs,
                   tuple(args.settings), tuple(args.teachers))
     tick = time.time()
