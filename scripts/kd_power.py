@@ -35,13 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy.special import softmax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from edgekd import data as D  # noqa: E402
-from edgekd import info, provenance, reporting  # noqa: E402
+from edgekd import info, provenance, reporting, runner  # noqa: E402
 from edgekd.evaluation import metrics_table  # noqa: E402
 
 #: teacher variant -> train overrides on the profile's teacher recipe (``epochs`` as a multiple of the profile's)
@@ -59,23 +58,20 @@ LONG_BASELINE = "nokd16"
 
 
 def recipes(profile: dict, quick: bool) -> tuple[dict, dict, dict, dict]:
-    """Data config, teacher train config, per-arch student train configs and the KD settings of ``profile``
-    (the runner's merge order: profile train, then the role's and the arch's overrides)."""
-    data = {**profile["data"], "cache_dir": None}
+    """Data config, teacher train config, per-arch student train configs (those of the no-KD setting) and the
+    KD settings of ``profile``, exactly as :func:`edgekd.runner.expand` builds them for the official split."""
+    specs = [s for s in runner.expand(profile, info.outputs_dir()) if s.parameters.get("data", {}).get("split") == "official"]
+    teacher = next(s.parameters for s in specs if s.stage == "teacher")
+    students = [s for s in specs if s.stage == "student"]
+    per_arch = {s.parameters["arch"]: dict(s.parameters["train"]) for s in students if s.setting == reporting.BASELINE}
+    kd = {s.setting: s.parameters["kd"] for s in students}
+    data, teacher_train = dict(teacher["data"]), dict(teacher["train"])
     if quick:
         data |= {"size": 28, "subset": {"train": 600, "val": 300, "test": 300}}
-    base = dict(profile.get("train") or {})
-    teacher = {**base, **(profile["teacher"].get("train") or {})}
-    students = profile["students"]
-    per_arch = {a: {**base, **(students.get("train") or {}), **(students.get("arch_train") or {}).get(a, {})}
-                for a in students["archs"]}
-    kd = {k["name"]: {f: v for f, v in k.items() if f not in ("name", "archs", "seeds", "train")}
-          for k in students.get("kd", [])}
-    if quick:
-        teacher["epochs"] = 1
+        teacher_train["epochs"] = 1
         for cfg in per_arch.values():
             cfg["epochs"] = 1
-    return data, teacher, per_arch, kd
+    return data, teacher_train, per_arch, kd
 
 
 def job(run_dir: str, arch: str, seed: int, data: dict, train: dict, kd: dict | None, teacher_dir: str | None,
@@ -238,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="28 px, 600 train images, 1 epoch: checks the path on a CPU")
     args = ap.parse_args(argv)
     t0 = time.time()
-    profile = yaml.safe_load((info.REPO_ROOT / "params" / f"{args.profile}.yaml").read_text())
+    profile = runner.load_profile(args.profile)
     unknown = set(args.archs or []) - set(profile["students"]["archs"])
     if unknown:
         ap.error(f"--archs {sorted(unknown)} are not students of params/{args.profile}.yaml")

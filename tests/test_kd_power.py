@@ -4,14 +4,13 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import yaml
 
-from edgekd import info
+from edgekd import info, runner
 
 SPEC = importlib.util.spec_from_file_location("kd_power", info.REPO_ROOT / "scripts" / "kd_power.py")
 KP = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(KP)
-PROFILE = yaml.safe_load((info.REPO_ROOT / "params" / "default.yaml").read_text())
+PROFILE = runner.load_profile("default")
 
 
 def result(ok: bool = True, f1: float = 0.5, collapsed: str | None = None) -> dict:

@@ -54,22 +54,24 @@ def locate(profile: str) -> Source:
                             f"(or `edgekd-publish {profile}` after a complete run)")
 
 
+def _committed(name: str, folder: str, table: str, about: str = "provenance.json") -> Source | None:
+    """A study committed under ``paper/results/<folder>`` when it holds ``table``, with ``about`` (JSON) as its
+    provenance; else None."""
+    path = publish.results_root() / folder
+    if not (path / table).exists():
+        return None
+    prov = json.loads((path / about).read_text()) if (path / about).exists() else {}
+    return Source(name, path, "published", {}, prov)
+
+
 def studies() -> Source | None:
     """The committed development studies (``paper/results/studies/``, written by ``scripts/studies.py``), if any."""
-    folder = publish.results_root() / "studies"
-    if not (folder / "teacher_levers.csv").exists():
-        return None
-    prov = json.loads((folder / "provenance.json").read_text()) if (folder / "provenance.json").exists() else {}
-    return Source("studies", folder, "published", {}, prov)
+    return _committed("studies", "studies", "teacher_levers.csv")
 
 
 def gpu() -> Source | None:
     """The committed GPU benchmark (``paper/results/gpu/``, written by ``scripts/gpu_bench.py``), if any."""
-    folder = publish.results_root() / "gpu"
-    if not (folder / "gpu_latency.csv").exists():
-        return None
-    env = json.loads((folder / "environment.json").read_text()) if (folder / "environment.json").exists() else {}
-    return Source("gpu", folder, "published", {}, env)
+    return _committed("gpu", "gpu", "gpu_latency.csv", "environment.json")
 
 
 def gpu_paragraph(src: Source) -> str:
@@ -109,11 +111,7 @@ def gpu_latency(src: Source) -> str:
 
 def kd_power() -> Source | None:
     """The committed GPU study of KD's power (``paper/results/studies/kd_power/``, ``scripts/kd_power.py``), if any."""
-    folder = publish.results_root() / "studies" / "kd_power"
-    if not (folder / "paired.csv").exists():
-        return None
-    prov = json.loads((folder / "provenance.json").read_text()) if (folder / "provenance.json").exists() else {}
-    return Source("kd_power", folder, "published", {}, prov)
+    return _committed("kd_power", "studies/kd_power", "paired.csv")
 
 
 #: the teacher variant of ``scripts/kd_power.py`` trained with the profile's own recipe (its ``PROFILE_TEACHER``)
@@ -166,9 +164,6 @@ def kd_power_paragraph(src: Source) -> str:
     short = df[df["against"] == "no KD"]
     n = short["student"].nunique()
 
-    def count(rows: pd.DataFrame, side: str) -> int:
-        return _above(rows) if side == "up" else _below(rows)
-
     kd, longer = short[short["setting"] == "kd_t2"], short[short["setting"] == "nokd16"]
     vs_long = df[(df["against"] != "no KD") & (df["setting"] == "kd_t2")]
     bigger = int((longer.set_index("student")["d_macro_f1"] > kd.set_index("student")["d_macro_f1"]).sum())
@@ -176,7 +171,7 @@ def kd_power_paragraph(src: Source) -> str:
     r18_long = students[(students["arch"] == "resnet18") & (students["kind"] == "student:nokd16")]["test_macro_f1"].mean()
     strong = src.provenance.get("strong_teacher") or PROFILE_TEACHER
     reading = (": much of KD's gain here stands in for training the students longer"
-               if count(vs_long, "down") and not count(vs_long, "up") else "")
+               if _below(vs_long) and not _above(vs_long) else "")
     same = df[df["setting"] == "kd16"]
     if len(same):
         reading += (". At the same budget, KD for twice the epochs against no KD for twice the epochs: "
@@ -189,11 +184,11 @@ def kd_power_paragraph(src: Source) -> str:
         f"**Could this setup have shown a gain?** A larger study on a borrowed GPU ({machine.get('gpu', 'GPU')}; "
         f"`scripts/kd_power.py`, the pipeline's own training and pairing code on the default recipe at 64 px) trained "
         f"{len(students)} student runs, {pairs} seeds per setting. With the profile's teacher, KD beats the no-KD student at the "
-        f"same {epochs} epochs for {count(kd, 'up')} of {n} students (Δ macro-F1 interval above 0). But training the "
+        f"same {epochs} epochs for {_above(kd)} of {n} students (Δ macro-F1 interval above 0). But training the "
         f"no-KD student for twice the epochs gains more on average for {bigger} of {n} students "
-        f"({count(longer, 'up')} of {n} intervals above 0), and against "
-        f"that longer baseline KD at {epochs} epochs is below it for {count(vs_long, 'down')} of {n} students and above "
-        f"for {count(vs_long, 'up')}{reading}. ResNet-50 teachers with a stride-2 (t2, the profile's) and a "
+        f"({_above(longer)} of {n} intervals above 0), and against "
+        f"that longer baseline KD at {epochs} epochs is below it for {_below(vs_long)} of {n} students and above "
+        f"for {_above(vs_long)}{reading}. ResNet-50 teachers with a stride-2 (t2, the profile's) and a "
         f"stride-1 stem (t1; t1long with twice the epochs) reached validation macro-F1 {tv}: the best on validation "
         f"({strong}) is {signed(gain)} over the profile's, and its test macro-F1 is "
         f"{num(teachers.loc[strong, 'test_macro_f1'])}, against {num(r18_long)} for a no-KD ResNet-18 trained "
