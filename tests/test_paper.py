@@ -115,6 +115,54 @@ def test_collapsed_runs_enter_no_mean_and_best_student_is_by_macro_f1(profile):
     assert R.best_student(perf)["model"] == "student-resnet18-kd"
 
 
+def test_best_student_is_never_a_one_seed_ablation_and_distilled_excludes_no_kd(profile):
+    root, _, _ = profile
+    runs = R.discover(root)
+    valid = runs[runs["valid"]]
+    perf = R.performance_table(valid, R.seed_metrics(valid))
+    one_seed = perf[perf["model"] == "student-resnet18-kd"].assign(model="student-resnet18-lskd", label="ResNet-18 · lskd",
+                                                                   seeds=1, macro_f1=0.99)
+    perf = pd.concat([perf, one_seed], ignore_index=True)
+    assert R.best_student(perf)["model"] == "student-resnet18-kd"  # 3 seeds beat a 1-seed 0.99
+    perf.loc[perf["model"] == "student-resnet18-nokd", ["seeds", "macro_f1"]] = (3, 0.98)
+    assert R.best_student(perf)["model"] == "student-resnet18-nokd"
+    assert R.best_student(perf, distilled=True)["model"] == "student-resnet18-kd"
+
+
+def test_targets_table_measures_each_target_on_the_right_model():
+    perf = pd.DataFrame([
+        {"model": "teacher-resnet50", "label": "T", "role": "teacher", "split": "official", "seeds": 1,
+         "accuracy": 0.81, "macro_f1": 0.60},
+        {"model": "teacher-resnet50-lesion", "label": "T (lesion)", "role": "teacher", "split": "lesion", "seeds": 1,
+         "accuracy": 0.99, "macro_f1": 0.99},
+        {"model": "student-a-nokd", "label": "A · no KD", "role": "student", "split": "official", "seeds": 3,
+         "accuracy": 0.90, "macro_f1": 0.70},
+        {"model": "student-a-kd", "label": "A · kd", "role": "student", "split": "official", "seeds": 3,
+         "accuracy": 0.80, "macro_f1": 0.63},
+        {"model": "student-a-dkd", "label": "A · dkd", "role": "student", "split": "official", "seeds": 1,
+         "accuracy": 0.95, "macro_f1": 0.90},
+        {"model": "student-b-kd", "label": "B · kd", "role": "student", "split": "official", "seeds": 3,
+         "accuracy": 0.70, "macro_f1": 0.54}])
+    paired = pd.DataFrame([
+        {"arch": a, "split": "official", "setting": s, "d_macro_f1": d, "d_macro_f1_low": low}
+        for a, s, d, low in (("a", "kd", 0.02, 0.01), ("b", "kd", 0.01, -0.01), ("c", "kd", 0.03, 0.02),
+                             ("a", "dkd", 0.05, 0.02), ("b", "dkd", 0.04, -0.001))]
+        + [{"arch": "a", "split": "lesion", "setting": "lskd", "d_macro_f1": 0.5, "d_macro_f1_low": 0.4}])
+    t = R.targets_table(perf, paired).set_index("target")
+    assert list(t.index) == list(R.TARGETS)
+    assert (t.loc["teacher_accuracy", "value"], t.loc["teacher_accuracy", "met"]) == (0.81, True)
+    assert (t.loc["teacher_macro_f1", "value"], t.loc["teacher_macro_f1", "met"]) == (0.60, False)
+    assert (t.loc["every_student_macro_f1", "model"], t.loc["every_student_macro_f1", "met"]) == ("B · kd", False)
+    # the best distilled student: not the no-KD baseline (0.70), not the 1-seed dkd (0.90)
+    assert (t.loc["distilled_macro_f1", "model"], t.loc["distilled_macro_f1", "value"]) == ("A · kd", 0.63)
+    assert t.loc["distilled_macro_f1", "met"] and t.loc["distilled_accuracy", "met"]  # 0.80 >= 0.80
+    kd = t.loc["kd_students_above_zero"]
+    assert (kd["model"], kd["count"], kd["of"], kd["met"]) == ("kd", 2, 3, True)  # kd: a and c above 0; dkd: only a
+    paired.loc[4, "d_macro_f1_low"] = 0.001  # now dkd has 2 too, with the larger mean Δ
+    assert R.targets_table(perf, paired).set_index("target").loc["kd_students_above_zero", "model"] == "dkd"
+    assert not R.targets_table(perf, paired.iloc[:0]).set_index("target").loc["kd_students_above_zero", "met"]
+
+
 def test_intervals_respect_the_metric_range():
     clipped = R.seed_interval([0.97, 0.99, 1.0], (0.0, 1.0))
     assert clipped["clipped"] and clipped["ci_high"] == 1.0 and clipped["ci_low"] < clipped["mean"]
@@ -287,6 +335,9 @@ def test_smoke_paper_numbers_and_exclusions_come_from_outputs(rendered, smoke_ou
         assert not gone & set(perf["model"])  # a model whose every run collapsed is in no table
     if numbers["best_student"]:
         assert f"{numbers['best_student_macro_f1']:.3f}" in html
+    assert f"meets {numbers['targets_met']} of the study’s {numbers['targets']} targets" in html
+    targets = pd.read_csv(agg / "targets.csv")
+    assert html.count("Why each missed one was missed") == int(not targets["met"].all())
 
 
 def test_smoke_paper_cites_its_references(rendered):

@@ -414,10 +414,67 @@ def operating_summary(runs: pd.DataFrame) -> pd.DataFrame:
     return df[df["split"] == "test"].groupby(["model", "label", "rule"], sort=False)[cols].mean().reset_index()
 
 
-def best_student(perf: pd.DataFrame) -> pd.Series | None:
-    """The official-split student with the highest mean test macro-F1 (the selection metric)."""
+def _fully_seeded(students: pd.DataFrame) -> pd.DataFrame:
+    """The rows with the most seeds: a one-seed ablation is not compared with the 3-seed means."""
+    return students[students["seeds"] == students["seeds"].max()]
+
+
+def best_student(perf: pd.DataFrame, distilled: bool = False) -> pd.Series | None:
+    """The official-split student with the highest mean test macro-F1 (the selection metric), among those
+    run with the most seeds; with ``distilled``, among the KD settings only (not the no-KD baselines)."""
     students = perf[(perf["role"] == "student") & (perf["split"] != LESION_MARK)]
+    if distilled:
+        students = students[~students["model"].str.endswith(f"-{BASELINE}")]
+    students = _fully_seeded(students)
     return None if students.empty else students.loc[students["macro_f1"].idxmax()]
+
+
+#: The study's targets (3-seed means on the official test set), set before the runs: name -> (threshold, what).
+TARGETS: dict[str, tuple[float, str]] = {
+    "teacher_accuracy": (0.80, "teacher accuracy"),
+    "teacher_macro_f1": (0.62, "teacher macro-F1"),
+    "every_student_macro_f1": (0.55, "every student's macro-F1 (its lowest model)"),
+    "distilled_accuracy": (0.80, "best distilled student's accuracy"),
+    "distilled_macro_f1": (0.62, "best distilled student's macro-F1"),
+    "kd_students_above_zero": (2 / 3, "students whose paired Δ macro-F1 interval (KD − no KD) lies above 0, "
+                                      "under the best KD setting"),
+}
+
+
+def targets_table(perf: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
+    """Each of :data:`TARGETS` against what the runs reached: value, the model or setting it belongs to, met.
+
+    The KD row's value is the share of student archs whose interval lies above 0 under the KD setting with
+    the most such archs (ties: the larger mean Δ); ``count`` and ``of`` give the numbers behind it."""
+    official = perf[perf["split"] != LESION_MARK]
+    rows: list[dict] = []
+
+    def add(name: str, value: float | None, who: str | None, **extra) -> None:
+        threshold, what = TARGETS[name]
+        met = value is not None and np.isfinite(value) and value >= threshold - 1e-12
+        rows.append({"target": name, "what": what, "threshold": threshold, "value": value, "model": who,
+                     "met": bool(met), **extra})
+
+    teachers = official[official["role"] == "teacher"]
+    teacher = None if teachers.empty else teachers.loc[teachers["macro_f1"].idxmax()]
+    add("teacher_accuracy", None if teacher is None else teacher["accuracy"], None if teacher is None else teacher["label"])
+    add("teacher_macro_f1", None if teacher is None else teacher["macro_f1"], None if teacher is None else teacher["label"])
+    students = official[official["role"] == "student"]
+    worst = None if students.empty else students.loc[students["macro_f1"].idxmin()]
+    add("every_student_macro_f1", None if worst is None else worst["macro_f1"], None if worst is None else worst["label"])
+    best = best_student(perf, distilled=True)
+    add("distilled_accuracy", None if best is None else best["accuracy"], None if best is None else best["label"])
+    add("distilled_macro_f1", None if best is None else best["macro_f1"], None if best is None else best["label"])
+    kd = paired[paired["split"] != LESION_MARK] if len(paired) else paired
+    if len(kd):
+        archs = kd["arch"].nunique()
+        by = (kd.assign(above=kd["d_macro_f1_low"] > 0).groupby("setting", sort=False)
+              .agg(count=("above", "sum"), mean=("d_macro_f1", "mean")).sort_values(["count", "mean"], ascending=False))
+        setting, top = by.index[0], by.iloc[0]
+        add("kd_students_above_zero", int(top["count"]) / archs, setting, count=int(top["count"]), of=archs)
+    else:
+        add("kd_students_above_zero", None, None, count=0, of=0)
+    return pd.DataFrame(rows)
 
 
 def per_class_figure(runs: pd.DataFrame, models: list[str]) -> tuple[pd.DataFrame, Figure]:
@@ -767,7 +824,7 @@ NUMBERS: dict[str, str] = {
     "teacher_accuracy": "its mean test accuracy",
     "teacher_macro_f1": "its mean test macro-F1",
     "teacher_tta_views": "dihedral views its test predictions average over (1 = no test-time augmentation)",
-    "best_student": "label of the official-split student with the highest mean test macro-F1",
+    "best_student": "label of the official-split student with the highest mean test macro-F1, among those with the most seeds",
     "best_student_model": "its model key (run folder without -s<seed>)",
     "best_student_accuracy": "its mean test accuracy",
     "best_student_macro_f1": "its mean test macro-F1",
@@ -776,7 +833,7 @@ NUMBERS: dict[str, str] = {
     "kd_comparisons": "official-split (student arch, KD setting) pairs with a valid no-KD baseline",
     "kd_positive": "of those, how many have a paired Δ macro-F1 interval above 0",
     "kd_negative": "of those, how many have a paired Δ macro-F1 interval below 0",
-    "kd_best": "student and KD setting with the largest mean paired Δ macro-F1",
+    "kd_best": "student and KD setting with the largest mean paired Δ macro-F1, among those with the most pairs",
     "kd_best_delta_macro_f1": "its mean paired Δ macro-F1 (KD − no KD)",
     "kd_best_delta_low": "lower end of its t-interval across seeds",
     "kd_best_delta_high": "upper end",
@@ -789,11 +846,13 @@ NUMBERS: dict[str, str] = {
     "int8_speedup_eager_median": "median ORT INT8 speed-up over eager PyTorch FP32",
     "int8_reason": "why INT8 may miss the target on the aggregating machine, and what would help",
     "intervals_clipped": "across-seed intervals of the performance table clipped to [0, 1]",
+    "targets": "number of the study's targets (TARGETS)",
+    "targets_met": "of those, how many the runs meet",
 }
 
 
 def headline_numbers(profile: str, runs: pd.DataFrame, perf: pd.DataFrame, paired: pd.DataFrame,
-                     splits: pd.DataFrame, int8: pd.DataFrame | None, clipped: int) -> dict:
+                     splits: pd.DataFrame, int8: pd.DataFrame | None, clipped: int, targets: pd.DataFrame) -> dict:
     """The values of :data:`NUMBERS` (all computed, none typed)."""
     valid = runs[runs["valid"]]
     cfg = {r.role: json.loads((r.path / "run_config.json").read_text()) for r in runs[::-1].itertuples()}
@@ -801,7 +860,8 @@ def headline_numbers(profile: str, runs: pd.DataFrame, perf: pd.DataFrame, paire
     teacher = None if teachers.empty else teachers.loc[teachers["macro_f1"].idxmax()]
     best = best_student(perf)
     official = paired[paired["split"] != LESION_MARK] if len(paired) else paired
-    top = None if official.empty else official.loc[official["d_macro_f1"].idxmax()]
+    most = official[official["pairs"] == official["pairs"].max()] if len(official) else official
+    top = None if most.empty else most.loc[most["d_macro_f1"].idxmax()]
     out = {
         "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "profile": profile,
@@ -827,6 +887,7 @@ def headline_numbers(profile: str, runs: pd.DataFrame, perf: pd.DataFrame, paire
         "int8_speedup_eager_median": None if int8 is None else _float(int8["speedup_vs_eager"].median()),
         "int8_reason": int8_reason(cpu_int8_support()) if int8 is not None else None,
         "intervals_clipped": clipped,
+        "targets": len(targets), "targets_met": int(targets["met"].sum()),
     }
     if teacher is not None:
         views = runs[runs["model"] == teacher["model"]]["tta_views"].max()
@@ -874,10 +935,10 @@ def aggregate(profile_dir: Path, out_dir: Path) -> dict:
     res: dict = {"runs": runs.drop(columns="path"), "excluded_runs": excluded_runs(runs)}
     seeds = seed_metrics(valid) if len(valid) else pd.DataFrame(columns=["model", "label", "metric", "clipped"])
     perf = performance_table(valid, seeds) if len(valid) else pd.DataFrame(
-        columns=["model", "label", "role", "split", "macro_f1"])
+        columns=["model", "label", "role", "split", "seeds", "accuracy", "macro_f1"])
     paired, per_seed = paired_kd(runs)
     splits = split_comparison(valid, seeds) if len(valid) else pd.DataFrame()
-    res |= {"seed_metrics": seeds, "performance": perf}
+    res |= {"seed_metrics": seeds, "performance": perf, "targets": targets_table(perf, paired)}
     for name, table in (("paired_kd", paired), ("paired_kd_seeds", per_seed), ("kd_ablation", ablation_table(runs, paired)),
                         ("split_comparison", splits), ("teacher_recipe", teacher_recipe(runs))):
         if len(table):
@@ -923,7 +984,7 @@ def aggregate(profile_dir: Path, out_dir: Path) -> dict:
     for name, obj in res.items():
         _save(obj, out_dir, re.sub(r"_fig$", "", name))
     perf_clipped = int(seeds[seeds["metric"].isin(HEADLINE_METRICS)]["clipped"].sum()) if len(seeds) else 0
-    res["numbers"] = headline_numbers(profile_dir.name, runs, perf, paired, splits, int8, perf_clipped)
+    res["numbers"] = headline_numbers(profile_dir.name, runs, perf, paired, splits, int8, perf_clipped, res["targets"])
     (out_dir / "numbers.json").write_text(json.dumps(res["numbers"], indent=2))
     (out_dir / "machine.json").write_text(json.dumps(provenance.machine(), indent=2))  # the machine the stages ran on
     return res
