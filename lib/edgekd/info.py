@@ -32,9 +32,6 @@ SPLIT_CLASS_COUNTS: dict[str, tuple[int, ...]] = {
 
 #: Image sizes MedMNIST+ publishes for DermaMNIST.
 SIZES: tuple[int, ...] = (28, 64, 128, 224)
-#: Published test accuracy on DermaMNIST at 64 px (MedMNIST+, Doerrich et al. 2024; ImageNet-pretrained):
-#: ResNet-18, and the best model.
-MEDMNIST_PLUS_64PX_ACC: dict[str, float] = {"resnet18": 0.764, "best": 0.795}
 #: Raw HAM10000 frame in ``../shared/data/ham10000`` (width, height).
 RAW_FRAME: tuple[int, int] = (200, 150)
 
