@@ -84,6 +84,7 @@ def test_publish_copies_only_small_files_with_provenance(published, smoke_output
     files = sorted(p.name for p in published.iterdir())
     assert {p.suffix for p in published.iterdir()} <= {".csv", ".json", ".png"}
     assert {"numbers.json", "seed_metrics.csv", "performance.csv", "excluded_runs.csv", "provenance.json"} <= set(files)
+    assert (root / "aggregate" / ".done-aggregate.json").exists() and not [f for f in files if f.startswith(".")]
     assert sum(p.stat().st_size for p in published.iterdir()) < publish.MAX_TOTAL_BYTES
     for name in files:
         if name != "provenance.json":

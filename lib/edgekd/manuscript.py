@@ -709,7 +709,8 @@ def abstract(n: dict) -> str:
     else:
         parts.append("No teacher run trained usably in this profile.")
     if n["best_student"]:
-        parts.append(f"The best student by mean test macro-F1 is {n['best_student']} with macro-F1 "
+        parts.append(f"The best student by mean test macro-F1 (among the models run with the most seeds) is "
+                     f"{n['best_student']} with macro-F1 "
                      f"{n['best_student_macro_f1']:.3f} and accuracy {n['best_student_accuracy']:.3f}.")
     if n["lesion_delta_macro_f1"] is not None:
         parts.append(f"Re-splitting by lesion, so that no lesion is in two splits, changes macro-F1 by "

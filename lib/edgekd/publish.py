@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from edgekd import info, provenance, reproduce
+from edgekd.files import BOOKKEEPING
 
 #: Published reference results, one folder per profile.
 RESULTS_DIR: Path = info.REPO_ROOT / "paper" / "results"
@@ -126,7 +127,9 @@ def publish(profile: str, outputs_root: Path | None = None, results: Path | None
     outputs_root = Path(outputs_root) if outputs_root is not None else info.outputs_dir()
     dest = (Path(results) if results is not None else results_root()) / profile
     check_complete(profile, outputs_root)
-    files = sorted(p for p in (outputs_root / profile / "aggregate").iterdir() if p.is_file() and p.suffix in SUFFIXES)
+    agg = outputs_root / profile / "aggregate"
+    kept = {p for pattern in BOOKKEEPING for p in agg.glob(pattern)}  # the runner's marker is not a result
+    files = sorted(p for p in agg.iterdir() if p.is_file() and p.suffix in SUFFIXES and p not in kept)
     big = [f"{p.name} ({p.stat().st_size / 2**20:.1f} MiB)" for p in files if p.stat().st_size > MAX_FILE_BYTES]
     total = sum(p.stat().st_size for p in files)
     if big or total > MAX_TOTAL_BYTES:
