@@ -163,6 +163,21 @@ def test_targets_table_measures_each_target_on_the_right_model():
     assert not R.targets_table(perf, paired.iloc[:0]).set_index("target").loc["kd_students_above_zero", "met"]
 
 
+def test_targets_text_says_why_and_never_shows_nan_where_a_target_has_no_usable_run(tmp_path):
+    perf = pd.DataFrame([{"model": "student-a-kd", "label": "A · kd", "role": "student", "split": "official",
+                          "seeds": 2, "accuracy": 0.6, "macro_f1": 0.15}])  # no usable teacher, no KD pair
+    table = R.targets_table(perf, pd.DataFrame())
+    table.to_csv(tmp_path / "targets.csv", index=False)
+    numbers = {"targets": len(table), "targets_met": 0, "teacher_epochs": 2, "student_epochs": 2, "size": 28,
+               "n_excluded": 3, "n_seeds": 2}
+    src = MS.Source("smoke", tmp_path, "published", numbers, {})
+    text = MS.targets(src) + MS.targets_paragraph(src, None, None)
+    assert "nan" not in text.lower() and "None" not in text
+    assert "no teacher run is usable" in text and "no KD run has a usable no-KD partner" in text
+    assert "**The weakest student**, A · kd, reaches macro-F1 0.150 in 2 epochs; 3 collapsed runs are excluded." in text
+    assert "| best distilled student's macro-F1 | ≥ 0.62 | 0.150 | A · kd | no |" in text
+
+
 def test_intervals_respect_the_metric_range():
     clipped = R.seed_interval([0.97, 0.99, 1.0], (0.0, 1.0))
     assert clipped["clipped"] and clipped["ci_high"] == 1.0 and clipped["ci_low"] < clipped["mean"]

@@ -218,17 +218,24 @@ def targets(src: Source) -> str:
     """The study's targets (:data:`edgekd.reporting.TARGETS`) against what this run reached."""
     df = src.csv("targets.csv")
 
+    def counted(r: pd.Series) -> bool:  # the KD row counts students
+        return _finite(r.get("of"))
+
     def need(r: pd.Series) -> str:
-        return f"≥ {round(r['threshold'] * r['of'])} of {int(r['of'])}" if _finite(r.get("of")) else f"≥ {r['threshold']:.2f}"
+        if not counted(r):
+            return f"≥ {r['threshold']:.2f}"
+        return f"≥ {round(r['threshold'] * r['of'])} of {int(r['of'])}" if r["of"] else f"≥ {r['threshold']:.0%} of them"
 
     def got(r: pd.Series) -> str:
-        return f"{int(r['count'])} of {int(r['of'])}" if _finite(r.get("of")) else num(r["value"])
+        if not counted(r):
+            return num(r["value"])
+        return f"{int(r['count'])} of {int(r['of'])}" if r["of"] else DASH
 
     return md_table(df, {"Target": col("what", str), "Required": need, "Reached": got,
                          "By": lambda r: str(r["model"]) if isinstance(r["model"], str) else DASH, "Met": col("met")},
                     "The study's targets, set before the runs (official test set, means over seeds), against what "
                     "this run reached. The best distilled student is chosen by mean test macro-F1 among the KD "
-                    "settings run with the most seeds.", text=("By", "Met"))
+                    "settings run with the most seeds; — where no usable run measures the target.", text=("By", "Met"))
 
 
 def targets_paragraph(src: Source, power: Source | None, levers: Source | None) -> str:
@@ -236,18 +243,20 @@ def targets_paragraph(src: Source, power: Source | None, levers: Source | None) 
     n, t = src.numbers, src.csv("targets.csv").set_index("target")
     if n["targets_met"] == n["targets"]:
         return f"This run meets all {n['targets']} of the study's targets."
+    teacher, worst, best, kd = (t.loc[k] for k in ("teacher_macro_f1", "every_student_macro_f1", "distilled_macro_f1",
+                                                    "kd_students_above_zero"))
     why = []
-    if not (t.loc["teacher_accuracy", "met"] and t.loc["teacher_macro_f1", "met"]):
-        text = (f"**The teacher** is trained from scratch (no ImageNet weights offline) for {n['teacher_epochs']} "
+    if not (t.loc["teacher_accuracy", "met"] and teacher["met"]):
+        text = ("**The teacher**: no teacher run is usable in this profile." if not _finite(teacher["value"]) else
+                f"**The teacher** is trained from scratch (no ImageNet weights offline) for {n['teacher_epochs']} "
                 f"epochs at {n['size']} px, from {min(info.RAW_FRAME)} px crops; MedMNIST+'s best 64 px model, "
-                f"ImageNet-pretrained, reaches accuracy {MEDMNIST_PLUS_64PX_ACC['best']:.3f} "
-                "[@doerrich2024rethinking].")
+                f"ImageNet-pretrained, reaches accuracy {MEDMNIST_PLUS_64PX_ACC['best']:.3f} [@doerrich2024rethinking].")
         if levers is not None:
             lv = levers.csv("teacher_levers.csv")
-            base = lv.iloc[0]
-            best = lv.loc[lv["val_macro_f1"].idxmax()]
-            text += (f" Of the recipe levers tried one at a time on validation, the best ({best['change']}) reached "
-                     f"validation macro-F1 {num(best['val_macro_f1'])} against {num(base['val_macro_f1'])} for the baseline.")
+            top = lv.loc[lv["val_macro_f1"].idxmax()]
+            text += (f" Of the recipe levers tried one at a time on validation at 64 px, the best ({top['change']}) "
+                     f"reached validation macro-F1 {num(top['val_macro_f1'])} against {num(lv.iloc[0]['val_macro_f1'])} "
+                     "for the baseline.")
         if power is not None:
             runs = power.csv("runs.csv")
             tv = runs[runs["kind"].str.startswith("teacher")]
@@ -256,9 +265,10 @@ def targets_paragraph(src: Source, power: Source | None, levers: Source | None) 
                      f"({top['kind'].split(':')[1]}) reached validation macro-F1 {num(top['val_macro_f1'])} "
                      f"(test {num(top['test_macro_f1'])}).")
         why.append(text)
-    if not t.loc["every_student_macro_f1", "met"]:
-        text = (f"**The weakest student**, {t.loc['every_student_macro_f1', 'model']}, reaches macro-F1 "
-                f"{num(t.loc['every_student_macro_f1', 'value'])} in {n['student_epochs']} epochs; "
+    if not worst["met"]:
+        text = ("**Every student**: no student run is usable in this profile." if not _finite(worst["value"]) else
+                f"**The weakest student**, {worst['model']}, reaches macro-F1 {num(worst['value'])} in "
+                f"{n['student_epochs']} epochs; "
                 + ("no run collapsed." if not n["n_excluded"] else f"{n['n_excluded']} collapsed runs are excluded."))
         if power is not None:
             longer = _kd_power_pairs(power)
@@ -266,14 +276,21 @@ def targets_paragraph(src: Source, power: Source | None, levers: Source | None) 
             text += (" The GPU study's no-KD students gain most from more epochs: twice the epochs adds "
                      + ", ".join(f"{s} {signed(r['d_macro_f1'])}" for s, r in longer.iterrows()) + " macro-F1.")
         why.append(text)
-    if not (t.loc["distilled_accuracy", "met"] and t.loc["distilled_macro_f1", "met"]):
-        gap = t.loc["distilled_macro_f1", "value"] - t.loc["teacher_macro_f1", "value"]
-        why.append(f"**The best distilled student**, {t.loc['distilled_macro_f1', 'model']}, scores {num(abs(gap))} "
-                   f"macro-F1 {'below' if gap < 0 else 'above'} its teacher, which is itself short of the target.")
-    if not t.loc["kd_students_above_zero", "met"]:
-        kd = t.loc["kd_students_above_zero"]
-        text = (f"**KD against no KD**: under the best KD setting ({kd['model']}), {int(kd['count'])} of {int(kd['of'])} "
-                f"students {'has' if kd['count'] == 1 else 'have'} a paired interval above 0 with {n['n_seeds']} seeds.")
+    if not (t.loc["distilled_accuracy", "met"] and best["met"]):
+        if not _finite(best["value"]):
+            why.append("**The best distilled student**: no distilled student is usable in this profile.")
+        elif not _finite(teacher["value"]):
+            why.append(f"**The best distilled student**, {best['model']}, reaches macro-F1 {num(best['value'])}.")
+        else:
+            gap = best["value"] - teacher["value"]
+            why.append(f"**The best distilled student**, {best['model']}, scores {num(abs(gap))} macro-F1 "
+                       f"{'below' if gap < 0 else 'above'} its teacher"
+                       + (", which is itself short of the target." if not teacher["met"] else "."))
+    if not kd["met"]:
+        text = ("**KD against no KD**: no KD run has a usable no-KD partner of the same seed." if not kd["of"] else
+                f"**KD against no KD**: under the best KD setting ({kd['model']}), {int(kd['count'])} of "
+                f"{int(kd['of'])} students {'has' if kd['count'] == 1 else 'have'} a paired interval above 0 with "
+                f"{n['n_seeds']} seeds.")
         if power is not None:
             text += " " + kd_power_sentence(power)
         why.append(text)
