@@ -144,6 +144,14 @@ def _pairs_range(df: pd.DataFrame) -> str:
     return f"{low}–{high}" if low != high else str(low)
 
 
+def _kd_power_teachers(src: Source) -> tuple[pd.DataFrame, str]:
+    """The study's teachers indexed by variant (``t2``, ``t1``, ...) and the variant it took as the strong one
+    (the best on validation, recorded in its provenance)."""
+    runs = src.csv("runs.csv")
+    teachers = runs[runs["kind"].str.startswith("teacher")]
+    return teachers.set_index(teachers["kind"].str.split(":").str[1]), src.provenance.get("strong_teacher") or PROFILE_TEACHER
+
+
 def kd_power_sentence(src: Source) -> str:
     """One sentence for the abstract: the GPU study's KD gain at equal epochs and against a longer no-KD baseline."""
     df = _kd_power_pairs(src)
@@ -159,8 +167,7 @@ def kd_power_paragraph(src: Source) -> str:
     no-KD student trained twice as long, and how strong its teachers were (validation chooses, test reports)."""
     df = _kd_power_pairs(src)
     runs = src.csv("runs.csv")
-    teachers = runs[runs["kind"].str.startswith("teacher")]
-    teachers = teachers.set_index(teachers["kind"].str.split(":").str[1])
+    teachers, strong = _kd_power_teachers(src)
     students = runs[runs["kind"].str.startswith("student")]
     epochs = int(students.loc[students["kind"] == "student:nokd", "epochs"].iloc[0])
     short = df[df["against"] == "no KD"]
@@ -171,7 +178,6 @@ def kd_power_paragraph(src: Source) -> str:
     bigger = int((longer.set_index("student")["d_macro_f1"] > kd.set_index("student")["d_macro_f1"]).sum())
     pairs = _pairs_range(df)
     r18_long = students[(students["arch"] == "resnet18") & (students["kind"] == "student:nokd16")]["test_macro_f1"].mean()
-    strong = src.provenance.get("strong_teacher") or PROFILE_TEACHER
     reading = (": much of KD's gain here stands in for training the students longer"
                if _below(vs_long) and not _above(vs_long) else "")
     same = df[df["setting"] == "kd16"]
@@ -258,12 +264,10 @@ def targets_paragraph(src: Source, power: Source | None, levers: Source | None) 
                      f"reached validation macro-F1 {num(top['val_macro_f1'])} against {num(lv.iloc[0]['val_macro_f1'])} "
                      "for the baseline.")
         if power is not None:
-            runs = power.csv("runs.csv")
-            tv = runs[runs["kind"].str.startswith("teacher")]
-            top = tv.loc[tv["val_macro_f1"].idxmax()]
-            text += (f" The best of the GPU study's {len(tv)} ResNet-50 recipes on validation "
-                     f"({top['kind'].split(':')[1]}) reached validation macro-F1 {num(top['val_macro_f1'])} "
-                     f"(test {num(top['test_macro_f1'])}).")
+            tv, strong = _kd_power_teachers(power)
+            text += (f" The best of the GPU study's {len(tv)} ResNet-50 recipes on validation ({strong}) reached "
+                     f"validation macro-F1 {num(tv.loc[strong, 'val_macro_f1'])} "
+                     f"(test {num(tv.loc[strong, 'test_macro_f1'])}).")
         why.append(text)
     if not worst["met"]:
         text = ("**Every student**: no student run is usable in this profile." if not _finite(worst["value"]) else

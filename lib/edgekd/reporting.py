@@ -414,9 +414,15 @@ def operating_summary(runs: pd.DataFrame) -> pd.DataFrame:
     return df[df["split"] == "test"].groupby(["model", "label", "rule"], sort=False)[cols].mean().reset_index()
 
 
-def _fully_seeded(students: pd.DataFrame) -> pd.DataFrame:
-    """The rows with the most seeds: a one-seed ablation is not compared with the 3-seed means."""
-    return students[students["seeds"] == students["seeds"].max()]
+def _most(rows: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows with the largest ``column`` (seeds, pairs): a one-seed ablation is not ranked against 3-seed means."""
+    return rows[rows[column] == rows[column].max()]
+
+
+def best_teacher(perf: pd.DataFrame) -> pd.Series | None:
+    """The official-split teacher with the highest mean test macro-F1."""
+    teachers = perf[(perf["role"] == "teacher") & (perf["split"] != LESION_MARK)]
+    return None if teachers.empty else teachers.loc[teachers["macro_f1"].idxmax()]
 
 
 def best_student(perf: pd.DataFrame, distilled: bool = False) -> pd.Series | None:
@@ -425,7 +431,7 @@ def best_student(perf: pd.DataFrame, distilled: bool = False) -> pd.Series | Non
     students = perf[(perf["role"] == "student") & (perf["split"] != LESION_MARK)]
     if distilled:
         students = students[~students["model"].str.endswith(f"-{BASELINE}")]
-    students = _fully_seeded(students)
+    students = _most(students, "seeds")
     return None if students.empty else students.loc[students["macro_f1"].idxmax()]
 
 
@@ -446,7 +452,6 @@ def targets_table(perf: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
 
     The KD row's value is the share of student archs whose interval lies above 0 under the KD setting with
     the most such archs (ties: the larger mean Δ); ``count`` and ``of`` give the numbers behind it."""
-    official = perf[perf["split"] != LESION_MARK]
     rows: list[dict] = []
 
     def add(name: str, value: float | None, who: str | None, **extra) -> None:
@@ -455,16 +460,16 @@ def targets_table(perf: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
         rows.append({"target": name, "what": what, "threshold": threshold, "value": value, "model": who,
                      "met": bool(met), **extra})
 
-    teachers = official[official["role"] == "teacher"]
-    teacher = None if teachers.empty else teachers.loc[teachers["macro_f1"].idxmax()]
-    add("teacher_accuracy", None if teacher is None else teacher["accuracy"], None if teacher is None else teacher["label"])
-    add("teacher_macro_f1", None if teacher is None else teacher["macro_f1"], None if teacher is None else teacher["label"])
-    students = official[official["role"] == "student"]
-    worst = None if students.empty else students.loc[students["macro_f1"].idxmin()]
-    add("every_student_macro_f1", None if worst is None else worst["macro_f1"], None if worst is None else worst["label"])
-    best = best_student(perf, distilled=True)
-    add("distilled_accuracy", None if best is None else best["accuracy"], None if best is None else best["label"])
-    add("distilled_macro_f1", None if best is None else best["macro_f1"], None if best is None else best["label"])
+    def add_model(name: str, model: pd.Series | None, metric: str) -> None:
+        add(name, None if model is None else model[metric], None if model is None else model["label"])
+
+    students = perf[(perf["role"] == "student") & (perf["split"] != LESION_MARK)]
+    teacher, best = best_teacher(perf), best_student(perf, distilled=True)
+    add_model("teacher_accuracy", teacher, "accuracy")
+    add_model("teacher_macro_f1", teacher, "macro_f1")
+    add_model("every_student_macro_f1", None if students.empty else students.loc[students["macro_f1"].idxmin()], "macro_f1")
+    add_model("distilled_accuracy", best, "accuracy")
+    add_model("distilled_macro_f1", best, "macro_f1")
     kd = paired[paired["split"] != LESION_MARK] if len(paired) else paired
     if len(kd):
         archs = kd["arch"].nunique()
@@ -856,11 +861,9 @@ def headline_numbers(profile: str, runs: pd.DataFrame, perf: pd.DataFrame, paire
     """The values of :data:`NUMBERS` (all computed, none typed)."""
     valid = runs[runs["valid"]]
     cfg = {r.role: json.loads((r.path / "run_config.json").read_text()) for r in runs[::-1].itertuples()}
-    teachers = perf[(perf["role"] == "teacher") & (perf["split"] != LESION_MARK)]
-    teacher = None if teachers.empty else teachers.loc[teachers["macro_f1"].idxmax()]
-    best = best_student(perf)
+    teacher, best = best_teacher(perf), best_student(perf)
     official = paired[paired["split"] != LESION_MARK] if len(paired) else paired
-    most = official[official["pairs"] == official["pairs"].max()] if len(official) else official
+    most = _most(official, "pairs") if len(official) else official
     top = None if most.empty else most.loc[most["d_macro_f1"].idxmax()]
     out = {
         "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
