@@ -13,6 +13,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 from edgekd import data as D  # noqa: E402
 from edgekd import info  # noqa: E402
+from fake_bundle import fake_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +52,12 @@ def tiny_runs(tmp_path_factory, data_dir):
     T.train_run(root / "student-resnet18-kd-s0", "resnet18", 0, data_cfg, train_cfg,
                 T.KDConfig(alpha=0.5, temperature=4.0), root / "teacher-resnet50-s0")
     return {"teacher": root / "teacher-resnet50-s0", "student": root / "student-resnet18-kd-s0", "root": root}
+
+
+@pytest.fixture(scope="session")
+def fake_bundle_dir(tmp_path_factory):
+    """A bundle exported from a run on synthetic data (no HAM10000 needed); copy it before editing it."""
+    return fake_bundle(tmp_path_factory.mktemp("fake"))
 
 
 @pytest.fixture(scope="session")

@@ -375,16 +375,21 @@ def test_bad_arguments_and_bundles(tmp_path, bundle, isic, capsys):
         fh.write(b"\0" * 16)
     assert P.main([str(damaged), str(images), "--out", out]) == P.EXIT_USAGE
     assert "does not match its sha256" in capsys.readouterr().err
+    shutil.copy(bundle / "model.onnx", damaged / "model.onnx")
     manifest = json.loads((bundle / "bundle.json").read_text())
     del manifest["files"]["model_int8.onnx"]
     (damaged / "bundle.json").write_text(json.dumps(manifest))
     assert P.main([str(damaged), str(images), "--out", out, "--backend", "int8"]) == P.EXIT_USAGE
+    assert "bundle.json was edited after export" in capsys.readouterr().err
+    manifest["manifest_sha256"] = P.manifest_digest(manifest)  # the edit resealed: the later checks still refuse it
+    (damaged / "bundle.json").write_text(json.dumps(manifest))
+    assert P.main([str(damaged), str(images), "--out", out, "--backend", "int8"]) == P.EXIT_USAGE
     assert "has no int8 model" in capsys.readouterr().err
     manifest["onnx_metadata"]["edgekd.mean"] = "[0.5, 0.5, 0.5]"
+    manifest["manifest_sha256"] = P.manifest_digest(manifest)
     (damaged / "bundle.json").write_text(json.dumps(manifest))
-    shutil.copy(bundle / "model.onnx", damaged / "model.onnx")
     assert P.main([str(damaged), str(images), "--out", out]) == P.EXIT_USAGE
-    assert "states mean [0.5, 0.5, 0.5]" in capsys.readouterr().err
+    assert "onnx_metadata disagrees with the metadata of" in capsys.readouterr().err
     assert not Path(out).exists()
     with pytest.raises(SystemExit) as exit_info:
         P.main([str(bundle), str(images), "--batch", "0"])

@@ -31,6 +31,7 @@ from edgekd import data as D
 from edgekd import efficiency as E
 from edgekd import info
 from edgekd import metrics as M
+from edgekd.files import first_line_is
 from edgekd.inference import load_run
 from edgekd.models import create_model
 from edgekd.provenance import cpu_model
@@ -47,6 +48,8 @@ VERDICTS: dict[str, str] = {
 }
 COLUMNS: tuple[str, ...] = ("model", "eager_fp32_ms", "ort_fp32_ms", "ort_int8_ms", "int8_vs_ort_fp32",
                             "int8_vs_eager", "int8_delta_macro_f1", *VERDICTS.values())
+#: Every column of the CSV, in order; its first line is how an earlier ``bench_int8.csv`` is recognised.
+CSV_COLUMNS: tuple[str, ...] = (*COLUMNS, "img_size", "threads", "batch", "warmup", "repeats")
 
 
 @dataclass
@@ -158,7 +161,7 @@ def benchmark(
     for column, target in TARGETS.items():
         table[VERDICTS[column]] = [_verdict(value, target) for value in table[column]]
     table[["threads", "batch", "warmup", "repeats"]] = threads, batch, warmup, repeats
-    return table[[*COLUMNS, "img_size", "threads", "batch", "warmup", "repeats"]]
+    return table[list(CSV_COLUMNS)]
 
 
 def int8_note(table: pd.DataFrame) -> str:
@@ -173,6 +176,18 @@ def int8_note(table: pd.DataFrame) -> str:
         if vnni else "This CPU has no VNNI: int8 convolutions run on AVX2 and gain little over FP32. ")
         + "What helps: larger inputs or batches, operator fusion (QOperator format or ORT's graph fusions with the "
         "QDQ nodes placed so Conv+Relu fuse), per-channel weights (on here), and a CPU with VNNI or AMX.")
+
+
+def csv_refusal(path: Path | None, force: bool) -> str | None:
+    """Why the CSV must not be written (None if it may): not a regular file, or an existing file whose first line is
+    not this tool's header, unless ``force``. Checked before any model is loaded."""
+    if path is None or not (path.exists() or path.is_symlink()):
+        return None
+    if not path.is_file():
+        return f"{path} exists and is not a regular file"
+    if not force and not first_line_is(path, ",".join(CSV_COLUMNS)):
+        return f"{path} exists and is not a CSV edgekd-bench wrote: refusing to overwrite it; use --force to replace it"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,9 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=28, help="input size with --untrained (default 28)")
     ap.add_argument("--stem-stride", type=int, default=2, help="stem stride with --untrained (default 2, as the default profile)")
     ap.add_argument("--csv", type=Path, default=None, help="CSV path (default <profile-dir>/bench_int8.csv; none with --untrained)")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing --csv that edgekd-bench did not write")
     args = ap.parse_args(argv)
     if min(args.threads, args.batch, args.repeats, args.calib_images) < 1 or args.warmup < 0:
         ap.error("--threads, --batch, --repeats and --calib-images must be >= 1, --warmup >= 0")
+    refusal = csv_refusal(args.csv or (None if args.untrained else args.profile_dir / "bench_int8.csv"), args.force)
+    if refusal:
+        print(f"edgekd-bench: error: {refusal}", file=sys.stderr)
+        return 2
     try:
         if args.untrained:
             torch.manual_seed(0)

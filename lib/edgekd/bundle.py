@@ -12,6 +12,10 @@ A bundle is a folder:
   backend agreement, robustness and latency of the run where measured, and the sha256 of every file;
 * ``MODEL_CARD.md``, generated from ``bundle.json``.
 
+``bundle.json`` ends with ``manifest_sha256`` (:func:`edgekd.predict.manifest_digest`), so an edit of it is
+detected; :mod:`edgekd.predict` reads the operating point from the model's metadata (covered by the model's
+sha256) and refuses a ``bundle.json`` that states another. Export replaces only a folder it wrote itself.
+
 The bundle scores one view per image (``tta: false``). For a run trained with test-time
 augmentation, its temperature, operating points and metrics therefore come from single-view
 predictions of the same weights, not from the run's ``predictions.npz``; for other runs they come
@@ -27,6 +31,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,11 +47,10 @@ from edgekd import evaluation as V
 from edgekd import metrics as M
 from edgekd.inference import LoadedRun, load_run, predict
 from edgekd.info import CLASS_LONG_NAMES, CLASS_NAMES, MELANOMA
+from edgekd.predict import FORMAT, VERSION, manifest_digest, open_bundle
 from edgekd.preprocess import RECIPE, to_input
 from edgekd.provenance import file_digest, git_commit
 
-FORMAT: str = "edgekd-bundle"
-VERSION: int = 1
 #: Share of validation images the abstention threshold keeps by default.
 COVERAGE: float = 0.90
 #: TRAIN images used to calibrate the INT8 model.
@@ -299,6 +303,57 @@ def model_card(manifest: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ export
 
+def _names(names: list[str], most: int = 10) -> str:
+    """Up to ``most`` of ``names``, comma-separated, with how many more there are."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _listed(manifest_path: Path) -> set[str] | None:
+    """The files a bundle manifest lists (itself included), or None when it is not a readable bundle manifest."""
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+        return None
+    return {"bundle.json", *manifest["files"]}
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """Raise ValueError unless ``out_dir`` is new, empty, or a complete bundle as edgekd-export writes it: a valid
+    ``bundle.json`` and exactly the plain files it lists. Nothing else is ever replaced (there is no force option)."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise ValueError(f"{out_dir} exists and is not a folder: choose a new or empty folder")
+    entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if not entries:
+        return
+    listed = _listed(out_dir / "bundle.json")
+    if listed is None:
+        raise ValueError(f"{out_dir} is not a bundle (no bundle.json written by edgekd-export) and holds {_names(entries)}: "
+                         "choose a new or empty folder; nothing was changed")
+    unexpected = [n for n in entries if n not in listed or (out_dir / n).is_symlink() or not (out_dir / n).is_file()]
+    if unexpected:
+        raise ValueError(f"{out_dir} is not a bundle as edgekd-export wrote it: it also holds {_names(unexpected)}; "
+                         "move them out or choose a new or empty folder; nothing was changed")
+    missing = sorted(listed - set(entries))
+    if missing:
+        raise ValueError(f"{out_dir} is not a complete bundle (missing {_names(missing)}), so it may hold someone else's "
+                         "files: remove it yourself or choose a new or empty folder; nothing was changed")
+
+
+def _swap(new: Path, out_dir: Path, aside: Path) -> None:
+    """Move the finished bundle ``new`` to ``out_dir``, moving what was there to ``aside`` (restored on failure)."""
+    check_replaceable(out_dir)  # again: the folder may have changed while the bundle was built
+    if out_dir.exists():
+        os.replace(out_dir, aside)
+    try:
+        os.replace(new, out_dir)
+    except OSError:
+        if aside.exists():
+            os.replace(aside, out_dir)
+        raise
+
+
 def _backend_row(logits: np.ndarray, eager: np.ndarray, y: np.ndarray) -> dict:
     pred = logits.argmax(1)
     return {"accuracy": M.accuracy(y, pred), "macro_f1": M.macro_f1(y, pred),
@@ -319,12 +374,12 @@ def export_run(
 
     ``int8``: also ``model_int8.onnx`` (calibrated on ``calib_images`` TRAIN images); ``coverage``: the
     validation coverage of the abstention threshold; ``n_resamples`` and ``seed``: the bootstrap of the test
-    metrics (as the evaluate stage). The bundle is built in a temporary folder beside ``out_dir`` and moved
-    into place; an existing ``out_dir`` is replaced only if it is empty or an earlier bundle.
+    metrics (as the evaluate stage). The bundle is built in a fresh temporary folder beside ``out_dir``, checked
+    with :func:`edgekd.predict.open_bundle` and moved into place; an existing ``out_dir`` is replaced only if it is
+    empty or a complete earlier bundle (:func:`check_replaceable`, checked before any work and again before the move).
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "bundle.json").is_file():
-        raise ValueError(f"{out_dir} exists and is not a bundle: choose an empty or new folder")
+    check_replaceable(out_dir)
     run = load_run(run_dir)
     arrays = D.load(D.DataConfig(**run.config["data"]))
     logits = single_view_logits(run, arrays)
@@ -359,9 +414,10 @@ def export_run(
     manifest = _plain(manifest)
     manifest["onnx_metadata"] = onnx_metadata(manifest)
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = work / "new"
+    tmp.mkdir()
     try:
         paths = {"fp32": E.export_onnx(run.model, run.size, tmp / MODEL_FILES["fp32"])}
         if int8:
@@ -376,12 +432,13 @@ def export_run(
         manifest["files"] = {path.name: {"sha256": file_digest(path), "bytes": path.stat().st_size} for path in paths.values()}
         (tmp / "MODEL_CARD.md").write_text(model_card(manifest))
         manifest["files"]["MODEL_CARD.md"] = {"sha256": file_digest(tmp / "MODEL_CARD.md"), "bytes": (tmp / "MODEL_CARD.md").stat().st_size}
+        manifest["manifest_sha256"] = manifest_digest(manifest)
         (tmp / "bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        for precision in paths:
+            open_bundle(tmp, precision)
+        _swap(tmp, out_dir, work / "old")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return out_dir
 
 
@@ -415,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--coverage must be in (0, 1], --n-resamples and --calib-images >= 1")
     try:
         out = export_run(args.run_dir, args.out, not args.no_int8, args.coverage, args.n_resamples, calib_images=args.calib_images)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"edgekd-export: error: {exc}", file=sys.stderr)
         return 2
     manifest = json.loads((out / "bundle.json").read_text())

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from edgekd import info
+from edgekd.config import check_fields
 from edgekd.files import atomic_write
 from edgekd.preprocess import centre_square_resize, check_images, to_input  # noqa: F401  (re-exported)
 
@@ -241,14 +242,20 @@ class DataConfig:
     subset: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self, "data config")
         check_size(self.size)
         if self.source not in SOURCES:
             raise ValueError(f"data source {self.source!r} is not one of {SOURCES}")
         if self.split not in SPLIT_MODES:
             raise ValueError(f"split {self.split!r} is not one of {SPLIT_MODES}")
+        if self.split_seed < 0:
+            raise ValueError(f"data config: split_seed must be >= 0, got {self.split_seed}")
         for name, n in (self.subset or {}).items():
-            if name not in info.SPLITS or not isinstance(n, int) or n < 2:
+            if name not in info.SPLITS or n < 2:
                 raise ValueError(f"subset must map splits {info.SPLITS} to image counts >= 2, got {self.subset}")
+            if n > info.SPLIT_SIZES[name]:
+                raise ValueError(f"data config: subset.{name} is {n}, more than the {info.SPLIT_SIZES[name]} "
+                                 f"images of the {name} split")
 
     def check_source(self) -> None:
         """Fail fast when the data cannot be found (no download, no decoding)."""

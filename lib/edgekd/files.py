@@ -1,7 +1,12 @@
-"""File-system helpers shared by every stage: atomic writes with ordinary modes, and clearing a stage's results."""
+"""File-system helpers shared by every stage: atomic writes with ordinary modes, and clearing a stage's results.
+
+Everything the project deletes before a rerun goes through :func:`remove`, which refuses any path that
+does not lie strictly inside the root it is given (symlinks resolved).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -44,19 +49,63 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
             os.unlink(tmp)
 
 
-def clear_results(folder: Path) -> None:
+class OutsideRoot(ValueError):
+    """A path to delete (or to clear) that does not lie strictly inside the root it must stay in."""
+
+
+def check_inside(path: Path, root: Path) -> None:
+    """Raise :class:`OutsideRoot` unless ``path`` lies strictly inside ``root`` (resolved): a symlink where the
+    link itself lies (its parent resolved), any other path resolved."""
+    path, base = Path(path), Path(root).resolve()
+    where = path.parent.resolve() / path.name if path.is_symlink() else path.resolve()
+    if base not in where.parents:
+        raise OutsideRoot(f"refusing to delete {path}: it resolves to {where}, which is not inside {base}")
+
+
+def remove(path: Path, root: Path) -> None:
+    """Delete ``path``: a folder with its contents, a file, or a symlink (unlinked, never followed); the one
+    deleting function, refused (:class:`OutsideRoot`) unless ``path`` lies strictly inside ``root``."""
+    path = Path(path)
+    check_inside(path, root)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def clear_results(folder: Path, root: Path | None = None) -> None:
     """Delete everything in ``folder`` except the runner's bookkeeping (:data:`BOOKKEEPING`), creating it if needed.
 
     A stage function calls this on its own output folder before writing, so a rerun never mixes
-    files from an earlier result with the new ones; it never touches anything outside ``folder``.
+    files from an earlier result with the new ones. Each entry goes through :func:`remove` with ``root``
+    (default ``folder`` itself), so nothing outside it is touched: a symlink in ``folder`` is unlinked, its
+    target kept. With ``root``, a ``folder`` outside ``root`` is refused before it is created.
     """
     folder = Path(folder)
+    if root is not None:
+        check_inside(folder, root)
     folder.mkdir(parents=True, exist_ok=True)
     keep = {p for pattern in BOOKKEEPING for p in folder.glob(pattern)}
     for entry in folder.iterdir():
-        if entry in keep:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+        if entry not in keep:
+            remove(entry, folder if root is None else root)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 (full hex) of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def first_line_is(path: Path, line: str) -> bool:
+    """Whether the file at ``path`` can be read and its first line is exactly ``line`` (how a command recognises a
+    file it wrote before, which it may replace)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(line.encode()) + 2)
+    except OSError:
+        return False
+    return head.partition(b"\n")[0].removesuffix(b"\r") == line.encode()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -14,17 +16,38 @@ from pathlib import Path
 WORKER_ONLY_ENV: tuple[str, ...] = ("MALLOC_TRIM_THRESHOLD_",)
 
 
+#: Each process's kernel socket folder, by pid (a forked child makes its own).
+_SOCKET_DIRS: dict[int, Path] = {}
+
+
+def socket_dir() -> Path:
+    """This process's private folder for kernel sockets: made by ``mkdtemp`` (owner only, mode 0700) in the
+    temp folder, with a short name (a unix socket path has about 100 characters), removed at exit.
+
+    Not a fixed shared path: another user cannot pre-create it, read the sockets or plant links in it.
+    """
+    pid = os.getpid()
+    if pid not in _SOCKET_DIRS:
+        _SOCKET_DIRS[pid] = Path(tempfile.mkdtemp(prefix="edgekd-k-"))
+        atexit.register(_remove, _SOCKET_DIRS[pid], pid)
+    return _SOCKET_DIRS[pid]
+
+
+def _remove(folder: Path, pid: int) -> None:
+    """Remove ``folder`` at exit of the process that made it (not of a forked child that inherited the hook)."""
+    if os.getpid() == pid:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def ipc_kernel_manager() -> type:
     """An ipykernel manager class on IPC sockets (no 'running over TCP without encryption' warning per notebook),
-    each kernel on its own socket path in the temp folder (kernels of concurrent runs never cross), started
-    without :data:`WORKER_ONLY_ENV`."""
+    each kernel on its own socket path in this process's :func:`socket_dir` (kernels of concurrent runs never
+    cross), started without :data:`WORKER_ONLY_ENV`."""
     from jupyter_client.manager import AsyncKernelManager
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs) -> None:
-            folder = Path(tempfile.gettempdir()) / "edgekd-kernels"
-            folder.mkdir(exist_ok=True)
-            super().__init__(transport="ipc", ip=str(folder / uuid.uuid4().hex), **kwargs)
+            super().__init__(transport="ipc", ip=str(socket_dir() / uuid.uuid4().hex[:16]), **kwargs)
 
         async def start_kernel(self, **kw) -> None:
             env = kw.pop("env", None) or os.environ

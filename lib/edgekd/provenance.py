@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from edgekd import info
+from edgekd.files import file_digest
 
 #: Source folder of the ``edgekd`` package.
 LIB_DIR: Path = Path(__file__).resolve().parent
@@ -98,31 +99,27 @@ def library_digest(roots: Iterable[str], lib_dir: Path = LIB_DIR) -> str:
     return source_digest(module_closure(roots, lib_dir), lib_dir)
 
 
-def file_digest(path: Path) -> str:
-    """sha256 (full hex) of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def requirements_digest(path: Path = REQUIREMENTS) -> str:
     """sha256 (16 hex) of the pinned requirements."""
     return file_digest(path)[:16]
 
 
 def git_commit(repo: Path = info.REPO_ROOT) -> dict[str, str | bool | None]:
-    """HEAD commit of ``repo`` and whether tracked files differ from it (None where git is unavailable)."""
+    """HEAD commit of ``repo`` and whether tracked files differ from it (None where git is unavailable).
+
+    Read-only: ``GIT_OPTIONAL_LOCKS=0`` keeps ``git status`` from refreshing and rewriting ``.git/index``
+    (``git diff`` rewrites it even then, as of git 2.39, so it is not used).
+    """
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, env=env, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, env=env,
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     if head.returncode != 0:
         return {"commit": None, "dirty": None}
-    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
 
 
 @lru_cache(maxsize=1)

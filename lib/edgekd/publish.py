@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from edgekd import info, provenance, reproduce
-from edgekd.files import BOOKKEEPING
+from edgekd.files import BOOKKEEPING, OutsideRoot, check_inside, remove
 
 #: Published reference results, one folder per profile.
 RESULTS_DIR: Path = info.REPO_ROOT / "paper" / "results"
@@ -122,10 +123,60 @@ def check_complete(profile: str, outputs_root: Path) -> None:
                              f"run `edgekd-run {profile}` until every stage is fresh")
 
 
+def check_replaceable(dest: Path, profile: str, results: Path) -> None:
+    """Raise :class:`NotPublishable` unless ``dest`` lies inside ``results`` and is new or an earlier publication of
+    ``profile`` (or an empty folder): only plain files of :data:`SUFFIXES` and a ``provenance.json`` naming that profile. Anything
+    else there (a user's folder, a subfolder, another profile's results) is never replaced."""
+    try:
+        check_inside(dest, results)
+    except OutsideRoot as exc:
+        raise NotPublishable(f"profile {profile!r} would publish outside {results}: {exc}") from None
+    if not dest.exists() and not dest.is_symlink():
+        return
+    if dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir()):
+        return
+    if dest.is_symlink() or not dest.is_dir():
+        raise NotPublishable(f"{dest} exists and is not a folder of published results; nothing was changed")
+    foreign = sorted(p.name for p in dest.iterdir() if p.is_symlink() or not p.is_file() or p.suffix not in SUFFIXES)
+    try:
+        recorded = json.loads((dest / "provenance.json").read_text()).get("profile")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if foreign or recorded != profile:
+        what = f"it also holds {', '.join(foreign[:10])}" if foreign else f"its provenance.json does not name profile {profile!r}"
+        raise NotPublishable(f"{dest} is not an earlier publication of {profile!r} ({what}); move it away or publish "
+                             "with --results elsewhere; nothing was changed")
+
+
+def _swap_in(files: list[Path], provenance_record: dict, dest: Path, results: Path) -> None:
+    """Copy ``files`` and ``provenance.json`` into a fresh temporary folder beside ``dest``, then swap it in; the
+    earlier publication (if any) is moved aside first and put back if the swap fails."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.publishing-", dir=dest.parent))
+    try:
+        staging = work / "new"
+        staging.mkdir()
+        for p in files:
+            shutil.copy2(p, staging / p.name)
+        (staging / "provenance.json").write_text(json.dumps(provenance_record, indent=2) + "\n")
+        if dest.exists():
+            dest.rename(work / "old")
+        try:
+            staging.rename(dest)
+        except OSError:
+            if (work / "old").exists():
+                (work / "old").rename(dest)
+            raise
+    finally:
+        remove(work, results)
+
+
 def publish(profile: str, outputs_root: Path | None = None, results: Path | None = None) -> Path:
     """Copy ``outputs/<profile>/aggregate``'s small files and provenance.json to ``<results>/<profile>/``."""
     outputs_root = Path(outputs_root) if outputs_root is not None else info.outputs_dir()
-    dest = (Path(results) if results is not None else results_root()) / profile
+    results = Path(results) if results is not None else results_root()
+    dest = results / profile
+    check_replaceable(dest, profile, results)
     check_complete(profile, outputs_root)
     agg = outputs_root / profile / "aggregate"
     kept = {p for pattern in BOOKKEEPING for p in agg.glob(pattern)}  # the runner's marker is not a result
@@ -135,14 +186,7 @@ def publish(profile: str, outputs_root: Path | None = None, results: Path | None
     if big or total > MAX_TOTAL_BYTES:
         raise NotPublishable(f"too large to commit: {', '.join(big) or f'{total / 2**20:.1f} MiB in all'} "
                              f"(limits {MAX_FILE_BYTES // 2**20} MiB a file, {MAX_TOTAL_BYTES // 2**20} MiB in all)")
-    staging = dest.parent / f".{profile}.publishing"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for p in files:
-        shutil.copy2(p, staging / p.name)
-    (staging / "provenance.json").write_text(json.dumps(collect_provenance(profile, outputs_root), indent=2) + "\n")
-    shutil.rmtree(dest, ignore_errors=True)
-    staging.rename(dest)
+    _swap_in(files, collect_provenance(profile, outputs_root), dest, results)
     return dest
 
 

@@ -6,7 +6,11 @@ Bookkeeping, so that no trained work is lost and no stale result is kept:
   minus the per-run stages' subfolders; ``evaluate`` owns ``<run>/eval/``, ``robustness``
   ``<run>/robustness/``, ``efficiency`` ``<run>/efficiency/``; ``data`` and ``aggregate`` their own
   folders. The executed notebook and the ``.done-<stage>.json`` marker live in the stage's folder. A
-  stage that reruns clears only what it owns.
+  stage that reruns clears only what it owns, and nothing outside the outputs root (:func:`edgekd.files.remove`).
+* **Validation first.** Every profile value is checked (types, ranges, and the names that become folder
+  names) before anything is written; a bad one is a :class:`ConfigError` naming the key and the value.
+* **One runner per profile folder.** A run (not ``--dry-run``, which writes nothing) holds the lock
+  ``<outputs>/<profile>/.edgekd-run.lock``; a second runner there exits with status 2, naming the lock and its pid.
 * **Digests.** A stage is fresh when its marker records the same components as now: its parameters
   (outputs root written as ``<outputs>``, so a moved outputs folder stays fresh), its notebook, the
   source of the ``edgekd`` modules the notebook imports (:mod:`edgekd.provenance`), the pinned
@@ -26,13 +30,16 @@ elapsed time and ETA; at the end a stage-by-stage time table goes to ``<profile>
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import fcntl
 import hashlib
 import json
+import os
 import re
-import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,7 +48,8 @@ import yaml
 
 from edgekd import data as D
 from edgekd import info, provenance, publish
-from edgekd.files import atomic_write, clear_results
+from edgekd.config import check_minima, check_values
+from edgekd.files import OutsideRoot, atomic_write, check_inside, clear_results, remove
 from edgekd.kernels import ipc_kernel_manager
 from edgekd.models import check_arch
 from edgekd.train import KDConfig, TrainConfig
@@ -72,14 +80,41 @@ PER_RUN_STAGES: dict[str, dict] = {
 }
 #: The export stage: one bundle per model (its best seed on val), written as soon as the model's seeds are trained.
 EXPORT_DEFAULTS: dict = {"models": None, "coverage": 0.9, "n_resamples": 1000, "seed": 0}
+#: Types of the per-stage and export parameters (:func:`edgekd.config.check_values`; ``robustness.severities``
+#: is checked by :func:`edgekd.robustness.robustness_plan`).
+STAGE_TYPES: dict[str, dict[str, object]] = {
+    "evaluate": {"n_resamples": int, "seed": int},
+    "robustness": {"suites": list[str], "max_images": int | None, "seed": int, "seeds": list[int] | None,
+                   "settings": list[str] | None},
+    "efficiency": {"seeds": list[int] | None, "settings": list[str] | None, "latency_seeds": list[int], "threads": int,
+                   "batch_sizes": list[int], "sizes": list[int] | None, "warmup": int, "repeats": int,
+                   "calib_images": int},
+    "export": {"models": list[str] | None, "coverage": float, "n_resamples": int, "seed": int},
+}
+#: The least value of the per-stage counts and seeds (of every entry of a list).
+STAGE_MINIMA: dict[str, dict[str, int]] = {
+    "evaluate": {"n_resamples": 10, "seed": 0},
+    "robustness": {"max_images": 1, "seed": 0, "seeds": 0},
+    "efficiency": {"seeds": 0, "latency_seeds": 0, "threads": 1, "batch_sizes": 1, "sizes": 1, "warmup": 0, "repeats": 1,
+                   "calib_images": 1},
+    "export": {"n_resamples": 10, "seed": 0},
+}
 #: The folder inside a trained run that each per-run stage owns.
 STAGE_DIRS: dict[str, str] = {"evaluate": "eval", "robustness": "robustness", "efficiency": "efficiency"}
 PROFILE_KEYS: frozenset[str] = frozenset(
     {"name", "description", "data", "train", "teacher", "students", "lesion", "stages", "aggregate", "export",
      "external", *PER_RUN_STAGES}
 )
+#: Profile blocks that must be mappings, and those that may also be null (absent).
+REQUIRED_BLOCKS: tuple[str, ...] = ("data", "teacher", "students")
+OPTIONAL_BLOCKS: tuple[str, ...] = ("train", "lesion", "export", "aggregate", *PER_RUN_STAGES)
 #: Keys of a KD setting that are not KDConfig fields: its name, the archs / seeds it runs on, its train overrides.
 KD_SETTING_KEYS: frozenset[str] = frozenset({"name", "archs", "seeds", "train"})
+#: A name that becomes a path component (profile name, archs, KD settings, export models): these characters,
+#: and not '.' or '..'.
+NAME_PATTERN: str = r"[A-Za-z0-9._-]+"
+#: The lock a running runner holds in its profile's folder: one runner per profile and outputs root.
+LOCK_FILE: str = ".edgekd-run.lock"
 #: Marker of the lesion-split pair's run ids (``teacher-resnet50-lesion-s0``).
 LESION_TAG: str = "-lesion"
 EXECUTORS: tuple[str, ...] = ("sequential", "dask")
@@ -212,24 +247,72 @@ def profile_path(name_or_path: str | Path) -> Path:
 
 
 def load_profile(name_or_path: str | Path) -> dict:
-    """Read a profile YAML and check its top-level keys."""
+    """Read a profile YAML and check that it is a mapping with the known top-level keys."""
     path = profile_path(name_or_path)
     if not path.is_file():
         known = sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
         raise ConfigError(f"profile {name_or_path!r} not found at {path}; known profiles: {known}")
-    prof = yaml.safe_load(path.read_text()) or {}
-    unknown = set(prof) - PROFILE_KEYS
+    try:
+        prof = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML: {getattr(exc, 'problem', None) or exc}{at}") from None
+    prof = {} if prof is None else prof
+    if not isinstance(prof, dict):
+        raise ConfigError(f"{path}: a profile must be a mapping of keys {sorted(PROFILE_KEYS)}, "
+                          f"got a {type(prof).__name__}: {str(prof)[:80]!r}")
+    unknown = set(map(str, prof)) - PROFILE_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(PROFILE_KEYS)}")
-    for key in ("name", "data", "teacher", "students"):
+    for key in ("name", *REQUIRED_BLOCKS):
         if key not in prof:
             raise ConfigError(f"{path}: missing key {key!r}")
     return prof
 
 
-def _merge(base: dict, *overrides: dict | None) -> dict:
+def path_name(value: object, key: str) -> str:
+    """``value`` when it is safe as one path component (:data:`NAME_PATTERN`, not '.' or '..'), else a
+    ConfigError naming ``key``: the one check of every profile value that becomes a folder or file name."""
+    if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value) or value in (".", ".."):
+        raise ConfigError(f"{key}: {value!r} is not a plain name (letters, digits, '.', '_', '-'; not '.' or '..'); "
+                          "it becomes a folder name under the outputs root")
+    return value
+
+
+def _names(value: object, key: str) -> list[str]:
+    """A non-empty list of :func:`path_name` names, else ConfigError."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: must be a non-empty list of names, got {value!r}")
+    return [path_name(v, key) for v in value]
+
+
+def _seeds(value: object, key: str) -> list[int]:
+    """A non-empty list of non-negative integers (not bools or strings: a seed is part of run ids), else ConfigError."""
+    if not isinstance(value, list) or not value or any(
+            isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in value):
+        raise ConfigError(f"{key}: must be a non-empty list of non-negative integers, got {value!r}")
+    return value
+
+
+def _check_blocks(prof: dict) -> None:
+    """The profile's shape: a safe ``name``; ``data``, ``teacher`` and ``students`` mappings; the optional
+    blocks mappings or null."""
+    path_name(prof["name"], "name")
+    for key in REQUIRED_BLOCKS:
+        if not isinstance(prof[key], dict):
+            raise ConfigError(f"{key}: must be a mapping of its settings, got {prof[key]!r}")
+    for key in OPTIONAL_BLOCKS:
+        if prof.get(key) is not None and not isinstance(prof[key], dict):
+            raise ConfigError(f"{key}: must be a mapping of its settings or null, got {prof[key]!r}")
+
+
+def _merge(base: dict, *overrides: dict | None, where: str) -> dict:
+    """``base`` updated with each override (a mapping of TrainConfig settings, or null)."""
     out = copy.deepcopy(base)
     for override in overrides:
+        if override is not None and not isinstance(override, dict):
+            raise ConfigError(f"{where}: train overrides must be a mapping of TrainConfig settings, got {override!r}")
         out.update(override or {})
     return out
 
@@ -242,6 +325,7 @@ def _build(kind: type, values: dict, where: str):
 
 
 def _check_arch(arch: str, where: str) -> None:
+    path_name(arch, where)
     try:
         check_arch(arch)
     except ValueError as exc:
@@ -260,10 +344,10 @@ def _teachers(prof: dict, data: dict, base_train: dict, root: Path, spec, data_s
               seeds: list[int] | None = None) -> dict[int, RunSpec]:
     teacher = prof["teacher"]
     t_arch = teacher.get("arch", info.TEACHER_ARCH)
-    _check_arch(t_arch, "teacher")
-    t_train = asdict(_build(TrainConfig, _merge(base_train, teacher.get("train")), "teacher.train"))
+    _check_arch(t_arch, "teacher.arch")
+    t_train = asdict(_build(TrainConfig, _merge(base_train, teacher.get("train"), where="teacher.train"), "teacher.train"))
     out: dict[int, RunSpec] = {}
-    for seed in seeds or list(teacher.get("seeds", [0])):
+    for seed in seeds or _seeds(teacher.get("seeds", [0]), "teacher.seeds"):
         rid = f"teacher-{t_arch}{tag}-s{seed}"
         params = {"run_dir": str(root / rid), "arch": t_arch, "seed": seed, "data": data, "train": t_train}
         out[seed] = spec(rid, "teacher", root / rid, params, [], after=[data_spec])
@@ -272,8 +356,10 @@ def _teachers(prof: dict, data: dict, base_train: dict, root: Path, spec, data_s
 
 def _kd_settings(prof: dict) -> list[dict]:
     settings = prof["students"].get("kd") or [{"name": "kd", "mode": "hinton"}]
-    names = [k.get("name") for k in settings]
-    if None in names or len(set(names)) != len(names) or not all(re.fullmatch(r"[a-z0-9_]+", str(n)) for n in names):
+    if not isinstance(settings, list) or not all(isinstance(k, dict) for k in settings):
+        raise ConfigError(f"students.kd: must be a list of settings (mappings of a name and KDConfig fields), got {settings!r}")
+    names = [path_name(k.get("name"), "students.kd.name") for k in settings]
+    if len(set(names)) != len(names) or not all(re.fullmatch(r"[a-z0-9_]+", n) for n in names):
         raise ConfigError(f"students.kd: every setting needs a unique 'name' of [a-z0-9_], got {names}")
     return settings
 
@@ -282,10 +368,10 @@ def _students(prof: dict, data: dict, base_train: dict, root: Path, spec, data_s
               teachers: dict[int, RunSpec], tag: str = "", select: dict | None = None) -> list[RunSpec]:
     """Student runs: arch x KD setting x seed; ``select`` (archs, kd names, seeds) narrows them (the lesion pair)."""
     students = prof["students"]
-    archs = list(students.get("archs", info.STUDENT_ARCHS))
+    archs = _names(students.get("archs", list(info.STUDENT_ARCHS)), "students.archs")
     for arch in archs:
-        _check_arch(arch, "students")
-    all_seeds = list(students.get("seeds", [0]))
+        _check_arch(arch, "students.archs")
+    all_seeds = _seeds(students.get("seeds", [0]), "students.seeds")
     arch_train = students.get("arch_train") or {}
     if not isinstance(arch_train, dict) or not set(arch_train) <= set(archs):
         raise ConfigError(f"students.arch_train: keys must be among students.archs {archs}, got {arch_train!r}")
@@ -295,10 +381,10 @@ def _students(prof: dict, data: dict, base_train: dict, root: Path, spec, data_s
         kd = asdict(_build(KDConfig, {k: v for k, v in setting.items() if k not in KD_SETTING_KEYS}, where))
         # A setting's own ``archs`` / ``seeds`` (e.g. an ablation on one student) must be among the students'.
         setting_archs = setting.get("archs", archs)
-        if not isinstance(setting_archs, list) or not setting_archs or not set(setting_archs) <= set(archs):
+        if not isinstance(setting_archs, list) or not setting_archs or not all(a in archs for a in setting_archs):
             raise ConfigError(f"{where}: archs must be a non-empty list drawn from students.archs {archs}, got {setting_archs!r}")
-        setting_seeds = setting.get("seeds", all_seeds)
-        if not isinstance(setting_seeds, list) or not setting_seeds or not set(setting_seeds) <= set(all_seeds):
+        setting_seeds = _seeds(setting.get("seeds", all_seeds), f"{where}.seeds")
+        if not set(setting_seeds) <= set(all_seeds):
             raise ConfigError(f"{where}: seeds must be a non-empty list drawn from students.seeds {all_seeds}, got {setting_seeds!r}")
         if select is not None:
             if setting["name"] not in select["kd"]:
@@ -306,7 +392,8 @@ def _students(prof: dict, data: dict, base_train: dict, root: Path, spec, data_s
             setting_archs, setting_seeds = select["archs"], select["seeds"]
         for arch in setting_archs:
             train = asdict(_build(TrainConfig, _merge(base_train, students.get("train"), arch_train.get(arch),
-                                                      setting.get("train")), f"{where}.train ({arch})"))
+                                                      setting.get("train"), where=f"{where}.train ({arch})"),
+                                  f"{where}.train ({arch})"))
             for seed in setting_seeds:
                 # Each student distils from the teacher of its own seed when there is one, else the first
                 # (none for a lesion pair of no-KD students only: no lesion teacher is trained then).
@@ -328,9 +415,10 @@ def _lesion_select(prof: dict) -> dict | None:
         return None
     archs = list(prof["students"].get("archs", info.STUDENT_ARCHS))
     names = [k["name"] for k in _kd_settings(prof)]
-    sel = {"archs": block.get("archs", archs[:1]), "kd": block.get("kd", names), "seeds": block.get("seeds", [0])}
+    sel = {"archs": _names(block.get("archs", archs[:1]), "lesion.archs"), "kd": _names(block.get("kd", names), "lesion.kd"),
+           "seeds": _seeds(block.get("seeds", [0]), "lesion.seeds")}
     unknown = set(block) - {"archs", "kd", "seeds"}
-    if unknown or not set(sel["archs"]) <= set(archs) or not set(sel["kd"]) <= set(names) or not sel["seeds"]:
+    if unknown or not set(sel["archs"]) <= set(archs) or not set(sel["kd"]) <= set(names):
         raise ConfigError(f"lesion: archs must be among {archs}, kd among {names}, seeds a non-empty list "
                           f"(and no other keys); got {block!r}")
     return sel
@@ -339,6 +427,7 @@ def _lesion_select(prof: dict) -> dict | None:
 def expand(prof: dict, outputs: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> list[RunSpec]:
     """Validate ``prof`` and expand it into runs: data, teachers, students (arch x KD x seed), the optional
     lesion-split pair, the per-run stages and the aggregate, in execution order."""
+    _check_blocks(prof)
     outputs = Path(outputs).resolve()
     root = outputs / prof["name"]
     stages = _stages(prof)
@@ -348,6 +437,7 @@ def expand(prof: dict, outputs: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> li
 
     data = data_config(prof, outputs)
     base_train = dict(prof.get("train") or {})
+    _build(TrainConfig, base_train, "train")  # named as the profile's own block, before it is merged into others
     data_spec = spec("data", "data", root / "data", {"run_dir": str(root / "data"), "data": data}, [])
     teachers = _teachers(prof, data, base_train, root, spec, data_spec)
     specs = [data_spec, *teachers.values()]
@@ -370,8 +460,11 @@ def expand(prof: dict, outputs: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> li
         specs = _with_exports(prof, specs, root, spec)
     specs += _per_run_specs(prof, stages, specs, outputs, spec)
     if "aggregate" in stages:
+        if prof.get("aggregate"):
+            raise ConfigError(f"aggregate: takes no parameters (the runner sets its profile_dir and out_dir), "
+                              f"got {sorted(map(str, prof['aggregate']))}")
         agg = root / "aggregate"
-        params = {"profile_dir": str(root), "out_dir": str(agg), **(prof.get("aggregate") or {})}
+        params = {"profile_dir": str(root), "out_dir": str(agg)}
         specs.append(spec("aggregate", "aggregate", agg, params, [s for s in specs if s.stage in PER_RUN_STAGES]))
     return [s for s in specs if s.stage in stages]
 
@@ -388,10 +481,13 @@ def _with_exports(prof: dict, specs: list[RunSpec], root: Path, spec) -> list[Ru
     if unknown:
         raise ConfigError(f"export: unknown keys {sorted(unknown)}; allowed: {sorted(EXPORT_DEFAULTS)}")
     params = {**EXPORT_DEFAULTS, **given}
+    _check_stage_values(params, "export")
+    if not 0 < params["coverage"] <= 1:
+        raise ConfigError(f"export: coverage must lie in (0, 1], got {params['coverage']!r}")
     trained = [s for s in specs if s.stage in TRAIN_STAGES and LESION_TAG not in s.run_id]
     models = list(dict.fromkeys(model_of(s.run_id) for s in trained))
-    chosen = params["models"] if params["models"] is not None else models
-    if not isinstance(chosen, list) or not set(chosen) <= set(models):
+    chosen = [path_name(m, "export.models") for m in params["models"]] if params["models"] is not None else models
+    if not set(chosen) <= set(models):
         raise ConfigError(f"export.models: must be a list drawn from {models}, got {chosen!r}")
     last = {model_of(s.run_id): s for s in trained}
     out = []
@@ -408,8 +504,10 @@ def _with_exports(prof: dict, specs: list[RunSpec], root: Path, spec) -> list[Ru
 
 
 def _stages(prof: dict) -> list[str]:
-    stages = list(prof.get("stages") or STAGES)
-    unknown = [st for st in stages if st not in STAGES]
+    stages = prof.get("stages") or list(STAGES)
+    if not isinstance(stages, list):
+        raise ConfigError(f"stages: must be a list of stages, some of {list(STAGES)}; got {stages!r}")
+    unknown = [st for st in stages if not isinstance(st, str) or st not in STAGES]
     if unknown:
         raise ConfigError(f"stages: unknown {unknown}; expected some of {list(STAGES)}")
     return stages
@@ -421,8 +519,7 @@ def _stage_params(prof: dict, stage: str) -> dict:
     if unknown:
         raise ConfigError(f"{stage}: unknown keys {sorted(unknown)}; allowed: {sorted(PER_RUN_STAGES[stage])}")
     params = {**PER_RUN_STAGES[stage], **given}
-    if stage == "evaluate" and not (isinstance(params["n_resamples"], int) and params["n_resamples"] >= 10):
-        raise ConfigError(f"evaluate: n_resamples must be an integer >= 10, got {params['n_resamples']!r}")
+    _check_stage_values(params, stage)
     if stage == "robustness":
         from edgekd.robustness import robustness_plan
 
@@ -431,6 +528,15 @@ def _stage_params(prof: dict, stage: str) -> dict:
         except ValueError as exc:
             raise ConfigError(f"robustness: {exc}") from exc
     return params
+
+
+def _check_stage_values(params: dict, stage: str) -> None:
+    """Types (:data:`STAGE_TYPES`) and least values (:data:`STAGE_MINIMA`) of a stage's parameters."""
+    try:
+        check_values(params, STAGE_TYPES[stage], stage)
+        check_minima(params, STAGE_MINIMA[stage], stage)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _per_run_specs(prof: dict, stages: list[str], specs: list[RunSpec], outputs: Path, spec) -> list[RunSpec]:
@@ -482,28 +588,70 @@ def _external(prof: dict) -> list[dict]:
     return [{"name": s.name, "images": str(s.images), "labels": str(s.labels)} for s in sets]
 
 
-def check_inputs(prof: dict, outputs: Path) -> None:
-    """Check the data before any run: folder, split file, and every image/npz decodes (cached by source)."""
+def check_inputs(prof: dict, outputs: Path, decode: bool = True) -> None:
+    """Check the data before any run: the folder (or npz file) and the split file; with ``decode``, also that
+    every image decodes (building the cache under the outputs root, by source). Without ``decode`` (a dry
+    run) nothing is written."""
     cfg = D.DataConfig(**data_config(prof, Path(outputs).resolve()))
     cfg.check_source()
-    D.load(cfg)
+    if decode:
+        D.load(cfg)
+    elif cfg.source == "raw":
+        D.read_split(cfg.data_dir)
+
+
+@contextlib.contextmanager
+def run_lock(root: Path) -> Iterator[Path]:
+    """Hold the exclusive lock :data:`LOCK_FILE` in ``root`` (created if needed) for the ``with`` block, its
+    holder's pid written in it; a ConfigError naming the file and that pid while another runner holds it."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_FILE
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise ConfigError(f"another runner is working on {root}: it holds the lock {path} (pid {holder}); "
+                              "wait for it to finish or stop it") from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield path
+
+
+def foreign_entries(spec: RunSpec) -> list[str]:
+    """Names in ``spec``'s folder that a rerun of a non-training stage would delete although no run of that stage
+    wrote the folder (it has neither the stage's marker nor its executed notebook); [] when the folder is new,
+    empty or the stage's own. A training stage deletes only after its own marker, so it never has any."""
+    folder = spec.stage_dir
+    if spec.stage in TRAIN_STAGES or not folder.is_dir() or spec.marker.exists() or spec.output_notebook.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir())
 
 
 def clear_owned(spec: RunSpec) -> None:
     """Delete what ``spec``'s stage owns before it reruns.
 
     Training keeps an unfinished run's files (``last.pt`` resumes when it matches); once a training
-    stage has finished, rerunning it means its inputs changed, and everything it owns goes.
+    stage has finished, rerunning it means its inputs changed, and everything it owns goes. Every deletion
+    goes through :func:`edgekd.files.remove` inside the spec's outputs root: a stage folder outside it is
+    refused (:class:`edgekd.files.OutsideRoot`) before anything is deleted.
     """
+    if spec.outputs_root is None:
+        raise OutsideRoot(f"{spec.key}: no outputs root to delete inside")
+    check_inside(spec.stage_dir, spec.outputs_root)
+    if foreign_entries(spec):
+        raise ConfigError(f"{spec.key}: {spec.stage_dir} holds files this runner did not write; nothing was deleted")
     if spec.stage in TRAIN_STAGES:
         if spec.recorded() is None:
             return
         for path in spec.owned():
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            remove(path, spec.outputs_root)
         return
-    clear_results(spec.stage_dir)
+    clear_results(spec.stage_dir, spec.outputs_root)
     for stale in spec.stage_dir.glob(".done-*.json"):
-        stale.unlink()
+        remove(stale, spec.outputs_root)
 
 
 def key_metric(spec: RunSpec) -> str:
@@ -635,71 +783,81 @@ def run_profile(
     outputs = Path(outputs) if outputs is not None else info.outputs_dir()
     all_specs = expand(prof, outputs, notebooks_dir)
     specs = [s for s in all_specs if not only or s.stage in only]
-    check_inputs(prof, outputs)
-    note = D.resolution_note(D.DataConfig(**prof["data"]))
-    if note:
-        log(f"[warn] {note}")
-    table = status_table(specs)
-    todo = [s for s, st in zip(specs, table["status"], strict=True) if st != "fresh"]
-    todo_keys = {s.key for s in todo}
-    for s in todo:
-        missing = [u.key for u in s.upstream if u.key not in todo_keys and u.status()[0] != "fresh"]
-        if missing:
-            raise ConfigError(f"{s.key} depends on {', '.join(missing)}, which is not fresh and not selected by --only")
-    if dry_run:
-        return [{**row, "wall_time_s": 0.0} for row in table.to_dict("records")]
+    check_inputs(prof, outputs, decode=False)  # the data folder and split file, before anything is written
+    with contextlib.ExitStack() as held:
+        if not dry_run:  # before anything is cleared or executed; a dry run writes nothing, not even the lock
+            held.enter_context(run_lock(outputs.resolve() / prof["name"]))
+            check_inputs(prof, outputs)
+        note = D.resolution_note(D.DataConfig(**prof["data"]))
+        if note:
+            log(f"[warn] {note}")
+        table = status_table(specs)
+        todo = [s for s, st in zip(specs, table["status"], strict=True) if st != "fresh"]
+        todo_keys = {s.key for s in todo}
+        for s in todo:
+            missing = [u.key for u in s.upstream if u.key not in todo_keys and u.status()[0] != "fresh"]
+            if missing:
+                raise ConfigError(f"{s.key} depends on {', '.join(missing)}, which is not fresh and not selected by --only")
+        foreign = [f"{s.stage_dir} ({_some(names)})" for s in todo if (names := foreign_entries(s))]
+        if foreign:
+            raise ConfigError(f"{len(foreign)} stage folder(s) hold files this runner did not write, which a rerun would "
+                              f"delete: {_some(foreign)}; move them away (or choose another --outputs); nothing was changed")
+        if dry_run:
+            log("[dry-run] data folder and split file checked; every image is decoded and checked when the runner "
+                "executes (a dry run writes nothing)")
+            return [{**row, "wall_time_s": 0.0} for row in table.to_dict("records")]
 
-    for row in table.itertuples():
-        if row.status == "fresh":
-            log(f"[fresh] {row.run_id} ({row.stage})")
-    root = outputs.resolve() / prof["name"]
-    plan = progress.Plan(todo, measure=estimate)
-    log(plan.describe(workers if executor == "dask" else 1))
-    parallel = executor == "dask" and bool(todo)
-    exclusive = _exclusive(todo) if parallel else set()
-    tracker = progress.Tracker(plan, log, workers if parallel else 1, frozenset(exclusive))
-    results: dict[str, float | Exception] = {}
-    sequential = todo
-    if parallel:
-        results = run_dask([s for s in todo if s.key not in exclusive], scheduler, workers, gpu, on_done=tracker.done)
-        sequential = [s for s in todo if s.key in exclusive]
-    if sequential:
-        failed: set[str] = {k for k, r in results.items() if isinstance(r, Exception)}
-        for spec in sequential:
-            blocked = list(dict.fromkeys(u.key for u in (*spec.upstream, *spec.after) if u.key in failed))
-            if blocked:
-                results[spec.key] = Blocked(f"upstream {_some(blocked)} failed")
-                failed.add(spec.key)
+        for row in table.itertuples():
+            if row.status == "fresh":
+                log(f"[fresh] {row.run_id} ({row.stage})")
+        root = outputs.resolve() / prof["name"]
+        plan = progress.Plan(todo, measure=estimate)
+        log(plan.describe(workers if executor == "dask" else 1))
+        parallel = executor == "dask" and bool(todo)
+        exclusive = _exclusive(todo) if parallel else set()
+        tracker = progress.Tracker(plan, log, workers if parallel else 1, frozenset(exclusive))
+        results: dict[str, float | Exception] = {}
+        sequential = todo
+        if parallel:
+            results = run_dask([s for s in todo if s.key not in exclusive], scheduler, workers, gpu, on_done=tracker.done)
+            sequential = [s for s in todo if s.key in exclusive]
+        if sequential:
+            failed: set[str] = {k for k, r in results.items() if isinstance(r, Exception)}
+            for spec in sequential:
+                blocked = list(dict.fromkeys(u.key for u in (*spec.upstream, *spec.after) if u.key in failed))
+                if blocked:
+                    results[spec.key] = Blocked(f"upstream {_some(blocked)} failed")
+                    failed.add(spec.key)
+                    tracker.done(spec, results[spec.key])
+                    continue
+                tracker.start(spec)
+                try:
+                    results[spec.key] = execute(spec, log)
+                except Exception as exc:  # noqa: BLE001 - a failed run is reported; independent runs go on
+                    results[spec.key] = exc
+                    failed.add(spec.key)
                 tracker.done(spec, results[spec.key])
-                continue
-            tracker.start(spec)
-            try:
-                results[spec.key] = execute(spec, log)
-            except Exception as exc:  # noqa: BLE001 - a failed run is reported; independent runs go on
-                results[spec.key] = exc
-                failed.add(spec.key)
-            tracker.done(spec, results[spec.key])
-    summary = []
-    for s, row in zip(specs, table.itertuples(), strict=True):
-        res = results.get(s.key)
-        if res is None:
-            status, why, wall = "fresh", "", 0.0
-        elif isinstance(res, Exception):
-            status = "blocked" if isinstance(res, Blocked) else "failed"
-            why, wall = f"{type(res).__name__}: {str(res)[:500]}", 0.0
-        else:
-            status, why, wall = "ran", row.why, float(res)
-        summary.append({"run_id": s.run_id, "stage": s.stage, "status": status, "why": why, "wall_time_s": wall})
-    if todo:
-        tracker.close()
-        frame = pd.DataFrame(summary)
-        root.mkdir(parents=True, exist_ok=True)
-        frame.assign(estimate_s=[plan.seconds.get(s.key, 0.0) for s in specs]).to_csv(root / "timings.csv", index=False)
-        log(progress.stage_table(frame))
-    report = publish.reproduction_report(prof["name"], outputs)
-    if report:
-        log(report)
-    return summary
+        summary = []
+        for s, row in zip(specs, table.itertuples(), strict=True):
+            res = results.get(s.key)
+            if res is None:
+                status, why, wall = "fresh", "", 0.0
+            elif isinstance(res, Exception):
+                status = "blocked" if isinstance(res, Blocked) else "failed"
+                why, wall = f"{type(res).__name__}: {str(res)[:500]}", 0.0
+            else:
+                status, why, wall = "ran", row.why, float(res)
+            summary.append({"run_id": s.run_id, "stage": s.stage, "status": status, "why": why, "wall_time_s": wall})
+        if todo:
+            tracker.close()
+            frame = pd.DataFrame(summary)
+            root.mkdir(parents=True, exist_ok=True)
+            frame.assign(estimate_s=[plan.seconds.get(s.key, 0.0) for s in specs]).to_csv(root / "timings.csv", index=False)
+            log(progress.stage_table(frame))
+        report = publish.reproduction_report(prof["name"], outputs)
+        if report:
+            log(report)
+        return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from edgekd import data as D
 from edgekd import info, provenance
 from edgekd import metrics as M
+from edgekd.config import check_fields
 from edgekd.files import atomic_write
 from edgekd.inference import autocast, load_run, predict, resolve_device, tta_views
 from edgekd.losses import (
@@ -90,6 +91,7 @@ class TrainConfig:
     collapse: str = "error"
 
     def __post_init__(self) -> None:
+        check_fields(self, "train config")
         checks = {
             "epochs must be >= 1": self.epochs >= 1,
             "batch_size must be >= 2": self.batch_size >= 2,
@@ -103,10 +105,12 @@ class TrainConfig:
             "jitter must lie in [0, 1)": 0 <= self.jitter < 1,
             "ema must be 0 (off) or a decay in (0, 1)": 0 <= self.ema < 1,
             "head_init_std must be null or > 0": self.head_init_std is None or self.head_init_std > 0,
+            "threads must be null or >= 1": self.threads is None or self.threads >= 1,
+            "eval_batch_size must be >= 1": self.eval_batch_size >= 1,
         }
         for message, ok in checks.items():
-            if not ok:
-                raise ValueError(f"train config: {message} (got {asdict(self)})")
+            if not ok:  # each message starts with its field's name
+                raise ValueError(f"train config: {message}, got {getattr(self, message.split()[0])!r}")
         for name, value, allowed in (
             ("optimizer", self.optimizer, OPTIMIZERS),
             ("loss", self.loss, CE_KINDS),
@@ -151,6 +155,7 @@ class KDConfig:
     teacher_cache: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(self, "kd config")
         if self.mode not in KD_MODES:
             raise ValueError(f"kd mode {self.mode!r} is not one of {KD_MODES}")
         if self.teacher_views not in TEACHER_VIEWS:
@@ -223,7 +228,7 @@ def teacher_cache(teacher_dir: Path, arrays: D.DermaArrays, augment: str, with_m
     with open(Path(teacher_dir) / ".teacher_cache.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
-            cache = torch.load(path, weights_only=False)
+            cache = torch.load(path, weights_only=True)
             if cache["fingerprint"] == fingerprint:
                 return cache
         for stale in Path(teacher_dir).glob("teacher_cache_*.pt"):
@@ -356,7 +361,7 @@ def fit(
     start, best = 0, -1.0
     last = run_dir / "last.pt"
     if last.exists():
-        ck = torch.load(last, map_location=device, weights_only=False)
+        ck = torch.load(last, map_location=device, weights_only=True)
         if ck.get("resume_key") != resume_key:
             print(f"not resuming from {last}: it was written by another configuration or training code "
                   f"({_config_change(ck.get('config'), _describe(cfg, kd))}); starting over", flush=True)
