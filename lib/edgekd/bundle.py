@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -45,8 +44,10 @@ from edgekd import data as D
 from edgekd import efficiency as E
 from edgekd import evaluation as V
 from edgekd import metrics as M
+from edgekd.files import replace_folder
 from edgekd.inference import LoadedRun, load_run, predict
 from edgekd.info import CLASS_LONG_NAMES, CLASS_NAMES, MELANOMA
+from edgekd.inputs import listed
 from edgekd.predict import FORMAT, VERSION, manifest_digest, open_bundle
 from edgekd.preprocess import RECIPE, to_input
 from edgekd.provenance import file_digest, git_commit
@@ -303,12 +304,7 @@ def model_card(manifest: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ export
 
-def _names(names: list[str], most: int = 10) -> str:
-    """Up to ``most`` of ``names``, comma-separated, with how many more there are."""
-    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
-
-
-def _listed(manifest_path: Path) -> set[str] | None:
+def _manifest_files(manifest_path: Path) -> set[str] | None:
     """The files a bundle manifest lists (itself included), or None when it is not a readable bundle manifest."""
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -327,31 +323,24 @@ def check_replaceable(out_dir: Path) -> None:
     entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
     if not entries:
         return
-    listed = _listed(out_dir / "bundle.json")
-    if listed is None:
-        raise ValueError(f"{out_dir} is not a bundle (no bundle.json written by edgekd-export) and holds {_names(entries)}: "
+    own = _manifest_files(out_dir / "bundle.json")
+    if own is None:
+        raise ValueError(f"{out_dir} is not a bundle (no bundle.json written by edgekd-export) and holds {listed(entries)}: "
                          "choose a new or empty folder; nothing was changed")
-    unexpected = [n for n in entries if n not in listed or (out_dir / n).is_symlink() or not (out_dir / n).is_file()]
+    unexpected = [n for n in entries if n not in own or (out_dir / n).is_symlink() or not (out_dir / n).is_file()]
     if unexpected:
-        raise ValueError(f"{out_dir} is not a bundle as edgekd-export wrote it: it also holds {_names(unexpected)}; "
+        raise ValueError(f"{out_dir} is not a bundle as edgekd-export wrote it: it also holds {listed(unexpected)}; "
                          "move them out or choose a new or empty folder; nothing was changed")
-    missing = sorted(listed - set(entries))
+    missing = sorted(own - set(entries))
     if missing:
-        raise ValueError(f"{out_dir} is not a complete bundle (missing {_names(missing)}), so it may hold someone else's "
+        raise ValueError(f"{out_dir} is not a complete bundle (missing {listed(missing)}), so it may hold someone else's "
                          "files: remove it yourself or choose a new or empty folder; nothing was changed")
 
 
 def _swap(new: Path, out_dir: Path, aside: Path) -> None:
     """Move the finished bundle ``new`` to ``out_dir``, moving what was there to ``aside`` (restored on failure)."""
     check_replaceable(out_dir)  # again: the folder may have changed while the bundle was built
-    if out_dir.exists():
-        os.replace(out_dir, aside)
-    try:
-        os.replace(new, out_dir)
-    except OSError:
-        if aside.exists():
-            os.replace(aside, out_dir)
-        raise
+    replace_folder(new, out_dir, aside)
 
 
 def _backend_row(logits: np.ndarray, eager: np.ndarray, y: np.ndarray) -> dict:

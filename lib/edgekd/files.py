@@ -91,6 +91,19 @@ def clear_results(folder: Path, root: Path | None = None) -> None:
             remove(entry, folder if root is None else root)
 
 
+def replace_folder(new: Path, dest: Path, aside: Path) -> None:
+    """Move the finished folder ``new`` to ``dest``; what was at ``dest`` is first moved to ``aside`` (beside it, a
+    path that does not exist yet) and moved back if the move fails. The caller decides that ``dest`` may go."""
+    if dest.exists():
+        os.replace(dest, aside)
+    try:
+        os.replace(new, dest)
+    except OSError:
+        if aside.exists():
+            os.replace(aside, dest)
+        raise
+
+
 def file_digest(path: Path) -> str:
     """sha256 (full hex) of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()

@@ -91,7 +91,8 @@ class UnreadableImage(ValueError):
     """An image file that cannot be scored (the batch goes on without it)."""
 
 
-def _listed(items: Sequence[str]) -> str:
+def listed(items: Sequence[str]) -> str:
+    """Up to :data:`MAX_LISTED` of ``items``, comma-separated, and how many more there are (for error messages)."""
     shown = ", ".join(items[:MAX_LISTED])
     return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
 
@@ -129,7 +130,7 @@ def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
         by_id.setdefault(image_id(path.name), []).append(str(path))
     clashes = [f"{key} ({' and '.join(paths)})" for key, paths in by_id.items() if len(paths) > 1]
     if clashes:
-        raise InputError(f"{len(clashes)} image ids are used by more than one file: {_listed(clashes)}")
+        raise InputError(f"{len(clashes)} image ids are used by more than one file: {listed(clashes)}")
     return files, ignored
 
 
@@ -315,7 +316,7 @@ def read_labels(path: str | Path) -> dict[str, int]:
             labels[key] = label
         first_line.setdefault(key, line)
     if problems:
-        raise InputError(f"labels CSV {path}: " + "; ".join(f"{what}: {_listed(where)}" for what, where in problems.items()))
+        raise InputError(f"labels CSV {path}: " + "; ".join(f"{what}: {listed(where)}" for what, where in problems.items()))
     if not labels:
         raise InputError(f"labels CSV {path} has a header but no rows")
     return labels
@@ -328,9 +329,9 @@ def match_labels(ids: Sequence[str], labels: dict[str, int], source: str = "the 
     no_image = [key for key in labels if key not in present]
     problems = []
     if no_label:
-        problems.append(f"{len(no_label)} images have no row in {source}: {_listed(no_label)}")
+        problems.append(f"{len(no_label)} images have no row in {source}: {listed(no_label)}")
     if no_image:
-        problems.append(f"{len(no_image)} rows of {source} have no image among the inputs: {_listed(no_image)}")
+        problems.append(f"{len(no_image)} rows of {source} have no image among the inputs: {listed(no_image)}")
     if problems:
         raise InputError("; ".join(problems))
     return np.array([labels[i] for i in ids], dtype=np.int64)

@@ -23,7 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from edgekd import info, provenance, reproduce
-from edgekd.files import BOOKKEEPING, OutsideRoot, check_inside, remove
+from edgekd.files import BOOKKEEPING, OutsideRoot, check_inside, remove, replace_folder
+from edgekd.inputs import listed
 
 #: Published reference results, one folder per profile.
 RESULTS_DIR: Path = info.REPO_ROOT / "paper" / "results"
@@ -143,7 +144,7 @@ def check_replaceable(dest: Path, profile: str, results: Path) -> None:
     except (OSError, ValueError, AttributeError):
         recorded = None
     if foreign or recorded != profile:
-        what = f"it also holds {', '.join(foreign[:10])}" if foreign else f"its provenance.json does not name profile {profile!r}"
+        what = f"it also holds {listed(foreign)}" if foreign else f"its provenance.json does not name profile {profile!r}"
         raise NotPublishable(f"{dest} is not an earlier publication of {profile!r} ({what}); move it away or publish "
                              "with --results elsewhere; nothing was changed")
 
@@ -159,14 +160,7 @@ def _swap_in(files: list[Path], provenance_record: dict, dest: Path, results: Pa
         for p in files:
             shutil.copy2(p, staging / p.name)
         (staging / "provenance.json").write_text(json.dumps(provenance_record, indent=2) + "\n")
-        if dest.exists():
-            dest.rename(work / "old")
-        try:
-            staging.rename(dest)
-        except OSError:
-            if (work / "old").exists():
-                (work / "old").rename(dest)
-            raise
+        replace_folder(staging, dest, work / "old")
     finally:
         remove(work, results)
 

@@ -772,7 +772,6 @@ def run_profile(
     whose upstream is not fresh and not among them is refused. Returns one row per run and stage:
     status (fresh / ran / failed / blocked, or with ``dry_run`` fresh / stale / new), why, wall time.
     """
-    from edgekd import progress
 
     if executor not in EXECUTORS:
         raise ConfigError(f"executor {executor!r} is not one of {EXECUTORS}")
@@ -784,9 +783,9 @@ def run_profile(
     all_specs = expand(prof, outputs, notebooks_dir)
     specs = [s for s in all_specs if not only or s.stage in only]
     check_inputs(prof, outputs, decode=False)  # the data folder and split file, before anything is written
-    with contextlib.ExitStack() as held:
-        if not dry_run:  # before anything is cleared or executed; a dry run writes nothing, not even the lock
-            held.enter_context(run_lock(outputs.resolve() / prof["name"]))
+    # A run holds the lock before anything is cleared or executed; a dry run writes nothing, not even the lock.
+    with contextlib.nullcontext() if dry_run else run_lock(outputs.resolve() / prof["name"]):
+        if not dry_run:
             check_inputs(prof, outputs)
         note = D.resolution_note(D.DataConfig(**prof["data"]))
         if note:
@@ -806,58 +805,66 @@ def run_profile(
             log("[dry-run] data folder and split file checked; every image is decoded and checked when the runner "
                 "executes (a dry run writes nothing)")
             return [{**row, "wall_time_s": 0.0} for row in table.to_dict("records")]
+        return _execute_todo(prof["name"], outputs, specs, table, todo, executor, scheduler, workers, gpu, estimate, log)
 
-        for row in table.itertuples():
-            if row.status == "fresh":
-                log(f"[fresh] {row.run_id} ({row.stage})")
-        root = outputs.resolve() / prof["name"]
-        plan = progress.Plan(todo, measure=estimate)
-        log(plan.describe(workers if executor == "dask" else 1))
-        parallel = executor == "dask" and bool(todo)
-        exclusive = _exclusive(todo) if parallel else set()
-        tracker = progress.Tracker(plan, log, workers if parallel else 1, frozenset(exclusive))
-        results: dict[str, float | Exception] = {}
-        sequential = todo
-        if parallel:
-            results = run_dask([s for s in todo if s.key not in exclusive], scheduler, workers, gpu, on_done=tracker.done)
-            sequential = [s for s in todo if s.key in exclusive]
-        if sequential:
-            failed: set[str] = {k for k, r in results.items() if isinstance(r, Exception)}
-            for spec in sequential:
-                blocked = list(dict.fromkeys(u.key for u in (*spec.upstream, *spec.after) if u.key in failed))
-                if blocked:
-                    results[spec.key] = Blocked(f"upstream {_some(blocked)} failed")
-                    failed.add(spec.key)
-                    tracker.done(spec, results[spec.key])
-                    continue
-                tracker.start(spec)
-                try:
-                    results[spec.key] = execute(spec, log)
-                except Exception as exc:  # noqa: BLE001 - a failed run is reported; independent runs go on
-                    results[spec.key] = exc
-                    failed.add(spec.key)
+
+def _execute_todo(name: str, outputs: Path, specs: list[RunSpec], table: pd.DataFrame, todo: list[RunSpec],
+                  executor: str, scheduler: str | None, workers: int, gpu: bool, estimate: bool, log) -> list[dict]:
+    """Execute the ``todo`` runs of :func:`run_profile` (sequentially or on Dask), write ``timings.csv`` and log the
+    stage table and the reproduction report; one summary row per spec of ``specs`` (``table``: their status)."""
+    from edgekd import progress
+
+    for row in table.itertuples():
+        if row.status == "fresh":
+            log(f"[fresh] {row.run_id} ({row.stage})")
+    root = outputs.resolve() / name
+    plan = progress.Plan(todo, measure=estimate)
+    log(plan.describe(workers if executor == "dask" else 1))
+    parallel = executor == "dask" and bool(todo)
+    exclusive = _exclusive(todo) if parallel else set()
+    tracker = progress.Tracker(plan, log, workers if parallel else 1, frozenset(exclusive))
+    results: dict[str, float | Exception] = {}
+    sequential = todo
+    if parallel:
+        results = run_dask([s for s in todo if s.key not in exclusive], scheduler, workers, gpu, on_done=tracker.done)
+        sequential = [s for s in todo if s.key in exclusive]
+    if sequential:
+        failed: set[str] = {k for k, r in results.items() if isinstance(r, Exception)}
+        for spec in sequential:
+            blocked = list(dict.fromkeys(u.key for u in (*spec.upstream, *spec.after) if u.key in failed))
+            if blocked:
+                results[spec.key] = Blocked(f"upstream {_some(blocked)} failed")
+                failed.add(spec.key)
                 tracker.done(spec, results[spec.key])
-        summary = []
-        for s, row in zip(specs, table.itertuples(), strict=True):
-            res = results.get(s.key)
-            if res is None:
-                status, why, wall = "fresh", "", 0.0
-            elif isinstance(res, Exception):
-                status = "blocked" if isinstance(res, Blocked) else "failed"
-                why, wall = f"{type(res).__name__}: {str(res)[:500]}", 0.0
-            else:
-                status, why, wall = "ran", row.why, float(res)
-            summary.append({"run_id": s.run_id, "stage": s.stage, "status": status, "why": why, "wall_time_s": wall})
-        if todo:
-            tracker.close()
-            frame = pd.DataFrame(summary)
-            root.mkdir(parents=True, exist_ok=True)
-            frame.assign(estimate_s=[plan.seconds.get(s.key, 0.0) for s in specs]).to_csv(root / "timings.csv", index=False)
-            log(progress.stage_table(frame))
-        report = publish.reproduction_report(prof["name"], outputs)
-        if report:
-            log(report)
-        return summary
+                continue
+            tracker.start(spec)
+            try:
+                results[spec.key] = execute(spec, log)
+            except Exception as exc:  # noqa: BLE001 - a failed run is reported; independent runs go on
+                results[spec.key] = exc
+                failed.add(spec.key)
+            tracker.done(spec, results[spec.key])
+    summary = []
+    for s, row in zip(specs, table.itertuples(), strict=True):
+        res = results.get(s.key)
+        if res is None:
+            status, why, wall = "fresh", "", 0.0
+        elif isinstance(res, Exception):
+            status = "blocked" if isinstance(res, Blocked) else "failed"
+            why, wall = f"{type(res).__name__}: {str(res)[:500]}", 0.0
+        else:
+            status, why, wall = "ran", row.why, float(res)
+        summary.append({"run_id": s.run_id, "stage": s.stage, "status": status, "why": why, "wall_time_s": wall})
+    if todo:
+        tracker.close()
+        frame = pd.DataFrame(summary)
+        root.mkdir(parents=True, exist_ok=True)
+        frame.assign(estimate_s=[plan.seconds.get(s.key, 0.0) for s in specs]).to_csv(root / "timings.csv", index=False)
+        log(progress.stage_table(frame))
+    report = publish.reproduction_report(name, outputs)
+    if report:
+        log(report)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
