@@ -14,7 +14,7 @@ trap 'rm -rf "$WORK"' EXIT
 import sys
 from pathlib import Path
 
-from edgekd import data as D
+from edgekd.stages import data as D
 
 out = Path(sys.argv[1])
 out.mkdir()

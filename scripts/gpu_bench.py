@@ -4,7 +4,7 @@ default and paper profiles on a CUDA device, and the runner's training-time plan
     python scripts/gpu_bench.py --out DIR [--repeats 200]
 
 Writes ``DIR/gpu_latency.csv`` (profile, arch, input size, stem stride, batch, fp32 / fp16 autocast, p50 /
-p90 / p99 ms over ``--repeats`` timed calls after warming up until steady, :func:`edgekd.efficiency.latency`),
+p90 / p99 ms over ``--repeats`` timed calls after warming up until steady, :func:`edgekd.stages.efficiency.latency`),
 ``DIR/paper_plan.json`` (measured training and inference speed per architecture and the runner's planned
 minutes per stage for the paper profile, exactly what ``edgekd-run paper`` prints first) and
 ``DIR/environment.json``. Weights are random: a CNN's latency does not depend on their values.
@@ -26,20 +26,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from edgekd import efficiency, progress, provenance, runner  # noqa: E402
-from edgekd.models import create_model  # noqa: E402
+from edgekd.core import provenance  # noqa: E402
+from edgekd.core.models import create_model  # noqa: E402
+from edgekd.pipeline import plan, progress  # noqa: E402
+from edgekd.stages import efficiency  # noqa: E402
 
 PROFILES = ("default", "paper")
 
 
 def models_of(profile: str) -> list[dict]:
     """Architecture, input size and stem stride of every distinct model the profile trains."""
-    prof = runner.load_profile(profile)
+    prof = plan.load_profile(profile)
     with tempfile.TemporaryDirectory() as tmp:
-        specs = runner.expand(prof, Path(tmp))
+        specs = plan.expand(prof, Path(tmp))
     seen, out = set(), []
     for s in specs:
-        if s.stage in runner.TRAIN_STAGES:
+        if s.trains:
             p = s.parameters
             key = (p["arch"], p["data"]["size"], p["train"]["stem_stride"])
             if key not in seen:
@@ -68,12 +70,12 @@ def latency_table(repeats: int, batches: tuple[int, ...]) -> pd.DataFrame:
 def paper_plan() -> dict:
     """The runner's plan of the paper profile on this machine (training speed measured, other stages rough)."""
     with tempfile.TemporaryDirectory() as tmp:
-        specs = runner.expand(runner.load_profile("paper"), Path(tmp))
-        plan = progress.Plan(specs)
-    print(plan.describe(1), flush=True)
-    return {"runs": len(specs), "total_min": plan.total / 60, "per_stage_min": (plan.per_stage / 60).round(2).to_dict(),
+        specs = plan.expand(plan.load_profile("paper"), Path(tmp))
+        estimate = progress.Plan(specs)
+    print(estimate.describe(1), flush=True)
+    return {"runs": len(specs), "total_min": estimate.total / 60, "per_stage_min": (estimate.per_stage / 60).round(2).to_dict(),
             "speeds_img_s": {f"{k[0]}@{k[1]}px": {"train": v.train_ips, "inference": v.infer_ips}
-                             for k, v in plan.speeds.items()}}
+                             for k, v in estimate.speeds.items()}}
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Issue 10's hygiene check: before concluding that KD does not help, make sure the setup could show a gain
 (a teacher clearly stronger than its students, a simple strong baseline, enough seeds). Everything is
-trained with the pipeline's own :func:`edgekd.train.train_run` on the recipe of ``params/<profile>.yaml``:
+trained with the pipeline's own :func:`edgekd.stages.train.run_train` on the recipe of ``params/<profile>.yaml``:
 
 * ResNet-50 teachers, seed 0: the profile's recipe (stem stride 2), and stem stride 1 (the 64 px input keeps
   4x more spatial detail; 4x the compute, which is what makes it too dear for the CPU profile) with the
@@ -12,8 +12,8 @@ trained with the pipeline's own :func:`edgekd.train.train_run` on the recipe of 
   setting from the profile's teacher) and ``kd_strong`` (the same setting from the strong teacher); on request
   ``kd16`` (``kd_t2`` for twice the epochs, to compare with ``nokd16`` at the same budget).
 
-Each run writes ``eval/metrics.csv`` (:func:`edgekd.evaluation.metrics_table`), so the paired comparison is
-:func:`edgekd.reporting.paired_kd`, the paper's own: same seed, same initialisation and data order, t-interval
+Each run writes ``eval/metrics.csv`` (:func:`edgekd.stages.evaluate.metrics_table`), so the paired comparison is
+:func:`edgekd.stages.tables.paired_kd`, the paper's own: same seed, same initialisation and data order, t-interval
 of the paired delta across seeds, pooled McNemar. Runs are scheduled seed by seed so that a deadline leaves
 complete pairs. Decisions use validation scores; test numbers are reported, never used to choose.
 
@@ -39,9 +39,12 @@ from scipy.special import softmax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from edgekd import data as D  # noqa: E402
-from edgekd import info, provenance, reporting, runner  # noqa: E402
-from edgekd.evaluation import metrics_table  # noqa: E402
+from edgekd.core import info, provenance
+from edgekd.pipeline import plan
+from edgekd.stages import data as D  # noqa: E402
+from edgekd.stages import runs as RN
+from edgekd.stages import tables as TB
+from edgekd.stages.evaluate import metrics_table  # noqa: E402
 
 #: teacher variant -> train overrides on the profile's teacher recipe (``epochs`` as a multiple of the profile's)
 TEACHERS: dict[str, dict] = {"t2": {}, "t1": {"stem_stride": 1}, "t1long": {"stem_stride": 1, "epoch_factor": 2}}
@@ -53,17 +56,17 @@ SETTINGS: dict[str, tuple[str | None, str | None, int]] = {
 }
 #: what a plain run trains (``kd16``, KD for twice the epochs, is asked for with ``--settings``)
 DEFAULT_SETTINGS = ("nokd", "nokd16", "kd_t2", "kd_strong")
-#: the second baseline (``edgekd.reporting.paired_kd`` pairs every setting with ``nokd``; a second pairing uses this)
+#: the second baseline (``edgekd.stages.tables.paired_kd`` pairs every setting with ``nokd``; a second pairing uses this)
 LONG_BASELINE = "nokd16"
 
 
 def recipes(profile: dict, quick: bool) -> tuple[dict, dict, dict, dict]:
     """Data config, teacher train config, per-arch student train configs (those of the no-KD setting) and the
-    KD settings of ``profile``, exactly as :func:`edgekd.runner.expand` builds them for the official split."""
-    specs = [s for s in runner.expand(profile, info.outputs_dir()) if s.parameters.get("data", {}).get("split") == "official"]
+    KD settings of ``profile``, exactly as :func:`edgekd.pipeline.plan.expand` builds them for the official split."""
+    specs = [s for s in plan.expand(profile, info.outputs_dir()) if s.parameters.get("data", {}).get("split") == "official"]
     teacher = next(s.parameters for s in specs if s.stage == "teacher")
     students = [s for s in specs if s.stage == "student"]
-    per_arch = {s.parameters["arch"]: dict(s.parameters["train"]) for s in students if s.setting == reporting.BASELINE}
+    per_arch = {s.parameters["arch"]: dict(s.parameters["train"]) for s in students if s.setting == RN.BASELINE}
     kd = {s.setting: s.parameters["kd"] for s in students}
     data, teacher_train = dict(teacher["data"]), dict(teacher["train"])
     if quick:
@@ -77,12 +80,12 @@ def recipes(profile: dict, quick: bool) -> tuple[dict, dict, dict, dict]:
 def job(run_dir: str, arch: str, seed: int, data: dict, train: dict, kd: dict | None, teacher_dir: str | None,
         n_resamples: int) -> dict:
     """Train one run and write its test metrics table; returns its summary (or the error)."""
-    from edgekd import train as T
+    from edgekd.stages import train as T
 
     tick = time.time()
     try:
         cfg = D.DataConfig(**data)
-        m = T.train_run(run_dir, arch, seed, cfg, T.TrainConfig(**train), T.KDConfig(**kd) if kd else None, teacher_dir)
+        m = T.run_train(run_dir, arch, seed, cfg, T.TrainConfig(**train), T.KDConfig(**kd) if kd else None, teacher_dir)
         with np.load(Path(run_dir) / "predictions.npz") as z:
             logits, y = z["test_logits"], z["test_labels"]
         probs = softmax(logits, axis=1)
@@ -202,16 +205,16 @@ def tables(root: Path, rows: list[dict]) -> dict[str, pd.DataFrame]:
     """Per-run table, the paired deltas against ``nokd`` and against ``nokd16`` (runs of both members only)."""
     out = {"runs": pd.DataFrame(rows)}
     try:
-        runs = reporting.discover(root)
+        runs = RN.discover(root)
     except FileNotFoundError:
         return out
-    paired, per_seed = reporting.paired_kd(runs)
+    paired, per_seed = TB.paired_kd(runs)
     out |= {"paired": paired, "paired_seeds": per_seed}
     students = runs[runs["role"] == "student"]
-    long = students[students["setting"] != reporting.BASELINE].copy()
-    long.loc[long["setting"] == LONG_BASELINE, "setting"] = reporting.BASELINE
-    if (long["setting"] == reporting.BASELINE).any():
-        out["paired_vs_nokd16"] = reporting.paired_kd(long)[0]
+    long = students[students["setting"] != RN.BASELINE].copy()
+    long.loc[long["setting"] == LONG_BASELINE, "setting"] = RN.BASELINE
+    if (long["setting"] == RN.BASELINE).any():
+        out["paired_vs_nokd16"] = TB.paired_kd(long)[0]
     return out
 
 
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="28 px, 600 train images, 1 epoch: checks the path on a CPU")
     args = ap.parse_args(argv)
     t0 = time.time()
-    profile = runner.load_profile(args.profile)
+    profile = plan.load_profile(args.profile)
     unknown = set(args.archs or []) - set(profile["students"]["archs"])
     if unknown:
         ap.error(f"--archs {sorted(unknown)} are not students of params/{args.profile}.yaml")

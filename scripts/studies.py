@@ -8,7 +8,7 @@
   validation macro-F1 under eval-mode BatchNorm, under batch statistics, and after re-estimating the
   running statistics on the training images (to test whether eval-mode BatchNorm causes the collapse).
 
-Every run uses ``edgekd.train.train_run`` (the pipeline's own code). Decisions were taken on these
+Every run uses ``edgekd.stages.train.run_train`` (the pipeline's own code). Decisions were taken on these
 validation numbers, never on test.
 
     .venv/bin/python scripts/studies.py --runs outputs/studies --out paper/results/studies
@@ -26,11 +26,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from edgekd import data as D
-from edgekd import metrics as M
-from edgekd import provenance
-from edgekd import train as T
-from edgekd.inference import load_run, predict
+from edgekd.core import augment as AU
+from edgekd.core import metrics as M
+from edgekd.core import provenance
+from edgekd.core.inference import load_run, predict
+from edgekd.stages import data as D
+from edgekd.stages import train as T
 
 #: The recipe every lever changes one thing of (the default profile's student recipe at 64 px).
 BASE: dict = {"epochs": 12, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.05, "warmup_epochs": 1,
@@ -74,7 +75,7 @@ def batchnorm_check(run_dir: Path, arrays: D.DermaArrays) -> dict[str, float]:
     out = {"val_macro_f1_eval_bn": M.macro_f1(y, predict(model, arrays.images["val"])[0].argmax(1))}
     model.train()
     with torch.no_grad():
-        logits = torch.cat([model(D.normalise(arrays.images["val"][i : i + 256])) for i in range(0, len(y), 256)])
+        logits = torch.cat([model(AU.normalise(arrays.images["val"][i : i + 256])) for i in range(0, len(y), 256)])
     out["val_macro_f1_batch_bn"] = M.macro_f1(y, logits.argmax(1).numpy())
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -82,7 +83,7 @@ def batchnorm_check(run_dir: Path, arrays: D.DermaArrays) -> dict[str, float]:
             module.momentum = None  # a cumulative average over the pass
     with torch.no_grad():
         for i in range(0, len(arrays.labels["train"]), 256):
-            model(D.normalise(arrays.images["train"][i : i + 256]))
+            model(AU.normalise(arrays.images["train"][i : i + 256]))
     out["val_macro_f1_reestimated_bn"] = M.macro_f1(y, predict(model, arrays.images["val"])[0].argmax(1))
     return out
 
@@ -95,7 +96,7 @@ def study(runs: Path, variants: dict, base: dict, arrays: D.DermaArrays, data: D
         run_dir = runs / name
         if not (run_dir / "metrics.json").exists():
             tick = time.time()
-            T.train_run(run_dir, arch, 0, data, T.TrainConfig(**{**base, "threads": threads, **overrides}))
+            T.run_train(run_dir, arch, 0, data, T.TrainConfig(**{**base, "threads": threads, **overrides}))
             print(f"{name}: trained in {time.time() - tick:.0f}s", flush=True)
         summary = json.loads((run_dir / "metrics.json").read_text())
         rows.append({"variant": name, "arch": arch, "change": change, "epochs": summary["epochs"],

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README test command: set up, then run the whole test suite (unit tests, the smoke profile
-# end to end through papermill, notebook tests).
+# end to end through papermill, notebook tests). Extra arguments go to pytest, e.g. the fast tier, which
+# needs no HAM10000 folder: bash scripts/test.sh -m "not data"   (tiers: tests/conftest.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export MPLBACKEND=Agg HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-.venv/bin/python -m pytest -p no:cacheprovider tests notebooks --nbval-lax --nbval-cell-timeout=1200 "$@"
+export MPLBACKEND=Agg HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE  # see tests/conftest.py
+.venv/bin/python -m pytest -p no:cacheprovider tests notebooks --nbval-lax --nbval-cell-timeout=1200 --durations=15 "$@"

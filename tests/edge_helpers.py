@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from edgekd import data as D
-from edgekd import train as T
+from edgekd.stages import data as D
+from edgekd.stages import train as T
 
 #: ISIC 2018 ground-truth column order (a permutation of the DermaMNIST order).
 ISIC_ORDER: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
@@ -31,7 +31,7 @@ def trained_run(base: Path) -> Path:
     """``base/edge-runs/student-resnet18-nokd-s0``: a finished run (about 20 s on one core)."""
     run_dir = base / "edge-runs" / "student-resnet18-nokd-s0"
     if not (run_dir / "metrics.json").is_file():
-        T.train_run(run_dir, "resnet18", 0, D.DataConfig(**RUN_DATA), T.TrainConfig(**RUN_TRAIN), T.KDConfig(mode="none"))
+        T.run_train(run_dir, "resnet18", 0, D.DataConfig(**RUN_DATA), T.TrainConfig(**RUN_TRAIN), T.KDConfig(mode="none"))
     return run_dir
 
 

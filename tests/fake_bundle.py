@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd import data as D
-from edgekd import info
-from edgekd import train as T
+from edgekd.core import info
+from edgekd.stages import data as D
+from edgekd.stages import train as T
 
 BIN: Path = Path(sys.executable).parent
 SIZE: int = 28
@@ -48,16 +48,16 @@ def fake_run(base: Path) -> Path:
     """``base/run``: a finished ResNet-18 run on the synthetic data (a few seconds on one core)."""
     run_dir = base / "run"
     if not (run_dir / "metrics.json").is_file():
-        T.train_run(run_dir, "resnet18", 0, data_config(base), T.TrainConfig(**TRAIN), T.KDConfig(mode="none"))
+        T.run_train(run_dir, "resnet18", 0, data_config(base), T.TrainConfig(**TRAIN), T.KDConfig(mode="none"))
     return run_dir
 
 
 def fake_bundle(base: Path) -> Path:
-    """``base/bundle``: :func:`fake_run` exported by ``edgekd-export`` (FP32 and INT8), run as ``python -m edgekd.bundle``
+    """``base/bundle``: :func:`fake_run` exported by ``edgekd-export`` (FP32 and INT8), run as ``python -m edgekd.stages.export``
     so that it is the ``edgekd`` on ``sys.path`` (``PYTHONPATH`` first), not necessarily the installed one."""
     out = base / "bundle"
     if not (out / "bundle.json").is_file():
-        res = subprocess.run([sys.executable, "-m", "edgekd.bundle", str(fake_run(base)), "--out", str(out), "--n-resamples", "20",
+        res = subprocess.run([sys.executable, "-m", "edgekd.stages.export", str(fake_run(base)), "--out", str(out), "--n-resamples", "20",
                               "--calib-images", "32"], capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out

@@ -22,11 +22,12 @@ import pandas as pd
 import pytest
 import torch
 
-from edgekd import data as D
-from edgekd import files as F
-from edgekd import runner as R
-from edgekd import train as T
-from edgekd.inference import load_run, predict
+from edgekd.core import files as F
+from edgekd.core.inference import load_run, predict
+from edgekd.pipeline import plan as PL
+from edgekd.pipeline import runner as R
+from edgekd.stages import data as D
+from edgekd.stages import train as T
 
 TRAINED_FILES = ("best.pt", "predictions.npz", "run_config.json", "metrics.json", "history.csv")
 
@@ -92,12 +93,12 @@ def test_editing_evaluate_notebook_reruns_only_evaluate_and_keeps_trained_models
 def test_library_edit_marks_exactly_the_runs_that_use_it(smoke_outputs, tmp_path, monkeypatch):
     root, _ = smoke_outputs
     lib = tmp_path / "edgekd"
-    shutil.copytree(R.LIB_DIR, lib, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(R, "LIB_DIR", lib)
+    shutil.copytree(PL.LIB_DIR, lib, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(PL, "LIB_DIR", lib)
     specs = R.expand(R.load_profile("smoke"), root.parent)
     assert set(R.status_table(specs)["status"]) == {"fresh"}
 
-    with open(lib / "robustness.py", "a") as fh:
+    with open(lib / "stages" / "robustness.py", "a") as fh:
         fh.write("\n# a fix\n")
     table = R.status_table(specs).set_index(["run_id", "stage"])
     rob = table.xs("robustness", level="stage")
@@ -106,7 +107,7 @@ def test_library_edit_marks_exactly_the_runs_that_use_it(smoke_outputs, tmp_path
     assert (others["status"] == "fresh").all()
     assert table.loc[("aggregate", "aggregate"), "why"].startswith("upstream not fresh")
 
-    with open(lib / "losses.py", "a") as fh:
+    with open(lib / "core" / "losses.py", "a") as fh:
         fh.write("\n# a fix in a loss\n")
     table = R.status_table(specs).set_index(["run_id", "stage"])
     trained = table[table.index.get_level_values("stage").isin(["teacher", "student"])]
@@ -129,7 +130,7 @@ def test_stale_stages_of_one_run_on_dask_lose_nothing(smoke_copy):
     before = _fingerprints(root)
     efficiency = sorted(p.relative_to(run) for p in (run / "efficiency").rglob("*"))
     for stage in ("evaluate", "robustness"):
-        marker = run / R.STAGE_DIRS[stage] / f".done-{stage}.json"
+        marker = run / PL.STAGES[stage].folder / f".done-{stage}.json"
         mark = json.loads(marker.read_text())
         mark["components"]["params"] = "from an earlier profile"
         marker.write_text(json.dumps(mark))
@@ -152,15 +153,17 @@ def test_outputs_elsewhere_keep_their_caches_there(tmp_path):
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys
-    from edgekd import data as D, train as T
+    from edgekd.stages import data as D
+    from edgekd.stages import train as T
     cfg = T.TrainConfig(**%r)
-    T.train_run(sys.argv[1], "resnet18", 0, D.DataConfig(**%r), cfg)
+    T.run_train(sys.argv[1], "resnet18", 0, D.DataConfig(**%r), cfg)
     """
 )
 CFG = dict(epochs=3, batch_size=32, lr=2e-3, stem_stride=2, progress=False, warmup_epochs=0.5, threads=2, collapse="warn")
 DATA = dict(size=28, subset={"train": 96, "val": 48, "test": 48})
 
 
+@pytest.mark.usefixtures("data_dir")  # DATA reads the default (real) data folder
 def test_resume_is_refused_when_the_config_changed(tmp_path, capsys):
     run = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT % (CFG, DATA), str(run)], stdout=subprocess.PIPE, text=True)
@@ -171,23 +174,24 @@ def test_resume_is_refused_when_the_config_changed(tmp_path, capsys):
     proc.wait(timeout=120)
     assert (run / "last.pt").exists()
     changed = T.TrainConfig(**{**CFG, "lr": 4e-3})
-    T.train_run(run, "resnet18", 0, D.DataConfig(**DATA), changed)
+    T.run_train(run, "resnet18", 0, D.DataConfig(**DATA), changed)
     out = capsys.readouterr().out
     assert "not resuming" in out and "train.lr 0.002 -> 0.004" in out
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [1, 2, 3]
-    T.train_run(tmp_path / "fresh", "resnet18", 0, D.DataConfig(**DATA), changed)
+    T.run_train(tmp_path / "fresh", "resnet18", 0, D.DataConfig(**DATA), changed)
     a, b = torch.load(run / "best.pt"), torch.load(tmp_path / "fresh" / "best.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same as a clean run with the new lr
 
 
+@pytest.mark.usefixtures("data_dir")  # DATA reads the default (real) data folder
 def test_retrained_teacher_gets_a_new_cache(tmp_path):
     teacher = tmp_path / "teacher"
     data = D.DataConfig(**DATA)
     arrays = D.load(data)
     cfg = T.TrainConfig(**{**CFG, "epochs": 1})
-    T.train_run(teacher, "resnet18", 0, data, cfg)
+    T.run_train(teacher, "resnet18", 0, data, cfg)
     first = T.teacher_cache(teacher, arrays, "flip", False, torch.device("cpu"))["logits"]
-    T.train_run(teacher, "resnet18", 1, data, cfg)  # retrained in place, as a standalone notebook would
+    T.run_train(teacher, "resnet18", 1, data, cfg)  # retrained in place, as a standalone notebook would
     second = T.teacher_cache(teacher, arrays, "flip", False, torch.device("cpu"))["logits"]
     assert not torch.allclose(first[0], second[0])
     expected, _ = predict(load_run(teacher).model, arrays.images["train"], amp=False)
@@ -263,10 +267,11 @@ def test_eta_scales_planned_work_by_measured_speed_and_workers():
     or a quick non-training stage does not calibrate it."""
     from types import SimpleNamespace
 
-    from edgekd.progress import Tracker
+    from edgekd.pipeline.progress import Tracker
 
     stages = {"d": "data", "a": "student", "b": "student", "c": "teacher", "x": "student", "e": "efficiency"}
-    specs = {k: SimpleNamespace(key=k, run_id=k, stage=st, run_dir=Path("."), stage_dir=Path("."))
+    specs = {k: SimpleNamespace(key=k, run_id=k, stage=st, run_dir=Path("."), stage_dir=Path("."),
+                                 trains=st in ("teacher", "student"))
              for k, st in stages.items()}
     seconds = {"d": 30.0, "a": 100.0, "b": 100.0, "c": 200.0, "x": 400.0, "e": 50.0}
     plan = SimpleNamespace(specs=list(specs.values()), measured=True, seconds=seconds, total=sum(seconds.values()))

@@ -13,26 +13,15 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
-from edge_helpers import export_bundle, trained_run
-from edgekd import bundle as B
-from edgekd import calibration as C
-from edgekd import data as D
-from edgekd import evaluation as V
-from edgekd import metrics as M
-from edgekd.inference import load_run, predict, read_config
-from edgekd.info import CLASS_LONG_NAMES, CLASS_NAMES, MELANOMA
-from edgekd.preprocess import RECIPE, to_input
-from edgekd.provenance import file_digest, git_commit
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return trained_run(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, run_dir):
-    return export_bundle(tmp_path_factory.getbasetemp(), run_dir)
+from edgekd.core import calibration as C
+from edgekd.core import metrics as M
+from edgekd.core.inference import load_run, predict, read_config
+from edgekd.core.info import CLASS_LONG_NAMES, CLASS_NAMES, MELANOMA
+from edgekd.core.preprocess import RECIPE, to_input
+from edgekd.core.provenance import file_digest, git_commit
+from edgekd.stages import data as D
+from edgekd.stages import evaluate as V
+from edgekd.stages import export as B
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +191,7 @@ def test_export_refuses_to_clobber_and_reports_bad_runs(tmp_path, run_dir, capsy
     other.mkdir()
     (other / "keep.txt").write_text("mine")
     with pytest.raises(ValueError, match="is not a bundle"):
-        B.export_run(run_dir, other)
+        B.run_export(run_dir, other)
     assert (other / "keep.txt").read_text() == "mine"
     assert B.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "b")]) == 2
     assert "is not a finished run" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Tests for edgekd.calibration against netcal, sklearn and hand-computed cases."""
+"""Tests for edgekd.core.calibration against netcal, sklearn and hand-computed cases."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from netcal.metrics import ECE, MCE
 from scipy.special import softmax
 from sklearn.metrics import brier_score_loss, log_loss
 
-from edgekd import calibration as cal
-from edgekd.info import NUM_CLASSES
+from edgekd.core import calibration as C
+from edgekd.core.info import NUM_CLASSES
 
 LABELS = list(range(NUM_CLASSES))
 
@@ -37,22 +37,22 @@ def sampled_case(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_nll_matches_sklearn_log_loss() -> None:
     y, probs = random_case(500, 2.0, 0)
-    assert cal.nll(y, probs) == pytest.approx(log_loss(y, probs, labels=LABELS), rel=1e-10)
+    assert C.nll(y, probs) == pytest.approx(log_loss(y, probs, labels=LABELS), rel=1e-10)
 
 
 def test_nll_hand_case_and_clipping() -> None:
     probs = np.array([[0.5, 0.5, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 1.0]])
-    assert cal.nll(np.array([0, 6]), probs) == pytest.approx(math.log(2) / 2)
-    assert cal.nll(np.array([2, 6]), probs) == pytest.approx(-math.log(1e-12) / 2)
+    assert C.nll(np.array([0, 6]), probs) == pytest.approx(math.log(2) / 2)
+    assert C.nll(np.array([2, 6]), probs) == pytest.approx(-math.log(1e-12) / 2)
 
 
 def test_brier_hand_case() -> None:
     probs = np.array([[0.5, 0.5, 0, 0, 0, 0, 0], [0.2, 0, 0, 0, 0, 0.8, 0]])
     # image 1: 0.25 + 0.25 = 0.5; image 2 (true 0): 0.64 + 0.64 = 1.28
-    assert cal.brier(np.array([0, 0]), probs) == pytest.approx((0.5 + 1.28) / 2)
+    assert C.brier(np.array([0, 0]), probs) == pytest.approx((0.5 + 1.28) / 2)
     onehot = np.eye(NUM_CLASSES)[[3, 4]]
-    assert cal.brier(np.array([3, 4]), onehot) == 0.0
-    assert cal.brier(np.array([4, 3]), onehot) == pytest.approx(2.0)
+    assert C.brier(np.array([3, 4]), onehot) == 0.0
+    assert C.brier(np.array([4, 3]), onehot) == pytest.approx(2.0)
 
 
 @pytest.mark.skipif(
@@ -62,7 +62,7 @@ def test_brier_hand_case() -> None:
 def test_brier_matches_sklearn_multiclass() -> None:
     y, probs = random_case(400, 2.0, 1)
     # sklearn's multiclass Brier keeps the [0, 2] scale (no halving) as ours does.
-    assert cal.brier(y, probs) == pytest.approx(
+    assert C.brier(y, probs) == pytest.approx(
         brier_score_loss(y, probs, labels=LABELS), rel=1e-10
     )
 
@@ -72,8 +72,8 @@ def test_brier_matches_sklearn_multiclass() -> None:
 )
 def test_ece_and_mce_match_netcal(n: int, scale: float, n_bins: int) -> None:
     y, probs = random_case(n, scale, n)
-    assert cal.ece(y, probs, n_bins) == pytest.approx(ECE(bins=n_bins).measure(probs, y), abs=1e-6)
-    assert cal.mce(y, probs, n_bins) == pytest.approx(MCE(bins=n_bins).measure(probs, y), abs=1e-6)
+    assert C.ece(y, probs, n_bins) == pytest.approx(ECE(bins=n_bins).measure(probs, y), abs=1e-6)
+    assert C.mce(y, probs, n_bins) == pytest.approx(MCE(bins=n_bins).measure(probs, y), abs=1e-6)
 
 
 def test_adaptive_ece_matches_netcal_equal_mass_when_divisible() -> None:
@@ -82,8 +82,8 @@ def test_adaptive_ece_matches_netcal_equal_mass_when_divisible() -> None:
     true_logits, y = sampled_case(1500, 3)
     probs = softmax(true_logits, axis=1)  # calibrated: bin gaps of both signs
     ref = ECE(bins=15, equal_intervals=False).measure(probs, y)
-    assert cal.ece(y, probs, 15, adaptive=True) == pytest.approx(ref, abs=1e-6)
-    assert cal.ece(y, probs, 15, adaptive=True) != pytest.approx(cal.ece(y, probs, 15), abs=1e-3)
+    assert C.ece(y, probs, 15, adaptive=True) == pytest.approx(ref, abs=1e-6)
+    assert C.ece(y, probs, 15, adaptive=True) != pytest.approx(C.ece(y, probs, 15), abs=1e-3)
 
 
 def _top_probs(conf: list[float]) -> np.ndarray:
@@ -95,15 +95,15 @@ def _top_probs(conf: list[float]) -> np.ndarray:
 def test_ece_equal_width_hand_case_and_right_closed_bins() -> None:
     probs = _top_probs([0.5, 0.6, 0.7, 0.9])
     y = np.array([0, 1, 0, 0])  # correct, wrong, correct, correct
-    table = cal.reliability_table(y, probs, n_bins=4)
+    table = C.reliability_table(y, probs, n_bins=4)
     # bins (0,.25], (.25,.5], (.5,.75], (.75,1]: 0.5 falls in bin 1 (right-closed)
     assert table["count"].tolist() == [0, 1, 2, 1]
     assert table["confidence"].iloc[2] == pytest.approx(0.65)
     assert table["accuracy"].iloc[2] == pytest.approx(0.5)
     assert np.isnan(table["accuracy"].iloc[0])
     expected = (1 * abs(1 - 0.5) + 2 * abs(0.5 - 0.65) + 1 * abs(1 - 0.9)) / 4
-    assert cal.ece(y, probs, n_bins=4) == pytest.approx(expected)
-    assert cal.mce(y, probs, n_bins=4) == pytest.approx(0.5)
+    assert C.ece(y, probs, n_bins=4) == pytest.approx(expected)
+    assert C.mce(y, probs, n_bins=4) == pytest.approx(0.5)
 
 
 def test_adaptive_ece_hand_case() -> None:
@@ -111,43 +111,43 @@ def test_adaptive_ece_hand_case() -> None:
     y = np.array([0, 0, 1, 1, 0])
     # sorted conf 0.3(c) 0.4(w) 0.5(c) 0.9(w) 0.95(c) -> groups of 2, 2, 1
     expected = (2 * abs(0.5 - 0.35) + 2 * abs(0.5 - 0.7) + 1 * abs(1 - 0.95)) / 5
-    assert cal.ece(y, probs, n_bins=3, adaptive=True) == pytest.approx(expected)
+    assert C.ece(y, probs, n_bins=3, adaptive=True) == pytest.approx(expected)
 
 
 def test_reliability_table_consistent_with_ece() -> None:
     y, probs = random_case(600, 2.0, 4)
-    t = cal.reliability_table(y, probs)
+    t = C.reliability_table(y, probs)
     assert len(t) == 15 and t["count"].sum() == 600
     assert t["bin_lo"].iloc[0] == 0.0 and t["bin_hi"].iloc[-1] == 1.0
     full = t[t["count"] > 0]
     weighted = np.sum(full["count"] * (full["accuracy"] - full["confidence"]).abs()) / 600
-    assert weighted == pytest.approx(cal.ece(y, probs))
+    assert weighted == pytest.approx(C.ece(y, probs))
 
 
 def test_plot_reliability_two_axes() -> None:
     y, probs = random_case(300, 2.0, 5)
-    fig = cal.plot_reliability(y, probs, n_bins=10, title="demo")
+    fig = C.plot_reliability(y, probs, n_bins=10, title="demo")
     assert isinstance(fig, Figure)
     top, bottom = fig.axes
     assert "demo" in top.get_title()
     heights = [patch.get_height() for patch in bottom.patches]
-    assert heights == cal.reliability_table(y, probs, 10)["count"].tolist()
+    assert heights == C.reliability_table(y, probs, 10)["count"].tolist()
 
 
 def test_apply_temperature() -> None:
     logits = np.array([[1.0, 2.0, 0, 0, 0, 0, 0]])
-    np.testing.assert_allclose(cal.apply_temperature(logits, 2.0), softmax(logits / 2, axis=1))
+    np.testing.assert_allclose(C.apply_temperature(logits, 2.0), softmax(logits / 2, axis=1))
     with pytest.raises(ValueError):
-        cal.apply_temperature(logits, 0.0)
+        C.apply_temperature(logits, 0.0)
 
 
 def test_temperature_recovers_overconfidence() -> None:
     true_logits, y = sampled_case(10000, 0)
     logits = true_logits * 3
-    T = cal.fit_temperature(logits, y)
+    T = C.fit_temperature(logits, y)
     assert T == pytest.approx(3.0, rel=0.10)
-    assert cal.nll(y, cal.apply_temperature(logits, T)) < cal.nll(
-        y, cal.apply_temperature(logits, 1.0)
+    assert C.nll(y, C.apply_temperature(logits, T)) < C.nll(
+        y, C.apply_temperature(logits, 1.0)
     )
 
 
@@ -156,16 +156,16 @@ def test_fitted_temperature_is_nll_minimum() -> None:
     logits = true_logits * 2
 
     def nll_at(t: float) -> float:
-        return cal.nll(y, cal.apply_temperature(logits, t))
+        return C.nll(y, C.apply_temperature(logits, t))
 
-    T = cal.fit_temperature(logits, y)
+    T = C.fit_temperature(logits, y)
     assert nll_at(T) <= nll_at(0.9 * T) and nll_at(T) <= nll_at(1.1 * T)
     assert nll_at(T) <= nll_at(0.99 * T) + 1e-9 and nll_at(T) <= nll_at(1.01 * T) + 1e-9
 
 
 def test_temperature_underconfident_below_one() -> None:
     true_logits, y = sampled_case(5000, 2)
-    T = cal.fit_temperature(true_logits / 2, y)
+    T = C.fit_temperature(true_logits / 2, y)
     assert T < 1.0
     assert T == pytest.approx(0.5, rel=0.10)
 
@@ -173,12 +173,12 @@ def test_temperature_underconfident_below_one() -> None:
 def test_calibration_report() -> None:
     true_logits, y = sampled_case(2000, 3)
     logits = true_logits * 3
-    T = cal.fit_temperature(logits, y)
-    rep = cal.calibration_report(y, logits, T)
+    T = C.fit_temperature(logits, y)
+    rep = C.calibration_report(y, logits, T)
     assert rep["stage"].tolist() == ["before", "after"]
     assert rep["temperature"].tolist() == [1.0, T]
     before, after = rep.iloc[0], rep.iloc[1]
-    assert before["nll"] == pytest.approx(cal.nll(y, softmax(logits, axis=1)))
-    assert after["ece"] == pytest.approx(cal.ece(y, softmax(logits / T, axis=1)))
+    assert before["nll"] == pytest.approx(C.nll(y, softmax(logits, axis=1)))
+    assert after["ece"] == pytest.approx(C.ece(y, softmax(logits / T, axis=1)))
     assert after["nll"] < before["nll"] and after["ece"] < before["ece"]
     assert {"brier", "ece_adaptive", "mce"} <= set(rep.columns)

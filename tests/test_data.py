@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from edgekd import data as D
-from edgekd import info
+from edgekd.core import augment as AU
+from edgekd.core import info
+from edgekd.stages import data as D
 
 
 def test_split_file_matches_official_counts(data_dir):
@@ -61,16 +62,16 @@ def test_lesion_grouped_split_has_no_crossing_lesion(arrays28):
 
 def test_dihedral_views_are_the_eight_symmetries():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
-    views = [D.dihedral(x, v) for v in range(8)]
+    views = [AU.dihedral(x, v) for v in range(8)]
     assert len({tuple(v.flatten().tolist()) for v in views}) == 8
-    assert torch.equal(D.dihedral(x, 0), x)
-    mixed = D.apply_views(x, torch.tensor([3, 5]))
-    assert torch.equal(mixed[0], D.dihedral(x[:1], 3)[0]) and torch.equal(mixed[1], D.dihedral(x[1:], 5)[0])
+    assert torch.equal(AU.dihedral(x, 0), x)
+    mixed = AU.apply_views(x, torch.tensor([3, 5]))
+    assert torch.equal(mixed[0], AU.dihedral(x[:1], 3)[0]) and torch.equal(mixed[1], AU.dihedral(x[1:], 5)[0])
 
 
 def test_normalise_uses_imagenet_statistics():
     img = np.full((1, 2, 2, 3), 255, np.uint8)
-    out = D.normalise(img)
+    out = AU.normalise(img)
     assert out.shape == (1, 3, 2, 2)
     assert torch.allclose(out[0, :, 0, 0], (1 - torch.tensor(info.MEAN)) / torch.tensor(info.STD))
 

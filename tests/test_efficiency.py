@@ -1,4 +1,4 @@
-"""Tests for edgekd.efficiency: counts, exports, backend parity, INT8, latency, memory."""
+"""Tests for edgekd.stages.efficiency: counts, exports, backend parity, INT8, latency, memory."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import timm
 import torch
 from torch import nn
 
-from edgekd import efficiency as eff
-from edgekd.data import to_input
-from edgekd.info import NUM_CLASSES
+from edgekd.core.info import NUM_CLASSES
+from edgekd.stages import efficiency as E
+from edgekd.stages.data import to_input
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::FutureWarning", "ignore::DeprecationWarning"
@@ -44,7 +44,7 @@ def resnet18() -> nn.Module:
 def exported(
     resnet18: nn.Module, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
-    return eff.export_all(resnet18, SIZE, tmp_path_factory.mktemp("resnet18"))
+    return E.export_all(resnet18, SIZE, tmp_path_factory.mktemp("resnet18"))
 
 
 @pytest.fixture(scope="module")
@@ -71,24 +71,24 @@ def _tiny(seed: int = 0) -> nn.Module:
 
 
 def test_count_params() -> None:
-    assert eff.count_params(nn.Linear(10, 5)) == 10 * 5 + 5
-    assert eff.count_params(nn.Conv2d(3, 8, 3, bias=False)) == 8 * 3 * 3 * 3
+    assert E.count_params(nn.Linear(10, 5)) == 10 * 5 + 5
+    assert E.count_params(nn.Conv2d(3, 8, 3, bias=False)) == 8 * 3 * 3 * 3
 
 
 def test_flops_macs_linear_and_conv() -> None:
     linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
-    assert eff.flops_macs(linear, 4) == {"flops": 2 * 48 * 5, "macs": 48 * 5}
+    assert E.flops_macs(linear, 4) == {"flops": 2 * 48 * 5, "macs": 48 * 5}
     # 8 output channels x 10 x 10 positions, each 3 * 3 * 3 multiply-accumulates.
     conv = nn.Conv2d(3, 8, 3, padding=1)
-    assert eff.flops_macs(conv, 10) == {"flops": 2 * 800 * 27, "macs": 800 * 27}
+    assert E.flops_macs(conv, 10) == {"flops": 2 * 800 * 27, "macs": 800 * 27}
     strided = nn.Conv2d(3, 4, 3, stride=2, padding=1, groups=1)
-    assert eff.flops_macs(strided, 8)["macs"] == 4 * 4 * 4 * 27
+    assert E.flops_macs(strided, 8)["macs"] == 4 * 4 * 4 * 27
 
 
 def test_flops_leaves_model_mode(resnet18: nn.Module) -> None:
     resnet18.train()
     try:
-        macs = eff.flops_macs(resnet18, SIZE)["macs"]
+        macs = E.flops_macs(resnet18, SIZE)["macs"]
         assert resnet18.training
     finally:
         resnet18.eval()
@@ -97,12 +97,12 @@ def test_flops_leaves_model_mode(resnet18: nn.Module) -> None:
 
 def test_export_files_and_sizes(resnet18: nn.Module, exported: dict[str, Path]) -> None:
     assert set(exported) == {"state_dict", "torchscript", "onnx"}
-    sizes = eff.file_sizes(exported)
-    weight_bytes = 4 * eff.count_params(resnet18)
+    sizes = E.file_sizes(exported)
+    weight_bytes = 4 * E.count_params(resnet18)
     for key in ("state_dict", "torchscript", "onnx"):
         assert weight_bytes * 0.95 < sizes[key] < weight_bytes * 1.2, key
     assert (
-        abs(eff.state_dict_bytes(resnet18) - sizes["state_dict"]) < 0.01 * weight_bytes
+        abs(E.state_dict_bytes(resnet18) - sizes["state_dict"]) < 0.01 * weight_bytes
     )
 
 
@@ -111,12 +111,12 @@ def test_ort_fp32_matches_eager(
 ) -> None:
     with torch.no_grad():
         reference = resnet18(torch.from_numpy(inputs)).numpy()
-    onnx_fn = eff.load_backend("ort_fp32", exported["onnx"], threads=1)
+    onnx_fn = E.load_backend("ort_fp32", exported["onnx"], threads=1)
     for batch in (inputs[:1], inputs):  # batch axis is dynamic (exported at batch 2)
         logits = onnx_fn(batch)
         assert logits.shape == (len(batch), NUM_CLASSES)
         assert np.abs(logits - reference[: len(batch)]).max() < 1e-4
-    assert np.abs(eff.load_backend("eager", resnet18)(inputs) - reference).max() < 1e-6
+    assert np.abs(E.load_backend("eager", resnet18)(inputs) - reference).max() < 1e-6
 
 
 def test_torchscript_matches_eager(
@@ -124,7 +124,7 @@ def test_torchscript_matches_eager(
 ) -> None:
     with torch.no_grad():
         reference = resnet18(torch.from_numpy(inputs)).numpy()
-    logits = eff.load_backend("torchscript", exported["torchscript"])(inputs)
+    logits = E.load_backend("torchscript", exported["torchscript"])(inputs)
     assert logits.shape == reference.shape
     assert np.abs(logits - reference).max() < 1e-4
 
@@ -133,9 +133,9 @@ def test_int8_agrees_with_fp32(tmp_path: Path) -> None:
     model = _tiny()
     images = np.random.default_rng(1).integers(0, 256, (96, 16, 16, 3), dtype=np.uint8)
     x = to_input(images)
-    paths = eff.export_all(model, 16, tmp_path, calib_images=x[:32])
-    fp32 = eff.load_backend("ort_fp32", paths["onnx"])(x[32:])
-    int8 = eff.load_backend("ort_int8", paths["onnx_int8"])(x[32:])
+    paths = E.export_all(model, 16, tmp_path, calib_images=x[:32])
+    fp32 = E.load_backend("ort_fp32", paths["onnx"])(x[32:])
+    int8 = E.load_backend("ort_int8", paths["onnx_int8"])(x[32:])
     assert int8.shape == fp32.shape
     assert not np.array_equal(int8, fp32)  # really quantised
     assert (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.9
@@ -144,19 +144,19 @@ def test_int8_agrees_with_fp32(tmp_path: Path) -> None:
 
 def test_unknown_backend_and_wrong_sources(resnet18: nn.Module) -> None:
     with pytest.raises(ValueError, match=r"'tensorrt'.*ort_int8"):
-        eff.load_backend("tensorrt", resnet18)
+        E.load_backend("tensorrt", resnet18)
     with pytest.raises(TypeError):
-        eff.load_backend("eager", "model.onnx")
+        E.load_backend("eager", "model.onnx")
     with pytest.raises(TypeError):
-        eff.load_backend("ort_fp32", resnet18)
+        E.load_backend("ort_fp32", resnet18)
     with pytest.raises(ValueError, match="'tensorrt'"):
-        eff.benchmark_model(resnet18, SIZE, backends=("eager", "tensorrt"))
+        E.benchmark_model(resnet18, SIZE, backends=("eager", "tensorrt"))
 
 
 def test_latency_stats() -> None:
     threads = torch.get_num_threads()
     x = np.ones((4, 3, 8, 8), dtype=np.float32)
-    stats = eff.latency(lambda a: np.sort(a, axis=None), x, warmup=2, repeats=15, threads=1)
+    stats = E.latency(lambda a: np.sort(a, axis=None), x, warmup=2, repeats=15, threads=1)
     assert torch.get_num_threads() == threads
     assert set(stats) == {"mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "throughput_ips",
                           "warmup_calls", "timed_calls"}
@@ -165,10 +165,10 @@ def test_latency_stats() -> None:
     assert all(value > 0 for name, value in stats.items() if name != "p99_ms")
     assert stats["p50_ms"] <= stats["p90_ms"]
     assert stats["throughput_ips"] == pytest.approx(4 / (stats["mean_ms"] / 1e3))
-    full = eff.latency(lambda a: np.sort(a, axis=None), x, warmup=2, repeats=eff.MIN_CALLS_P99, threads=1)
+    full = E.latency(lambda a: np.sort(a, axis=None), x, warmup=2, repeats=E.MIN_CALLS_P99, threads=1)
     assert full["p50_ms"] <= full["p90_ms"] <= full["p99_ms"]
     with pytest.raises(ValueError):
-        eff.latency(lambda a: a, x, repeats=0)
+        E.latency(lambda a: a, x, repeats=0)
 
 
 def test_peak_memory_sees_a_transient_allocation() -> None:
@@ -177,16 +177,16 @@ def test_peak_memory_sees_a_transient_allocation() -> None:
     def allocate(_: object) -> float:
         return float(np.ones(n_bytes // 8).sum())  # freed before returning
 
-    result = eff.peak_memory(allocate, None)
+    result = E.peak_memory(allocate, None)
     assert 70 < result["cpu_rss_peak_mb"] < 200
     assert result["cuda_peak_mb"] is None or result["cuda_peak_mb"] >= 0
-    small = eff.peak_memory(lambda _: 0, None)
+    small = E.peak_memory(lambda _: 0, None)
     assert small["cpu_rss_peak_mb"] < 20
 
 
 def test_benchmark_model_rows(tmp_path: Path) -> None:
     images = np.random.default_rng(2).integers(0, 256, (8, 20, 20, 3), dtype=np.uint8)
-    df = eff.benchmark_model(
+    df = E.benchmark_model(
         _tiny(),
         16,
         batch_sizes=(1, 2),
@@ -197,11 +197,11 @@ def test_benchmark_model_rows(tmp_path: Path) -> None:
         work_dir=tmp_path,
         cuda=False,
     )
-    assert len(df) == len(eff.BACKENDS) * 2
-    assert set(df["backend"]) == set(eff.BACKENDS)
+    assert len(df) == len(E.BACKENDS) * 2
+    assert set(df["backend"]) == set(E.BACKENDS)
     assert set(df["batch"]) == {1, 2} and set(df["size"]) == {16}
     assert (df["file_bytes"] > 0).all() and (df["mean_ms"] > 0).all()
     assert (df.loc[df["backend"] == "ort_int8", "precision"] == "int8").all()
     assert (tmp_path / "16" / "model_int8.onnx").exists()
     with pytest.raises(ValueError, match="calib_images"):
-        eff.benchmark_model(_tiny(), 16, backends=("ort_int8",), sizes=(16,))
+        E.benchmark_model(_tiny(), 16, backends=("ort_int8",), sizes=(16,))

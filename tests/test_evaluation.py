@@ -12,10 +12,10 @@ from scipy import stats
 from scipy.special import softmax
 from sklearn import metrics as skm
 
-from edgekd import calibration as C
-from edgekd import evaluation as E
-from edgekd import metrics as M
-from edgekd.info import CLASS_NAMES, MELANOMA, NUM_CLASSES, REPO_ROOT
+from edgekd.core import calibration as C
+from edgekd.core import metrics as M
+from edgekd.core.info import CLASS_NAMES, MELANOMA, NUM_CLASSES, REPO_ROOT
+from edgekd.stages import evaluate as V
 
 PRIOR = np.array([0.05, 0.08, 0.12, 0.03, 0.12, 0.55, 0.05])
 COMMON = {"metrics.csv", "per_class.csv", "confusion.csv", "confusion_normalised.csv", "top_confusions.csv",
@@ -48,8 +48,8 @@ def synthetic(tmp_path_factory):
     pred_s = write_predictions(student, 2, test_scale=3.0)
     return {
         "teacher": teacher, "student": student, "pred_t": pred_t, "pred_s": pred_s,
-        "res_t": E.evaluate_run(teacher, n_resamples=100, seed=3),
-        "res_s": E.evaluate_run(student, teacher, n_resamples=100, seed=3),
+        "res_t": V.run_evaluate(teacher, n_resamples=100, seed=3),
+        "res_s": V.run_evaluate(student, teacher, n_resamples=100, seed=3),
     }
 
 
@@ -64,8 +64,8 @@ def _copy_run(src, dst):
 def test_real_runs_write_every_file(tiny_runs, tmp_path):
     teacher = _copy_run(tiny_runs["teacher"], tmp_path / "teacher-resnet50-s0")
     student = _copy_run(tiny_runs["student"], tmp_path / "student-resnet18-kd-s0")
-    res_t = E.evaluate_run(teacher, n_resamples=20)
-    res_s = E.evaluate_run(student, teacher, n_resamples=20)
+    res_t = V.run_evaluate(teacher, n_resamples=20)
+    res_s = V.run_evaluate(student, teacher, n_resamples=20)
     assert {p.name for p in (teacher / "eval").iterdir()} == COMMON
     assert {p.name for p in (student / "eval").iterdir()} == COMMON | STUDENT_ONLY
     assert set(res_s) - set(res_t) == {"teacher_vs_student", "paired", "per_class_f1_fig"}
@@ -152,10 +152,10 @@ def test_teacher_on_other_images_is_refused(tmp_path):
     write_predictions(tmp_path / "teacher-resnet50-s0", 1, label_seed=5)
     write_predictions(tmp_path / "student-resnet18-kd-s0", 2)
     with pytest.raises(ValueError, match="same images"):
-        E.evaluate_run(tmp_path / "student-resnet18-kd-s0", tmp_path / "teacher-resnet50-s0", n_resamples=10)
+        V.run_evaluate(tmp_path / "student-resnet18-kd-s0", tmp_path / "teacher-resnet50-s0", n_resamples=10)
     assert not (tmp_path / "student-resnet18-kd-s0" / "eval").exists()  # refused before writing anything
     with pytest.raises(FileNotFoundError, match="not a finished run"):
-        E.evaluate_run(tmp_path / "missing")
+        V.run_evaluate(tmp_path / "missing")
 
 
 def _fake_eval(profile, run, metrics: dict[str, tuple[float, float, float]], temperature: float) -> None:
@@ -172,7 +172,7 @@ def test_seed_table_t_interval_and_bootstrap_means(tmp_path):
     _fake_eval(tmp_path, "student-resnet18-kd-s1", {"accuracy": (0.76, 0.70, 0.80), "macro_f1": (0.50, 0.4, 0.6)}, 2.5)
     _fake_eval(tmp_path, "teacher-resnet50-s0", {"accuracy": (0.80, 0.75, 0.85)}, 1.2)
     (tmp_path / "data").mkdir()  # a folder without eval/ is ignored
-    table = E.seed_table(tmp_path).set_index(["model", "metric"])
+    table = V.seed_table(tmp_path).set_index(["model", "metric"])
     row = table.loc[("student-resnet18-kd", "accuracy")]
     assert row["n_seeds"] == 2 and row["mean"] == pytest.approx(0.73)
     assert row["std"] == pytest.approx(np.std([0.70, 0.76], ddof=1))
@@ -183,7 +183,7 @@ def test_seed_table_t_interval_and_bootstrap_means(tmp_path):
     teacher = table.loc[("teacher-resnet50", "accuracy")]
     assert teacher["n_seeds"] == 1 and np.isnan(teacher["std"]) and np.isnan(teacher["ci_low"])
 
-    cal = E.seed_table(tmp_path, "calibration").set_index(["model", "stage", "metric"])
+    cal = V.seed_table(tmp_path, "calibration").set_index(["model", "stage", "metric"])
     assert cal.loc[("student-resnet18-kd", "after", "temperature"), "mean"] == pytest.approx(2.0)
     assert cal.loc[("student-resnet18-kd", "before", "ece"), "n_seeds"] == 2
     assert "boot_ci_low_mean" not in cal
@@ -191,10 +191,10 @@ def test_seed_table_t_interval_and_bootstrap_means(tmp_path):
 
 def test_seed_table_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="no \\*/eval/metrics.csv"):
-        E.seed_table(tmp_path)
+        V.seed_table(tmp_path)
     with pytest.raises(ValueError, match="is not one of"):
-        E.seed_table(tmp_path, "robustness")
-    assert E.model_name("student-mobilenetv2_100-nokd-s12") == "student-mobilenetv2_100-nokd"
+        V.seed_table(tmp_path, "robustness")
+    assert V.model_name("student-mobilenetv2_100-nokd-s12") == "student-mobilenetv2_100-nokd"
 
 
 def test_notebook_runs_with_papermill(tiny_runs, tmp_path):

@@ -10,24 +10,14 @@ import pandas as pd
 import pytest
 from scipy.special import softmax
 
-from edge_helpers import isic_folder, trained_run
-from edgekd import calibration as C
-from edgekd import evaluation as V
-from edgekd import metrics as M
-from edgekd.bundle import fit_deployment
-from edgekd.external import ExternalSet, deployed_metrics, evaluate_external, load_external, parse_external
-from edgekd.inference import load_run, predict, read_config
-from edgekd.info import CLASS_NAMES
-
-
-@pytest.fixture(scope="module")
-def isic(tmp_path_factory, data_dir):
-    return isic_folder(tmp_path_factory.getbasetemp(), data_dir)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return trained_run(tmp_path_factory.getbasetemp())
+from edgekd.core import calibration as C
+from edgekd.core import metrics as M
+from edgekd.core.config import ExternalSet, parse_external
+from edgekd.core.inference import load_run, predict, read_config
+from edgekd.core.info import CLASS_NAMES
+from edgekd.stages import evaluate as V
+from edgekd.stages.export import fit_deployment
+from edgekd.stages.external import deployed_metrics, evaluate_external, load_external
 
 
 def test_parse_external_entries(tmp_path, isic):

@@ -35,18 +35,20 @@ import torch
 import yaml
 from PIL import Image, ImageFile
 
-from edgekd import bench, info, publish
-from edgekd import bundle as B
-from edgekd import calibration as C
-from edgekd import data as D
-from edgekd import files as F
-from edgekd import predict as P
-from edgekd import runner as R
-from edgekd import train as T
-from edgekd.info import CLASS_NAMES
-from edgekd.kernels import ipc_kernel_manager
-from edgekd.models import create_model
-from edgekd.provenance import git_commit
+from edgekd.core import calibration as C
+from edgekd.core import files as F
+from edgekd.core import info
+from edgekd.core.info import CLASS_NAMES
+from edgekd.core.models import create_model
+from edgekd.core.provenance import git_commit
+from edgekd.edge import predict as P
+from edgekd.pipeline import bench, publish
+from edgekd.pipeline import plan as PL
+from edgekd.pipeline import runner as R
+from edgekd.pipeline.kernels import IPCKernelManager
+from edgekd.stages import data as D
+from edgekd.stages import export as B
+from edgekd.stages import train as T
 
 # ======================================================================================================================
 # Cases 1, 4, 5, 6, 9 (bundle): edgekd-export and the bundle edgekd-predict opens.
@@ -54,7 +56,7 @@ from edgekd.provenance import git_commit
 # Hostile bundles: edgekd-export replaces only a folder it wrote itself, and edgekd-predict refuses an edited,
 # damaged, inconsistent or out-of-range bundle with exit 2 and a message, before it scores any image.
 #
-# The CLIs run as ``python -m edgekd.bundle`` / ``python -m edgekd.predict`` so that they use the ``edgekd``
+# The CLIs run as ``python -m edgekd.stages.export`` / ``python -m edgekd.edge.predict`` so that they use the ``edgekd``
 # on ``sys.path`` (``PYTHONPATH`` first), which lets these tests run against an older checkout too.
 # Every edit is made on a copy of the session's synthetic-data bundle (``fake_bundle_dir``).
 # ======================================================================================================================
@@ -163,7 +165,7 @@ def set_temperature(value: float) -> Callable[[dict], None]:
 def assert_refused(bundle_arg: Path, image: Path, tmp_path: Path, message: str) -> str:
     """edgekd-predict exits 2 with ``message`` on stderr, no traceback and no predictions written."""
     out = tmp_path / "pred.csv"
-    res = run_module("edgekd.predict", bundle_arg, image, "--out", out)
+    res = run_module("edgekd.edge.predict", bundle_arg, image, "--out", out)
     assert res.returncode == P.EXIT_USAGE, res.stdout + res.stderr
     assert "Traceback" not in res.stderr and message in res.stderr, res.stderr
     assert not out.exists()
@@ -194,12 +196,12 @@ def test_export_replaces_only_a_bundle_it_wrote(make, tmp_path, bundle, fake_bun
     out = tmp_path / "out"
     listed = make(out, bundle)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    res = run_module("edgekd.bundle", fake_bundle_dir.parent / "run", "--out", out, "--no-int8", "--n-resamples", "20")
+    res = run_module("edgekd.stages.export", fake_bundle_dir.parent / "run", "--out", out, "--no-int8", "--n-resamples", "20")
     assert res.returncode == 2, res.stdout + res.stderr
     assert "Traceback" not in res.stderr and all(name in res.stderr for name in listed), res.stderr
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     with pytest.raises(ValueError, match=listed[-1]):
-        B.export_run(tmp_path / "no-such-run", out)
+        B.run_export(tmp_path / "no-such-run", out)
 
 
 def test_export_builds_in_a_fresh_temporary_folder_and_replaces_its_bundle(tmp_path, bundle, fake_bundle_dir):
@@ -208,7 +210,7 @@ def test_export_builds_in_a_fresh_temporary_folder_and_replaces_its_bundle(tmp_p
     planted = tmp_path / f".bundle.tmp-{os.getpid()}"
     planted.mkdir()
     (planted / "precious.txt").write_text("not the exporter's\n")
-    B.export_run(fake_bundle_dir.parent / "run", bundle, int8=False, n_resamples=20)
+    B.run_export(fake_bundle_dir.parent / "run", bundle, int8=False, n_resamples=20)
     assert (planted / "precious.txt").read_text() == "not the exporter's\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [planted.name, "bundle"]
     assert sorted(p.name for p in bundle.iterdir()) == ["MODEL_CARD.md", "bundle.json", "model.onnx"]
@@ -317,7 +319,7 @@ def test_onnx_alone_is_used_with_a_warning(tmp_path, bundle, image):
     model = Path(shutil.copy(bundle / "model.onnx", alone / "model.onnx"))
     assert P.open_bundle(model).warnings == (f"{model} is used without its bundle.json: its integrity is unverified",)
     assert P.open_bundle(bundle).warnings == () and P.open_bundle(bundle / "model.onnx").warnings == ()
-    res = run_module("edgekd.predict", model, image, "--out", tmp_path / "pred.csv")
+    res = run_module("edgekd.edge.predict", model, image, "--out", tmp_path / "pred.csv")
     assert res.returncode == 0, res.stderr
 
 
@@ -445,8 +447,8 @@ def photo(path: Path, size: tuple[int, int] = (64, 48), seed: int = 0, **save) -
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess:
-    """``python -m edgekd.predict`` in a fresh process (the environment inherited)."""
-    return subprocess.run([sys.executable, "-m", "edgekd.predict", *map(str, args)], capture_output=True, text=True,
+    """``python -m edgekd.edge.predict`` in a fresh process (the environment inherited)."""
+    return subprocess.run([sys.executable, "-m", "edgekd.edge.predict", *map(str, args)], capture_output=True, text=True,
                           timeout=600)
 
 
@@ -842,7 +844,7 @@ def test_bundle_warnings_are_printed(tmp_path, fake_bundle_dir, photos, monkeypa
 
 def _profile(tmp_path: Path, **edits) -> Path:
     """The smoke profile with ``dotted.key=value`` edits (missing mappings created), written to ``tmp_path``."""
-    prof = yaml.safe_load((R.PARAMS_DIR / "smoke.yaml").read_text())
+    prof = yaml.safe_load((PL.PARAMS_DIR / "smoke.yaml").read_text())
     for dotted, value in edits.items():
         node = prof
         *parents, leaf = dotted.split(".")
@@ -1115,13 +1117,13 @@ def test_checkpoints_load_with_weights_only_and_a_pickle_is_refused(tmp_path):
 
 
 def test_kernel_sockets_live_in_a_private_folder():
-    manager = ipc_kernel_manager()()
+    manager = IPCKernelManager()
     folder = Path(manager.ip).parent
     st = folder.stat()
     assert folder != Path(tempfile.gettempdir()) / "edgekd-kernels"  # not a fixed path another user can plant
     assert st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700
     assert len(f"{manager.ip}-65535") < 100  # a unix socket path's limit (ports are appended to the name)
-    assert Path(ipc_kernel_manager()().ip).parent == folder  # one folder per process
+    assert Path(IPCKernelManager().ip).parent == folder  # one folder per process
 
 
 # ======================================================================================================================

@@ -1,7 +1,8 @@
 """JupyterLab as a tested client: a stage notebook opened in JupyterLab in headless Chromium and run through the UI.
 
 JupyterLab starts on a free local port (127.0.0.1 only) with a token and private settings; the notebook is a copy
-of ``04_evaluate.ipynb`` whose parameters point at a copy of a finished smoke run and its teacher.
+of ``04_evaluate.ipynb`` whose parameters point at copies of the predictions of two finished real-data runs, a KD
+student and its teacher (``tiny_runs``, the runs 04_evaluate's papermill test reads too).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import urllib.request
 import nbformat
 import pytest
 
-from edgekd import paper as P
-from edgekd.runner import NOTEBOOKS_DIR
+from edgekd.paper import render
+from edgekd.pipeline.runner import NOTEBOOKS_DIR
 
 NOTEBOOK = "04_evaluate.ipynb"
 #: Where JupyterLab renders stderr and error outputs.
@@ -42,14 +43,13 @@ def parameterised_copy(folder, runs: dict) -> None:
 
 
 @pytest.fixture()
-def lab(smoke_outputs, tmp_path):
+def lab(tiny_runs, tmp_path):
     """A JupyterLab server on 127.0.0.1 serving a parameterised evaluate notebook; shut down afterwards."""
-    root, _ = smoke_outputs
     work = tmp_path / "lab"
     work.mkdir()
-    for name in ("student-resnet18-kdat-s0", "teacher-resnet50-s0"):
+    for name, run in (("student-resnet18-kdat-s0", tiny_runs["student"]), ("teacher-resnet50-s0", tiny_runs["teacher"])):
         (work / name).mkdir()
-        shutil.copy(root / name / "predictions.npz", work / name)
+        shutil.copy(run / "predictions.npz", work / name)
     parameterised_copy(work, {"run_dir": str(work / "student-resnet18-kdat-s0"),
                               "teacher_dir": str(work / "teacher-resnet50-s0"), "n_resamples": 50, "seed": 0})
     settings = tmp_path / "settings" / "@jupyterlab"
@@ -95,7 +95,7 @@ def test_evaluate_notebook_runs_in_jupyterlab_through_the_ui(lab):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=list(P.CHROMIUM_ARGS))
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=list(render.CHROMIUM_ARGS))
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{lab['url']}/lab/tree/{NOTEBOOK}?token={lab['token']}", timeout=90_000)
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from edgekd import info, runner
+from edgekd.core import info
+from edgekd.pipeline import plan
 
 SPEC = importlib.util.spec_from_file_location("kd_power", info.REPO_ROOT / "scripts" / "kd_power.py")
 KP = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(KP)
-PROFILE = runner.load_profile("default")
+PROFILE = plan.load_profile("default")
 
 
 def result(ok: bool = True, f1: float = 0.5, collapsed: str | None = None) -> dict:

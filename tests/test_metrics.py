@@ -1,4 +1,4 @@
-"""Tests for edgekd.metrics against sklearn / scipy references and hand-computed cases."""
+"""Tests for edgekd.core.metrics against sklearn / scipy references and hand-computed cases."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from scipy import stats
 from scipy.special import log_softmax, softmax
 from sklearn import metrics as skm
 
-from edgekd import evaluation as E
-from edgekd import metrics as M
-from edgekd.info import CLASS_NAMES, MELANOMA, NUM_CLASSES
+from edgekd.core import metrics as M
+from edgekd.core.info import CLASS_NAMES, MELANOMA, NUM_CLASSES
+from edgekd.stages import evaluate as V
 
 LABELS = list(range(NUM_CLASSES))
 
@@ -303,7 +303,7 @@ def test_plot_per_class_f1() -> None:
             for c in CLASS_NAMES
         ]
     )
-    fig = E.plot_per_class_f1(table)
+    fig = V.plot_per_class_f1(table)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
     heights = [p.get_height() for p in ax.patches]

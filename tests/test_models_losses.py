@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgekd import info
-from edgekd import losses as L
-from edgekd.models import AT_STAGES, HEAD_INIT_STD, create_model, default_stem_stride, forward_with_stages
+from edgekd.core import config, info
+from edgekd.core import losses as L
+from edgekd.core.config import KDConfig
+from edgekd.core.models import AT_STAGES, HEAD_INIT_STD, create_model, default_stem_stride, forward_with_stages
 
 #: Channels of the AT stages 1, 2, 3 (forward_intermediates indices) of each architecture.
 AT_CHANNELS = {"resnet50": (256, 512, 1024), "resnet18": (64, 128, 256),
@@ -49,7 +50,7 @@ def test_unknown_arch(arch):
 
 
 def test_pretrained_without_network_fails_clearly():
-    code = "from edgekd.models import create_model; create_model('resnet18', 28, pretrained=True)"
+    code = "from edgekd.core.models import create_model; create_model('resnet18', 28, pretrained=True)"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode != 0
@@ -61,15 +62,16 @@ def test_kd_loss_is_t2_kl_teacher_student():
     s, t = torch.randn(5, 7), torch.randn(5, 7)
     T = 3.0
     p_t = F.softmax(t / T, 1)
+    y = torch.randint(0, 7, (5,))
     manual = (p_t * (p_t.log() - F.log_softmax(s / T, 1))).sum(1).mean() * T**2
-    assert torch.allclose(L.KDLoss(T)(s, t), manual, atol=1e-6)
-    assert L.KDLoss(T)(t, t).abs() < 1e-6
+    assert torch.allclose(L.KDLoss(T)(s, t, y), manual, atol=1e-6)
+    assert L.KDLoss(T)(t, t, y).abs() < 1e-6
 
 
 def test_kd_gradient_pulls_student_towards_teacher():
     t = torch.tensor([[3.0, 0.0, 0.0]])
     s = torch.zeros(1, 3, requires_grad=True)
-    L.KDLoss(2.0)(s, t).backward()
+    L.KDLoss(2.0)(s, t, torch.tensor([0])).backward()
     assert s.grad[0, 0] < 0 < s.grad[0, 1]  # descent raises the teacher's top logit
 
 
@@ -94,11 +96,12 @@ def test_distill_loss_weights():
     torch.manual_seed(0)
     s, t, y = torch.randn(6, 7), torch.randn(6, 7), torch.randint(0, 7, (6,))
     ce = torch.nn.CrossEntropyLoss()
-    total, parts = L.DistillLoss(ce, L.KDLoss(4.0), 1.0, 0.0)(s, y, t)
+    total, parts = L.DistillLoss(ce, KDConfig(alpha=1.0, temperature=4.0))(s, y, t)
     assert torch.allclose(total, ce(s, y))
-    total, parts = L.DistillLoss(ce, L.KDLoss(4.0), 0.25, 0.0)(s, y, t)
+    total, parts = L.DistillLoss(ce, KDConfig(alpha=0.25, temperature=4.0))(s, y, t)
     assert np.isclose(float(total), 0.25 * parts["ce"] + 0.75 * parts["kd"], atol=1e-6)
-    assert parts["kd"] == pytest.approx(float(L.KDLoss(4.0)(s, t)))
+    assert parts["kd"] == pytest.approx(float(L.KDLoss(4.0)(s, t, y)))
+    assert "at" not in parts  # beta 0: no attention transfer
 
 
 def _kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -152,17 +155,18 @@ def test_dkd_with_two_classes_is_hinton_kd():
     p_s = torch.tensor([1 / (1 + np.exp(-1.5)), 1 - 1 / (1 + np.exp(-1.5))])
     by_hand = float((p_t * (p_t.log() - p_s.log())).sum() * 4)
     assert float(L.DKDLoss(1.0, 8.0, 2.0)(s, t, y)) == pytest.approx(by_hand, rel=1e-5)
-    assert float(L.KDLoss(2.0)(s, t)) == pytest.approx(by_hand, rel=1e-5)
+    assert float(L.KDLoss(2.0)(s, t, y)) == pytest.approx(by_hand, rel=1e-5)
 
 
 def test_dist_matches_the_published_formula():
     rng = np.random.default_rng(1)
     s, t = rng.normal(size=(12, 7)) * 2, rng.normal(size=(12, 7)) * 2
+    y = torch.tensor(rng.integers(0, 7, 12))  # DIST does not read the targets
     for beta, gamma, T in ((1.0, 1.0, 1.0), (2.0, 0.5, 4.0)):
-        got = L.DISTLoss(beta, gamma, T)(torch.tensor(s, dtype=torch.float32), torch.tensor(t, dtype=torch.float32))
+        got = L.DISTLoss(beta, gamma, T)(torch.tensor(s, dtype=torch.float32), torch.tensor(t, dtype=torch.float32), y)
         assert float(got) == pytest.approx(dist_reference(s, t, beta, gamma, T), rel=1e-4)
     st = torch.tensor(s, dtype=torch.float32)
-    assert float(L.DISTLoss()(st, st)) == pytest.approx(0.0, abs=1e-5)
+    assert float(L.DISTLoss()(st, st, y)) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_standardized_kd_ignores_the_student_logits_scale_and_shift():
@@ -170,22 +174,55 @@ def test_standardized_kd_ignores_the_student_logits_scale_and_shift():
     s, t, y = torch.randn(8, 7), torch.randn(8, 7) * 5, torch.randint(0, 7, (8,))
     z = L.standardize(s)
     assert torch.allclose(z.mean(1), torch.zeros(8), atol=1e-6) and torch.allclose(z.std(1), torch.ones(8), atol=1e-5)
-    loss = L.DistillLoss(torch.nn.CrossEntropyLoss(), L.KDLoss(2.0), 0.0, 0.0, standardize=True)
+    loss = L.DistillLoss(torch.nn.CrossEntropyLoss(), KDConfig(alpha=0.0, temperature=2.0, standardize=True))
     plain, _ = loss(s, y, t)
     scaled, _ = loss(3.0 * s + 1.5, y, t)
     assert float(plain) == pytest.approx(float(scaled), rel=1e-5)
-    manual = L.KDLoss(2.0)(L.standardize(s), L.standardize(t))
+    manual = L.KDLoss(2.0)(L.standardize(s), L.standardize(t), y)
     assert float(plain) == pytest.approx(float(manual), rel=1e-6)
 
 
+def test_the_loss_registry_has_every_logit_term():
+    assert set(L.LOSSES) == set(config.LOGIT_TERMS)
+    assert set(config.KD_MODES) - set(L.LOSSES) == {"none"}
+
+
 def test_logit_terms_by_name():
-    assert isinstance(L.logit_term("hinton", 4.0), L.KDLoss)
-    assert isinstance(L.logit_term("dkd", 4.0, dkd_alpha=1.0, dkd_beta=8.0), L.DKDLoss)
-    assert isinstance(L.logit_term("dist", 1.0), L.DISTLoss)
-    with pytest.raises(ValueError, match="'fitnet'"):
-        L.logit_term("fitnet", 4.0)
+    hinton = L.logit_term(KDConfig(mode="hinton", temperature=3.0))
+    assert isinstance(hinton, L.KDLoss) and hinton.T == 3.0
+    dkd = L.logit_term(KDConfig(mode="dkd", temperature=2.0, dkd_alpha=0.5, dkd_beta=4.0))
+    assert isinstance(dkd, L.DKDLoss) and (dkd.alpha, dkd.beta, dkd.T) == (0.5, 4.0, 2.0)
+    dist = L.logit_term(KDConfig(mode="dist", temperature=1.0, dist_beta=2.0, dist_gamma=0.5))
+    assert isinstance(dist, L.DISTLoss) and (dist.beta, dist.gamma, dist.T) == (2.0, 0.5, 1.0)
+    with pytest.raises(ValueError, match="'fitnet'"):  # an unknown mode never reaches the registry
+        L.logit_term(KDConfig(mode="fitnet"))
     with pytest.raises(ValueError, match="DKD needs"):
-        L.logit_term("dkd", 4.0, dkd_beta=-1.0)
+        L.logit_term(KDConfig(mode="dkd", dkd_beta=-1.0))
+    with pytest.raises(ValueError, match="'none' has no logit term"):
+        L.logit_term(KDConfig(mode="none"))
+
+
+def test_every_logit_term_takes_the_targets():
+    """One call for all: DistillLoss passes (student, teacher, target) to whichever term the mode picks."""
+    torch.manual_seed(0)
+    s, t, y = torch.randn(6, 7), torch.randn(6, 7), torch.randint(0, 7, (6,))
+    ce = torch.nn.CrossEntropyLoss()
+    for mode in config.LOGIT_TERMS:
+        kd = KDConfig(mode=mode, alpha=0.0)
+        total, parts = L.DistillLoss(ce, kd)(s, y, t)
+        assert float(total) == pytest.approx(parts["kd"]) and parts["kd"] == float(L.logit_term(kd)(s, t, y))
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: L.KDLoss(0.0), "temperature T must be > 0"),
+    (lambda: L.DKDLoss(1.0, -1.0, 4.0), "DKD needs"),
+    (lambda: L.DKDLoss(1.0, 8.0, -4.0), "DKD needs"),
+    (lambda: L.DISTLoss(-1.0, 1.0, 1.0), "DIST needs"),
+])
+def test_terms_built_directly_refuse_bad_settings(build, message):
+    """Built without a KDConfig (as the reference checks do), a term still refuses what KDConfig would."""
+    with pytest.raises(ValueError, match=message):
+        build()
 
 
 def test_head_init_shrinks_the_mobile_classifiers():
@@ -198,7 +235,7 @@ def test_head_init_shrinks_the_mobile_classifiers():
 @pytest.mark.parametrize("alpha, T, beta", [(-0.1, 4, 0), (1.5, 4, 0), (0.5, 0, 0), (0.5, -2, 0), (0.5, 4, -1)])
 def test_kd_settings_out_of_range(alpha, T, beta):
     with pytest.raises(ValueError):
-        L.check_kd(alpha, T, beta)
+        config.check_kd(alpha, T, beta)
 
 
 def test_focal_with_gamma_zero_is_ce_and_down_weights_easy_examples():

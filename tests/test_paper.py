@@ -14,11 +14,17 @@ import pytest
 from scipy import stats
 from scipy.special import softmax
 
-from edgekd import info, publish
-from edgekd import manuscript as MS
-from edgekd import metrics as M
-from edgekd import paper as P
-from edgekd import reporting as R
+from edgekd.core import info
+from edgekd.core import metrics as M
+from edgekd.paper import format as FM
+from edgekd.paper import render
+from edgekd.paper import sections as S
+from edgekd.paper import sources as SR
+from edgekd.pipeline import publish
+from edgekd.stages import aggregate as A
+from edgekd.stages import figures as FG
+from edgekd.stages import runs as RN
+from edgekd.stages import tables as TB
 
 # ----------------------------------------------------------------------------- hand-made runs
 
@@ -68,23 +74,23 @@ def profile(tmp_path):
 
 def test_run_identity_comes_from_run_config_and_the_folder(profile):
     root, _, _ = profile
-    lesion = R.run_identity(root / "student-resnet18-kd-lesion-s0")
+    lesion = RN.run_identity(root / "student-resnet18-kd-lesion-s0")
     assert (lesion["role"], lesion["arch"], lesion["setting"], lesion["split"], lesion["seed"]) == \
         ("student", "resnet18", "kd", "lesion", 0)
     assert lesion["label"] == "ResNet-18 · kd (lesion split)" and lesion["model"] == "student-resnet18-kd-lesion"
-    teacher = R.run_identity(root / "teacher-resnet50-s0")
+    teacher = RN.run_identity(root / "teacher-resnet50-s0")
     assert (teacher["role"], teacher["setting"], teacher["kd_mode"], teacher["valid"]) == ("teacher", "", "teacher", True)
-    assert R.run_identity(root / "student-resnet18-nokd-s2")["valid"] is False
+    assert RN.run_identity(root / "student-resnet18-nokd-s2")["valid"] is False
     shutil.move(root / "student-resnet18-kd-s1", root / "student-resnet18-kd-s7")  # folder and config disagree
     with pytest.raises(ValueError, match="does not match its run_config"):
-        R.run_identity(root / "student-resnet18-kd-s7")
+        RN.run_identity(root / "student-resnet18-kd-s7")
 
 
 def test_kd_is_paired_by_seed_with_a_pooled_mcnemar_and_collapsed_pairs_dropped(profile):
     root, y, preds = profile
-    runs = R.discover(root)
+    runs = RN.discover(root)
     assert list(runs["run_id"][:2]) == ["teacher-resnet50-s0", "student-resnet18-kd-s0"]  # official split first
-    summary, per_seed = R.paired_kd(runs)
+    summary, per_seed = TB.paired_kd(runs)
     official = summary[summary["split"] == "official"].iloc[0]
     assert (official["setting"], official["pairs"], official["pairs_dropped"]) == ("kd", 2, 1)
     deltas = [M.macro_f1(y, preds[("kd", s)]) - M.macro_f1(y, preds[("nokd", s)]) for s in (0, 1)]
@@ -102,31 +108,31 @@ def test_kd_is_paired_by_seed_with_a_pooled_mcnemar_and_collapsed_pairs_dropped(
 
 def test_collapsed_runs_enter_no_mean_and_best_student_is_by_macro_f1(profile):
     root, y, preds = profile
-    runs = R.discover(root)
+    runs = RN.discover(root)
     valid = runs[runs["valid"]]
-    seeds = R.seed_metrics(valid)
-    perf = R.performance_table(valid, seeds)
+    seeds = TB.seed_metrics(valid)
+    perf = TB.performance_table(valid, seeds)
     nokd = perf.set_index("model").loc["student-resnet18-nokd"]
     assert nokd["seeds"] == 2 and nokd["macro_f1"] == pytest.approx(np.mean([M.macro_f1(y, preds[("nokd", s)])
                                                                              for s in (0, 1)]))
-    assert list(R.excluded_runs(runs)["run_id"]) == ["student-resnet18-nokd-s2"]
+    assert list(RN.excluded_runs(runs)["run_id"]) == ["student-resnet18-nokd-s2"]
     # a student with the higher accuracy but the lower macro-F1 is not the best student
     perf.loc[perf["model"] == "student-resnet18-nokd", "accuracy"] = 0.99
-    assert R.best_student(perf)["model"] == "student-resnet18-kd"
+    assert A.best_student(perf)["model"] == "student-resnet18-kd"
 
 
 def test_best_student_is_never_a_one_seed_ablation_and_distilled_excludes_no_kd(profile):
     root, _, _ = profile
-    runs = R.discover(root)
+    runs = RN.discover(root)
     valid = runs[runs["valid"]]
-    perf = R.performance_table(valid, R.seed_metrics(valid))
+    perf = TB.performance_table(valid, TB.seed_metrics(valid))
     one_seed = perf[perf["model"] == "student-resnet18-kd"].assign(model="student-resnet18-lskd", label="ResNet-18 · lskd",
                                                                    seeds=1, macro_f1=0.99)
     perf = pd.concat([perf, one_seed], ignore_index=True)
-    assert R.best_student(perf)["model"] == "student-resnet18-kd"  # 3 seeds beat a 1-seed 0.99
+    assert A.best_student(perf)["model"] == "student-resnet18-kd"  # 3 seeds beat a 1-seed 0.99
     perf.loc[perf["model"] == "student-resnet18-nokd", ["seeds", "macro_f1"]] = (3, 0.98)
-    assert R.best_student(perf)["model"] == "student-resnet18-nokd"
-    assert R.best_student(perf, distilled=True)["model"] == "student-resnet18-kd"
+    assert A.best_student(perf)["model"] == "student-resnet18-nokd"
+    assert A.best_student(perf, distilled=True)["model"] == "student-resnet18-kd"
 
 
 def test_targets_table_measures_each_target_on_the_right_model():
@@ -148,8 +154,8 @@ def test_targets_table_measures_each_target_on_the_right_model():
         for a, s, d, low in (("a", "kd", 0.02, 0.01), ("b", "kd", 0.01, -0.01), ("c", "kd", 0.03, 0.02),
                              ("a", "dkd", 0.05, 0.02), ("b", "dkd", 0.04, -0.001))]
         + [{"arch": "a", "split": "lesion", "setting": "lskd", "d_macro_f1": 0.5, "d_macro_f1_low": 0.4}])
-    t = R.targets_table(perf, paired).set_index("target")
-    assert list(t.index) == list(R.TARGETS)
+    t = A.targets_table(perf, paired).set_index("target")
+    assert list(t.index) == list(A.TARGETS)
     assert (t.loc["teacher_accuracy", "value"], t.loc["teacher_accuracy", "met"]) == (0.81, True)
     assert (t.loc["teacher_macro_f1", "value"], t.loc["teacher_macro_f1", "met"]) == (0.60, False)
     assert (t.loc["every_student_macro_f1", "model"], t.loc["every_student_macro_f1", "met"]) == ("B · kd", False)
@@ -159,19 +165,19 @@ def test_targets_table_measures_each_target_on_the_right_model():
     kd = t.loc["kd_students_above_zero"]
     assert (kd["model"], kd["count"], kd["of"], kd["met"]) == ("kd", 2, 3, True)  # kd: a and c above 0; dkd: only a
     paired.loc[4, "d_macro_f1_low"] = 0.001  # now dkd has 2 too, with the larger mean Δ
-    assert R.targets_table(perf, paired).set_index("target").loc["kd_students_above_zero", "model"] == "dkd"
-    assert not R.targets_table(perf, paired.iloc[:0]).set_index("target").loc["kd_students_above_zero", "met"]
+    assert A.targets_table(perf, paired).set_index("target").loc["kd_students_above_zero", "model"] == "dkd"
+    assert not A.targets_table(perf, paired.iloc[:0]).set_index("target").loc["kd_students_above_zero", "met"]
 
 
 def test_targets_text_says_why_and_never_shows_nan_where_a_target_has_no_usable_run(tmp_path):
     perf = pd.DataFrame([{"model": "student-a-kd", "label": "A · kd", "role": "student", "split": "official",
                           "seeds": 2, "accuracy": 0.6, "macro_f1": 0.15}])  # no usable teacher, no KD pair
-    table = R.targets_table(perf, pd.DataFrame())
+    table = A.targets_table(perf, pd.DataFrame())
     table.to_csv(tmp_path / "targets.csv", index=False)
     numbers = {"targets": len(table), "targets_met": 0, "teacher_epochs": 2, "student_epochs": 2, "size": 28,
                "n_excluded": 3, "n_seeds": 2}
-    src = MS.Source("smoke", tmp_path, "published", numbers, {})
-    text = MS.targets(src) + MS.targets_paragraph(src, None, None)
+    src = SR.Source("smoke", tmp_path, "published", numbers, {})
+    text = S.targets(src) + S.targets_paragraph(src, None, None)
     assert "nan" not in text.lower() and "None" not in text
     assert "no teacher run is usable" in text and "no KD run has a usable no-KD partner" in text
     assert "**The weakest student**, A · kd, reaches macro-F1 0.150 in 2 epochs; 3 collapsed runs are excluded." in text
@@ -179,19 +185,19 @@ def test_targets_text_says_why_and_never_shows_nan_where_a_target_has_no_usable_
 
 
 def test_intervals_respect_the_metric_range():
-    clipped = R.seed_interval([0.97, 0.99, 1.0], (0.0, 1.0))
+    clipped = TB.seed_interval([0.97, 0.99, 1.0], (0.0, 1.0))
     assert clipped["clipped"] and clipped["ci_high"] == 1.0 and clipped["ci_low"] < clipped["mean"]
-    free = R.seed_interval([0.97, 0.99, 1.0])
+    free = TB.seed_interval([0.97, 0.99, 1.0])
     assert not free["clipped"] and free["ci_high"] > 1.0
     half = stats.t.ppf(0.975, 1) * np.std([0.0, 0.02], ddof=1) / np.sqrt(2)
-    assert R.unit_interval([0.0, 0.02]) == (0.0, pytest.approx(0.01 + half))
+    assert FG.unit_interval([0.0, 0.02]) == (0.0, pytest.approx(0.01 + half))
 
 
 def test_lesion_split_is_set_beside_the_official_split(profile):
     root, _, _ = profile
-    runs = R.discover(root)
+    runs = RN.discover(root)
     valid = runs[runs["valid"]]
-    table = R.split_comparison(valid, R.seed_metrics(valid)).set_index("label")
+    table = TB.split_comparison(valid, TB.seed_metrics(valid)).set_index("label")
     assert list(table.index) == ["ResNet-50 teacher", "ResNet-18 · kd"]
     row = table.loc["ResNet-18 · kd"]
     assert (row["official_seeds"], row["lesion_seeds"]) == (3, 1)
@@ -199,16 +205,16 @@ def test_lesion_split_is_set_beside_the_official_split(profile):
 
 
 def test_cells_never_show_nan_or_booleans():
-    assert [MS.num(x) for x in (float("nan"), None, True, False, -0.0001, 3)] == ["—", "—", "yes", "no", "0.000", "3"]
-    assert MS.interval(0.5, float("nan"), float("nan")) == "0.500"
-    assert MS.interval(0.01, -0.02, 0.04, sign=True) == '+0.010<br><span class="ci">[-0.020, +0.040]</span>'
-    table = MS.md_table(pd.DataFrame({"a": ["x"], "b": [np.nan]}), {"A": MS.col("a", str), "B": MS.col("b")}, "Cap.")
+    assert [FM.num(x) for x in (float("nan"), None, True, False, -0.0001, 3)] == ["—", "—", "yes", "no", "0.000", "3"]
+    assert FM.interval(0.5, float("nan"), float("nan")) == "0.500"
+    assert FM.interval(0.01, -0.02, 0.04, sign=True) == '+0.010<br><span class="ci">[-0.020, +0.040]</span>'
+    table = FM.md_table(pd.DataFrame({"a": ["x"], "b": [np.nan]}), {"A": FM.col("a", str), "B": FM.col("b")}, "Cap.")
     assert table.splitlines()[2] == "| x | — |"
 
 
 def test_gpu_benchmark_table_and_paragraph_come_from_its_csv(tmp_path, monkeypatch):
     monkeypatch.setenv(publish.RESULTS_ENV, str(tmp_path))
-    assert MS.gpu() is None  # no benchmark committed: the paper shows no GPU section
+    assert SR.gpu() is None  # no benchmark committed: the paper shows no GPU section
     folder = tmp_path / "gpu"
     folder.mkdir()
     rows = [{"profile": "default", "arch": arch, "size": 64, "stem_stride": 2, "batch": b, "precision": prec,
@@ -217,17 +223,17 @@ def test_gpu_benchmark_table_and_paragraph_come_from_its_csv(tmp_path, monkeypat
             for b in (1, 32) for prec, p50 in (("fp32", fp32), ("amp_fp16", fp16))]
     pd.DataFrame(rows).to_csv(folder / "gpu_latency.csv", index=False)
     (folder / "environment.json").write_text(json.dumps({"gpu": "Some GPU", "torch": "2.x"}))
-    src = MS.gpu()
-    text = MS.gpu_paragraph(src)
+    src = SR.gpu()
+    text = S.gpu_paragraph(src)
     assert "teacher's (2.00 ms) is ResNet-18 0.50×" in text and "slower than FP32 for 1 of 2 models" in text
-    table = MS.gpu_latency(src)
+    table = S.gpu_latency(src)
     assert "nan" not in table and "Some GPU" in table and "200 timed calls" in table
     assert "| ResNet-18 | 64 | 32 | 1.50 | 2.00 | 1.20 | 1.60 |" in table.splitlines()
 
 
 def test_kd_power_paragraph_and_table_come_from_its_tables(tmp_path, monkeypatch):
     monkeypatch.setenv(publish.RESULTS_ENV, str(tmp_path))
-    assert MS.kd_power() is None  # no study committed: the paper says so instead
+    assert SR.kd_power() is None  # no study committed: the paper says so instead
     folder = tmp_path / "studies" / "kd_power"
     folder.mkdir(parents=True)
 
@@ -247,7 +253,7 @@ def test_kd_power_paragraph_and_table_come_from_its_tables(tmp_path, monkeypatch
              for k, e, f in (("nokd", 8, 0.50), ("nokd16", 16, 0.58), ("nokd16", 16, 0.56))]
     pd.DataFrame(runs).to_csv(folder / "runs.csv", index=False)
     (folder / "provenance.json").write_text(json.dumps({"strong_teacher": "t1", "machine": {"gpu": "Some GPU"}}))
-    text = MS.kd_power_paragraph(MS.kd_power())
+    text = S.kd_power_paragraph(SR.kd_power())
     assert "(Some GPU;" in text and "3 student runs, 4 seeds per setting" in text
     assert "same 8 epochs for 1 of 2 students" in text  # only A's interval lies above 0
     assert "gains more on average for 1 of 2 students (1 of 2 intervals above 0)" in text
@@ -257,13 +263,13 @@ def test_kd_power_paragraph_and_table_come_from_its_tables(tmp_path, monkeypatch
     assert "At the same budget" not in text  # no run of KD for twice the epochs yet
     (folder / "kd16").mkdir()
     pd.DataFrame([pair("A", "kd16", -0.001, -0.02, 0.015)]).to_csv(folder / "kd16" / "paired_vs_nokd16.csv", index=False)
-    text = MS.kd_power_paragraph(MS.kd_power())
+    text = S.kd_power_paragraph(SR.kd_power())
     assert "At the same budget, KD for twice the epochs against no KD for twice the epochs: A Δ macro-F1 -0.001 " \
            "[-0.020, +0.015] over 4 seeds" in text
-    assert MS.kd_power_sentence(MS.kd_power()) == (
+    assert S.kd_power_sentence(SR.kd_power()) == (
         "A GPU study with 4 seeds per setting finds KD above no KD at the same epochs for 1 of 2 students, but below "
         "a no-KD student trained twice as long for 1 of 2 (above it for 0).")
-    table = MS.kd_power_table(MS.kd_power())
+    table = S.kd_power_table(SR.kd_power())
     assert len([line for line in table.splitlines() if line.startswith("| A ")]) == 4 and "nan" not in table
     assert "| B | KD, the profile's teacher | no KD, 2× epochs | 4 |" in table
 
@@ -273,7 +279,7 @@ def test_kd_power_paragraph_and_table_come_from_its_tables(tmp_path, monkeypatch
 
 def test_split_qmd_keeps_order_and_drops_chunk_options():
     text = "---\ntitle: T\n---\n\nIntro *text*.\n\n```{python}\n#| echo: false\nx = 1\n```\n\nMiddle.\n\n```{python}\ny = 2\n```\n"
-    meta, nb = P.split_qmd(text)
+    meta, nb = render.split_qmd(text)
     assert meta == {"title": "T"}
     assert [c.cell_type for c in nb.cells] == ["markdown", "code", "markdown", "code"]
     assert nb.cells[1].source == "x = 1" and nb.cells[2].source == "Middle."
@@ -292,7 +298,7 @@ def test_browser_check_finds_each_defect(tmp_path):
       <table><tbody><tr><td>model</td><td>True</td></tr></tbody></table>
       <table style="width:2000px"><tbody><tr><td>wide</td><td>1</td></tr></tbody></table>
     </body></html>""")
-    found = " | ".join(P.problems(P.browser_check(html)))
+    found = " | ".join(render.problems(render.browser_check(html)))
     for defect in ("1/2 figures loaded", "1/3 tables filled", "wider than the text column", "literal nan", "stray words"):
         assert defect in found, (defect, found)
 
@@ -314,17 +320,17 @@ def rendered(smoke_outputs, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv(info.OUTPUTS_ENV, str(root.parent))
     monkeypatch_module.setenv(publish.RESULTS_ENV, str(tmp_path_factory.mktemp("no_results")))
     out = tmp_path_factory.mktemp("paper")
-    html = P.render_fallback("smoke", out_dir=out)
-    return html, P.write_pdf(html, out / "paper.pdf")
+    html = render.render_fallback("smoke", out_dir=out)
+    return html, render.write_pdf(html, out / "paper.pdf")
 
 
 def test_smoke_paper_passes_the_browser_check_on_screen_and_in_print(rendered):
     html, _ = rendered
-    for media, report in P.check(html).items():
+    for media, report in render.check(html).items():
         print(media, "headless Chromium saw:", {k: v for k, v in report.items() if k != "headings"})
-        assert P.problems(report) == [], media
+        assert render.problems(report) == [], media
         assert report["images"] >= 6 and report["tables"] >= 8
-    headings = P.browser_check(html)["headings"]
+    headings = render.browser_check(html)["headings"]
     for heading in ("Abstract", "Does distillation help? KD against no KD", "Performance with confidence intervals",
                     "Leakage: official against lesion split", "Calibration and operating points", "Robustness",
                     "Efficiency: INT8 against FP32", "Pareto front", "Grad-CAM", "Limitations", "Excluded runs",
@@ -337,7 +343,7 @@ def test_smoke_paper_numbers_and_exclusions_come_from_outputs(rendered, smoke_ou
     root, _ = smoke_outputs
     agg = root / "aggregate"
     numbers = json.loads((agg / "numbers.json").read_text())
-    assert set(numbers) == set(R.NUMBERS)
+    assert set(numbers) == set(A.NUMBERS)
     assert "Results</strong> of profile <code>smoke</code>: this checkout’s own run" in html
     assert f"{numbers['n_valid']} of {numbers['n_runs']} runs usable" in html
     runs = pd.read_csv(agg / "runs.csv")
@@ -372,7 +378,7 @@ def test_smoke_pdf_has_every_figure_on_a_page_with_content(rendered, tmp_path):
     pages = sorted({int(line.split()[0]) for line in listing.splitlines()[2:] if line.split()[2] == "image"})
     assert len(pages) >= 4
     n_images = sum(1 for line in listing.splitlines()[2:] if line.split()[2] == "image")
-    assert n_images >= P.browser_check(html)["images"]
+    assert n_images >= render.browser_check(html)["images"]
     subprocess.run(["pdftoppm", "-r", "40", "-png", str(pdf), str(tmp_path / "page")], check=True)
     pngs = sorted(tmp_path.glob("page-*.png"))
     from PIL import Image

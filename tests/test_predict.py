@@ -17,29 +17,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from edge_helpers import BIN, export_bundle, isic_folder, trained_run
-from edgekd import calibration as C
-from edgekd import metrics as M
-from edgekd import predict as P
-from edgekd.bundle import fit_deployment
-from edgekd.external import ExternalSet, deployed_metrics, evaluate_external
-from edgekd.info import CLASS_NAMES, MELANOMA, NUM_CLASSES
-from edgekd.inputs import MIN_SIDE
-
-
-@pytest.fixture(scope="module")
-def isic(tmp_path_factory, data_dir):
-    return isic_folder(tmp_path_factory.getbasetemp(), data_dir)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return trained_run(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, run_dir):
-    return export_bundle(tmp_path_factory.getbasetemp(), run_dir)
+from edge_helpers import BIN
+from edgekd.core import calibration as C
+from edgekd.core import metrics as M
+from edgekd.core.info import CLASS_NAMES, MELANOMA, NUM_CLASSES
+from edgekd.core.inputs import MIN_SIDE
+from edgekd.edge import predict as P
+from edgekd.stages.export import fit_deployment
+from edgekd.stages.external import ExternalSet, deployed_metrics, evaluate_external
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess:
@@ -218,7 +203,7 @@ def test_int8_agrees_with_fp32(tmp_path, bundle, isic):
 def test_predict_imports_no_torch(tmp_path, bundle, isic):
     """A full prediction run with labels in a fresh interpreter loads no torch, scipy, sklearn or pandas."""
     images, csv, _ = isic
-    code = (f"import sys; from edgekd.predict import main; rc = main([{str(bundle)!r}, {str(images)!r}, '--labels', {str(csv)!r}, "
+    code = (f"import sys; from edgekd.edge.predict import main; rc = main([{str(bundle)!r}, {str(images)!r}, '--labels', {str(csv)!r}, "
             f"'--out', {str(tmp_path / 'p.csv')!r}]); "
             "print('RC', rc, 'LOADED', sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'scipy', 'sklearn', 'pandas'}))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)

@@ -11,9 +11,10 @@ import time
 import pandas as pd
 import pytest
 
-from edgekd import info, publish, reproduce
-from edgekd import paper as P
-from edgekd.runner import PARAMS_DIR
+from edgekd.core import info
+from edgekd.paper import render
+from edgekd.pipeline import publish, reproduce
+from edgekd.pipeline.plan import PARAMS_DIR
 
 MACHINE = {"cpu": "CPU A", "cpu_capability": "AVX2", "gpu": None, "torch_threads": 2, "torch": "2.14.1",
            "timm": "1.0.31", "numpy": "2.4.6", "onnxruntime": "1.32.0"}
@@ -114,9 +115,9 @@ def test_clean_clone_renders_the_paper_from_published_results(published, tmp_pat
     monkeypatch.setenv(info.OUTPUTS_ENV, str(tmp_path / "empty_outputs"))
     monkeypatch.setenv(publish.RESULTS_ENV, str(results))
     t0 = time.time()
-    html = P.render_fallback("smoke", out_dir=tmp_path / "paper")
-    pdf = P.write_pdf(html, tmp_path / "paper" / "paper.pdf")
+    html = render.render_fallback("smoke", out_dir=tmp_path / "paper")
+    pdf = render.write_pdf(html, tmp_path / "paper" / "paper.pdf")
     assert time.time() - t0 < 120 and pdf.stat().st_size > 100_000
     text = " ".join(html.read_text().split())
     assert "the published reference in <code>" in text and "reads the published reference itself" in text
-    assert P.problems(P.browser_check(html)) == []
+    assert render.problems(render.browser_check(html)) == []

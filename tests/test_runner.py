@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from edgekd import runner as R
+from edgekd.pipeline import plan as PL
+from edgekd.pipeline import runner as R
 
 
 def _profile(tmp_path, **edits):
-    prof = yaml.safe_load((R.PARAMS_DIR / "smoke.yaml").read_text())
+    prof = yaml.safe_load((PL.PARAMS_DIR / "smoke.yaml").read_text())
     for dotted, value in edits.items():
         node = prof
         *parents, leaf = dotted.split(".")
@@ -64,7 +65,7 @@ def test_kd_setting_can_name_its_own_archs(tmp_path):
 
 
 def test_every_profile_is_valid(tmp_path):
-    for path in R.PARAMS_DIR.glob("*.yaml"):
+    for path in PL.PARAMS_DIR.glob("*.yaml"):
         assert R.expand(R.load_profile(path), tmp_path), path
 
 
@@ -166,7 +167,7 @@ def test_smoke_profile_end_to_end(smoke_outputs):
 
 def test_rerun_skips_finished_runs(smoke_outputs):
     root, _ = smoke_outputs
-    res = subprocess.run([sys.executable, "-m", "edgekd.runner", "smoke", "--outputs", str(root.parent)],
+    res = subprocess.run([sys.executable, "-m", "edgekd.pipeline.runner", "smoke", "--outputs", str(root.parent)],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     lines = [ln for ln in res.stdout.splitlines() if ln.strip() and ln.split()[0] in ("fresh", "ran", "failed", "blocked")]
@@ -187,7 +188,7 @@ def test_lesion_pair_settings_filters_and_overrides(tmp_path):
     by_key = {s.key: s for s in specs}
     lesion = [s for s in specs if "-lesion" in s.run_id]
     # no-KD students only: no lesion teacher is trained (nothing distils from it)
-    assert [s.key for s in lesion if s.stage in R.TRAIN_STAGES] == ["student-resnet18-nokd-lesion-s1:student"]
+    assert [s.key for s in lesion if s.trains] == ["student-resnet18-nokd-lesion-s1:student"]
     assert all(s.parameters["data"]["split"] == "lesion" for s in lesion if "data" in s.parameters)
     assert {s.stage for s in lesion} == {"student", "evaluate"}  # no robustness/efficiency/export
     assert by_key["student-resnet18-nokd-lesion-s1:evaluate"].parameters["teacher_dir"] is None
@@ -195,7 +196,7 @@ def test_lesion_pair_settings_filters_and_overrides(tmp_path):
     pair = R.expand(R.load_profile(_profile(tmp_path, lesion={"archs": ["resnet18"], "kd": ["kdat", "nokd"],
                                                               "seeds": [1]})), tmp_path)
     pair_keys = {s.key: s for s in pair}
-    assert [s.key for s in pair if "-lesion" in s.run_id and s.stage in R.TRAIN_STAGES] == [
+    assert [s.key for s in pair if "-lesion" in s.run_id and s.trains] == [
         "teacher-resnet50-lesion-s1:teacher", "student-resnet18-kdat-lesion-s1:student",
         "student-resnet18-nokd-lesion-s1:student"]
     teacher_dir = str(pair_keys["teacher-resnet50-lesion-s1:teacher"].run_dir)
@@ -242,7 +243,7 @@ def test_kernels_started_by_a_dask_worker_do_not_inherit_its_malloc_trim_thresho
     import nbformat
     from jupyter_client.manager import AsyncKernelManager
 
-    from edgekd.kernels import ipc_kernel_manager
+    from edgekd.pipeline.kernels import IPCKernelManager
 
     def kernel_sees(manager: type) -> str:
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
@@ -252,5 +253,5 @@ def test_kernels_started_by_a_dask_worker_do_not_inherit_its_malloc_trim_thresho
 
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     assert kernel_sees(AsyncKernelManager) == "65536"  # what a kernel started by a Dask worker inherits otherwise
-    assert kernel_sees(ipc_kernel_manager()) == "unset"
+    assert kernel_sees(IPCKernelManager) == "unset"
     assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # the worker's own environment is untouched

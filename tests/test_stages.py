@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from edgekd import bench
-from edgekd import data as D
-from edgekd import efficiency as eff
-from edgekd import robustness as rb
-from edgekd.inference import load_run
-from edgekd.train import score
+from edgekd.core.inference import load_run
+from edgekd.pipeline import bench
+from edgekd.stages import data as D
+from edgekd.stages import efficiency as E
+from edgekd.stages import robustness as RB
+from edgekd.stages.train import score
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -47,7 +47,7 @@ def _test_split(run_dir: Path) -> D.DermaArrays:
 
 def test_run_robustness_writes_tables_and_reuses_cache(student: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    res = rb.run_robustness(student, ("source", "medmnistc"), SEVERITIES, max_images=35, seed=0, cache_dir=cache)
+    res = RB.run_robustness(student, ("source", "medmnistc"), SEVERITIES, max_images=35, seed=0, cache_dir=cache)
     out = student / "robustness"
     for name in ("corruptions.csv", "skipped.csv", "medmnistc_be_rbe.csv", "curves_source.png", "curves_medmnistc.png"):
         assert (out / name).stat().st_size > 0, name
@@ -57,7 +57,7 @@ def test_run_robustness_writes_tables_and_reuses_cache(student: Path, tmp_path: 
     cells = [(r.suite, r.corruption, r.level) for r in table.itertuples()]
     assert cells == [
         ("source", "clean", 0),
-        *[("source", name, level) for name, values in rb.SUITES["source"].items() for level in range(1, len(values) + 1)],
+        *[("source", name, level) for name, values in RB.SUITES["source"].items() for level in range(1, len(values) + 1)],
         ("medmnistc", "clean", 0), ("medmnistc", "pixelate", 1), ("medmnistc", "pixelate", 5), ("medmnistc", "motion_blur", 2),
     ]
     skipped = pd.read_csv(out / "skipped.csv")
@@ -85,19 +85,19 @@ def test_run_robustness_writes_tables_and_reuses_cache(student: Path, tmp_path: 
     assert res["cache"]["computed"] == len(files) == 11 and res["cache"]["hits"] == 0
     assert all(f.parent.parent.name == "28px" for f in files)
     mtimes = [f.stat().st_mtime_ns for f in files]
-    again = rb.run_robustness(student, ("source", "medmnistc"), SEVERITIES, max_images=35, seed=0, cache_dir=cache)
+    again = RB.run_robustness(student, ("source", "medmnistc"), SEVERITIES, max_images=35, seed=0, cache_dir=cache)
     assert again["cache"] == {"dir": cache, "hits": 11, "computed": 0}
     assert sorted(cache.rglob("*.npy")) == files and [f.stat().st_mtime_ns for f in files] == mtimes
     pd.testing.assert_frame_equal(again["corruptions"], res["corruptions"])
 
     # Cached images are corrupt() of each image with its index in the test split.
     images = _test_split(student).images["test"][indices]
-    cached, hit = rb.cached_corrupt(images, indices, "source", "gaussian_noise", 0.2, 0, cache)
+    cached, hit = RB.cached_corrupt(images, indices, "source", "gaussian_noise", 0.2, 0, cache)
     assert hit
     k = 7
-    direct = rb.corrupt(images[k : k + 1], "gaussian_noise", 0.2, seed=0, start_index=int(indices[k]))
+    direct = RB.corrupt(images[k : k + 1], "gaussian_noise", 0.2, seed=0, start_index=int(indices[k]))
     np.testing.assert_array_equal(cached[k], direct[0])
-    assert not np.array_equal(cached, rb.corrupt(images, "gaussian_noise", 0.2, seed=0))  # indices matter
+    assert not np.array_equal(cached, RB.corrupt(images, "gaussian_noise", 0.2, seed=0))  # indices matter
 
 
 @pytest.mark.parametrize(
@@ -115,29 +115,29 @@ def test_run_robustness_writes_tables_and_reuses_cache(student: Path, tmp_path: 
 )
 def test_run_robustness_rejects_bad_selection(student: Path, suites, severities, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        rb.run_robustness(student, suites, severities)
+        RB.run_robustness(student, suites, severities)
 
 
 def test_run_robustness_rejects_bad_counts(student: Path) -> None:
     with pytest.raises(ValueError, match="max_images"):
-        rb.run_robustness(student, max_images=0)
+        RB.run_robustness(student, max_images=0)
     with pytest.raises(ValueError, match="seed"):
-        rb.run_robustness(student, seed=-1)
+        RB.run_robustness(student, seed=-1)
 
 
 def test_run_efficiency_on_trained_run(student: Path) -> None:
-    res = eff.run_efficiency(student, threads=1, batch_sizes=(1,), sizes=(28,), warmup=0, repeats=1, calib_images=32)
-    for name in eff.EXPORT_FILES.values():
+    res = E.run_efficiency(student, threads=1, batch_sizes=(1,), sizes=(28,), warmup=0, repeats=1, calib_images=32)
+    for name in E.EXPORT_FILES.values():
         assert (student / "efficiency" / "export" / name).stat().st_size > 0, name
     out = student / "efficiency"
     model = pd.read_csv(out / "model.csv").iloc[0]
     trained = load_run(student).model
-    assert model["params"] == eff.count_params(trained) and model["flops"] == 2 * model["macs"] > 0
+    assert model["params"] == E.count_params(trained) and model["flops"] == 2 * model["macs"] > 0
     assert model["onnx_int8_bytes"] < model["onnx_bytes"] / 3
     assert model["peak_cpu_rss_mb"] >= 0
 
     backends = pd.read_csv(out / "backends.csv").set_index("backend")
-    assert list(backends.index) == list(eff.BACKENDS)
+    assert list(backends.index) == list(E.BACKENDS)
     assert {"accuracy", "macro_f1", "max_abs_logit_diff_vs_eager", "delta_macro_f1_vs_eager"} <= set(backends.columns)
     assert backends.loc["eager", "max_abs_logit_diff_vs_eager"] == 0
     assert backends.loc["ort_fp32", "max_abs_logit_diff_vs_eager"] < 1e-4
@@ -146,32 +146,32 @@ def test_run_efficiency_on_trained_run(student: Path) -> None:
     assert 0 < int8["max_abs_logit_diff_vs_eager"] < 1.0
 
     latency = pd.read_csv(out / "latency.csv")
-    assert sorted(latency["backend"]) == sorted(eff.BACKENDS) and (latency["mean_ms"] > 0).all()
+    assert sorted(latency["backend"]) == sorted(E.BACKENDS) and (latency["mean_ms"] > 0).all()
     assert res["latency"] is not None and set(res["files"]) >= {"model", "backends", "latency", "onnx_int8"}
 
 
 def test_exported_onnx_matches_trained_model_on_test_images(student: Path) -> None:
     onnx_path = student / "efficiency" / "export" / "model.onnx"
     if not onnx_path.exists():
-        eff.export_onnx(load_run(student).model, 28, onnx_path)
+        E.export_onnx(load_run(student).model, 28, onnx_path)
     images = _test_split(student).images["test"]
     with torch.no_grad():
         reference = load_run(student).model(torch.from_numpy(D.to_input(images))).numpy()
     stored = np.load(student / "predictions.npz")["test_logits"]
     assert np.abs(reference - stored).max() < 1e-4  # the training run's CPU logits
-    logits = eff.backend_logits(eff.load_backend("ort_fp32", onnx_path, threads=1), images, batch_size=16)
+    logits = E.backend_logits(E.load_backend("ort_fp32", onnx_path, threads=1), images, batch_size=16)
     assert logits.shape == reference.shape and np.abs(logits - reference).max() < 1e-4
     with pytest.raises(ValueError, match="'tensorrt'"):
-        eff.load_backend("tensorrt", onnx_path)
+        E.load_backend("tensorrt", onnx_path)
 
 
 def test_run_efficiency_rejects_bad_arguments(tmp_path: Path) -> None:
     for kwargs, match in (({"batch_sizes": ()}, "batch_sizes"), ({"sizes": [28, 0]}, "sizes"),
                           ({"threads": 0}, "threads"), ({"warmup": -1}, "warmup"), ({"calib_images": 0}, "calib_images")):
         with pytest.raises(ValueError, match=match):
-            eff.run_efficiency(tmp_path, **kwargs)
+            E.run_efficiency(tmp_path, **kwargs)
     with pytest.raises(FileNotFoundError, match="not a finished run"):
-        eff.run_efficiency(tmp_path)
+        E.run_efficiency(tmp_path)
 
 
 def test_bench_prints_table(tiny_runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

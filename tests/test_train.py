@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 
-from edgekd import data as D
-from edgekd import train as T
-from edgekd.inference import load_run, predict
-from edgekd.models import create_model
+from edgekd.core.inference import load_run, predict
+from edgekd.core.models import create_model
+from edgekd.stages import data as D
+from edgekd.stages import train as T
 
 CFG = dict(epochs=2, batch_size=32, lr=2e-3, stem_stride=2, progress=False, warmup_epochs=0.5, threads=2, collapse="warn")
 
@@ -40,7 +40,7 @@ DATA = D.DataConfig(size=28, subset={"train": 96, "val": 48, "test": 48})
 def test_training_is_deterministic_on_cpu(tmp_path):
     runs = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        T.train_run(tmp_path / name, "resnet18", seed, DATA, T.TrainConfig(**CFG))
+        T.run_train(tmp_path / name, "resnet18", seed, DATA, T.TrainConfig(**CFG))
         runs[name] = (torch.load(tmp_path / name / "best.pt"), pd.read_csv(tmp_path / name / "history.csv"))
     (wa, ha), (wb, hb), (wc, _) = runs["a"], runs["b"], runs["c"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -59,7 +59,7 @@ def test_outputs_of_a_run(tiny, tmp_path):
 
 def test_best_epoch_is_chosen_on_val_not_test(tiny, tmp_path):
     cfg = T.TrainConfig(**{**CFG, "epochs": 3})
-    metrics = T.train_run(tmp_path / "run", "resnet18", 0, DATA, cfg)
+    metrics = T.run_train(tmp_path / "run", "resnet18", 0, DATA, cfg)
     hist = pd.read_csv(tmp_path / "run" / "history.csv")
     assert metrics["best_epoch"] == int(hist.loc[hist["val_macro_f1"].idxmax(), "epoch"])
     assert metrics["val_macro_f1"] == pytest.approx(hist["val_macro_f1"].max())
@@ -73,8 +73,9 @@ def test_best_epoch_is_chosen_on_val_not_test(tiny, tmp_path):
 RESUME_SCRIPT = textwrap.dedent(
     """
     import sys
-    from edgekd import data as D, train as T
-    from edgekd.models import create_model
+    from edgekd.stages import data as D
+    from edgekd.stages import train as T
+    from edgekd.core.models import create_model
     arrays = D.subset(D.get_dermamnist(28), {"train": 96, "val": 48, "test": 48})
     cfg = T.TrainConfig(**%r)
     T.seed_everything(0)
@@ -105,7 +106,7 @@ def test_resume_after_kill_matches_uninterrupted(tiny, tmp_path):
 def _teacher(tiny, tmp_path):
     tdir = tmp_path / "teacher"
     cfg = T.TrainConfig(**{**CFG, "epochs": 1})
-    T.train_run(tdir, "resnet18", 0, DATA, cfg)  # a small teacher keeps the test fast
+    T.run_train(tdir, "resnet18", 0, DATA, cfg)  # a small teacher keeps the test fast
     return tdir
 
 
@@ -163,10 +164,10 @@ def test_collapse_guard_stops_a_broken_run(tmp_path):
     """lr 10 blows the weights up: every prediction lands on one class, and the run must fail loudly."""
     cfg = T.TrainConfig(**{**CFG, "lr": 10.0, "collapse": "error"})
     with pytest.raises(T.CollapsedRun, match=r"run broken collapsed: \d+% of its validation predictions are '\w+'"):
-        T.train_run(tmp_path / "broken", "resnet18", 0, DATA, cfg)
+        T.run_train(tmp_path / "broken", "resnet18", 0, DATA, cfg)
     assert not (tmp_path / "broken" / "predictions.npz").exists()  # nothing for the tables to pick up
     assert not (tmp_path / "broken" / "metrics.json").exists()
-    flagged = T.train_run(tmp_path / "flagged", "resnet18", 0, DATA, T.TrainConfig(**{**CFG, "lr": 10.0}))
+    flagged = T.run_train(tmp_path / "flagged", "resnet18", 0, DATA, T.TrainConfig(**{**CFG, "lr": 10.0}))
     assert "validation predictions are" in flagged["collapsed"]
     assert json.loads((tmp_path / "flagged" / "metrics.json").read_text())["collapsed"] == flagged["collapsed"]
 
@@ -201,7 +202,7 @@ def test_bad_kd_settings(kd, message):
 
 
 def test_phases_account_for_the_wall_time(tmp_path):
-    metrics = T.train_run(tmp_path / "r", "resnet18", 0, DATA, T.TrainConfig(**CFG))
+    metrics = T.run_train(tmp_path / "r", "resnet18", 0, DATA, T.TrainConfig(**CFG))
     phases = metrics["phases_s"]
     assert set(phases) == {"load_data", "fit", "epochs", "validation", "finish"}
     assert phases["epochs"] <= phases["fit"] and phases["validation"] <= phases["epochs"]

@@ -1,0 +1,1 @@
+"""Facts, files, inputs, models, losses and metrics that every stage shares (no stage, no pipeline)."""

@@ -1,0 +1,332 @@
+"""The aggregate stage (:func:`run_aggregate`): every evaluated run of a profile in, the paper's tables and
+figures out, with the study's targets (:data:`TARGETS`) and its headline numbers (:data:`NUMBERS`).
+
+It writes tidy, numeric CSVs (:mod:`edgekd.stages.tables`), PNG figures (:mod:`edgekd.stages.figures`) and
+``numbers.json``. Runs flagged by the collapse guard (``metrics.json["collapsed"]``) are listed in
+``excluded_runs.csv`` with their reason and enter no mean, comparison, selection, front or figure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from edgekd.core import info, provenance
+from edgekd.core.files import clear_results
+from edgekd.core.info import ARCH_LABELS, LESION_MARK
+from edgekd.stages.figures import (
+    confusion_figure,
+    gradcam_panels,
+    paired_kd_figure,
+    panel_models,
+    per_class_delta_figure,
+    per_class_figure,
+    reliability_grid,
+    training_curves_figure,
+)
+from edgekd.stages.runs import BASELINE, discover, eval_table, excluded_runs, having
+from edgekd.stages.tables import (
+    HEADLINE_METRICS,
+    ablation_table,
+    be_rbe_summary,
+    calibration_summary,
+    efficiency_summary,
+    external_summary,
+    operating_summary,
+    paired_kd,
+    performance_table,
+    robustness_summary,
+    seed_metrics,
+    split_comparison,
+    teacher_recipe,
+)
+
+# ----------------------------------------------------------------------------- the best models and the study's targets
+
+
+def _most(rows: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows with the largest ``column`` (seeds, pairs): a one-seed ablation is not ranked against 3-seed means."""
+    return rows[rows[column] == rows[column].max()]
+
+
+def best_teacher(perf: pd.DataFrame) -> pd.Series | None:
+    """The official-split teacher with the highest mean test macro-F1."""
+    teachers = perf[(perf["role"] == "teacher") & (perf["split"] != LESION_MARK)]
+    return None if teachers.empty else teachers.loc[teachers["macro_f1"].idxmax()]
+
+
+def best_student(perf: pd.DataFrame, distilled: bool = False) -> pd.Series | None:
+    """The official-split student with the highest mean test macro-F1 (the selection metric), among those
+    run with the most seeds; with ``distilled``, among the KD settings only (not the no-KD baselines)."""
+    students = perf[(perf["role"] == "student") & (perf["split"] != LESION_MARK)]
+    if distilled:
+        students = students[~students["model"].str.endswith(f"-{BASELINE}")]
+    students = _most(students, "seeds")
+    return None if students.empty else students.loc[students["macro_f1"].idxmax()]
+
+
+#: The study's targets (3-seed means on the official test set), set before the runs: name -> (threshold, what).
+TARGETS: dict[str, tuple[float, str]] = {
+    "teacher_accuracy": (0.80, "teacher accuracy"),
+    "teacher_macro_f1": (0.62, "teacher macro-F1"),
+    "every_student_macro_f1": (0.55, "every student's macro-F1 (its lowest model)"),
+    "distilled_accuracy": (0.80, "best distilled student's accuracy"),
+    "distilled_macro_f1": (0.62, "best distilled student's macro-F1"),
+    "kd_students_above_zero": (2 / 3, "students whose paired Δ macro-F1 interval (KD − no KD) lies above 0, "
+                                      "under the best KD setting"),
+}
+
+
+def targets_table(perf: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
+    """Each of :data:`TARGETS` against what the runs reached: value, the model or setting it belongs to, met.
+
+    The KD row's value is the share of student archs whose interval lies above 0 under the KD setting with
+    the most such archs (ties: the larger mean Δ); ``count`` and ``of`` give the numbers behind it."""
+    rows: list[dict] = []
+
+    def add(name: str, value: float | None, who: str | None, **extra) -> None:
+        threshold, what = TARGETS[name]
+        met = value is not None and np.isfinite(value) and value >= threshold - 1e-12
+        rows.append({"target": name, "what": what, "threshold": threshold, "value": value, "model": who,
+                     "met": bool(met), **extra})
+
+    def add_model(name: str, model: pd.Series | None, metric: str) -> None:
+        add(name, None if model is None else model[metric], None if model is None else model["label"])
+
+    students = perf[(perf["role"] == "student") & (perf["split"] != LESION_MARK)]
+    teacher, best = best_teacher(perf), best_student(perf, distilled=True)
+    add_model("teacher_accuracy", teacher, "accuracy")
+    add_model("teacher_macro_f1", teacher, "macro_f1")
+    add_model("every_student_macro_f1", None if students.empty else students.loc[students["macro_f1"].idxmin()], "macro_f1")
+    add_model("distilled_accuracy", best, "accuracy")
+    add_model("distilled_macro_f1", best, "macro_f1")
+    kd = paired[paired["split"] != LESION_MARK] if len(paired) else paired
+    if len(kd):
+        archs = kd["arch"].nunique()
+        by = (kd.assign(above=kd["d_macro_f1_low"] > 0).groupby("setting", sort=False)
+              .agg(count=("above", "sum"), mean=("d_macro_f1", "mean")).sort_values(["count", "mean"], ascending=False))
+        setting, top = by.index[0], by.iloc[0]
+        add("kd_students_above_zero", int(top["count"]) / archs, setting, count=int(top["count"]), of=archs)
+    else:
+        add("kd_students_above_zero", None, None, count=0, of=0)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- headline numbers
+
+
+def cpu_int8_support() -> dict:
+    """This CPU's model and whether it has 8-bit dot-product instructions (VNNI / AMX-INT8)."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    found = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    simd = next((f.upper() for f in ("avx512f", "avx2", "avx") if f in flags), "unknown SIMD")
+    return {"cpu": provenance.cpu_model(), "int8_instructions": ", ".join(found), "simd": simd}
+
+
+def int8_reason(cpu: dict) -> str:
+    """Why ORT INT8 may miss the speed-up target on this CPU, and what would help."""
+    if not cpu["int8_instructions"]:
+        return (f"this CPU ({cpu['cpu']}, {cpu['simd']}) has no VNNI or AMX-INT8 instructions, so ONNX Runtime's "
+                "INT8 convolutions widen to 16 bits and gain little over FP32; a CPU with VNNI, per-channel weight "
+                "scales, QDQ placement that keeps whole blocks in INT8 and operator fusion would help")
+    return (f"this CPU ({cpu['cpu']}) has {cpu['int8_instructions']}, but at small inputs the quantise/dequantise "
+            "nodes and unfused operators cost about as much as the 8-bit convolutions save; larger inputs, per-channel "
+            "scales, QDQ placement and operator fusion would help")
+
+
+#: Every key of ``numbers.json`` and what it holds (the abstract and the text read them; None where not applicable).
+NUMBERS: dict[str, str] = {
+    "generated": "UTC time the aggregate stage ran",
+    "profile": "profile name (outputs/<profile>)",
+    "size": "input size in px of the runs",
+    "source_frame": "width x height of the source images read (px)",
+    "n_runs": "evaluated runs",
+    "n_valid": "runs that entered the tables (not collapsed)",
+    "n_excluded": "runs excluded because the collapse guard flagged them",
+    "n_seeds": "most seeds of any model",
+    "student_archs": "names of the student architectures",
+    "teacher_epochs": "epochs of the (first) teacher",
+    "student_epochs": "epochs of the first student",
+    "teacher": "label of the valid official-split teacher with the highest mean test macro-F1",
+    "teacher_accuracy": "its mean test accuracy",
+    "teacher_macro_f1": "its mean test macro-F1",
+    "teacher_tta_views": "dihedral views its test predictions average over (1 = no test-time augmentation)",
+    "best_student": "label of the official-split student with the highest mean test macro-F1, among those with the most seeds",
+    "best_student_model": "its model key (run folder without -s<seed>)",
+    "best_student_accuracy": "its mean test accuracy",
+    "best_student_macro_f1": "its mean test macro-F1",
+    "best_student_macro_f1_low": "lower end of its across-seed t-interval (clipped to [0, 1])",
+    "best_student_macro_f1_high": "upper end of that interval",
+    "kd_comparisons": "official-split (student arch, KD setting) pairs with a valid no-KD baseline",
+    "kd_positive": "of those, how many have a paired Δ macro-F1 interval above 0",
+    "kd_negative": "of those, how many have a paired Δ macro-F1 interval below 0",
+    "kd_best": "student and KD setting with the largest mean paired Δ macro-F1, among those with the most pairs",
+    "kd_best_delta_macro_f1": "its mean paired Δ macro-F1 (KD − no KD)",
+    "kd_best_delta_low": "lower end of its t-interval across seeds",
+    "kd_best_delta_high": "upper end",
+    "kd_best_pairs": "seeds paired in it",
+    "kd_best_mcnemar_p": "McNemar p-value on its discordant counts pooled over seeds",
+    "lesion_delta_macro_f1": "mean macro-F1 on the lesion split minus the official split, over the models run on both",
+    "int8_models": "models with an INT8 latency measurement",
+    "int8_target_met": "of those, how many meet the INT8 target (>= 2x ORT FP32 at the trained size, Δ macro-F1 >= −0.01)",
+    "int8_speedup_median": "median ORT INT8 speed-up over ORT FP32 (batch 1, trained size)",
+    "int8_speedup_eager_median": "median ORT INT8 speed-up over eager PyTorch FP32",
+    "int8_reason": "why INT8 may miss the target on the aggregating machine, and what would help",
+    "intervals_clipped": "across-seed intervals of the performance table clipped to [0, 1]",
+    "targets": "number of the study's targets (TARGETS)",
+    "targets_met": "of those, how many the runs meet",
+}
+
+
+def headline_numbers(profile: str, runs: pd.DataFrame, perf: pd.DataFrame, paired: pd.DataFrame,
+                     splits: pd.DataFrame, int8: pd.DataFrame | None, clipped: int, targets: pd.DataFrame) -> dict:
+    """The values of :data:`NUMBERS` (all computed, none typed)."""
+    valid = runs[runs["valid"]]
+    cfg = {r.role: json.loads((r.path / "run_config.json").read_text()) for r in runs[::-1].itertuples()}
+    teacher, best = best_teacher(perf), best_student(perf)
+    official = paired[paired["split"] != LESION_MARK] if len(paired) else paired
+    most = _most(official, "pairs") if len(official) else official
+    top = None if most.empty else most.loc[most["d_macro_f1"].idxmax()]
+    out = {
+        "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "profile": profile,
+        "size": int(next(iter(cfg.values()))["data"]["size"]),
+        "source_frame": f"{info.RAW_FRAME[0]}x{info.RAW_FRAME[1]}",
+        "n_runs": len(runs), "n_valid": len(valid), "n_excluded": int((~runs["valid"]).sum()),
+        "n_seeds": int(runs.groupby("model")["seed"].nunique().max()),
+        "student_archs": [ARCH_LABELS.get(a, a) for a in dict.fromkeys(runs[runs["role"] == "student"]["arch"])],
+        "teacher_epochs": int(cfg["teacher"]["train"]["epochs"]) if "teacher" in cfg else None,
+        "student_epochs": int(cfg["student"]["train"]["epochs"]) if "student" in cfg else None,
+        "teacher": None, "teacher_accuracy": None, "teacher_macro_f1": None, "teacher_tta_views": None,
+        "best_student": None, "best_student_model": None, "best_student_accuracy": None, "best_student_macro_f1": None,
+        "best_student_macro_f1_low": None, "best_student_macro_f1_high": None,
+        "kd_comparisons": len(official),
+        "kd_positive": int((official["d_macro_f1_low"] > 0).sum()) if len(official) else 0,
+        "kd_negative": int((official["d_macro_f1_high"] < 0).sum()) if len(official) else 0,
+        "kd_best": None, "kd_best_delta_macro_f1": None, "kd_best_delta_low": None, "kd_best_delta_high": None,
+        "kd_best_pairs": None, "kd_best_mcnemar_p": None,
+        "lesion_delta_macro_f1": float(splits["delta_macro_f1"].mean()) if len(splits) else None,
+        "int8_models": 0 if int8 is None else len(int8),
+        "int8_target_met": 0 if int8 is None else int(int8["target_met"].sum()),
+        "int8_speedup_median": None if int8 is None else _float(int8["speedup_vs_ort_fp32"].median()),
+        "int8_speedup_eager_median": None if int8 is None else _float(int8["speedup_vs_eager"].median()),
+        "int8_reason": int8_reason(cpu_int8_support()) if int8 is not None else None,
+        "intervals_clipped": clipped,
+        "targets": len(targets), "targets_met": int(targets["met"].sum()),
+    }
+    if teacher is not None:
+        views = runs[runs["model"] == teacher["model"]]["tta_views"].max()
+        out |= {"teacher": teacher["label"], "teacher_accuracy": _float(teacher["accuracy"]),
+                "teacher_macro_f1": _float(teacher["macro_f1"]), "teacher_tta_views": int(views)}
+    if best is not None:
+        out |= {"best_student": best["label"], "best_student_model": best["model"],
+                "best_student_accuracy": _float(best["accuracy"]), "best_student_macro_f1": _float(best["macro_f1"]),
+                "best_student_macro_f1_low": _float(best["macro_f1_low"]),
+                "best_student_macro_f1_high": _float(best["macro_f1_high"])}
+    if top is not None:
+        out |= {"kd_best": f"{top['student']} · {top['setting']}", "kd_best_delta_macro_f1": _float(top["d_macro_f1"]),
+                "kd_best_delta_low": _float(top["d_macro_f1_low"]), "kd_best_delta_high": _float(top["d_macro_f1_high"]),
+                "kd_best_pairs": int(top["pairs"]), "kd_best_mcnemar_p": _float(top["mcnemar_p"])}
+    assert set(out) == set(NUMBERS), set(out) ^ set(NUMBERS)
+    return out
+
+
+def _float(x) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+# ----------------------------------------------------------------------------- the whole stage
+
+
+def _save(obj: pd.DataFrame | Figure, out_dir: Path, name: str) -> None:
+    if isinstance(obj, Figure):
+        obj.savefig(out_dir / f"{name}.png", dpi=120)
+    else:
+        obj.to_csv(out_dir / f"{name}.csv", index=False)
+
+
+#: Files a profile folder may hold for the paper beside the runs; the aggregate copies them when present.
+EXTRA_FILES: dict[str, str] = {"data/counts.csv": "data_counts.csv", "data/leakage.csv": "leakage.csv",
+                               "data/montage.png": "montage.png"}
+
+
+def run_aggregate(profile_dir: Path, out_dir: Path) -> dict:
+    """Paper-ready tables and figures for every evaluated run of a profile, written to ``out_dir``.
+
+    Returns them by name (a figure's key ends in ``_fig``) with ``numbers`` (see :data:`NUMBERS`); also writes
+    ``machine.json`` (:func:`edgekd.core.provenance.machine` of the machine the stages ran on).
+    """
+    profile_dir, out_dir = Path(profile_dir), Path(out_dir)
+    runs = discover(profile_dir)
+    clear_results(out_dir)
+    valid = runs[runs["valid"]]
+    res: dict = {"runs": runs.drop(columns="path"), "excluded_runs": excluded_runs(runs)}
+    seeds = seed_metrics(valid) if len(valid) else pd.DataFrame(columns=["model", "label", "metric", "clipped"])
+    perf = performance_table(valid, seeds) if len(valid) else pd.DataFrame(
+        columns=["model", "label", "role", "split", "seeds", "accuracy", "macro_f1"])
+    paired, per_seed = paired_kd(runs)
+    splits = split_comparison(valid, seeds) if len(valid) else pd.DataFrame()
+    res |= {"seed_metrics": seeds, "performance": perf, "targets": targets_table(perf, paired)}
+    for name, table in (("paired_kd", paired), ("paired_kd_seeds", per_seed), ("kd_ablation", ablation_table(runs, paired)),
+                        ("split_comparison", splits), ("teacher_recipe", teacher_recipe(runs))):
+        if len(table):
+            res[name] = table
+    if len(per_seed) and (per_seed["split"] != LESION_MARK).any():
+        res["paired_kd_fig"] = paired_kd_figure(per_seed[per_seed["split"] != LESION_MARK])
+    int8 = None
+    main = valid[valid["split"] != LESION_MARK]  # the lesion split has its own section
+    if len(main):
+        res |= {"calibration": calibration_summary(main), "operating_points": operating_summary(main),
+                "reliability_fig": reliability_grid(main), "training_curves_fig": training_curves_figure(main)}
+        best = best_student(perf)
+        teachers = list(perf[(perf["role"] == "teacher") & (perf["split"] != LESION_MARK)]["model"])
+        shown = teachers[:1] + ([best["model"]] if best is not None else [])
+        if best is not None:
+            arch = main[main["model"] == best["model"]]["arch"].iloc[0]
+            base = main[(main["arch"] == arch) & (main["setting"] == BASELINE)]["model"]
+            shown += [m for m in dict.fromkeys(base) if m not in shown]
+        res["per_class"], res["per_class_fig"] = per_class_figure(main, shown)
+        res["confusion_fig"] = confusion_figure(main, shown[:2])
+        compared = having(main[main["role"] == "student"], "eval/paired.csv")
+        if teachers and len(compared):  # students against a usable teacher
+            res["per_class_delta"], res["per_class_delta_fig"] = per_class_delta_figure(main)
+            res["paired"] = eval_table(compared, "paired").groupby(["model", "label"], sort=False)[
+                ["agreement", "b", "c", "p_value", "teacher_accuracy", "student_accuracy"]].mean().reset_index()
+        res["gradcam_fig"], res["gradcam_layers"] = gradcam_panels(main, panel_models(main, perf))
+        external = external_summary(main)
+        if external is not None:
+            res["external"], res["external_gap_fig"] = external
+        rob = robustness_summary(main)
+        if rob is not None:
+            res["robustness"], res["corruption_curves_fig"] = rob
+        be = be_rbe_summary(main)
+        if be is not None:
+            res["be_rbe"] = be
+        eff = efficiency_summary(main)
+        if eff is not None:
+            res |= eff
+            int8 = eff.get("int8")
+    for src, name in EXTRA_FILES.items():
+        if (profile_dir / src).exists():
+            shutil.copy(profile_dir / src, out_dir / name)
+    for name, obj in res.items():
+        _save(obj, out_dir, re.sub(r"_fig$", "", name))
+    perf_clipped = int(seeds[seeds["metric"].isin(HEADLINE_METRICS)]["clipped"].sum()) if len(seeds) else 0
+    res["numbers"] = headline_numbers(profile_dir.name, runs, perf, paired, splits, int8, perf_clipped, res["targets"])
+    (out_dir / "numbers.json").write_text(json.dumps(res["numbers"], indent=2))
+    (out_dir / "machine.json").write_text(json.dumps(provenance.machine(), indent=2))  # the machine the stages ran on
+    return res

@@ -1,0 +1,249 @@
+"""The aggregate's figures (matplotlib Figures, no pyplot state; seaborn for the statistical plots): KD
+against no KD, per-class F1, confusion matrices, training curves, reliability, external sets, the Pareto
+front and Grad-CAM panels. Error bars are t-intervals across seeds, clipped to the metric's range."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from edgekd.core import augment as AU
+from edgekd.core import info
+from edgekd.core import metrics as M
+from edgekd.core.inference import load_run
+from edgekd.core.info import LESION_MARK
+from edgekd.stages import data as D
+from edgekd.stages.runs import BASELINE, eval_table, having
+
+# ----------------------------------------------------------------------------- error bars across seeds
+
+
+def t_interval(values: Sequence[float], bounds: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float, float]:
+    """The across-seed t-interval of ``values`` clipped to ``bounds`` (the mean twice for one value): a seaborn
+    ``errorbar``."""
+    s = M.seed_summary(values)
+    if s["n"] < 2:
+        return s["mean"], s["mean"]
+    return max(s["ci_low"], bounds[0]), min(s["ci_high"], bounds[1])
+
+
+def unit_interval(values: Sequence[float]) -> tuple[float, float]:
+    """:func:`t_interval` clipped to [0, 1], for metrics bounded there."""
+    return t_interval(values, (0.0, 1.0))
+
+
+def delta_interval(values: Sequence[float]) -> tuple[float, float]:
+    """:func:`t_interval` clipped to [−1, 1], for differences of metrics bounded in [0, 1]."""
+    return t_interval(values, (-1.0, 1.0))
+
+
+# ----------------------------------------------------------------------------- KD, external sets, classes, curves
+
+
+def paired_kd_figure(per_seed: pd.DataFrame) -> Figure:
+    """Paired Δ (KD − no KD) per student and KD setting: mean with its t-interval across seeds, seeds as dots."""
+    hue_order = list(dict.fromkeys(per_seed["setting"]))
+    fig = Figure(figsize=(9, 1.2 + 0.55 * per_seed["student"].nunique() * max(1, len(hue_order)) ** 0.5),
+                 layout="constrained")
+    with sns.axes_style("whitegrid"):
+        axes = fig.subplots(1, 2, sharey=True)
+    dodge = 0.8 * (1 - 1 / len(hue_order))  # the point ranges sit on the per-seed dots (stripplot's dodge)
+    titles = {"d_macro_f1": "Δ macro-F1 (KD − no KD)", "d_balanced_accuracy": "Δ balanced accuracy (KD − no KD)"}
+    for ax, (col, title) in zip(axes, titles.items(), strict=True):
+        ax.axvline(0, color="black", lw=0.8)
+        sns.stripplot(per_seed, x=col, y="student", hue="setting", hue_order=hue_order, dodge=True, ax=ax,
+                      palette="colorblind", alpha=0.35, size=4, legend=False, jitter=False)
+        sns.pointplot(per_seed, x=col, y="student", hue="setting", hue_order=hue_order, dodge=dodge, ax=ax,
+                      palette="colorblind", errorbar=delta_interval, linestyle="none", markers="D", capsize=0.15,
+                      err_kws={"linewidth": 1.4})
+        ax.set(xlabel=title, ylabel="")
+    axes[0].get_legend().remove()
+    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), title="KD setting", frameon=False)
+    return fig
+
+
+def external_gap_figure(per_seed: pd.DataFrame) -> Figure:
+    """Macro-F1 per model on the in-distribution test set and each external set (mean, t-interval over seeds)."""
+    fig = Figure(figsize=(8, 1.5 + 0.45 * per_seed["label"].nunique()), layout="constrained")
+    with sns.axes_style("whitegrid"):
+        ax = fig.add_subplot()
+    sns.pointplot(per_seed, x="value", y="label", hue="test_set", errorbar=unit_interval, dodge=0.4, linestyle="none",
+                  palette="colorblind", capsize=0.15, ax=ax)
+    ax.set(xlabel="test macro-F1", ylabel="", xlim=(0, 1))
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), title="test set", frameon=False)
+    return fig
+
+
+def per_class_figure(runs: pd.DataFrame, models: list[str]) -> tuple[pd.DataFrame, Figure]:
+    """Per-class test F1 of ``models``: bars are seed means, error bars the t-interval across seeds."""
+    df = eval_table(runs[runs["model"].isin(models)], "per_class")
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    with sns.axes_style("whitegrid"):
+        ax = fig.add_subplot()
+    order = [runs[runs["model"] == m]["label"].iloc[0] for m in models]
+    sns.barplot(df, x="class", y="f1", hue="label", hue_order=order, order=list(info.CLASS_NAMES),
+                errorbar=unit_interval, capsize=0.1, palette="colorblind", err_kws={"linewidth": 1}, ax=ax)
+    ax.set(xlabel="", ylabel="test F1", ylim=(0, 1))
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False, fontsize=8)
+    table = df.groupby(["model", "label", "class"], sort=False)[["precision", "recall", "f1"]].mean().reset_index()
+    return table, fig
+
+
+def per_class_delta_figure(runs: pd.DataFrame) -> tuple[pd.DataFrame, Figure]:
+    """Per-class ΔF1 (student − teacher) of each official-split student: seed means with t-interval bars."""
+    students = having(runs[(runs["role"] == "student") & (runs["split"] != LESION_MARK)], "eval/teacher_vs_student.csv")
+    df = eval_table(students, "teacher_vs_student")
+    fig = Figure(figsize=(9, 3.8), layout="constrained")
+    with sns.axes_style("whitegrid"):
+        ax = fig.add_subplot()
+    sns.barplot(df, x="class", y="delta_f1", hue="label", order=list(info.CLASS_NAMES), errorbar=delta_interval,
+                capsize=0.1, palette="colorblind", err_kws={"linewidth": 1}, ax=ax)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xlabel="", ylabel="ΔF1 (student − teacher)")
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False, fontsize=8)
+    table = df.groupby(["model", "label", "class"], sort=False)[["delta_f1", "delta_recall"]].mean().reset_index()
+    return table, fig
+
+
+def confusion_figure(runs: pd.DataFrame, models: list[str]) -> Figure:
+    """Row-normalised test confusion matrices (mean over seeds) of ``models`` as heatmaps."""
+    fig = Figure(figsize=(4.2 * len(models), 3.9), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(models)))
+    for ax, model in zip(axes, models, strict=True):
+        g = runs[runs["model"] == model]
+        cm = sum(pd.read_csv(p / "eval" / "confusion_normalised.csv", index_col=0) for p in g["path"]) / len(g)
+        sns.heatmap(cm, annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, cbar=False, square=True, ax=ax,
+                    annot_kws={"fontsize": 7})
+        ax.set(title=g["label"].iloc[0], xlabel="predicted", ylabel="true")
+    return fig
+
+
+def training_curves_figure(runs: pd.DataFrame) -> Figure:
+    """Train loss and val macro-F1 per epoch: seed mean with a t-interval band, one line per model."""
+    hist = pd.concat(pd.read_csv(r.path / "history.csv").assign(label=r.label, seed=r.seed) for r in runs.itertuples())
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    with sns.axes_style("whitegrid"):
+        ax1, ax2 = fig.subplots(1, 2)
+    for ax, col, name, band in ((ax1, "train_loss", "train loss", t_interval),
+                                (ax2, "val_macro_f1", "val macro-F1", unit_interval)):
+        sns.lineplot(hist, x="epoch", y=col, hue="label", errorbar=band, marker=".", palette="tab10", ax=ax,
+                     legend=ax is ax2)
+        ax.set(xlabel="epoch", ylabel=f"{name} (mean over seeds)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    sns.move_legend(ax2, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False, fontsize=8)
+    return fig
+
+
+def reliability_grid(runs: pd.DataFrame) -> Figure:
+    """Reliability curves (first seed of each model), before and after temperature scaling."""
+    first = runs.sort_values("seed").drop_duplicates("model")
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for r in first.itertuples():
+        rel = pd.read_csv(r.path / "eval" / "reliability.csv")
+        for ax, stage in zip(axes, ("before", "after"), strict=True):
+            d = rel[(rel["stage"] == stage) & (rel["count"] > 0)]
+            ax.plot(d["confidence"], d["accuracy"], marker=".", label=r.label)
+    for ax, stage in zip(axes, ("before", "after"), strict=True):
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
+        ax.set(xlabel="confidence", title=f"{stage} temperature scaling", xlim=(0, 1), ylim=(0, 1))
+    axes[0].set_ylabel("accuracy")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    return fig
+
+
+def pareto_figure(pts: pd.DataFrame) -> Figure:
+    """Macro-F1 vs CPU p50 latency; bubble area ∝ file size; the Pareto front is joined."""
+    fig = Figure(figsize=(10, 5), layout="constrained")
+    ax = fig.add_subplot()
+    markers = dict(zip(["eager", "torchscript", "ort_fp32", "ort_int8"], "osD^", strict=True))
+    colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(pts["label"]))}
+    area = 20 + 400 * pts["file_bytes"] / pts["file_bytes"].max()
+    for (label, backend), g in pts.groupby(["label", "backend"], sort=False):
+        ax.scatter(g["p50_ms"], g["macro_f1"], s=area[g.index], marker=markers.get(backend, "o"),
+                   color=colours[label], alpha=0.6, edgecolor="black", linewidth=0.5)
+    front = pts[pts["pareto"]]
+    ax.plot(front["p50_ms"], front["macro_f1"], color="black", lw=1, ls="--", label="Pareto front")
+    for label, c in colours.items():
+        ax.scatter([], [], color=c, label=label)
+    for backend, mk in markers.items():
+        ax.scatter([], [], marker=mk, color="grey", label=backend)
+    ax.set_xscale("log")
+    ax.set(xlabel="CPU latency p50, batch 1 (ms, log scale)", ylabel="test macro-F1")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig
+
+
+# ----------------------------------------------------------------------------- Grad-CAM
+
+
+def cam_layer(model, size: int, min_side: int = 4) -> tuple[str, int]:
+    """The deepest feature stage (timm ``feature_info`` module name) whose map is at least ``min_side`` wide."""
+    with torch.no_grad():
+        maps = model.forward_intermediates(torch.zeros(1, 3, size, size), indices=list(range(len(model.feature_info))),
+                                           intermediates_only=True)
+    sides = [int(m.shape[-1]) for m in maps]
+    idx = max((i for i, s in enumerate(sides) if s >= min_side), default=0)
+    return model.feature_info[idx]["module"], sides[idx]
+
+
+def panel_models(runs: pd.DataFrame, perf: pd.DataFrame) -> list[str]:
+    """Models shown side by side: the teachers, then per student arch its no-KD baseline and best KD setting
+    (official split)."""
+    official = perf[perf["split"] != LESION_MARK]
+    chosen = list(official[official["role"] == "teacher"]["model"])
+    students = runs[(runs["role"] == "student") & (runs["split"] != LESION_MARK)].drop_duplicates("model")
+    for _, g in students.groupby("arch", sort=False):
+        scores = official.set_index("model")["macro_f1"].reindex(g["model"])
+        base = g[g["setting"] == BASELINE]["model"]
+        kd = scores.drop(base, errors="ignore").dropna()
+        chosen += list(base) + ([kd.idxmax()] if len(kd) else [])
+    return chosen
+
+
+def gradcam_panels(runs: pd.DataFrame, models: list[str], n_images: int = 4) -> tuple[Figure, pd.DataFrame]:
+    """Grad-CAM (``pytorch_grad_cam``) of each model's first seed for the true class of a few test images.
+
+    Each map is computed at the deepest stage with a map of at least 4x4 (a 1x1 map has no spatial
+    content) and min-max scaled per image by the package before it is laid over the image.
+    """
+    first = runs[runs["model"].isin(models)].sort_values("seed").drop_duplicates("model").set_index("model").loc[models]
+    cfg = json.loads((first["path"].iloc[0] / "run_config.json").read_text())
+    arrays = D.load(D.DataConfig(**cfg["data"]))
+    y = arrays.labels["test"]
+    classes = [c for c in (info.MELANOMA, info.CLASS_NAMES.index("bcc"), info.CLASS_NAMES.index("bkl"),
+                           info.CLASS_NAMES.index("nv")) if (y == c).any()][:n_images]
+    pick = [int(np.flatnonzero(y == c)[0]) for c in classes]
+    images = arrays.images["test"][pick]
+    x = AU.normalise(images)
+    fig = Figure(figsize=(1.25 * (len(first) + 1), 1.35 * len(pick) + 0.5), layout="constrained")
+    axes = fig.subplots(len(pick), len(first) + 1, squeeze=False)
+    for i, img in enumerate(images):
+        axes[i][0].imshow(img)
+        axes[i][0].set_ylabel(info.CLASS_NAMES[y[pick[i]]], fontsize=8)
+    axes[0][0].set_title("image", fontsize=7)
+    layers = []
+    for j, (model, r) in enumerate(first.iterrows(), start=1):
+        net = load_run(r["path"]).model
+        layer, side = cam_layer(net, images.shape[1])
+        layers.append({"model": model, "label": r["label"], "layer": layer, "map_side": side})
+        with GradCAM(model=net, target_layers=[net.get_submodule(layer)]) as cam:
+            maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(y[k])) for k in pick])
+        for i in range(len(pick)):
+            axes[i][j].imshow(show_cam_on_image(images[i].astype(np.float32) / 255, maps[i], use_rgb=True,
+                                                image_weight=0.5))
+        axes[0][j].set_title(r["label"].replace(" · ", "\n"), fontsize=6)
+    for ax in np.ravel(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig, pd.DataFrame(layers)

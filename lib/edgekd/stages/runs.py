@@ -1,0 +1,91 @@
+"""The evaluated runs of a profile: who each run is (from its run_config and folder name), which runs
+the collapse guard excluded, and their ``eval/`` tables side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from edgekd.core.info import ARCH_LABELS, LESION_MARK
+from edgekd.stages.evaluate import model_name
+
+#: Name of the no-distillation KD setting every KD setting is paired with.
+BASELINE: str = "nokd"
+
+
+def model_label(role: str, arch: str, setting: str, split: str) -> str:
+    """Human name of a model: ``ResNet-50 teacher``, ``ResNet-18 · no KD``, ``ResNet-18 · dkd (lesion split)``."""
+    name = ARCH_LABELS.get(arch, arch)
+    if role == "teacher":
+        text = f"{name} teacher" + (f" ({setting})" if setting else "")
+    else:
+        text = f"{name} · " + ("no KD" if setting == BASELINE else setting)
+    return text + (" (lesion split)" if split == LESION_MARK else "")
+
+
+def run_identity(run: Path) -> dict:
+    """Who a run is, from ``run_config.json`` (arch, seed, KD mode, split) and ``metrics.json`` (collapse),
+    with the KD setting name taken from the folder (``student-<arch>-<setting>[-lesion]-s<seed>``)."""
+    run = Path(run)
+    cfg = json.loads((run / "run_config.json").read_text())
+    metrics_path = run / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    arch, seed = cfg["arch"], int(cfg["seed"])
+    split = cfg["data"].get("split", "official")
+    kd = cfg.get("kd")
+    role = "student" if kd else "teacher"
+    stem, suffix = f"{role}-{arch}", f"-s{seed}"
+    if not (run.name.startswith(stem) and run.name.endswith(suffix)):
+        raise ValueError(f"{run.name}: folder name does not match its run_config ({role}, {arch}, seed {seed})")
+    parts = [p for p in run.name[len(stem) : len(run.name) - len(suffix)].split("-") if p]
+    if split == LESION_MARK:
+        if parts[-1:] != [LESION_MARK]:
+            raise ValueError(f"{run.name}: a lesion-split run's folder needs '-{LESION_MARK}' before '{suffix}'")
+        parts = parts[:-1]
+    setting = "-".join(parts)
+    if role == "student" and not setting:
+        raise ValueError(f"{run.name}: a student folder names its KD setting (student-<arch>-<setting>-s<seed>)")
+    collapsed = metrics.get("collapsed") or None
+    return {
+        "run_id": run.name, "model": model_name(run.name), "label": model_label(role, arch, setting, split),
+        "role": role, "arch": arch, "setting": setting, "seed": seed, "split": split,
+        "kd_mode": (kd or {}).get("mode", "teacher"), "standardize": bool((kd or {}).get("standardize", False)),
+        "tta_views": int(metrics.get("tta_views", 1)), "collapsed": collapsed, "valid": collapsed is None,
+        "path": run,
+    }
+
+
+def discover(profile_dir: Path) -> pd.DataFrame:
+    """Evaluated runs of a profile, one row per run (:func:`run_identity`), teachers first."""
+    rows = [run_identity(p.parent) for p in sorted(Path(profile_dir).glob("*/run_config.json"))
+            if (p.parent / "eval" / "metrics.csv").exists()]  # only evaluated runs are aggregated
+    if not rows:
+        raise FileNotFoundError(f"no evaluated runs under {profile_dir} (run the evaluate stage first)")
+    runs = pd.DataFrame(rows)
+    rank = {"role": {"teacher": 0, "student": 1}, "split": {LESION_MARK: 1}}
+    return runs.sort_values(["split", "role", "arch", "setting", "seed"],
+                            key=lambda col: col.map(rank[col.name]).fillna(0) if col.name in rank else col
+                            ).reset_index(drop=True)
+
+
+def excluded_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs flagged by the collapse guard, with their reason."""
+    bad = runs[~runs["valid"]]
+    return bad[["run_id", "label", "seed", "collapsed"]].rename(columns={"collapsed": "reason"}).reset_index(drop=True)
+
+
+def having(runs: pd.DataFrame, relative: str) -> pd.DataFrame:
+    """The runs whose folder holds ``relative`` (a stage output some runs lack)."""
+    return runs[[(Path(p) / relative).exists() for p in runs["path"]]]
+
+
+def eval_table(runs: pd.DataFrame, name: str) -> pd.DataFrame:
+    """``eval/<name>.csv`` of every run, with the run's identity columns (those the table lacks)."""
+    ident = ("run_id", "model", "label", "role", "arch", "setting", "split", "seed")
+    frames = []
+    for r in runs.itertuples():
+        df = pd.read_csv(r.path / "eval" / f"{name}.csv")
+        frames.append(df.assign(**{k: getattr(r, k) for k in ident if k not in df.columns}))
+    return pd.concat(frames, ignore_index=True)

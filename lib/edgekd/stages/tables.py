@@ -1,0 +1,348 @@
+"""The aggregate's tables (tidy, numeric): means and t-intervals across seeds, KD against no KD paired by
+seed, the lesion split, external sets, calibration, operating points, robustness and efficiency.
+
+Across-seed intervals are Student-t intervals of the mean, clipped to the metric's range (``clipped`` says where).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from edgekd.core import metrics as M
+from edgekd.core.info import ARCH_LABELS, INT8_DELTA_F1_TARGET, INT8_SPEEDUP_TARGET, LESION_MARK
+from edgekd.stages.figures import external_gap_figure, pareto_figure
+from edgekd.stages.runs import BASELINE, eval_table
+
+HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "auc")
+#: Metrics whose values lie in [0, 1]: their across-seed intervals are clipped to it.
+BOUNDED: frozenset[str] = frozenset({*HEADLINE_METRICS, "ece", "ece_adaptive", "mce", "aurc"})
+
+
+# ----------------------------------------------------------------------------- across seeds
+
+
+def seed_interval(values: Sequence[float], bounds: tuple[float, float] | None = None) -> dict:
+    """Mean, sample std and t-interval across seeds (:func:`metrics.seed_summary`), clipped to ``bounds``."""
+    s = M.seed_summary(values)
+    low, high, clipped = s["ci_low"], s["ci_high"], False
+    if bounds is not None and np.isfinite(low):
+        clipped = bool(low < bounds[0] or high > bounds[1])
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"n_seeds": s["n"], "mean": s["mean"], "std": s["std"], "ci_low": low, "ci_high": high, "clipped": clipped}
+
+
+def _bounds(metric: str, delta: bool = False) -> tuple[float, float] | None:
+    if metric not in BOUNDED:
+        return None
+    return (-1.0, 1.0) if delta else (0.0, 1.0)
+
+
+def seed_metrics(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per model and test metric: across-seed mean, std, clipped t-interval, and the mean bootstrap bounds."""
+    df = eval_table(runs, "metrics")
+    rows = []
+    for (model, label, metric), g in df.groupby(["model", "label", "metric"], sort=False):
+        rows.append({"model": model, "label": label, "metric": metric, **seed_interval(g["value"], _bounds(metric)),
+                     "boot_ci_low_mean": g["ci_low"].mean(), "boot_ci_high_mean": g["ci_high"].mean()})
+    return pd.DataFrame(rows)
+
+
+def performance_table(runs: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
+    """Models x headline metrics (wide, numeric): ``<metric>``, ``<metric>_low``, ``<metric>_high``."""
+    first = runs.drop_duplicates("model").set_index("model")
+    rows = []
+    for model, g in seeds.groupby("model", sort=False):
+        g = g.set_index("metric")
+        row = {"model": model, "label": first.loc[model, "label"], "role": first.loc[model, "role"],
+               "split": first.loc[model, "split"], "seeds": int(g["n_seeds"].iloc[0])}
+        for m in HEADLINE_METRICS:
+            row |= {m: g.loc[m, "mean"], f"{m}_low": g.loc[m, "ci_low"], f"{m}_high": g.loc[m, "ci_high"]}
+        row |= {"macro_f1_boot_low": g.loc["macro_f1", "boot_ci_low_mean"],
+                "macro_f1_boot_high": g.loc["macro_f1", "boot_ci_high_mean"]}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- KD against no KD
+
+
+PAIRED_METRICS: tuple[str, ...] = ("macro_f1", "balanced_accuracy", "accuracy")
+
+
+def _test_predictions(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(Path(run) / "predictions.npz") as z:
+        return z["test_labels"], z["test_logits"].argmax(1)
+
+
+def _metric_values(run: Path) -> dict[str, float]:
+    df = pd.read_csv(Path(run) / "eval" / "metrics.csv")
+    return dict(zip(df["metric"], df["value"], strict=True))
+
+
+def paired_kd(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each KD setting against the no-KD baseline of the same student arch, split and seed.
+
+    Returns the per-seed deltas (KD − no KD) and, per arch, split and setting: the mean delta with
+    its t-interval across seeds (clipped to [−1, 1]), and McNemar's test on the discordant counts
+    pooled over seeds (b: only no-KD correct, c: only KD correct). Pairs with a collapsed member
+    are dropped and counted in ``pairs_dropped``.
+    """
+    students = runs[runs["role"] == "student"]
+    per_seed, rows = [], []
+    for (arch, split), g in students.groupby(["arch", "split"], sort=False):
+        base = g[g["setting"] == BASELINE].set_index("seed")
+        for setting, gk in g[g["setting"] != BASELINE].groupby("setting", sort=False):
+            pairs = [(r, base.loc[r.seed]) for r in gk.itertuples() if r.seed in base.index]
+            kept = [(r, b) for r, b in pairs if r.valid and b["valid"]]
+            if not kept:
+                continue
+            ys, pred_base, pred_kd = [], [], []
+            for r, b in kept:
+                mine, theirs = _metric_values(r.path), _metric_values(b["path"])
+                per_seed.append({"arch": arch, "split": split, "setting": setting, "kd_mode": r.kd_mode,
+                                 "student": ARCH_LABELS.get(arch, arch), "seed": r.seed,
+                                 **{f"d_{m}": mine[m] - theirs[m] for m in PAIRED_METRICS}})
+                y, pk = _test_predictions(r.path)
+                yb, pb = _test_predictions(b["path"])
+                if not np.array_equal(y, yb):
+                    raise ValueError(f"{r.run_id} and {b['run_id']} were not tested on the same images")
+                ys.append(y), pred_kd.append(pk), pred_base.append(pb)
+            seeds = pd.DataFrame(per_seed[-len(kept):])
+            row = {"arch": arch, "student": ARCH_LABELS.get(arch, arch), "split": split, "setting": setting,
+                   "kd_mode": kept[0][0].kd_mode, "standardize": kept[0][0].standardize, "pairs": len(kept),
+                   "pairs_dropped": len(pairs) - len(kept)}
+            for m in PAIRED_METRICS:
+                s = seed_interval(seeds[f"d_{m}"], _bounds(m, delta=True))
+                row |= {f"d_{m}": s["mean"], f"d_{m}_low": s["ci_low"], f"d_{m}_high": s["ci_high"]}
+            mc = M.mcnemar(np.concatenate(ys), np.concatenate(pred_base), np.concatenate(pred_kd))
+            row |= {"b": mc["b"], "c": mc["c"], "mcnemar_p": mc["p_value"], "mcnemar_method": mc["method"]}
+            rows.append(row)
+    return pd.DataFrame(rows), pd.DataFrame(per_seed)
+
+
+def kd_hyperparameters(kd: dict) -> str:
+    """The weights of a KD setting in words (only those its mode uses)."""
+    mode = kd["mode"]
+    if mode == "none":
+        return "—"
+    parts = [f"α {kd['alpha']:g}"]
+    if mode == "hinton":
+        parts.append(f"T {kd['temperature']:g}")
+    elif mode == "dkd":
+        parts += [f"T {kd['temperature']:g}", f"DKD α {kd['dkd_alpha']:g}", f"DKD β {kd['dkd_beta']:g}"]
+    elif mode == "dist":
+        parts += [f"T {kd['temperature']:g}", f"DIST β {kd['dist_beta']:g}", f"γ {kd['dist_gamma']:g}"]
+    if kd.get("beta"):
+        parts.append(f"AT β {kd['beta']:g}")
+    if kd.get("standardize"):
+        parts.append("logits standardised")
+    return ", ".join(parts)
+
+
+def ablation_table(runs: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
+    """KD settings of the student arch with the most settings (official split), each paired against no KD."""
+    if paired.empty:
+        return pd.DataFrame()
+    official = paired[paired["split"] != LESION_MARK]
+    counts = official.groupby("arch", sort=False)["setting"].nunique()
+    if counts.empty or counts.max() < 2:
+        return pd.DataFrame()
+    arch = counts.idxmax()
+    table = official[official["arch"] == arch].copy()
+    cfg = {r.setting: json.loads((r.path / "run_config.json").read_text())["kd"]
+           for r in runs[(runs["arch"] == arch) & (runs["role"] == "student")].itertuples()}
+    table.insert(4, "weights", [kd_hyperparameters(cfg[s]) for s in table["setting"]])
+    return table.reset_index(drop=True)
+
+
+def split_comparison(runs: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
+    """The same model (role, arch, setting) trained and tested on the official and on the lesion split."""
+    first = runs.drop_duplicates("model")
+    lesion = first[first["split"] == LESION_MARK]
+    rows = []
+    for r in lesion.itertuples():
+        match = first[(first["split"] != LESION_MARK) & (first["role"] == r.role) & (first["arch"] == r.arch)
+                      & (first["setting"] == r.setting)]
+        if match.empty:
+            continue
+        off = match.iloc[0]
+        row = {"label": off["label"], "role": r.role}
+        for key, model in (("official", off["model"]), ("lesion", r.model)):
+            g = seeds[seeds["model"] == model].set_index("metric")
+            row[f"{key}_seeds"] = int(g["n_seeds"].iloc[0])
+            for m in ("accuracy", "macro_f1"):
+                row |= {f"{key}_{m}": g.loc[m, "mean"], f"{key}_{m}_low": g.loc[m, "ci_low"],
+                        f"{key}_{m}_high": g.loc[m, "ci_high"]}
+        for m in ("accuracy", "macro_f1"):
+            row[f"delta_{m}"] = row[f"lesion_{m}"] - row[f"official_{m}"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- external sets, calibration, operating points
+
+
+def external_summary(runs: pd.DataFrame) -> tuple[pd.DataFrame, Figure] | None:
+    """In-distribution against external test sets (``eval/external/<name>/metrics.csv``), across seeds."""
+    frames = []
+    for r in runs.itertuples():
+        external = sorted((r.path / "eval" / "external").glob("*/metrics.csv"))
+        if external:  # each external set, and the run's own test set beside it
+            for path, name in [(r.path / "eval" / "metrics.csv", "in-distribution"),
+                               *((p, p.parent.name) for p in external)]:
+                frames.append(pd.read_csv(path).assign(test_set=name, model=r.model, label=r.label, seed=r.seed))
+    if not frames:
+        return None
+    df = pd.concat(frames, ignore_index=True)
+    df = df[df["metric"].isin(["accuracy", "balanced_accuracy", "macro_f1"])]
+    rows = []
+    for (model, label, test_set, metric), g in df.groupby(["model", "label", "test_set", "metric"], sort=False):
+        rows.append({"model": model, "label": label, "test_set": test_set, "metric": metric,
+                     **seed_interval(g["value"], _bounds(metric)),
+                     "boot_ci_low_mean": g["ci_low"].mean(), "boot_ci_high_mean": g["ci_high"].mean()})
+    table = pd.DataFrame(rows)
+    return table, external_gap_figure(df[df["metric"] == "macro_f1"])
+
+
+def calibration_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per model and stage (before / after temperature scaling): NLL, Brier, ECE, adaptive ECE, MCE, T (seed means)."""
+    df = eval_table(runs, "calibration")
+    cols = ["nll", "brier", "ece", "ece_adaptive", "mce", "temperature"]
+    return df.groupby(["model", "label", "stage"], sort=False)[cols].mean().reset_index()
+
+
+def operating_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Test-set operating points (fitted on val) averaged across seeds per model and rule."""
+    df = eval_table(runs, "operating_points")
+    cols = ["accuracy", "balanced_accuracy", "macro_f1", "mel_sensitivity", "mel_specificity", "changed_fraction"]
+    return df[df["split"] == "test"].groupby(["model", "label", "rule"], sort=False)[cols].mean().reset_index()
+
+
+# ----------------------------------------------------------------------------- robustness
+
+
+def robustness_summary(runs: pd.DataFrame) -> tuple[pd.DataFrame, Figure] | None:
+    """Per model and suite: accuracy vs severity level averaged over corruptions and seeds."""
+    frames = [pd.read_csv(r.path / "robustness" / "corruptions.csv").assign(model=r.model, label=r.label)
+              for r in runs.itertuples() if (r.path / "robustness" / "corruptions.csv").exists()]
+    if not frames:
+        return None
+    df = pd.concat(frames)
+    level = "level" if "level" in df.columns else "severity"
+    curves = df.groupby(["suite", "label", level], sort=False)[["accuracy", "macro_f1", "balanced_error"]].mean().reset_index()
+    suites = list(dict.fromkeys(curves["suite"]))
+    fig = Figure(figsize=(5 * len(suites), 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(suites)))
+    for ax, suite in zip(axes, suites, strict=True):
+        for label, g in curves[curves["suite"] == suite].groupby("label", sort=False):
+            ax.plot(g[level], g["accuracy"], marker="o", label=label)
+        ax.set(title=f"{suite} suite", xlabel="severity level (0 = clean)", ylabel="accuracy")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    corrupted = df[df[level] > 0]
+    keys = ["model", "label", "suite"]
+    table = corrupted.groupby(keys, sort=False)[["accuracy", "macro_f1", "balanced_error"]].mean().reset_index()
+    clean = df[df[level] == 0].groupby(keys, sort=False).agg(clean_accuracy=("accuracy", "mean"), images=("n", "max"))
+    return table.join(clean, on=keys), fig
+
+
+def be_rbe_summary(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """MedMNIST-C balanced error, BE and rBE (the ``mean`` row of each run): seed mean with a t-interval.
+
+    Bootstrap bounds the stage writes (``<col>_ci_low`` / ``<col>_ci_high``) are averaged over seeds;
+    ``note`` says which corruptions the mean covers (some need larger images).
+    """
+    frames = []
+    for r in runs.itertuples():
+        path = r.path / "robustness" / "medmnistc_be_rbe.csv"
+        if path.exists():
+            df = pd.read_csv(path)
+            mean = df[df["corruption"] == "mean"]
+            missing = {"balanced_error", "be", "rbe"} - set(df.columns)
+            if len(mean) != 1 or missing:
+                raise ValueError(f"{path} needs one 'mean' row and columns balanced_error, be, rbe (missing {sorted(missing)})")
+            note = next(iter(df["note"].dropna()), "") if "note" in df else ""
+            frames.append(mean.assign(model=r.model, label=r.label, note=note))
+    if not frames:
+        return None
+    df = pd.concat(frames)
+    rows = []
+    for (model, label), g in df.groupby(["model", "label"], sort=False):
+        row = {"model": model, "label": label, "seeds": len(g), "note": g["note"].iloc[0]}
+        for col in ("balanced_error", "be", "rbe"):
+            s = seed_interval(g[col], (0.0, 1.0) if col == "balanced_error" else None)
+            row |= {col: s["mean"], f"{col}_low": s["ci_low"], f"{col}_high": s["ci_high"]}
+            if f"{col}_ci_low" in g:
+                row |= {f"{col}_boot_low": g[f"{col}_ci_low"].mean(), f"{col}_boot_high": g[f"{col}_ci_high"].mean()}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- efficiency
+
+
+def efficiency_summary(runs: pd.DataFrame) -> dict[str, pd.DataFrame | Figure] | None:
+    """Model cost, the INT8 speed-up (ORT INT8 against ORT FP32 and eager FP32), backend accuracy and the Pareto front."""
+    have = [r for r in runs.itertuples() if (r.path / "efficiency" / "model.csv").exists()]
+    if not have:
+        return None
+    model = pd.concat(pd.read_csv(r.path / "efficiency" / "model.csv").assign(model=r.model, label=r.label) for r in have)
+    backends = pd.concat(pd.read_csv(r.path / "efficiency" / "backends.csv").assign(model=r.model, label=r.label)
+                         for r in have)
+    acc = backends.groupby(["model", "label", "backend"], sort=False)[
+        ["accuracy", "macro_f1", "delta_macro_f1_vs_eager", "max_abs_logit_diff_vs_eager", "file_bytes"]].mean().reset_index()
+    first = model.drop_duplicates("model")
+    cost = pd.DataFrame({
+        "model": first["model"], "label": first["label"], "img_size": first["img_size"],
+        "params_M": first["params"] / 1e6, "MMACs": first["macs"] / 1e6,
+        "state_dict_MB": first["state_dict_bytes"] / 2**20, "onnx_MB": first["onnx_bytes"] / 2**20,
+        "onnx_int8_MB": first["onnx_int8_bytes"] / 2**20, "peak_cpu_rss_mb": first["peak_cpu_rss_mb"],
+    })
+    result: dict = {"efficiency": cost.reset_index(drop=True), "backends": acc}
+    lat = [pd.read_csv(r.path / "efficiency" / "latency.csv").assign(model=r.model, label=r.label)
+           for r in have if (r.path / "efficiency" / "latency.csv").exists()]
+    if not lat:
+        return result
+    lat = pd.concat(lat)
+    b1 = lat[(lat["device"] == "cpu") & (lat["batch"] == 1) & (lat["size"] == lat["img_size"])]
+    p50 = b1.pivot_table(index=["model", "label"], columns="backend", values="p50_ms", sort=False).reset_index()
+    f1 = acc.pivot_table(index="model", columns="backend", values="macro_f1", sort=False)
+    int8 = pd.DataFrame({
+        "model": p50["model"], "label": p50["label"],
+        "img_size": p50["model"].map(first.set_index("model")["img_size"]),
+        "eager_ms": p50.get("eager"), "ort_fp32_ms": p50.get("ort_fp32"), "ort_int8_ms": p50.get("ort_int8"),
+    })
+    int8["speedup_vs_ort_fp32"] = int8["ort_fp32_ms"] / int8["ort_int8_ms"]
+    int8["speedup_vs_eager"] = int8["eager_ms"] / int8["ort_int8_ms"]
+    int8["delta_macro_f1"] = int8["model"].map(f1["ort_int8"] - f1["ort_fp32"])
+    int8["target_met"] = (int8["speedup_vs_ort_fp32"] >= INT8_SPEEDUP_TARGET) & (int8["delta_macro_f1"] >= INT8_DELTA_F1_TARGET)
+    result |= {"int8": int8, "latency": lat}
+    pts = b1.merge(acc, on=["model", "label", "backend"], suffixes=("_latency", ""))[
+        ["model", "label", "backend", "p50_ms", "p90_ms", "p99_ms", "macro_f1", "accuracy", "file_bytes"]]
+    pts = pts.sort_values(["p50_ms", "macro_f1"], ascending=[True, False]).reset_index(drop=True)
+    pts["pareto"] = pts["macro_f1"] > pts["macro_f1"].cummax().shift(fill_value=-np.inf)
+    result |= {"pareto": pts, "pareto_fig": pareto_figure(pts)}
+    return result
+
+
+# ----------------------------------------------------------------------------- teacher
+
+
+#: Teacher training settings listed in ``teacher_recipe.csv`` (run_config ``train`` keys).
+RECIPE_KEYS: tuple[str, ...] = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "loss", "label_smoothing",
+                                "balance", "augment", "crop_scale", "jitter", "ema", "tta", "stem_stride")
+
+
+def teacher_recipe(runs: pd.DataFrame) -> pd.DataFrame:
+    """Input size and training settings of each teacher model (its first seed's run_config)."""
+    rows = []
+    for r in runs[runs["role"] == "teacher"].drop_duplicates("model").itertuples():
+        cfg = json.loads((r.path / "run_config.json").read_text())
+        rows.append({"label": r.label, "img_size": cfg["data"]["size"], "split": r.split,
+                     **{k: cfg["train"].get(k) for k in RECIPE_KEYS}, "tta_views": r.tta_views})
+    return pd.DataFrame(rows)
