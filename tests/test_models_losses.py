@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -18,7 +14,8 @@ from edgekd.core.models import AT_STAGES, HEAD_INIT_STD, create_model, default_s
 
 #: Channels of the AT stages 1, 2, 3 (forward_intermediates indices) of each architecture.
 AT_CHANNELS = {"resnet50": (256, 512, 1024), "resnet18": (64, 128, 256),
-               "mobilenetv2_100": (24, 32, 96), "efficientnet_b0": (24, 40, 112)}
+               "mobilenetv2_100": (24, 32, 96), "efficientnet_b0": (24, 40, 112),
+               "efficientnet_lite0": (24, 40, 112), "efficientnet_lite1": (24, 40, 112), "efficientnet_lite2": (24, 48, 120)}
 
 
 @pytest.mark.parametrize("arch", info.ARCHS)
@@ -47,14 +44,6 @@ def test_stem_stride_rule():
 def test_unknown_arch(arch):
     with pytest.raises(ValueError, match="unknown architecture"):
         create_model(arch, 28)
-
-
-def test_pretrained_without_network_fails_clearly():
-    code = "from edgekd.core.models import create_model; create_model('resnet18', 28, pretrained=True)"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert res.returncode != 0
-    assert "PretrainedUnavailable" in res.stderr and "could not be loaded" in res.stderr
 
 
 def test_kd_loss_is_t2_kl_teacher_student():

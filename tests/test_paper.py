@@ -106,6 +106,29 @@ def test_kd_is_paired_by_seed_with_a_pooled_mcnemar_and_collapsed_pairs_dropped(
     assert (summary["split"] == "lesion").sum() == 0  # the lesion student has no lesion no-KD partner
 
 
+def test_equal_compute_control_is_a_baseline_never_a_kd_setting(profile):
+    """A second no-KD setting (no KD for longer) is not paired as if it distilled, nor is it the best *distilled*
+    student; KD is paired against it in the equal-compute table, by seed, as against the baseline."""
+    root, y, preds = profile
+    rng = np.random.default_rng(1)
+    longer = {s: noisy(y, rng, 0.25) for s in range(3)}
+    for seed in range(3):
+        fake_run(root, f"student-resnet18-nokd_2x-s{seed}", "resnet18", seed, y, longer[seed], "none")
+    runs = RN.discover(root)
+    assert TB.controls(runs) == ["nokd_2x"]
+    summary, _ = TB.paired_kd(runs)
+    assert set(summary["setting"]) == {"kd"}
+    control, per_seed = TB.paired_kd(runs, "nokd_2x")
+    row = control[control["split"] == "official"].iloc[0]
+    deltas = [M.macro_f1(y, preds[("kd", s)]) - M.macro_f1(y, longer[s]) for s in range(3)]
+    assert (row["setting"], row["pairs"]) == ("kd", 3) and row["d_macro_f1"] == pytest.approx(np.mean(deltas))
+    valid = runs[runs["valid"]]
+    perf = TB.performance_table(valid, TB.seed_metrics(valid))
+    perf.loc[perf["model"] == "student-resnet18-nokd_2x", "macro_f1"] = 0.99
+    assert A.best_student(perf)["model"] == "student-resnet18-nokd_2x"
+    assert A.best_student(perf, distilled=True)["model"] == "student-resnet18-kd"
+
+
 def test_collapsed_runs_enter_no_mean_and_best_student_is_by_macro_f1(profile):
     root, y, preds = profile
     runs = RN.discover(root)
@@ -137,17 +160,17 @@ def test_best_student_is_never_a_one_seed_ablation_and_distilled_excludes_no_kd(
 
 def test_targets_table_measures_each_target_on_the_right_model():
     perf = pd.DataFrame([
-        {"model": "teacher-resnet50", "label": "T", "role": "teacher", "split": "official", "seeds": 1,
+        {"model": "teacher-resnet50", "kd_mode": "teacher", "label": "T", "role": "teacher", "split": "official", "seeds": 1,
          "accuracy": 0.81, "macro_f1": 0.60},
-        {"model": "teacher-resnet50-lesion", "label": "T (lesion)", "role": "teacher", "split": "lesion", "seeds": 1,
+        {"model": "teacher-resnet50-lesion", "kd_mode": "teacher", "label": "T (lesion)", "role": "teacher", "split": "lesion", "seeds": 1,
          "accuracy": 0.99, "macro_f1": 0.99},
-        {"model": "student-a-nokd", "label": "A · no KD", "role": "student", "split": "official", "seeds": 3,
+        {"model": "student-a-nokd", "kd_mode": "none", "label": "A · no KD", "role": "student", "split": "official", "seeds": 3,
          "accuracy": 0.90, "macro_f1": 0.70},
-        {"model": "student-a-kd", "label": "A · kd", "role": "student", "split": "official", "seeds": 3,
+        {"model": "student-a-kd", "kd_mode": "hinton", "label": "A · kd", "role": "student", "split": "official", "seeds": 3,
          "accuracy": 0.80, "macro_f1": 0.63},
-        {"model": "student-a-dkd", "label": "A · dkd", "role": "student", "split": "official", "seeds": 1,
+        {"model": "student-a-dkd", "kd_mode": "dkd", "label": "A · dkd", "role": "student", "split": "official", "seeds": 1,
          "accuracy": 0.95, "macro_f1": 0.90},
-        {"model": "student-b-kd", "label": "B · kd", "role": "student", "split": "official", "seeds": 3,
+        {"model": "student-b-kd", "kd_mode": "hinton", "label": "B · kd", "role": "student", "split": "official", "seeds": 3,
          "accuracy": 0.70, "macro_f1": 0.54}])
     paired = pd.DataFrame([
         {"arch": a, "split": "official", "setting": s, "d_macro_f1": d, "d_macro_f1_low": low}
@@ -170,7 +193,7 @@ def test_targets_table_measures_each_target_on_the_right_model():
 
 
 def test_targets_text_says_why_and_never_shows_nan_where_a_target_has_no_usable_run(tmp_path):
-    perf = pd.DataFrame([{"model": "student-a-kd", "label": "A · kd", "role": "student", "split": "official",
+    perf = pd.DataFrame([{"model": "student-a-kd", "kd_mode": "hinton", "label": "A · kd", "role": "student", "split": "official",
                           "seeds": 2, "accuracy": 0.6, "macro_f1": 0.15}])  # no usable teacher, no KD pair
     table = A.targets_table(perf, pd.DataFrame())
     table.to_csv(tmp_path / "targets.csv", index=False)

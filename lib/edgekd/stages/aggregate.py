@@ -37,6 +37,7 @@ from edgekd.stages.tables import (
     ablation_table,
     be_rbe_summary,
     calibration_summary,
+    controls,
     efficiency_summary,
     external_summary,
     operating_summary,
@@ -67,7 +68,7 @@ def best_student(perf: pd.DataFrame, distilled: bool = False) -> pd.Series | Non
     run with the most seeds; with ``distilled``, among the KD settings only (not the no-KD baselines)."""
     students = perf[(perf["role"] == "student") & (perf["split"] != LESION_MARK)]
     if distilled:
-        students = students[~students["model"].str.endswith(f"-{BASELINE}")]
+        students = students[students["kd_mode"] != "none"]
     students = _most(students, "seeds")
     return None if students.empty else students.loc[students["macro_f1"].idxmax()]
 
@@ -277,11 +278,15 @@ def run_aggregate(profile_dir: Path, out_dir: Path) -> dict:
     res: dict = {"runs": runs.drop(columns="path"), "excluded_runs": excluded_runs(runs)}
     seeds = seed_metrics(valid) if len(valid) else pd.DataFrame(columns=["model", "label", "metric", "clipped"])
     perf = performance_table(valid, seeds) if len(valid) else pd.DataFrame(
-        columns=["model", "label", "role", "split", "seeds", "accuracy", "macro_f1"])
+        columns=["model", "label", "role", "kd_mode", "split", "seeds", "accuracy", "macro_f1"])
     paired, per_seed = paired_kd(runs)
+    # KD against each no-KD control (the equal-compute one: no KD for the extra epochs the teacher cost)
+    control = [paired_kd(runs, c)[0].assign(baseline=c) for c in controls(runs)]
+    equal_compute = pd.concat(control, ignore_index=True) if control else pd.DataFrame()
     splits = split_comparison(valid, seeds) if len(valid) else pd.DataFrame()
     res |= {"seed_metrics": seeds, "performance": perf, "targets": targets_table(perf, paired)}
-    for name, table in (("paired_kd", paired), ("paired_kd_seeds", per_seed), ("kd_ablation", ablation_table(runs, paired)),
+    for name, table in (("paired_kd", paired), ("paired_kd_seeds", per_seed), ("equal_compute", equal_compute),
+                        ("kd_ablation", ablation_table(runs, paired)),
                         ("split_comparison", splits), ("teacher_recipe", teacher_recipe(runs))):
         if len(table):
             res[name] = table

