@@ -10,6 +10,8 @@ averaged; and the ensembles of the best run of each architecture. The test split
     # pack train+val at 128 px for a machine without the raw data (JPEG quality 90; 64 px is resized from it)
     .venv/bin/python scripts/pretrained_study.py pack --out .study/derma128_q90.npz
     .venv/bin/python scripts/pretrained_study.py table --runs outputs/studies/pretrained --out paper/results/studies/pretrained
+    # what each costs on this CPU (seconds per epoch), from the runner's speed probe
+    .venv/bin/python scripts/pretrained_study.py cost --out paper/results/studies/pretrained --threads 2
 
 Each ``run`` writes ``<variant>.json`` (validation scores, history, timing, the weights' provenance) and
 ``<variant>_val.npz`` (validation logits) into ``--out``; ``table`` builds ``variants.csv`` and ``ensembles.csv``.
@@ -29,11 +31,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from edgekd.core import info, provenance
 from edgekd.core import metrics as M
-from edgekd.core import provenance
 from edgekd.core.config import DataConfig, TrainConfig
 from edgekd.core.inference import predict, resolve_device
 from edgekd.core.models import create_model
+from edgekd.pipeline.progress import measure_speed
 from edgekd.stages import data as D
 from edgekd.stages import train as T
 
@@ -137,6 +140,7 @@ def table(runs: Path, out: Path) -> None:
     """``variants.csv`` (one row per variant) and ``ensembles.csv`` (the best 128 px run of each architecture, averaged)."""
     records = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
     rows = pd.DataFrame([{k: v for k, v in r.items() if k not in ("history", "weights")} for r in records])
+    rows["lr"] = rows.get("lr", pd.Series(index=rows.index, dtype=float)).fillna(BASE["lr"])  # BASE unless overridden
     rows = rows.sort_values(["arch", "variant"])
     out.mkdir(parents=True, exist_ok=True)
     rows.to_csv(out / "variants.csv", index=False)
@@ -162,6 +166,23 @@ def table(runs: Path, out: Path) -> None:
     print(pd.DataFrame(ens).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
+def cost(out: Path, threads: int) -> None:
+    """``cpu_cost.csv``: seconds per training epoch (7,007 images) and per validation pass on this CPU, from
+    the runner's own speed probe (:func:`edgekd.pipeline.progress.measure_speed`), per architecture and size."""
+    rows = []
+    for arch in info.LITE_ARCHS:
+        for size in (64, 128):
+            train = {**BASE, "epochs": 8, "threads": threads}
+            speed = measure_speed(arch, size, train)
+            rows.append({"arch": arch, "size": size, "threads": threads, "cpu": provenance.cpu_model(),
+                         "train_images_per_s": speed.train_ips, "infer_images_per_s": speed.infer_ips,
+                         "epoch_s": info.SPLIT_SIZES["train"] / speed.train_ips,
+                         "val_pass_s": info.SPLIT_SIZES["val"] / speed.infer_ips})
+            print(rows[-1], flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out / "cpu_cost.csv", index=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -176,8 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("table")
     t.add_argument("--runs", type=Path, required=True)
     t.add_argument("--out", type=Path, required=True)
+    c = sub.add_parser("cost")
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    if args.cmd == "pack":
+    if args.cmd == "cost":
+        cost(args.out, args.threads)
+    elif args.cmd == "pack":
         pack(args.out)
     elif args.cmd == "run":
         run(args.arch, args.variants, args.out, args.data, args.threads)

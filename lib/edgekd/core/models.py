@@ -84,7 +84,7 @@ def lite_key_map(model: nn.Module) -> dict[str, str]:
     return out
 
 
-def load_imagenet(model: nn.Module, arch: str) -> dict[str, str]:
+def load_imagenet(model: nn.Module, arch: str) -> dict[str, object]:
     """Load ``arch``'s ImageNet checkpoint into timm's ``model`` (1000-class head) strictly, through
     :func:`lite_key_map`; returns the provenance (package, version, file, sha256) of the weights loaded."""
     w = info.PRETRAINED[arch]

@@ -195,7 +195,7 @@ def targets_paragraph(src: Source, power: Source | None, levers: Source | None) 
     why = []
     if not (t.loc["teacher_accuracy", "met"] and teacher["met"]):
         text = ("**The teacher**: no teacher run is usable in this profile." if not finite(teacher["value"]) else
-                f"**The teacher** is trained from scratch (no ImageNet weights offline) for {n['teacher_epochs']} "
+                f"**The teacher** is trained from scratch (no ImageNet weights) for {n['teacher_epochs']} "
                 f"epochs at {n['size']} px, from {min(info.RAW_FRAME)} px crops; MedMNIST+'s best 64 px model, "
                 f"ImageNet-pretrained, reaches accuracy {MEDMNIST_PLUS_64PX_ACC['best']:.3f} [@doerrich2024rethinking].")
         if levers is not None:
