@@ -33,7 +33,7 @@ from edgekd.core import info, provenance
 from edgekd.core import metrics as M
 from edgekd.core.config import COLLAPSE_SHARE, KDConfig, TrainConfig
 from edgekd.core.files import atomic_write
-from edgekd.core.inference import autocast, load_run, predict, resolve_device, tta_views
+from edgekd.core.inference import autocast, load_run, predict, read_config, resolve_device, tta_views
 from edgekd.core.losses import DistillLoss, attention_map, class_balanced_weights, make_ce
 from edgekd.core.models import AT_STAGES, create_model, forward_with_stages
 from edgekd.stages import data as D
@@ -79,11 +79,11 @@ def teacher_cache(teacher_dir: Path, arrays: D.DermaArrays, augment: str, with_m
     """
     stages = AT_STAGES if with_maps else ()
     weights = provenance.file_digest(Path(teacher_dir) / "best.pt")
-    t_arrays = teacher_arrays(Path(teacher_dir), arrays)
+    t_data = read_config(teacher_dir)["data"]
     fingerprint = {
         "teacher_sha256": weights,
         "size": arrays.size,
-        "teacher_size": t_arrays.size,
+        "teacher_size": int(t_data["size"]),
         "n_train": len(arrays.labels["train"]),
         "labels_sum": int((arrays.labels["train"] * np.arange(1, len(arrays.labels["train"]) + 1)).sum()),
         "views": AU.views_of(augment),
@@ -103,6 +103,7 @@ def teacher_cache(teacher_dir: Path, arrays: D.DermaArrays, augment: str, with_m
             if not stale.name.startswith(f"teacher_cache_{weights[:12]}_"):
                 stale.unlink()  # made from weights the teacher no longer has
         teacher = load_run(teacher_dir, device).model
+        t_arrays = teacher_arrays(Path(teacher_dir), t_data, arrays)  # loaded only when the cache is built
         n_views = max(AU.AUGMENT_VIEWS.values())
         logits_all, maps_all = None, []
         for v in AU.views_of(augment):
@@ -118,14 +119,14 @@ def teacher_cache(teacher_dir: Path, arrays: D.DermaArrays, augment: str, with_m
         return cache
 
 
-def teacher_arrays(teacher_dir: Path, arrays: D.DermaArrays) -> D.DermaArrays:
-    """The students' ``arrays``, or the same images at the teacher's own input size when it was trained at another.
+def teacher_arrays(teacher_dir: Path, data: dict, arrays: D.DermaArrays) -> D.DermaArrays:
+    """The students' ``arrays``, or the same images at the teacher's own input size (its run's ``data`` config)
+    when it was trained at another.
 
     The dihedral views commute with the resize, so view ``v`` of the teacher's image is the view ``v`` the
     student sees. The two must hold the same training images in the same order (checked on the labels and
     image ids), else the teacher's logits would belong to other images.
     """
-    data = json.loads((Path(teacher_dir) / "run_config.json").read_text())["data"]
     if int(data["size"]) == arrays.size:
         return arrays
     own = D.load(D.DataConfig(**data))
