@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for the tables, log and provenance")
     ap.add_argument("--runs", type=Path, default=None, help="folder of the runs (default: OUT/runs)")
-    ap.add_argument("--profile", default="default", help="params/<profile>.yaml gives the recipe")
+    ap.add_argument("--profile", default="scratch", help="params/<profile>.yaml gives the recipe")
     ap.add_argument("--seeds", type=int, default=10, help="student seeds 0..n-1")
     ap.add_argument("--workers", type=int, default=8, help="runs in flight at once (processes sharing the GPU)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")

@@ -11,7 +11,7 @@ from edgekd.pipeline import plan
 SPEC = importlib.util.spec_from_file_location("kd_power", info.REPO_ROOT / "scripts" / "kd_power.py")
 KP = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(KP)
-PROFILE = plan.load_profile("default")
+PROFILE = plan.load_profile("scratch")
 
 
 def result(ok: bool = True, f1: float = 0.5, collapsed: str | None = None) -> dict:

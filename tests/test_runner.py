@@ -222,11 +222,24 @@ def test_lesion_pair_settings_filters_and_overrides(tmp_path):
         ({"export": {"every": True}}, "export: unknown keys"),
         ({"students.kd.0.name": "KD-at"}, "unique 'name' of"),
         ({"students.kd.0.train": {"lr": -1}}, "lr must be > 0"),
+        ({"students.arch_seeds": {"resnet34": [0]}}, "students.arch_seeds: keys must be among"),
+        ({"students.arch_seeds": {"resnet18": [5]}}, r"students.arch_seeds.resnet18: must be drawn from students.seeds \[0, 1\]"),
+        ({"students.arch_seeds": {"resnet18": []}}, "students.arch_seeds.resnet18"),
     ],
 )
 def test_bad_new_profile_keys(tmp_path, edits, message):
     with pytest.raises(R.ConfigError, match=message):
         R.expand(R.load_profile(_profile(tmp_path, **edits)), tmp_path)
+
+
+def test_arch_seeds_narrow_one_architecture_in_every_setting(tmp_path):
+    specs = R.expand(R.load_profile(_profile(tmp_path, **{"students.arch_seeds": {"efficientnet_b0": [1]}})), tmp_path)
+    trained = [s.run_id for s in specs if s.stage == "student"]
+    b0 = [r for r in trained if "efficientnet_b0" in r]
+    assert b0 and all(r.endswith("-s1") for r in b0)
+    assert {r[-2:] for r in trained if "resnet18" in r} == {"s0", "s1"}
+    assert not [s for s in specs if s.stage != "student" and s.run_id.startswith("student-efficientnet_b0") and
+                s.run_id.endswith("-s0")]
 
 
 def test_timing_stages_and_their_dependants_run_exclusively(tmp_path):

@@ -366,6 +366,13 @@ def _students(prof: dict, data: dict, base_train: dict, root: Path, spec, data_s
     arch_train = students.get("arch_train") or {}
     if not isinstance(arch_train, dict) or not set(arch_train) <= set(archs):
         raise ConfigError(f"students.arch_train: keys must be among students.archs {archs}, got {arch_train!r}")
+    # An architecture may run on fewer of the students' seeds (a costly student on a CPU budget).
+    arch_seeds = students.get("arch_seeds") or {}
+    if not isinstance(arch_seeds, dict) or not set(arch_seeds) <= set(archs):
+        raise ConfigError(f"students.arch_seeds: keys must be among students.archs {archs}, got {arch_seeds!r}")
+    for arch, seeds in arch_seeds.items():
+        if not set(_seeds(seeds, f"students.arch_seeds.{arch}")) <= set(all_seeds):
+            raise ConfigError(f"students.arch_seeds.{arch}: must be drawn from students.seeds {all_seeds}, got {seeds!r}")
     out = []
     for setting in _kd_settings(prof):
         where = f"students.kd[{setting['name']}]"
@@ -386,7 +393,7 @@ def _students(prof: dict, data: dict, base_train: dict, root: Path, spec, data_s
                                                       setting.get("train"), where=f"{where}.train ({arch})"),
                                   f"{where}.train ({arch})"))
             _check_arch(arch, f"{where}.train ({arch})", train["pretrained"])
-            for seed in setting_seeds:
+            for seed in [x for x in setting_seeds if x in arch_seeds.get(arch, setting_seeds)]:
                 # Each student distils from the teacher of its own seed when there is one, else the first
                 # (none for a lesion pair of no-KD students only: no lesion teacher is trained then).
                 t = teachers.get(seed, next(iter(teachers.values()), None))
