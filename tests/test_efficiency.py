@@ -12,6 +12,7 @@ from torch import nn
 
 from edgekd.core.info import NUM_CLASSES
 from edgekd.stages import efficiency as E
+from edgekd.stages import tables as TB
 from edgekd.stages.data import to_input
 
 pytestmark = pytest.mark.filterwarnings(
@@ -205,3 +206,17 @@ def test_benchmark_model_rows(tmp_path: Path) -> None:
     assert (tmp_path / "16" / "model_int8.onnx").exists()
     with pytest.raises(ValueError, match="calib_images"):
         E.benchmark_model(_tiny(), 16, backends=("ort_int8",), sizes=(16,))
+
+
+def test_int8_passes_interleave_fp32_and_int8_and_the_interval_is_the_order_statistics(tmp_path: Path) -> None:
+    model = _tiny().eval()
+    x = np.random.default_rng(0).standard_normal((32, 3, 16, 16), dtype=np.float32)
+    paths = E.export_all(model, 16, tmp_path, calib_images=x)
+    table = E.int8_passes(paths, 16, threads=1, passes=4, warmup=1, repeats=5)
+    assert list(table["pass"]) == [0, 1, 2, 3] and list(table["first"]) == ["ort_fp32", "ort_int8"] * 2
+    assert np.allclose(table["speedup"], table["ort_fp32_p50_ms"] / table["ort_int8_p50_ms"])
+    # 9 passes: (2nd, 8th) smallest covers the median with 1 - 2 P(Bin(9, 1/2) <= 1) = 0.961; (3rd, 7th) only 0.82
+    values = [1.4, 0.9, 1.3, 1.1, 1.25, 1.2, 1.35, 1.0, 1.15]
+    got = TB.speedup_interval(values)
+    assert (got["speedup_median"], got["speedup_low"], got["speedup_high"]) == (1.2, 1.0, 1.35)
+    assert np.isnan(TB.speedup_interval(values[:3])["speedup_low"])  # 3 passes cannot reach 95%

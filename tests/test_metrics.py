@@ -309,3 +309,54 @@ def test_plot_per_class_f1() -> None:
     heights = [p.get_height() for p in ax.patches]
     np.testing.assert_allclose(heights, table["f1"])  # teacher bars first, then student
     assert [t.get_text() for t in ax.get_xticklabels()] == list(CLASS_NAMES)
+
+
+# ----------------------------------------------------------------------------- hierarchical bootstrap, Holm
+
+
+def _noisy(y: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    pred = y.copy()
+    flip = rng.random(len(y)) < rate
+    pred[flip] = rng.integers(0, NUM_CLASSES, flip.sum())
+    return pred
+
+
+def test_hierarchical_delta_with_one_seed_is_the_paired_image_bootstrap_of_sklearns_f1():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, NUM_CLASSES, 400)
+    a, b = _noisy(y, 0.5, rng), _noisy(y, 0.3, rng)
+    got = M.hierarchical_delta(y, [a], [b], n_resamples=300, seed=7)
+    ref_rng, deltas = np.random.default_rng(7), []
+    for _ in range(300):  # the same draws, scored by sklearn
+        ref_rng.integers(0, 1, 1)
+        idx = ref_rng.integers(0, len(y), len(y))
+        deltas.append(skm.f1_score(y[idx], b[idx], average="macro", labels=range(NUM_CLASSES), zero_division=0)
+                      - skm.f1_score(y[idx], a[idx], average="macro", labels=range(NUM_CLASSES), zero_division=0))
+    point = (skm.f1_score(y, b, average="macro", labels=range(NUM_CLASSES), zero_division=0)
+             - skm.f1_score(y, a, average="macro", labels=range(NUM_CLASSES), zero_division=0))
+    assert got["delta"] == pytest.approx(point)
+    assert (got["low"], got["high"]) == pytest.approx((np.quantile(deltas, 0.025), np.quantile(deltas, 0.975)))
+    assert got["low"] > 0 and got["p_value"] < 0.01 and got["positive"] == 1
+
+
+def test_hierarchical_delta_widens_when_seeds_disagree_and_is_zero_for_equal_arms():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, NUM_CLASSES, 600)
+    base = [_noisy(y, 0.4, rng) for _ in range(3)]
+    same = M.hierarchical_delta(y, base, base, n_resamples=200)
+    assert (same["delta"], same["low"], same["high"], same["p_value"], same["positive"]) == (0, 0, 0, 1.0, 0)
+    # one seed far better, one far worse: the seed draw must dominate the interval
+    mixed = [_noisy(y, 0.1, rng), _noisy(y, 0.7, rng), base[2]]
+    wide = M.hierarchical_delta(y, base, mixed, n_resamples=500)
+    pooled = M.hierarchical_delta(np.tile(y, 3), [np.concatenate(base)], [np.concatenate(mixed)], n_resamples=500)
+    assert wide["high"] - wide["low"] > 3 * (pooled["high"] - pooled["low"])
+    assert wide["low"] < 0 < wide["high"]
+    with pytest.raises(ValueError, match="same \\(seeds, images\\)"):
+        M.hierarchical_delta(y, base, base[:2])
+
+
+def test_holm_step_down():
+    # hand-worked: sorted 0.01, 0.03, 0.04 -> 3 x 0.01, max(0.03, 2 x 0.03), max(0.06, 1 x 0.04)
+    assert M.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert M.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert M.holm([0.2]) == pytest.approx([0.2])

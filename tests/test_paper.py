@@ -144,67 +144,86 @@ def test_collapsed_runs_enter_no_mean_and_best_student_is_by_macro_f1(profile):
     assert A.best_student(perf)["model"] == "student-resnet18-kd"
 
 
-def test_best_student_is_never_a_one_seed_ablation_and_distilled_excludes_no_kd(profile):
+def test_best_student_is_chosen_on_validation_never_on_test_and_distilled_excludes_no_kd(profile):
     root, _, _ = profile
     runs = RN.discover(root)
     valid = runs[runs["valid"]]
     perf = TB.performance_table(valid, TB.seed_metrics(valid))
-    one_seed = perf[perf["model"] == "student-resnet18-kd"].assign(model="student-resnet18-lskd", label="ResNet-18 · lskd",
-                                                                   seeds=1, macro_f1=0.99)
-    perf = pd.concat([perf, one_seed], ignore_index=True)
-    assert A.best_student(perf)["model"] == "student-resnet18-kd"  # 3 seeds beat a 1-seed 0.99
-    perf.loc[perf["model"] == "student-resnet18-nokd", ["seeds", "macro_f1"]] = (3, 0.98)
+    val = {m: valid.loc[valid["model"] == m, "val_macro_f1"].mean() for m in perf["model"]}  # collapsed runs excluded
+    assert perf.set_index("model")["val_macro_f1"].to_dict() == pytest.approx(val)
+    assert A.best_student(perf)["model"] == perf[perf["role"] == "student"].set_index("model")["val_macro_f1"].idxmax()
+    # a test macro-F1 of 0.99 does not make a student the best: only validation does
+    other = "student-resnet18-nokd" if A.best_student(perf)["model"] != "student-resnet18-nokd" else "student-resnet18-kd"
+    perf.loc[perf["model"] == other, "macro_f1"] = 0.99
+    assert A.best_student(perf)["model"] != other
+    perf.loc[perf["model"] == "student-resnet18-nokd", "val_macro_f1"] = 0.98
     assert A.best_student(perf)["model"] == "student-resnet18-nokd"
     assert A.best_student(perf, distilled=True)["model"] == "student-resnet18-kd"
 
 
+def _perf_row(model, label, role, kd_mode, init="scratch", split="official", seeds=3, val=0.5, acc=0.5, f1=0.5):
+    arch = model.split("-")[1]
+    return {"model": model, "label": label, "role": role, "arch": arch, "kd_mode": kd_mode, "init": init, "split": split,
+            "seeds": seeds, "val_macro_f1": val, "accuracy": acc, "macro_f1": f1}
+
+
+def _pair(arch, setting, low, d=0.02, split="official", baseline="nokd"):
+    return {"arch": arch, "student": arch.upper(), "split": split, "setting": setting, "baseline": baseline,
+            "d_macro_f1": d, "d_macro_f1_hb_low": low}
+
+
 def test_targets_table_measures_each_target_on_the_right_model():
     perf = pd.DataFrame([
-        {"model": "teacher-resnet50", "kd_mode": "teacher", "label": "T", "role": "teacher", "split": "official", "seeds": 1,
-         "accuracy": 0.81, "macro_f1": 0.60},
-        {"model": "teacher-resnet50-lesion", "kd_mode": "teacher", "label": "T (lesion)", "role": "teacher", "split": "lesion", "seeds": 1,
-         "accuracy": 0.99, "macro_f1": 0.99},
-        {"model": "student-a-nokd", "kd_mode": "none", "label": "A · no KD", "role": "student", "split": "official", "seeds": 3,
-         "accuracy": 0.90, "macro_f1": 0.70},
-        {"model": "student-a-kd", "kd_mode": "hinton", "label": "A · kd", "role": "student", "split": "official", "seeds": 3,
-         "accuracy": 0.80, "macro_f1": 0.63},
-        {"model": "student-a-dkd", "kd_mode": "dkd", "label": "A · dkd", "role": "student", "split": "official", "seeds": 1,
-         "accuracy": 0.95, "macro_f1": 0.90},
-        {"model": "student-b-kd", "kd_mode": "hinton", "label": "B · kd", "role": "student", "split": "official", "seeds": 3,
-         "accuracy": 0.70, "macro_f1": 0.54}])
-    paired = pd.DataFrame([
-        {"arch": a, "split": "official", "setting": s, "d_macro_f1": d, "d_macro_f1_low": low}
-        for a, s, d, low in (("a", "kd", 0.02, 0.01), ("b", "kd", 0.01, -0.01), ("c", "kd", 0.03, 0.02),
-                             ("a", "dkd", 0.05, 0.02), ("b", "dkd", 0.04, -0.001))]
-        + [{"arch": "a", "split": "lesion", "setting": "lskd", "d_macro_f1": 0.5, "d_macro_f1_low": 0.4}])
-    t = A.targets_table(perf, paired).set_index("target")
+        _perf_row("teacher-lite-s", "T", "teacher", "teacher", init="imagenet", seeds=1, acc=0.87, f1=0.73),
+        _perf_row("teacher-lite-lesion", "T (lesion)", "teacher", "teacher", split="lesion", seeds=1, acc=0.99, f1=0.99),
+        _perf_row("student-a-nokd", "A · no KD", "student", "none", val=0.60, acc=0.90, f1=0.72),
+        _perf_row("student-a-kd", "A · kd", "student", "hinton", val=0.62, acc=0.80, f1=0.63),
+        _perf_row("student-b-kd", "B · kd", "student", "hinton", val=0.50, acc=0.70, f1=0.54),
+        _perf_row("student-c-kd", "C · kd", "student", "hinton", val=0.50, acc=0.70, f1=0.56),
+        _perf_row("student-lite-kd", "Lite · kd", "student", "hinton", init="imagenet", seeds=1, val=0.55, acc=0.95, f1=0.95),
+    ])
+    paired = pd.DataFrame([_pair("a", "kd", 0.01), _pair("b", "kd", -0.01), _pair("c", "kd", 0.02),
+                           _pair("lite", "kd", 0.5), _pair("a", "lskd", 0.4, split="lesion")])
+    equal = pd.DataFrame([_pair("a", "kd", -0.02, baseline="nokd_eq")])
+    int8 = pd.DataFrame([{"model": "student-a-kd", "label": "A · kd", "delta_macro_f1": 0.0, "speedup_low": 3.0},
+                         {"model": "student-lite-kd", "label": "Lite · kd", "delta_macro_f1": -0.005, "speedup_low": 1.02}])
+    t = A.targets_table(perf, paired, equal, int8).set_index("target")
     assert list(t.index) == list(A.TARGETS)
-    assert (t.loc["teacher_accuracy", "value"], t.loc["teacher_accuracy", "met"]) == (0.81, True)
-    assert (t.loc["teacher_macro_f1", "value"], t.loc["teacher_macro_f1", "met"]) == (0.60, False)
+    assert (t.loc["teacher_accuracy", "value"], t.loc["teacher_accuracy", "met"]) == (0.87, True)
+    assert (t.loc["teacher_macro_f1", "value"], t.loc["teacher_macro_f1", "met"]) == (0.73, False)
+    # the best student is A · kd by validation (0.62), not Lite (test 0.95) nor A · no KD (test accuracy 0.90)
+    assert (t.loc["student_macro_f1", "model"], t.loc["student_macro_f1", "value"]) == ("A · kd", 0.63)
+    assert not t.loc["student_macro_f1", "met"] and not t.loc["student_accuracy", "met"]
     assert (t.loc["every_student_macro_f1", "model"], t.loc["every_student_macro_f1", "met"]) == ("B · kd", False)
-    # the best distilled student: not the no-KD baseline (0.70), not the 1-seed dkd (0.90)
-    assert (t.loc["distilled_macro_f1", "model"], t.loc["distilled_macro_f1", "value"]) == ("A · kd", 0.63)
-    assert t.loc["distilled_macro_f1", "met"] and t.loc["distilled_accuracy", "met"]  # 0.80 >= 0.80
-    kd = t.loc["kd_students_above_zero"]
-    assert (kd["model"], kd["count"], kd["of"], kd["met"]) == ("kd", 2, 3, True)  # kd: a and c above 0; dkd: only a
-    paired.loc[4, "d_macro_f1_low"] = 0.001  # now dkd has 2 too, with the larger mean Δ
-    assert A.targets_table(perf, paired).set_index("target").loc["kd_students_above_zero", "model"] == "dkd"
-    assert not A.targets_table(perf, paired.iloc[:0]).set_index("target").loc["kd_students_above_zero", "met"]
+    kd = t.loc["kd_scratch_students_above_zero"]  # the pretrained Lite student and the lesion pair do not count
+    assert (kd["model"], kd["count"], kd["of"], kd["met"]) == ("kd", 2, 3, True)
+    ec = t.loc["kd_above_equal_compute"]
+    assert (ec["count"], ec["of"], ec["met"]) == (0, 1, False)
+    equal.loc[0, "d_macro_f1_hb_low"] = 0.001
+    assert A.targets_table(perf, paired, equal, int8).set_index("target").loc["kd_above_equal_compute", "met"]
+    # INT8: the pretrained KD student's row, not the from-scratch one's 3x
+    assert t.loc["int8_edge_speedup_low", "value"] == 1.02 and t.loc["int8_edge_speedup_low", "met"]
+    assert t.loc["int8_edge_delta_macro_f1", "met"]
+    int8.loc[1, ["delta_macro_f1", "speedup_low"]] = (-0.02, 1.0)
+    t = A.targets_table(perf, paired, equal, int8).set_index("target")
+    assert not t.loc["int8_edge_speedup_low", "met"] and not t.loc["int8_edge_delta_macro_f1", "met"]
+    assert not A.targets_table(perf, paired.iloc[:0], equal, None).set_index("target").loc[
+        "kd_scratch_students_above_zero", "met"]
 
 
 def test_targets_text_says_why_and_never_shows_nan_where_a_target_has_no_usable_run(tmp_path):
-    perf = pd.DataFrame([{"model": "student-a-kd", "kd_mode": "hinton", "label": "A · kd", "role": "student", "split": "official",
-                          "seeds": 2, "accuracy": 0.6, "macro_f1": 0.15}])  # no usable teacher, no KD pair
-    table = A.targets_table(perf, pd.DataFrame())
+    perf = pd.DataFrame([_perf_row("student-a-kd", "A · kd", "student", "hinton", seeds=2, acc=0.6, f1=0.15)])
+    table = A.targets_table(perf, pd.DataFrame(), pd.DataFrame(), None)  # no usable teacher, no KD pair, no INT8
     table.to_csv(tmp_path / "targets.csv", index=False)
     numbers = {"targets": len(table), "targets_met": 0, "teacher_epochs": 2, "student_epochs": 2, "size": 28,
                "n_excluded": 3, "n_seeds": 2}
     src = SR.Source("smoke", tmp_path, "published", numbers, {})
-    text = S.targets(src) + S.targets_paragraph(src, None, None)
+    text = S.targets(src) + S.targets_paragraph(src)
     assert "nan" not in text.lower() and "None" not in text
     assert "no teacher run is usable" in text and "no KD run has a usable no-KD partner" in text
+    assert "no equal-compute control" in text and "no INT8 measurement of a pretrained KD student" in text
     assert "**The weakest student**, A · kd, reaches macro-F1 0.150 in 2 epochs; 3 collapsed runs are excluded." in text
-    assert "| best distilled student's macro-F1 | ≥ 0.62 | 0.150 | A · kd | no |" in text
+    assert "| macro-F1 of that student | ≥ 0.70 | 0.150 | A · kd | no |" in text
 
 
 def test_intervals_respect_the_metric_range():
@@ -409,3 +428,30 @@ def test_smoke_pdf_has_every_figure_on_a_page_with_content(rendered, tmp_path):
     for page in pages:
         pixels = np.asarray(Image.open(pngs[page - 1]).convert("L"))
         assert (pixels < 200).mean() > 0.02, f"page {page} of {pdf} has a figure but is almost blank"
+
+
+def _strength_source(root, name, teacher, init, base_f1, gains):
+    path = root / name
+    path.mkdir()
+    pd.DataFrame([{"arch": "resnet18", "split": "official", "setting": "kd", "seed": s, "d_macro_f1": g}
+                  for s, g in enumerate(gains)]
+                 + [{"arch": "resnet18", "split": "lesion", "setting": "kd", "seed": 0, "d_macro_f1": 9.0}]
+                 ).to_csv(path / "paired_kd_seeds.csv", index=False)
+    pd.DataFrame([{"model": "teacher-x", "label": teacher, "role": "teacher", "split": "official", "init": init,
+                   "accuracy": 0.8, "macro_f1": 0.6},
+                  {"model": "student-resnet18-nokd", "label": "R18", "role": "student", "split": "official",
+                   "init": "scratch", "accuracy": 0.7, "macro_f1": base_f1}]).to_csv(path / "performance.csv", index=False)
+    return SR.Source(name, path, "published", {}, {})
+
+
+def test_teacher_strength_pairs_the_two_teachers_gains_by_seed(tmp_path):
+    old = _strength_source(tmp_path, "old", "ResNet-50 teacher", "scratch", 0.51, [0.02, 0.03, 0.01])
+    new = _strength_source(tmp_path, "new", "Lite0 teacher", "imagenet", 0.51, [0.05, 0.04, 0.06])
+    text = S.teacher_strength(new, old)
+    diff = np.array([0.03, 0.01, 0.05])
+    half = stats.t.ppf(0.975, 2) * diff.std(ddof=1) / np.sqrt(3)
+    assert "+0.030, +0.010, +0.050; mean +0.030" in text
+    assert f"[{diff.mean() - half:+.3f}, {diff.mean() + half:+.3f}]" in text and "3 of 3 seeds gain more" in text
+    assert "the same runs (mean macro-F1 identical" in text and "| Lite0 teacher | imagenet |" in text
+    other = _strength_source(tmp_path, "other", "Lite0 teacher", "imagenet", 0.52, [0.05, 0.04, 0.06])
+    assert "meant to be the same runs but differ" in S.teacher_strength(other, old)

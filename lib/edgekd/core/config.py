@@ -356,10 +356,11 @@ class RobustnessConfig(StageConfig):
 @dataclasses.dataclass
 class EfficiencyConfig(StageConfig):
     """Params, MACs, sizes and ONNX FP32/INT8 agreement of every run; latency of the ``latency_seeds`` runs
-    (``warmup`` then ``repeats`` timed calls per batch size, on ``threads`` threads)."""
+    (``warmup`` then ``repeats`` timed calls per batch size, on ``threads`` threads), and ``passes`` interleaved
+    ORT FP32 / INT8 passes at batch 1 for the INT8 speed-up's interval."""
 
     MINIMA: typing.ClassVar[dict[str, int]] = {"seeds": 0, "latency_seeds": 0, "threads": 1, "batch_sizes": 1, "sizes": 1,
-                                                "warmup": 0, "repeats": 1, "calib_images": 1}
+                                                "warmup": 0, "repeats": 1, "calib_images": 1, "passes": 0}
     seeds: list[int] | None = None
     settings: list[str] | None = None
     latency_seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
@@ -369,6 +370,7 @@ class EfficiencyConfig(StageConfig):
     warmup: int = 5
     repeats: int = 100
     calib_images: int = 256
+    passes: int = 9  # interleaved ORT FP32 / INT8 passes at batch 1 (the INT8 speed-up's interval); 0: none
 
 
 @dataclasses.dataclass

@@ -298,6 +298,59 @@ def per_class_delta(
     )
 
 
+def hierarchical_delta(
+    y: np.ndarray,
+    preds_a: Sequence[np.ndarray],
+    preds_b: Sequence[np.ndarray],
+    n_resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, float | int]:
+    """Mean paired Δ macro-F1 (B − A) over seeds, with a hierarchical percentile bootstrap over seeds and images.
+
+    ``preds_a[i]`` and ``preds_b[i]`` are the two arms of seed ``i`` on the same test images ``y``. Each
+    resample draws the seeds with replacement, then the test images with replacement, once, shared by every
+    drawn seed and both arms (they are one test set), and averages the drawn seeds' paired differences. So
+    the interval covers both sources of variation: training seeds and test-set sampling. With one seed it is
+    the paired image bootstrap. ``p_value`` is the two-sided bootstrap p of Δ = 0 (twice the smaller tail,
+    with the (count + 1) / (n + 1) correction); ``positive`` counts seeds whose own Δ is above 0.
+    """
+    y = np.asarray(y)
+    a, b = np.asarray(preds_a), np.asarray(preds_b)
+    if a.ndim != 2 or a.shape != b.shape or a.shape[1] != len(y) or len(a) == 0:
+        raise ValueError(f"need the same (seeds, images) predictions for both arms on {len(y)} images, "
+                         f"got {a.shape} and {b.shape}")
+    k, n = a.shape
+    rng = np.random.default_rng(seed)
+    per_seed = np.array([macro_f1_from_counts(confusion_counts(y, pb)) - macro_f1_from_counts(confusion_counts(y, pa))
+                         for pa, pb in zip(a, b, strict=True)])
+    deltas = np.empty(n_resamples)
+    for r in range(n_resamples):
+        seeds = rng.integers(0, k, k)
+        idx = rng.integers(0, n, n)
+        yy = y[idx]
+        d = {s: macro_f1_from_counts(confusion_counts(yy, b[s, idx])) - macro_f1_from_counts(confusion_counts(yy, a[s, idx]))
+             for s in set(seeds.tolist())}
+        deltas[r] = np.mean([d[s] for s in seeds])
+    tail = (1 - confidence) / 2
+    below, above = np.sum(deltas <= 0), np.sum(deltas >= 0)
+    return {"delta": float(per_seed.mean()), "low": float(np.quantile(deltas, tail)),
+            "high": float(np.quantile(deltas, 1 - tail)),
+            "p_value": float(min(1.0, 2 * (min(below, above) + 1) / (n_resamples + 1))),
+            "seeds": int(k), "positive": int(np.sum(per_seed > 0)), "n_resamples": int(n_resamples)}
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error), in the input order."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out = np.empty(m)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
 def agreement(pred_a: np.ndarray, pred_b: np.ndarray) -> float:
     """Fraction of images where the two models' top-1 predictions coincide."""
     return float(np.mean(np.asarray(pred_a) == np.asarray(pred_b)))

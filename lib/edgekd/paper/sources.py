@@ -67,3 +67,9 @@ def gpu() -> Source | None:
 def kd_power() -> Source | None:
     """The committed GPU study of KD's power (``paper/results/studies/kd_power/``, ``scripts/kd_power.py``), if any."""
     return _committed("kd_power", "studies/kd_power", "paired.csv")
+
+
+def scratch_teacher() -> Source | None:
+    """The previous reference, a from-scratch ResNet-50 teacher (``paper/results/studies/scratch_teacher/``,
+    ``params/scratch.yaml``), kept to compare KD gains between teachers, if committed."""
+    return _committed("scratch_teacher", "studies/scratch_teacher", "paired_kd_seeds.csv")

@@ -585,6 +585,26 @@ def benchmark_model(
     return pd.DataFrame(rows)
 
 
+def int8_passes(paths: Mapping[str, Path], size: int, threads: int, passes: int, warmup: int, repeats: int) -> pd.DataFrame:
+    """ORT FP32 against ORT INT8 at batch 1 in ``passes`` interleaved passes: per pass, each backend's median
+    of ``repeats`` calls (after warming up) and their ratio ``speedup`` (FP32 / INT8).
+
+    The backends alternate which goes first, so a slow drift of the machine falls on both; the spread of
+    the per-pass ratios is the speed-up's uncertainty (the aggregate's distribution-free interval of their
+    median), which one pass per backend cannot show.
+    """
+    fns = {name: load_backend(name, paths[BACKEND_FILES[name]], threads=threads) for name in ("ort_fp32", "ort_int8")}
+    x = _example(size, 1).numpy()
+    rows = []
+    for i in range(passes):
+        order = list(fns) if i % 2 == 0 else list(fns)[::-1]
+        ms = {name: latency(fns[name], x, warmup, repeats, threads)["p50_ms"] for name in order}
+        rows.append({"pass": i, "first": order[0], "size": size, "batch": 1, "threads": threads, "repeats": repeats,
+                     "ort_fp32_p50_ms": ms["ort_fp32"], "ort_int8_p50_ms": ms["ort_int8"],
+                     "speedup": ms["ort_fp32"] / ms["ort_int8"]})
+    return pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------------ efficiency stage
 
 #: How ``model.csv`` counts operations.
@@ -674,6 +694,7 @@ def run_efficiency(
     warmup: int = EfficiencyConfig.warmup,
     repeats: int = EfficiencyConfig.repeats,
     calib_images: int = EfficiencyConfig.calib_images,
+    passes: int = EfficiencyConfig.passes,
 ) -> dict:
     """Efficiency stage of a finished run: exports, size and cost, accuracy per backend, latency.
 
@@ -687,14 +708,17 @@ def run_efficiency(
       logit difference, arg-max agreement and macro-F1 / accuracy deltas against eager FP32, and
       the peak CPU RSS of its first batch;
     * ``latency.csv`` (when ``latency``): :func:`benchmark_model` at ``batch_sizes`` x ``sizes``
-      (None: trained size and 224; other sizes run the same weights), ``threads`` threads.
+      (None: trained size and 224; other sizes run the same weights), ``threads`` threads;
+    * ``int8_passes.csv`` (when ``latency`` and ``passes``): :func:`int8_passes` at the trained size.
 
-    Returns the tables (``model``, ``backends``, ``latency`` or None), ``files`` and ``timings_s``.
+    Returns the tables (``model``, ``backends``, ``latency`` and ``int8_passes`` or None), ``files`` and
+    ``timings_s``.
     """
     start = time.perf_counter()
     _check_positive(threads=threads, batch_sizes=batch_sizes, sizes=sizes, repeats=repeats, calib_images=calib_images)
-    if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
-        raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
+    for name, value in (("warmup", warmup), ("passes", passes)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     model, config = run.model, run.config
@@ -728,5 +752,13 @@ def run_efficiency(
         timings["latency"] = time.perf_counter() - tick
         files["latency"] = out_dir / "latency.csv"
         latency_table.to_csv(files["latency"], index=False)
+    passes_table = None
+    if latency and passes:
+        tick = time.perf_counter()
+        passes_table = int8_passes(paths, size, threads, passes, warmup, repeats)
+        timings["int8_passes"] = time.perf_counter() - tick
+        files["int8_passes"] = out_dir / "int8_passes.csv"
+        passes_table.to_csv(files["int8_passes"], index=False)
     timings["total"] = time.perf_counter() - start
-    return {"model": model_table, "backends": backends, "latency": latency_table, "files": files, "timings_s": timings}
+    return {"model": model_table, "backends": backends, "latency": latency_table, "int8_passes": passes_table,
+            "files": files, "timings_s": timings}

@@ -198,13 +198,13 @@ def cam_layer(model, size: int, min_side: int = 4) -> tuple[str, int]:
 
 
 def panel_models(runs: pd.DataFrame, perf: pd.DataFrame) -> list[str]:
-    """Models shown side by side: the teachers, then per student arch its no-KD baseline and best KD setting
-    (official split)."""
+    """Models shown side by side: the teachers, then per student arch its no-KD baseline and the KD setting
+    with the best validation macro-F1 (official split; chosen on validation, never on test)."""
     official = perf[perf["split"] != LESION_MARK]
     chosen = list(official[official["role"] == "teacher"]["model"])
     students = runs[(runs["role"] == "student") & (runs["split"] != LESION_MARK)].drop_duplicates("model")
     for _, g in students.groupby("arch", sort=False):
-        scores = official.set_index("model")["macro_f1"].reindex(g["model"])
+        scores = official.set_index("model")["val_macro_f1"].reindex(g["model"])
         base = g[g["setting"] == BASELINE]["model"]
         kd = scores.reindex(g[g["kd_mode"] != "none"]["model"]).dropna()
         chosen += list(base) + ([kd.idxmax()] if len(kd) else [])

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from edgekd.core import metrics as M
 from edgekd.core.info import ARCH_LABELS, LESION_MARK
 from edgekd.stages.evaluate import model_name
 
@@ -53,8 +55,14 @@ def run_identity(run: Path) -> dict:
         "role": role, "arch": arch, "setting": setting, "seed": seed, "split": split,
         "kd_mode": (kd or {}).get("mode", "teacher"), "standardize": bool((kd or {}).get("standardize", False)),
         "tta_views": int(metrics.get("tta_views", 1)), "collapsed": collapsed, "valid": collapsed is None,
-        "path": run,
+        "init": cfg["train"].get("pretrained") or "scratch", "val_macro_f1": val_macro_f1(run), "path": run,
     }
+
+
+def val_macro_f1(run: Path) -> float:
+    """Macro-F1 of the run's validation predictions (``predictions.npz``): what every selection is made on."""
+    with np.load(Path(run) / "predictions.npz") as z:
+        return M.macro_f1(z["val_labels"], z["val_logits"].argmax(1))
 
 
 def discover(profile_dir: Path) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from scipy import stats
 
 from edgekd.core import metrics as M
 from edgekd.core.info import ARCH_LABELS, INT8_DELTA_F1_TARGET, INT8_SPEEDUP_TARGET, LESION_MARK
@@ -54,13 +55,16 @@ def seed_metrics(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def performance_table(runs: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
-    """Models x headline metrics (wide, numeric): ``<metric>``, ``<metric>_low``, ``<metric>_high``."""
+    """Models x headline metrics (wide, numeric): ``<metric>``, ``<metric>_low``, ``<metric>_high``; ``init``
+    (scratch or the pretrained weights) and ``val_macro_f1`` (mean over seeds), on which models are selected."""
     first = runs.drop_duplicates("model").set_index("model")
     rows = []
     for model, g in seeds.groupby("model", sort=False):
         g = g.set_index("metric")
         row = {"model": model, "label": first.loc[model, "label"], "role": first.loc[model, "role"],
-               "kd_mode": first.loc[model, "kd_mode"], "split": first.loc[model, "split"], "seeds": int(g["n_seeds"].iloc[0])}
+               "arch": first.loc[model, "arch"], "kd_mode": first.loc[model, "kd_mode"], "init": first.loc[model, "init"],
+               "split": first.loc[model, "split"],
+               "seeds": int(g["n_seeds"].iloc[0]), "val_macro_f1": runs.loc[runs["model"] == model, "val_macro_f1"].mean()}
         for m in HEADLINE_METRICS:
             row |= {m: g.loc[m, "mean"], f"{m}_low": g.loc[m, "ci_low"], f"{m}_high": g.loc[m, "ci_high"]}
         row |= {"macro_f1_boot_low": g.loc["macro_f1", "boot_ci_low_mean"],
@@ -73,6 +77,9 @@ def performance_table(runs: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
 
 
 PAIRED_METRICS: tuple[str, ...] = ("macro_f1", "balanced_accuracy", "accuracy")
+#: The hierarchical bootstrap of the paired Δ macro-F1 (seeds, then test images): resamples and seed.
+HB_RESAMPLES: int = 2000
+HB_SEED: int = 0
 
 
 def _test_predictions(run: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -96,9 +103,13 @@ def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFram
     split and seed.
 
     Returns the per-seed deltas (KD − no KD) and, per arch, split and setting: the mean delta with
-    its t-interval across seeds (clipped to [−1, 1]), and McNemar's test on the discordant counts
-    pooled over seeds (b: only no-KD correct, c: only KD correct). Pairs with a collapsed member
-    are dropped and counted in ``pairs_dropped``.
+    its t-interval across seeds (clipped to [−1, 1]); for macro-F1 the hierarchical bootstrap interval
+    over seeds and test images (:func:`metrics.hierarchical_delta`, ``*_hb_*``), its two-sided p
+    (``hb_p``, the pre-declared test), Holm-adjusted over the students of each setting and split
+    (``hb_p_holm``) and the seeds whose own Δ is above 0 (``seeds_positive``); McNemar's test on the
+    discordant counts pooled over seeds (b: only no-KD correct, c: only KD correct) is kept as a
+    secondary, accuracy-only view. Pairs with a collapsed member are dropped and counted in
+    ``pairs_dropped``.
     """
     students = runs[runs["role"] == "student"]
     per_seed, rows = [], []
@@ -114,7 +125,8 @@ def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFram
                 mine, theirs = _metric_values(r.path), _metric_values(b["path"])
                 per_seed.append({"arch": arch, "split": split, "setting": setting, "kd_mode": r.kd_mode,
                                  "student": ARCH_LABELS.get(arch, arch), "seed": r.seed,
-                                 **{f"d_{m}": mine[m] - theirs[m] for m in PAIRED_METRICS}})
+                                 **{f"d_{m}": mine[m] - theirs[m] for m in PAIRED_METRICS},
+                                 "d_val_macro_f1": r.val_macro_f1 - b["val_macro_f1"]})
                 y, pk = _test_predictions(r.path)
                 yb, pb = _test_predictions(b["path"])
                 if not np.array_equal(y, yb):
@@ -127,10 +139,18 @@ def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFram
             for m in PAIRED_METRICS:
                 s = seed_interval(seeds[f"d_{m}"], _bounds(m, delta=True))
                 row |= {f"d_{m}": s["mean"], f"d_{m}_low": s["ci_low"], f"d_{m}_high": s["ci_high"]}
+            row["d_val_macro_f1"] = seeds["d_val_macro_f1"].mean()  # what a "largest gain" is chosen on
+            hb = M.hierarchical_delta(ys[0], pred_base, pred_kd, HB_RESAMPLES, HB_SEED)
+            row |= {"d_macro_f1_hb_low": hb["low"], "d_macro_f1_hb_high": hb["high"], "hb_p": hb["p_value"],
+                    "seeds_positive": hb["positive"]}
             mc = M.mcnemar(np.concatenate(ys), np.concatenate(pred_base), np.concatenate(pred_kd))
             row |= {"b": mc["b"], "c": mc["c"], "mcnemar_p": mc["p_value"], "mcnemar_method": mc["method"]}
             rows.append(row)
-    return pd.DataFrame(rows), pd.DataFrame(per_seed)
+    table = pd.DataFrame(rows)
+    if len(table):
+        # One test per question (KD against this baseline, per setting and split), Holm over its students.
+        table["hb_p_holm"] = table.groupby(["split", "setting"], sort=False)["hb_p"].transform(M.holm)
+    return table, pd.DataFrame(per_seed)
 
 
 def kd_hyperparameters(kd: dict) -> str:
@@ -293,6 +313,15 @@ def be_rbe_summary(runs: pd.DataFrame) -> pd.DataFrame | None:
 # ----------------------------------------------------------------------------- efficiency
 
 
+def speedup_interval(speedups: Sequence[float], confidence: float = 0.95) -> dict:
+    """Median INT8 speed-up over interleaved passes with its distribution-free interval (order statistics,
+    ``scipy.stats.quantile_test``: exact binomial coverage of at least ``confidence``; NaN with too few passes)."""
+    v = np.asarray(speedups, dtype=float)
+    ci = stats.quantile_test(v, q=float(np.median(v)), p=0.5).confidence_interval(confidence)
+    return {"passes": len(v), "speedup_median": float(np.median(v)), "speedup_low": float(ci.low),
+            "speedup_high": float(ci.high), "confidence": confidence}
+
+
 def efficiency_summary(runs: pd.DataFrame) -> dict[str, pd.DataFrame | Figure] | None:
     """Model cost, the INT8 speed-up (ORT INT8 against ORT FP32 and eager FP32), backend accuracy and the Pareto front."""
     have = [r for r in runs.itertuples() if (r.path / "efficiency" / "model.csv").exists()]
@@ -328,6 +357,12 @@ def efficiency_summary(runs: pd.DataFrame) -> dict[str, pd.DataFrame | Figure] |
     int8["speedup_vs_eager"] = int8["eager_ms"] / int8["ort_int8_ms"]
     int8["delta_macro_f1"] = int8["model"].map(f1["ort_int8"] - f1["ort_fp32"])
     int8["target_met"] = (int8["speedup_vs_ort_fp32"] >= INT8_SPEEDUP_TARGET) & (int8["delta_macro_f1"] >= INT8_DELTA_F1_TARGET)
+    passes = {r.model: pd.read_csv(r.path / "efficiency" / "int8_passes.csv")["speedup"]
+              for r in have if (r.path / "efficiency" / "int8_passes.csv").exists()}
+    interval = pd.DataFrame([{"model": m, **speedup_interval(v)} for m, v in passes.items()],
+                            columns=["model", "passes", "speedup_median", "speedup_low", "speedup_high", "confidence"])
+    int8 = int8.merge(interval, on="model", how="left")
+    int8["faster"] = int8["speedup_low"] > 1  # the interval of the interleaved passes' median excludes 1
     result |= {"int8": int8, "latency": lat}
     pts = b1.merge(acc, on=["model", "label", "backend"], suffixes=("_latency", ""))[
         ["model", "label", "backend", "p50_ms", "p90_ms", "p99_ms", "macro_f1", "accuracy", "file_bytes"]]
@@ -352,4 +387,19 @@ def teacher_recipe(runs: pd.DataFrame) -> pd.DataFrame:
         cfg = json.loads((r.path / "run_config.json").read_text())
         rows.append({"label": r.label, "img_size": cfg["data"]["size"], "split": r.split,
                      **{k: cfg["train"].get(k) for k in RECIPE_KEYS}, "tta_views": r.tta_views})
+    return pd.DataFrame(rows)
+
+
+def arms(runs: pd.DataFrame) -> pd.DataFrame:
+    """What each model (arm) gets: role, the weights it starts from, input size, epochs, learning rate, KD loss and
+    seeds, from its first seed's run_config (the Methods' "what each arm gets")."""
+    rows = []
+    for r in runs.drop_duplicates("model").itertuples():
+        cfg = json.loads((r.path / "run_config.json").read_text())
+        kd = cfg.get("kd") or {}
+        rows.append({"model": r.model, "label": r.label, "role": r.role, "setting": r.setting, "split": r.split,
+                     "init": r.init, "img_size": cfg["data"]["size"], "epochs": cfg["train"]["epochs"],
+                     "lr": cfg["train"].get("lr"), "kd_mode": r.kd_mode, "alpha": kd.get("alpha"),
+                     "temperature": kd.get("temperature"),
+                     "seeds": int(runs.loc[runs["model"] == r.model, "seed"].nunique())})
     return pd.DataFrame(rows)
