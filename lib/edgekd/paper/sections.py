@@ -22,6 +22,20 @@ from edgekd.pipeline import publish, reproduce
 #: Published test accuracy on DermaMNIST at 64 px (MedMNIST+, Doerrich et al. 2024; ImageNet-pretrained).
 MEDMNIST_PLUS_64PX_ACC: dict[str, float] = {"resnet18": 0.764, "best": 0.795}
 MEDMNIST_PLUS_224PX_ACC: dict[str, float] = {"resnet18": 0.823, "best": 0.847}
+#: The field's published DermaMNIST / HAM10000 numbers (test accuracy, macro-F1 where published), with what
+#: they were measured on: source, model, input px, split, pretrained, accuracy, macro-F1, note.
+FIELD: tuple[tuple, ...] = (
+    ("MedMNIST v2 [@yang2023medmnist]", "ResNet-18", 28, "official", "no", 0.735, None, ""),
+    ("MedMNIST v2 [@yang2023medmnist]", "AutoML (best)", 28, "official", "—", 0.768, None, ""),
+    ("MedMNIST+ [@doerrich2024rethinking]", "ResNet-18", 64, "official", "ImageNet", MEDMNIST_PLUS_64PX_ACC["resnet18"], None, ""),
+    ("MedMNIST+ [@doerrich2024rethinking]", "best model", 64, "official", "ImageNet", MEDMNIST_PLUS_64PX_ACC["best"], None, ""),
+    ("MedMNIST+ [@doerrich2024rethinking]", "ResNet-18", 224, "official", "ImageNet", MEDMNIST_PLUS_224PX_ACC["resnet18"], None, ""),
+    ("MedMNIST+ [@doerrich2024rethinking]", "best model", 224, "official", "ImageNet", MEDMNIST_PLUS_224PX_ACC["best"], None, ""),
+    ("the source study", "ResNet-50 teacher", None, "image-level, own", "—", 0.893, 0.834, "not comparable †"),
+    ("the source study", "ResNet-18 · KD", None, "image-level, own", "—", 0.852, 0.755, "not comparable †"),
+    ("the source study", "EfficientNet-B0 · KD", None, "image-level, own", "—", 0.81, 0.656, "not comparable †"),
+    ("the source study", "MobileNetV2 · KD", None, "image-level, own", "—", 0.784, 0.541, "not comparable †"),
+)
 
 
 def gpu_paragraph(src: Source) -> str:
@@ -163,6 +177,36 @@ def kd_power_table(src: Source) -> str:
                     "missing from both members of their pair.", text=("Setting", "Against"))
 
 
+def context(src: Source) -> str:
+    """The field's published numbers beside this run's teacher and best student (:data:`FIELD`)."""
+    n = src.numbers
+    rows = [dict(zip(("source", "model", "px", "split", "pretrained", "acc", "f1", "note"), r, strict=True)) for r in FIELD]
+    arms = src.csv("arms.csv").set_index("label") if src.has("arms.csv") else None
+
+    def ours(label: str | None, acc, f1, what: str) -> None:
+        if label is None:
+            return
+        init = px = None
+        if arms is not None and label in arms.index:
+            init, px = INIT_NAMES.get(arms.loc[label, "init"], arms.loc[label, "init"]), int(arms.loc[label, "img_size"])
+        rows.append({"source": "this paper", "model": label, "px": px, "split": "official", "pretrained": init or DASH,
+                     "acc": acc, "f1": f1, "note": what})
+
+    ours(n["teacher"], n["teacher_accuracy"], n["teacher_macro_f1"], "1 seed")
+    ours(n["best_student"], n["best_student_accuracy"], n["best_student_macro_f1"],
+         f"chosen on validation; mean of {int(src.csv('performance.csv').set_index('label').loc[n['best_student'], 'seeds'])} seed(s)"
+         if n["best_student"] else "")
+    return md_table(pd.DataFrame(rows), {"Source": col("source", str), "Model": col("model", str),
+                                         "Input (px)": col("px", _value), "Split": col("split", str),
+                                         "Pretrained": col("pretrained", str), "Test accuracy": col("acc"),
+                                         "Test macro-F1": col("f1"), "Note": col("note", str)},
+                    "Published DermaMNIST / HAM10000 numbers beside ours (test set; — where not published). † The source "
+                    "study split HAM10000 by image, so images of one lesion sit in training and test (leakage that "
+                    "inflates scores; see the leakage section), reported one seed and applied a flipped temperature "
+                    "scaling; its numbers are not comparable with any other row.",
+                    text=("Model", "Split", "Pretrained", "Note"))
+
+
 def targets(src: Source) -> str:
     """The study's targets (:data:`edgekd.stages.aggregate.TARGETS`) against what this run reached."""
     df = src.csv("targets.csv")
@@ -171,6 +215,8 @@ def targets(src: Source) -> str:
         return finite(r.get("of"))
 
     def need(r: pd.Series) -> str:
+        if r["target"] == "int8_edge_speedup_low":
+            return f"> {r['threshold']:g}×"
         if not counted(r):
             return f"≥ {r['threshold']:.2f}"
         return f"≥ {round(r['threshold'] * r['of'])} of {int(r['of'])}" if r["of"] else f"≥ {r['threshold']:.0%} of them"
@@ -579,6 +625,30 @@ def arms(src: Source) -> str:
                     "the same augmented views at the teacher's own input size; the equal-compute control trains the "
                     "student alone for its KD epochs plus its share of the teacher's cost.",
                     text=("Starts from", "Loss"))
+
+
+def teacher_choice(src: Source) -> str:
+    """How the teacher was chosen: the validation study's variants and ensemble (validation split only)."""
+    df = src.csv("variants.csv").sort_values("val_macro_f1", ascending=False)
+    ens = src.csv("ensembles.csv") if src.has("ensembles.csv") else pd.DataFrame()
+    rows = pd.concat([df.assign(name=[f"{ARCH_LABELS.get(a, a)}" + ("" if p == "imagenet" else ", random init")
+                                      for a, p in zip(df["arch"], df["pretrained"].fillna(""), strict=True)]),
+                      ens.assign(name=ens.get("members", pd.Series(dtype=str)).map(lambda m: f"ensemble: {m}"),
+                                 val_macro_f1=ens.get("val_macro_f1_tta"), val_acc=ens.get("val_acc_tta"))],
+                     ignore_index=True)
+    best = df.iloc[0]
+    return (md_table(rows, {"Variant": col("name", str), "Input (px)": col("size", _value), "Epochs": col("epochs", _value),
+                            "lr": col("lr", _value),
+                            "Device": lambda r: {"cpu": "CPU"}.get(r["device"], r["device"]) if isinstance(r["device"], str) else DASH,
+                            "Val accuracy": col("val_acc"),
+                            "Val macro-F1": col("val_macro_f1"), "Val macro-F1, 8 views": col("val_macro_f1_tta")},
+                    "How the teacher was chosen (`paper/results/studies/pretrained/`): validation split only, seed 0, "
+                    "the pipeline's own training loop; ensemble rows average 8 views of each member.",
+                    text=("Variant", "Device"))
+            + f"\n\nThe chosen teacher is the variant with the highest validation macro-F1: "
+              f"{ARCH_LABELS.get(best['arch'], best['arch'])} from ImageNet at {int(best['size'])} px, {int(best['epochs'])} "
+              f"epochs, lr {best['lr']:g} (validation macro-F1 {num(best['val_macro_f1'])}); the test set was not "
+              "loaded for this choice.\n")
 
 
 def teacher_recipe(src: Source) -> str:

@@ -73,3 +73,9 @@ def scratch_teacher() -> Source | None:
     """The previous reference, a from-scratch ResNet-50 teacher (``paper/results/studies/scratch_teacher/``,
     ``params/scratch.yaml``), kept to compare KD gains between teachers, if committed."""
     return _committed("scratch_teacher", "studies/scratch_teacher", "paired_kd_seeds.csv")
+
+
+def pretrained_study() -> Source | None:
+    """The validation study that chose the pretrained teacher (``paper/results/studies/pretrained/``,
+    ``scripts/pretrained_study.py``), if committed."""
+    return _committed("pretrained", "studies/pretrained", "variants.csv")

@@ -25,7 +25,6 @@ from edgekd.stages.figures import (
     confusion_figure,
     gradcam_panels,
     paired_kd_figure,
-    panel_models,
     per_class_delta_figure,
     per_class_figure,
     reliability_grid,
@@ -352,9 +351,10 @@ def run_aggregate(profile_dir: Path, out_dir: Path) -> dict:
     if len(main):
         res |= {"calibration": calibration_summary(main), "operating_points": operating_summary(main),
                 "reliability_fig": reliability_grid(main), "training_curves_fig": training_curves_figure(main)}
-        best = best_student(perf)
-        teachers = list(perf[(perf["role"] == "teacher") & (perf["split"] != LESION_MARK)]["model"])
-        shown = teachers[:1] + ([best["model"]] if best is not None else [])
+        # The teacher, the best student and its no-KD baseline, each chosen on validation (per-class and Grad-CAM panels)
+        best, teacher = best_student(perf), best_teacher(perf)
+        teachers = [] if teacher is None else [teacher["model"]]
+        shown = teachers + ([best["model"]] if best is not None else [])
         if best is not None:
             arch = main[main["model"] == best["model"]]["arch"].iloc[0]
             base = main[(main["arch"] == arch) & (main["setting"] == BASELINE)]["model"]
@@ -366,7 +366,7 @@ def run_aggregate(profile_dir: Path, out_dir: Path) -> dict:
             res["per_class_delta"], res["per_class_delta_fig"] = per_class_delta_figure(main)
             res["paired"] = eval_table(compared, "paired").groupby(["model", "label"], sort=False)[
                 ["agreement", "b", "c", "p_value", "teacher_accuracy", "student_accuracy"]].mean().reset_index()
-        res["gradcam_fig"], res["gradcam_layers"] = gradcam_panels(main, panel_models(main, perf))
+        res["gradcam_fig"], res["gradcam_layers"] = gradcam_panels(main, shown)
         external = external_summary(main)
         if external is not None:
             res["external"], res["external_gap_fig"] = external

@@ -23,7 +23,7 @@ from edgekd.core import metrics as M
 from edgekd.core.inference import load_run
 from edgekd.core.info import LESION_MARK
 from edgekd.stages import data as D
-from edgekd.stages.runs import BASELINE, eval_table, having
+from edgekd.stages.runs import eval_table, having
 
 # ----------------------------------------------------------------------------- error bars across seeds
 
@@ -197,22 +197,9 @@ def cam_layer(model, size: int, min_side: int = 4) -> tuple[str, int]:
     return model.feature_info[idx]["module"], sides[idx]
 
 
-def panel_models(runs: pd.DataFrame, perf: pd.DataFrame) -> list[str]:
-    """Models shown side by side: the teachers, then per student arch its no-KD baseline and the KD setting
-    with the best validation macro-F1 (official split; chosen on validation, never on test)."""
-    official = perf[perf["split"] != LESION_MARK]
-    chosen = list(official[official["role"] == "teacher"]["model"])
-    students = runs[(runs["role"] == "student") & (runs["split"] != LESION_MARK)].drop_duplicates("model")
-    for _, g in students.groupby("arch", sort=False):
-        scores = official.set_index("model")["val_macro_f1"].reindex(g["model"])
-        base = g[g["setting"] == BASELINE]["model"]
-        kd = scores.reindex(g[g["kd_mode"] != "none"]["model"]).dropna()
-        chosen += list(base) + ([kd.idxmax()] if len(kd) else [])
-    return chosen
-
-
-def gradcam_panels(runs: pd.DataFrame, models: list[str], n_images: int = 4) -> tuple[Figure, pd.DataFrame]:
-    """Grad-CAM (``pytorch_grad_cam``) of each model's first seed for the true class of a few test images.
+def gradcam_panels(runs: pd.DataFrame, models: list[str]) -> tuple[Figure, pd.DataFrame]:
+    """Grad-CAM (``pytorch_grad_cam``) of each model's first seed for the true class of one test image per class
+    (the first test image of each of the 7 classes, by index: no score picks them).
 
     Each map is computed at the deepest stage with a map of at least 4x4 (a 1x1 map has no spatial
     content) and min-max scaled per image by the package before it is laid over the image.
@@ -221,8 +208,7 @@ def gradcam_panels(runs: pd.DataFrame, models: list[str], n_images: int = 4) -> 
     cfg = json.loads((first["path"].iloc[0] / "run_config.json").read_text())
     arrays = D.load(D.DataConfig(**cfg["data"]))
     y = arrays.labels["test"]
-    classes = [c for c in (info.MELANOMA, info.CLASS_NAMES.index("bcc"), info.CLASS_NAMES.index("bkl"),
-                           info.CLASS_NAMES.index("nv")) if (y == c).any()][:n_images]
+    classes = [c for c in range(info.NUM_CLASSES) if (y == c).any()]
     pick = [int(np.flatnonzero(y == c)[0]) for c in classes]
     images = arrays.images["test"][pick]
     x = AU.normalise(images)
