@@ -147,17 +147,17 @@ def kd_power_paragraph(src: Source) -> str:
     machine = src.provenance.get("machine") or {}
     return (
         f"**Could this setup have shown a gain?** A larger study on a borrowed GPU ({machine.get('gpu', 'GPU')}; "
-        f"`scripts/kd_power.py`, the pipeline's own training and pairing code on the default recipe at 64 px) trained "
-        f"{len(students)} student runs, {pairs} seeds per setting. With the profile's teacher, KD beats the no-KD student at the "
+        f"`scripts/kd_power.py`, the pipeline's own training and pairing code on the previous, from-scratch recipe at 64 px) trained "
+        f"{len(students)} student runs, {pairs} seeds per setting. With that profile's teacher, KD beats the no-KD student at the "
         f"same {epochs} epochs for {_above(kd)} of {n} students (Δ macro-F1 interval above 0). But training the "
         f"no-KD student for twice the epochs gains more on average for {bigger} of {n} students "
         f"({_above(longer)} of {n} intervals above 0), and against "
         f"that longer baseline KD at {epochs} epochs is below it for {_below(vs_long)} of {n} students and above "
-        f"for {_above(vs_long)}{reading}. ResNet-50 teachers with a stride-2 (t2, the profile's) and a "
+        f"for {_above(vs_long)}{reading}. ResNet-50 teachers with a stride-2 (t2, that profile's) and a "
         f"stride-1 stem (t1; t1long with twice the epochs) reached validation macro-F1 {tv}: the best on validation "
-        f"({strong}) is {signed(gain)} over the profile's, and its test macro-F1 is "
+        f"({strong}) is {signed(gain)} over that profile's, and its test macro-F1 is "
         f"{num(teachers.loc[strong, 'test_macro_f1'])}, against {num(r18_long)} for a no-KD ResNet-18 trained "
-        f"{2 * epochs} epochs. A stronger teacher is the lever this study leaves open. GPU training uses bf16 "
+        f"{2 * epochs} epochs. A stronger teacher was the lever that study left open, and this reference pulls it. GPU training uses bf16 "
         "autocast, so these runs are not the CPU runs above; they answer the design question, not the headline numbers."
     )
 
@@ -171,8 +171,9 @@ def kd_power_table(src: Source) -> str:
                          "Δ macro-F1": ci_col("d_macro_f1", sign=True),
                          "Δ balanced accuracy": ci_col("d_balanced_accuracy", sign=True), "p": col("mcnemar_p", pvalue)},
                     "The GPU study (`scripts/kd_power.py`): paired test-set differences, seeds paired as in the main "
-                    "comparison (mean Δ with its 95% t-interval across seeds; McNemar's p pooled over seeds). Hinton KD "
-                    "with the default profile's α and T; the best-val teacher is the ResNet-50 with the highest "
+                    "comparison (mean Δ with its 95% t-interval across seeds; McNemar's p pooled over seeds, as that study "
+                    "reported them). Hinton KD "
+                    "with the previous (`scratch`) profile's α and T; the best-val teacher is the ResNet-50 with the highest "
                     "validation macro-F1 among three recipes. Seeds that had not finished by the study's deadline are "
                     "missing from both members of their pair.", text=("Setting", "Against"))
 
