@@ -199,32 +199,34 @@ def cam_layer(model, size: int, min_side: int = 4) -> tuple[str, int]:
 
 def gradcam_panels(runs: pd.DataFrame, models: list[str]) -> tuple[Figure, pd.DataFrame]:
     """Grad-CAM (``pytorch_grad_cam``) of each model's first seed for the true class of one test image per class
-    (the first test image of each of the 7 classes, by index: no score picks them).
+    (the first test image of each of the 7 classes, by index: no score picks them), each model on the images at
+    its own input size (a 128 px teacher beside 64 px students).
 
     Each map is computed at the deepest stage with a map of at least 4x4 (a 1x1 map has no spatial
     content) and min-max scaled per image by the package before it is laid over the image.
     """
     first = runs[runs["model"].isin(models)].sort_values("seed").drop_duplicates("model").set_index("model").loc[models]
-    cfg = json.loads((first["path"].iloc[0] / "run_config.json").read_text())
-    arrays = D.load(D.DataConfig(**cfg["data"]))
-    y = arrays.labels["test"]
+    data = {p: json.loads((p / "run_config.json").read_text())["data"] for p in first["path"]}
+    arrays = {d["size"]: D.load(D.DataConfig(**d)) for d in data.values()}
+    y = next(iter(arrays.values())).labels["test"]
+    if not all(np.array_equal(a.labels["test"], y) for a in arrays.values()):
+        raise ValueError("the Grad-CAM models were tested on different test images (their input sizes' splits differ)")
     classes = [c for c in range(info.NUM_CLASSES) if (y == c).any()]
     pick = [int(np.flatnonzero(y == c)[0]) for c in classes]
-    images = arrays.images["test"][pick]
-    x = AU.normalise(images)
     fig = Figure(figsize=(1.25 * (len(first) + 1), 1.35 * len(pick) + 0.5), layout="constrained")
     axes = fig.subplots(len(pick), len(first) + 1, squeeze=False)
-    for i, img in enumerate(images):
+    for i, img in enumerate(next(iter(arrays.values())).images["test"][pick]):
         axes[i][0].imshow(img)
         axes[i][0].set_ylabel(info.CLASS_NAMES[y[pick[i]]], fontsize=8)
     axes[0][0].set_title("image", fontsize=7)
     layers = []
     for j, (model, r) in enumerate(first.iterrows(), start=1):
+        images = arrays[data[r["path"]]["size"]].images["test"][pick]
         net = load_run(r["path"]).model
         layer, side = cam_layer(net, images.shape[1])
         layers.append({"model": model, "label": r["label"], "layer": layer, "map_side": side})
         with GradCAM(model=net, target_layers=[net.get_submodule(layer)]) as cam:
-            maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(y[k])) for k in pick])
+            maps = cam(input_tensor=AU.normalise(images), targets=[ClassifierOutputTarget(int(y[k])) for k in pick])
         for i in range(len(pick)):
             axes[i][j].imshow(show_cam_on_image(images[i].astype(np.float32) / 255, maps[i], use_rgb=True,
                                                 image_weight=0.5))
