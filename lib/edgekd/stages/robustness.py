@@ -530,7 +530,7 @@ def _corruption_table(run: LoadedRun, images: np.ndarray, labels: np.ndarray, in
 
     def scores(batch: np.ndarray) -> dict[str, float]:
         tick = time.perf_counter()
-        predicted = predict(run.model, batch, batch_size=256, device=device, views=run.tta_views)[0].argmax(1)
+        predicted = predict(run.model, batch, device=device, views=run.tta_views)[0].argmax(1)
         timings["predict"] += time.perf_counter() - tick
         predictions[len(rows)] = predicted
         return _scores(labels, predicted)
