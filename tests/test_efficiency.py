@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from edgekd.core.info import NUM_CLASSES
+from edgekd.pipeline import bench as BN
 from edgekd.stages import efficiency as E
 from edgekd.stages import tables as TB
 from edgekd.stages.data import to_input
@@ -220,3 +221,19 @@ def test_int8_passes_interleave_fp32_and_int8_and_the_interval_is_the_order_stat
     got = TB.speedup_interval(values)
     assert (got["speedup_median"], got["speedup_low"], got["speedup_high"]) == (1.2, 1.0, 1.35)
     assert np.isnan(TB.speedup_interval(values[:3])["speedup_low"])  # 3 passes cannot reach 95%
+
+
+def test_ort_op_profile_splits_kernel_time_by_operator_and_flags_the_qdq_nodes(tmp_path: Path) -> None:
+    """edgekd-bench --ops: ORT's own profiler, per operator type, for an FP32 model and its INT8 quantisation."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, NUM_CLASSES)).eval()
+    fp32 = E.export_onnx(model, 32, tmp_path / "m.onnx")
+    calib = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    int8 = E.quantize_int8(fp32, to_input(calib), tmp_path / "m_int8.onnx")
+    tables = {name: BN.op_profile(path, 32, 1, 5, tmp_path / name) for name, path in (("fp32", fp32), ("int8", int8))}
+    for table in tables.values():
+        assert table["share"].sum() == pytest.approx(1.0) and (table["ms_per_call"] > 0).all()
+        assert set(table.columns) >= {"op_type", "nodes", "ms_per_call", "share", "qdq"}
+    assert "Conv" in set(tables["fp32"]["op_type"]) and not tables["fp32"]["qdq"].any()
+    assert tables["int8"]["qdq"].any()  # the INT8 model quantises its input at least

@@ -3,6 +3,7 @@ smoke profile's paper (HTML and PDF) rendered from its outputs and checked in he
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats
 from scipy.special import softmax
 
@@ -161,6 +163,16 @@ def test_best_student_is_chosen_on_validation_never_on_test_and_distilled_exclud
     assert A.best_student(perf, distilled=True)["model"] == "student-resnet18-kd"
 
 
+def test_largest_kd_gain_is_chosen_on_validation_among_the_comparisons_with_most_pairs():
+    paired = pd.DataFrame([
+        {"student": "A", "setting": "kd", "pairs": 3, "d_val_macro_f1": 0.01, "d_macro_f1": 0.09},  # best on test
+        {"student": "B", "setting": "kd", "pairs": 3, "d_val_macro_f1": 0.03, "d_macro_f1": 0.00},  # best on val
+        {"student": "C", "setting": "kd", "pairs": 1, "d_val_macro_f1": 0.20, "d_macro_f1": 0.20},  # fewer pairs
+    ])
+    assert A.largest_kd_gain(paired)["student"] == "B"
+    assert A.largest_kd_gain(paired.iloc[:0]) is None
+
+
 def _perf_row(model, label, role, kd_mode, init="scratch", split="official", seeds=3, val=0.5, acc=0.5, f1=0.5):
     arch = model.split("-")[1]
     return {"model": model, "label": label, "role": role, "arch": arch, "kd_mode": kd_mode, "init": init, "split": split,
@@ -223,7 +235,7 @@ def test_targets_text_says_why_and_never_shows_nan_where_a_target_has_no_usable_
     assert "no teacher run is usable" in text and "no KD run has a usable no-KD partner" in text
     assert "no equal-compute control" in text and "no INT8 measurement of a pretrained KD student" in text
     assert "**The weakest student**, A · kd, reaches macro-F1 0.150 in 2 epochs; 3 collapsed runs are excluded." in text
-    assert "| macro-F1 of that student | ≥ 0.70 | 0.150 | A · kd | no |" in text
+    assert "| macro-F1 of that student | ≥\u00a00.70 | 0.150 | A · kd | no |" in text
 
 
 def test_intervals_respect_the_metric_range():
@@ -303,6 +315,7 @@ def test_kd_power_paragraph_and_table_come_from_its_tables(tmp_path, monkeypatch
     assert "validation macro-F1 t2 0.550, t1 0.600: the best on validation (t1) is +0.050" in text
     assert "test macro-F1 is 0.610, against 0.570 for a no-KD ResNet-18 trained 16 epochs" in text
     assert "At the same budget" not in text  # no run of KD for twice the epochs yet
+    assert not text.startswith("**")  # no bold lead repeating the section's heading
     (folder / "kd16").mkdir()
     pd.DataFrame([pair("A", "kd16", -0.001, -0.02, 0.015)]).to_csv(folder / "kd16" / "paired_vs_nokd16.csv", index=False)
     text = S.kd_power_paragraph(SR.kd_power())
@@ -345,6 +358,130 @@ def test_browser_check_finds_each_defect(tmp_path):
         assert defect in found, (defect, found)
 
 
+def test_crossref_numbers_figures_and_tables_in_order_and_links_each_reference():
+    table = FM.md_table(pd.DataFrame({"a": [1]}), {"A": FM.col("a")}, "What each arm gets.", label="arms")
+    auto = FM.md_table(pd.DataFrame({"a": [2]}), {"A": FM.col("a")}, "Images per split and class (DermaMNIST order).")
+    assert table.endswith(": What each arm gets. {#tbl-arms}\n")
+    assert auto.endswith("{#tbl-images-per-split-and-class}\n")
+    md = ("See @fig-paired-kd, @tbl-arms and @tbl-gone [@guo2017calibration]; mail a@tbl-arms.\n\n" + table + "\n"
+          + S.figure(SR.Source("p", info.REPO_ROOT, "published", {}, {}), "paired_kd.png", "Paired Δ, clipped to [−1, 1].")
+          + "\n" + auto)
+    out = render.crossref(md)
+    assert "See [Figure\u00a01](#fig-paired-kd), [Table\u00a01](#tbl-arms) and ?\\@tbl-gone [@guo2017calibration]" in out
+    assert "mail a@tbl-arms." in out  # not a reference: no word character may precede the @
+    assert ": []{#tbl-arms}Table\u00a01: What each arm gets.\n" in out
+    assert ": []{#tbl-images-per-split-and-class}Table\u00a02: Images per split" in out
+    assert re.search(r"^!\[Figure\u00a01: Paired Δ, clipped to \[−1, 1\]\.\]\(\S+paired_kd\.png\)\{#fig-paired-kd\}$", out, re.M)
+    with pytest.raises(ValueError, match="#tbl-arms is given twice"):
+        render.crossref(table + "\n" + table)
+
+
+def test_renderer_says_which_ran_and_why(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(render.shutil, "which", lambda name: None)
+    assert render.renderer() == (render.FALLBACK, "no quarto binary on PATH (the conda route, environment.yml, installs it)")
+    monkeypatch.setattr(render.shutil, "which", lambda name: f"/opt/conda/bin/{name}")
+    assert render.renderer() == (render.QUARTO, "/opt/conda/bin/quarto")
+    assert render.renderer(force_fallback=True) == (render.FALLBACK, "--fallback was given")
+    clean = {"images": 1, "images_loaded": 1, "tables": 1, "tables_filled": 1, "empty_cells": 0, "errors": 0,
+             **dict.fromkeys(("too_wide", "nan", "stray_words", "broken", "repeated_headings", "unresolved_refs"), [])}
+    monkeypatch.setattr(render.shutil, "which", lambda name: None)
+    monkeypatch.setattr(render, "render", lambda profile, force_fallback: tmp_path / "index.html")
+    monkeypatch.setattr(render, "write_pdf", lambda html, pdf: pdf)
+    monkeypatch.setattr(render, "check", lambda html: {"screen": clean})
+    assert render.main(["--profile", "default"]) == 0
+    out = capsys.readouterr().out
+    assert "edgekd-paper: rendering with the pandoc fallback: no quarto binary on PATH" in out
+    assert "paper.pdf with the pandoc fallback" in out
+
+
+def test_counts_read_in_words_with_thousands_separators():
+    assert [FM.count(n, "interval") for n in (0, 1, 2, 1006)] == ["no interval", "1 interval", "2 intervals",
+                                                                 "1,006 intervals"]
+    assert FM.count(1, "CPU thread") == "1 CPU thread" and FM.count(3, "analysis", "analyses") == "3 analyses"
+    assert (FM.num(1006), FM.num(8113.4, 0), FM.num(1234.5678, 1)) == ("1,006", "8,113", "1,234.6")
+    assert S.bare_teacher("EfficientNet-Lite0 teacher") == "EfficientNet-Lite0"
+    src = SR.Source("default", info.REPO_ROOT, "published", {}, {"machine": {"torch_threads": 1}})
+    assert "(1 CPU thread by default)" in S.source_note(src)
+
+
+def _page(tmp_path, body: str):
+    html = tmp_path / "page.html"
+    html.write_text(f'<html><body style="max-width:600px;padding:0 10px">{body}</body></html>')
+    return render.browser_check(html)
+
+
+def test_browser_check_finds_numbers_and_words_broken_across_lines(tmp_path):
+    cells = ('<table><tbody><tr><td>model</td><td style="width:1px;{wrap}">p &lt;&nbsp;0.001</td>'
+             '<td style="width:1px;{wrap}">standardised</td><td>1,006</td></tr></tbody></table>')
+    bad = _page(tmp_path, cells.format(wrap="overflow-wrap:anywhere"))
+    assert any("0.001" in b for b in bad["broken"]) and any("standardised" in b for b in bad["broken"]), bad["broken"]
+    assert "numbers or words broken across lines" in " | ".join(render.problems(bad))
+    good = _page(tmp_path, cells.format(wrap="overflow-wrap:normal") + "<p>" + "A long paragraph that wraps. " * 40 + "</p>"
+                 + '<p><code style="display:inline-block;width:20px;overflow-wrap:anywhere">paper/results/x</code></p>')
+    assert good["broken"] == []
+
+
+def test_browser_check_finds_headings_repeated_within_their_section(tmp_path):
+    bad = _page(tmp_path, """<h2>Results</h2><h3>The previous teacher: could that setup have shown a gain?</h3>
+      <p><strong>Could this setup have shown a gain?</strong> A larger study ...</p>
+      <h3>Does a stronger teacher give a larger gain?</h3>
+      <table><caption>Table 2: Does a stronger teacher give a larger gain? ResNet-18's Δ.</caption>
+      <tbody><tr><td>a</td><td>1</td></tr></tbody></table>
+      <h3>Robustness</h3><p>text</p><h3>Robustness</h3><p>See ?@tbl-gone.</p>""")
+    assert len(bad["repeated_headings"]) == 3, bad["repeated_headings"]
+    assert bad["unresolved_refs"] == ["?@tbl-gone"]
+    found = " | ".join(render.problems(bad))
+    assert "3 headings repeated within their section" in found and "1 unresolved cross-references" in found
+    good = _page(tmp_path, """<h2>Methods</h2><h3>The teacher</h3><p>text</p>
+      <h2>Results</h2><h3>The study's targets</h3><ul><li><strong>The teacher</strong>, Lite0, misses.</li></ul>
+      <h3>The teacher</h3><p><strong>Why the students' classifiers start small.</strong> In an earlier profile ...</p>
+      <h3>External validation</h3><table><caption>Table 1: External validation (means over seeds).</caption>
+      <tbody><tr><td>a</td><td>1</td></tr></tbody></table>""")
+    assert good["repeated_headings"] == [] and good["unresolved_refs"] == []
+
+
+def test_student_recipe_is_read_from_the_profile_that_made_the_results():
+    path = info.REPO_ROOT / "params" / "smoke.yaml"
+    prov = {"profile_file": "params/smoke.yaml", "profile_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    text = S.student_recipe(SR.Source("smoke", info.REPO_ROOT, "outputs", {}, prov))
+    assert "| Setting | ResNet-18, MobileNetV2, EfficientNet-B0 (kdat, no KD) |" in text
+    assert RN.BASELINE in S.SETTING_NAMES  # the paper names the baseline as the model labels do
+    prof = yaml.safe_load(path.read_text())
+    assert f"| Epochs | {prof['train']['epochs']} |" in text and f"| Batch size | {prof['train']['batch_size']} |" in text
+    assert f"| Peak learning rate | {prof['train']['lr']:g} |" in text and "| Optimiser | AdamW |" in text
+    assert "| Distillation | kdat: hinton (α 0.5, T 4, attention β 100); no KD: none |" in text
+    assert "{#tbl-student-recipe}" in text and "`params/smoke.yaml`" in text
+    unknown = SR.Source("smoke", info.REPO_ROOT, "published", {}, {**prov, "profile_sha256": "0" * 64})
+    assert SR.profile(unknown) is None and "cannot be stated" in S.student_recipe(unknown)
+
+
+def test_ethics_licence_and_code_sections_come_from_the_results(tmp_path):
+    pd.DataFrame([{"split": "train", "nv": 3, "mel": 1, "total": 4}, {"split": "test", "nv": 1, "mel": 1, "total": 2}]
+                 ).to_csv(tmp_path / "data_counts.csv", index=False)
+    pd.DataFrame([{"arch": "efficientnet_lite0", "init": "imagenet"}, {"arch": "resnet18", "init": "scratch"}]
+                 ).to_csv(tmp_path / "runs.csv", index=False)
+    src = SR.Source("smoke", tmp_path, "published", {}, {"git": {"commit": "a" * 40, "dirty": False}})
+    use = S.intended_use(src)
+    assert "not medical devices" in use and "(75% of the training images are melanocytic nevi)" in use
+    licence = S.data_licence(src)
+    assert "HAM10000 (6 dermatoscopic images)" in licence and "CC BY-NC 4.0" in licence and "CC BY 4.0" in licence
+    assert "[@tschandl2018dataverse]" in licence and "[@yang2023medmnist]" in licence
+    assert info.PRETRAINED["efficientnet_lite0"].package in licence
+    code = S.code_availability(src)
+    assert f"commit `{'a' * 40}`" in code and "`PROFILE=smoke bash scripts/main.sh`" in code and "MIT licence" in code
+
+
+def test_collapse_paragraph_is_the_historical_diagnosis_and_says_what_this_run_flagged():
+    studies = SR.studies()
+    if studies is None or not studies.has("collapse_diagnosis.csv"):
+        pytest.skip("no committed development studies")
+    none, some = S.collapse_paragraph(studies, 0), S.collapse_paragraph(studies, 2)
+    assert none.startswith("**Why the students' classifiers start small.** In an earlier profile")
+    assert none.endswith("In this run the guard flagged no run.") and some.endswith("still flagged 2 runs, listed under "
+                                                                                   "excluded runs.")
+    assert "collapsed.**" not in none
+
+
 # ----------------------------------------------------------------------------- the smoke paper
 
 
@@ -376,7 +513,8 @@ def test_smoke_paper_passes_the_browser_check_on_screen_and_in_print(rendered):
     for heading in ("Abstract", "Does distillation help? KD against no KD", "Performance with confidence intervals",
                     "Leakage: official against lesion split", "Calibration and operating points", "Robustness",
                     "Efficiency: INT8 against FP32", "Pareto front", "Grad-CAM", "Limitations", "Excluded runs",
-                    "Appendix A: reproduction report", "Appendix B: provenance", "References"):
+                    "Appendix A: robustness per corruption", "Appendix B: reproduction report",
+                    "Appendix C: provenance", "References"):
         assert any(heading in h for h in headings), heading
 
 
@@ -401,6 +539,17 @@ def test_smoke_paper_numbers_and_exclusions_come_from_outputs(rendered, smoke_ou
     assert f"meets {numbers['targets_met']} of the study’s {numbers['targets']} targets" in html
     targets = pd.read_csv(agg / "targets.csv")
     assert html.count("What each missed one reached") == int(not targets["met"].all())
+
+
+def test_smoke_paper_numbers_its_figures_and_tables_and_lists_subsections(rendered):
+    html = " ".join(rendered[0].read_text().split())
+    text = re.sub(r"<[^>]+>", "", html)
+    assert "Figure 1: " in text and "Table 1: " in text and "?@" not in text and "{#" not in text
+    assert re.search(r'<a href="#tbl-arms">Table \d+</a> lists what every arm gets', html)
+    assert re.search(r'<a href="#fig-montage">Figure 1</a> shows some of them', html)
+    toc = html[html.index('id="TOC"'):html.index("</nav>")]
+    for heading in ("The students’ training recipe", "Intended use and ethics", "Data and licences", "Code availability"):
+        assert heading in toc, heading
 
 
 def test_smoke_paper_cites_its_references(rendered):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -115,6 +117,10 @@ def test_unknown_profile(tmp_path):
 
 def test_smoke_profile_end_to_end(smoke_outputs):
     root, _ = smoke_outputs
+    # a successful run's log reads clean: no ERROR line (e.g. ipykernel's "KeyboardInterrupt caught in kernel" when
+    # a finished kernel is interrupted before its shutdown) and no traceback, on stdout or stderr
+    log = "".join((root.parent.parent / f"{root.parent.name}-runner.{kind}").read_text() for kind in ("out", "err"))
+    assert not [line for line in log.splitlines() if re.search(r"\bERROR\b|Traceback", line)], log[-3000:]
     specs = R.expand(R.load_profile("smoke"), root.parent)
     for spec in specs:
         assert spec.output_notebook.exists(), spec.key
@@ -268,6 +274,26 @@ def test_kernels_get_the_malloc_settings_in_place_of_a_dask_workers(monkeypatch)
     assert _kernel_sees(AsyncKernelManager, names)["MALLOC_TRIM_THRESHOLD_"] == "65536"  # inherited otherwise
     assert _kernel_sees(IPCKernelManager, names) == KERNEL_ENV
     assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # the worker's own environment is untouched
+
+
+def _signals_at_shutdown(manager: type) -> list[int]:
+    sent: list[int] = []
+
+    class Recording(manager):
+        async def _async_signal_kernel(self, signum: int) -> None:
+            sent.append(signum)
+            await super()._async_signal_kernel(signum)
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    nbclient.NotebookClient(nb, kernel_name="python3", kernel_manager_class=Recording, timeout=120).execute()
+    return sent
+
+
+def test_kernels_are_not_interrupted_when_a_finished_notebook_shuts_them_down():
+    """jupyter_client interrupts (SIGINT) every kernel before asking it to shut down; where that lands in a message
+    handler, ipykernel logs "ERROR | KeyboardInterrupt caught in kernel" after a successful stage."""
+    assert signal.SIGINT in _signals_at_shutdown(AsyncKernelManager)  # what the runner's kernels would get otherwise
+    assert signal.SIGINT not in _signals_at_shutdown(IPCKernelManager)
 
 
 #: Allocates and fills a 64 MiB array 6 times; prints the minor page faults of each time.

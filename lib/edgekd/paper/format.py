@@ -4,6 +4,7 @@ no ``nan`` or ``True``/``False`` reaches the page."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -28,7 +29,15 @@ def num(x, digits: int = 3) -> str:
     if isinstance(x, (int, np.integer)):
         return f"{int(x):,}"
     value = float(x)
-    return f"{0.0 if round(value, digits) == 0 else value:.{digits}f}"  # never "-0.000"
+    return f"{0.0 if round(value, digits) == 0 else value:,.{digits}f}"  # never "-0.000"; 1,006.5 as 1,006
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` ``noun`` in words: "no interval", "1 interval", "1,006 intervals" (``plural`` where not noun + s)."""
+    n = int(n)
+    if n == 0:
+        return f"no {noun}"
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
 def signed(x, digits: int = 3) -> str:
@@ -57,17 +66,30 @@ def interval(mean, low, high, digits: int = 3, sign: bool = False) -> str:
     return f'{text}<br><span class="ci">[{fmt(low, digits)}, {fmt(high, digits)}]</span>'
 
 
-def ci_col(prefix: str, sign: bool = False) -> Callable[[pd.Series], str]:
-    """A column of ``prefix`` with its ``prefix_low`` / ``prefix_high`` interval."""
-    return lambda r: interval(r[prefix], r[f"{prefix}_low"], r[f"{prefix}_high"], sign=sign)
+def ci_col(prefix: str, sign: bool = False, kind: str = "") -> Callable[[pd.Series], str]:
+    """A column of ``prefix`` with its ``prefix_low`` / ``prefix_high`` interval (``prefix_<kind>_low`` ... with
+    ``kind``, e.g. ``hb`` for the hierarchical bootstrap)."""
+    k = f"_{kind}" if kind else ""
+    return lambda r: interval(r[prefix], r[f"{prefix}{k}_low"], r[f"{prefix}{k}_high"], sign=sign)
 
 
 def col(name: str, fmt: Callable = num) -> Callable[[pd.Series], str]:
     return lambda r: fmt(r[name])
 
 
-def md_table(rows: pd.DataFrame, columns: Columns, caption: str, text: tuple[str, ...] = ()) -> str:
-    """A pipe table: the first column and the ``text`` columns left-aligned, numbers right-aligned; empty cells "—"."""
+def label_of(caption: str, words: int = 5) -> str:
+    """A cross-reference label from a caption's first ``words`` words (``Images per split and class.`` ->
+    ``images-per-split-and-class``), for a table no text refers to."""
+    return "-".join(re.findall(r"[a-z0-9]+", caption.lower())[:words])
+
+
+def md_table(rows: pd.DataFrame, columns: Columns, caption: str, text: tuple[str, ...] = (),
+             label: str | None = None) -> str:
+    """A pipe table: the first column and the ``text`` columns left-aligned, numbers right-aligned; empty cells "—".
+
+    Its caption carries the cross-reference label ``#tbl-<label>`` (:func:`label_of` the caption where none is
+    given), so that Quarto and the fallback (:func:`edgekd.paper.render.crossref`) number it and ``@tbl-<label>``
+    refers to it."""
     def cell(value: str) -> str:
         value = str(value).strip().replace("|", "\\|").replace("\n", " ")
         return value or DASH
@@ -75,7 +97,7 @@ def md_table(rows: pd.DataFrame, columns: Columns, caption: str, text: tuple[str
     align = [":--" if i == 0 or name in text else "--:" for i, name in enumerate(columns)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(cell(f(r)) for f in columns.values()) + " |" for _, r in rows.iterrows()]
-    return "\n".join(lines) + f"\n\n: {caption}\n"
+    return "\n".join(lines) + f"\n\n: {caption} {{#tbl-{label or label_of(caption)}}}\n"
 
 
 def human(name: str) -> str:

@@ -3,11 +3,13 @@
 The manuscript reads ``outputs/<profile>/aggregate`` when it exists, else the published reference in
 ``paper/results/<profile>`` (:func:`edgekd.paper.sources.locate`), so a clean clone renders without training.
 Fallback: the ``.qmd`` is split into markdown and ```` ```{python} ```` chunks, executed as a Jupyter
-notebook (nbclient, cwd ``paper/``), exported to markdown without the code (nbconvert), and turned
-into one self-contained HTML file by pandoc with citeproc (``references.bib``). Headless Chromium
-prints the HTML to ``paper.pdf`` (:func:`write_pdf`) and checks it (:func:`browser_check`): every
-figure loaded, every table filled, nothing wider than the text column, no ``nan`` and no stray
-format word such as a lone ``png`` or ``True``.
+notebook (nbclient, cwd ``paper/``), exported to markdown without the code (nbconvert), its figures and
+tables numbered and cross-references resolved as Quarto does (:func:`crossref`), and turned into one
+self-contained HTML file by pandoc with citeproc (``references.bib``). Headless Chromium prints the HTML
+to ``paper.pdf`` (:func:`write_pdf`) and checks it (:func:`browser_check`): every figure loaded, every
+table filled, nothing wider than the text column, no ``nan``, no stray format word such as a lone ``png``
+or ``True``, no number or word broken across lines, no heading repeated within its section and no
+unresolved cross-reference.
 """
 
 from __future__ import annotations
@@ -61,6 +63,35 @@ def split_qmd(text: str) -> tuple[dict, nbformat.NotebookNode]:
     return meta, nb
 
 
+#: A labelled figure (``![caption](path){#fig-x}``), a labelled table caption (``: caption {#tbl-x}``) and a
+#: cross-reference (``@fig-x``, ``@tbl-x``), as Quarto reads them.
+_FIGURE = re.compile(r"^!\[(?P<caption>[^\n]*)\]\((?P<src>[^)\n]+)\)\{#(?P<label>fig-[\w-]+)\}", re.M)
+_TABLE = re.compile(r"^: (?P<caption>[^\n]*?)\s*\{#(?P<label>tbl-[\w-]+)\}[ \t]*$", re.M)
+_REF = re.compile(r"(?<![\w@\\])@(?P<label>(?:fig|tbl)-[\w-]*\w)")
+CROSSREF_NAMES: dict[str, str] = {"fig": "Figure", "tbl": "Table"}
+
+
+def crossref(markdown: str) -> str:
+    """Number the labelled figures and tables of ``markdown`` in order of appearance ("Figure 2: caption") and turn
+    each reference into a link ("[Figure 2](#fig-x)"), as Quarto does; pandoc has no cross-references of its own.
+    A reference to no label reads ``?@fig-x``, as in Quarto (:func:`browser_check` reports it); a label given
+    twice raises ValueError."""
+    found = sorted([*_FIGURE.finditer(markdown), *_TABLE.finditer(markdown)], key=lambda m: m.start())
+    names: dict[str, str] = {}
+    counts = dict.fromkeys(CROSSREF_NAMES, 0)
+    for m in found:
+        label = m["label"]
+        if label in names:
+            raise ValueError(f"cross-reference label #{label} is given twice")
+        kind = label.split("-")[0]
+        counts[kind] += 1
+        names[label] = f"{CROSSREF_NAMES[kind]}\u00a0{counts[kind]}"  # no line break inside "Figure 2"
+    markdown = _FIGURE.sub(lambda m: f"![{names[m['label']]}: {m['caption']}]({m['src']}){{#{m['label']}}}", markdown)
+    markdown = _TABLE.sub(lambda m: f": []{{#{m['label']}}}{names[m['label']]}: {m['caption']}", markdown)
+    return _REF.sub(lambda m: f"[{names[m['label']]}](#{m['label']})" if m["label"] in names
+                    else f"?\\@{m['label']}", markdown)
+
+
 def render_fallback(profile: str, paper_dir: Path = PAPER_DIR, out_dir: Path | None = None, timeout: int = 900) -> Path:
     """Execute the article for ``profile`` and write ``<out_dir>/index.html`` with pandoc."""
     if shutil.which("pandoc") is None:
@@ -80,11 +111,11 @@ def render_fallback(profile: str, paper_dir: Path = PAPER_DIR, out_dir: Path | N
     work.mkdir()
     for name, data in resources.get("outputs", {}).items():
         (work / name).write_bytes(data)
-    (work / "index.md").write_text(body)
+    (work / "index.md").write_text(crossref(body))
     html = out_dir / "index.html"
     title = meta.get("title", "edgekd")
     cmd = ["pandoc", "index.md", "--from", "markdown+pipe_tables+raw_html", "--standalone", "--self-contained",
-           "--toc", "--toc-depth=2", "--metadata", f"title={title}", "--metadata", "link-citations=true",
+           "--toc", "--toc-depth=3", "--metadata", f"title={title}", "--metadata", "link-citations=true",
            "--output", str(html.resolve())]
     if meta.get("bibliography"):
         cmd += ["--citeproc", "--bibliography", str((paper_dir / meta["bibliography"]).resolve())]
@@ -96,10 +127,23 @@ def render_fallback(profile: str, paper_dir: Path = PAPER_DIR, out_dir: Path | N
     return html
 
 
+QUARTO: str = "Quarto"
+FALLBACK: str = "the pandoc fallback"
+
+
+def renderer(force_fallback: bool = False) -> tuple[str, str]:
+    """Which renderer :func:`render` runs and why: (:data:`QUARTO`, its path) or (:data:`FALLBACK`, the reason)."""
+    quarto = shutil.which("quarto")
+    if quarto and not force_fallback:
+        return QUARTO, quarto
+    return FALLBACK, ("--fallback was given" if quarto else
+                      "no quarto binary on PATH (the conda route, environment.yml, installs it)")
+
+
 def render(profile: str, paper_dir: Path = PAPER_DIR, force_fallback: bool = False) -> Path:
-    """``quarto render`` where Quarto is installed (unless ``force_fallback``), else the fallback."""
+    """``quarto render`` where Quarto is installed (unless ``force_fallback``), else the fallback (:func:`renderer`)."""
     os.environ[PROFILE_ENV] = profile
-    if shutil.which("quarto") and not force_fallback:
+    if renderer(force_fallback)[0] == QUARTO:
         subprocess.run(["quarto", "render", str(paper_dir)], check=True)
         return paper_dir / "_output" / "index.html"
     return render_fallback(profile, paper_dir)
@@ -147,6 +191,51 @@ _CHECK_JS = r"""(stray) => {
   const text = body.innerText;
   const nan = [...text.matchAll(/.{0,30}\bnan\b.{0,30}/gi)].map(m => m[0]);
   const leaves = [...body.querySelectorAll('p, td, th, li, figcaption, span, div')].filter(e => e.children.length === 0);
+  // a number ("< 0.001", "1,006", "+0.013") or a word whose characters the layout put on more than one line
+  const broken = [], token = /(?:[<>≤≥]\u00a0)?[−+]?[\p{L}\p{N}][\p{L}\p{N}.,×%]*/gu;
+  const walker = document.createTreeWalker(body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (node.parentElement.closest('code, pre, a, script, style')) continue;
+    for (const m of node.data.matchAll(token)) {
+      if (m[0].length < 2) continue;
+      const range = document.createRange();
+      range.setStart(node, m.index);
+      range.setEnd(node, m.index + m[0].length);
+      const tops = [...range.getClientRects()].filter(r => r.width > 0).map(r => r.top);
+      if (tops.length > 1 && Math.max(...tops) - Math.min(...tops) > 2)
+        broken.push(node.parentElement.tagName.toLowerCase() + ': ' + m[0]);
+    }
+  }
+  // a heading repeated within its section, or a bold lead (or a caption's first sentence) that repeats a heading
+  const words = s => new Set(s.toLowerCase().replace(/^(figure|table)\s\d+:\s*/, '').match(/[\p{L}\p{N}]+/gu) || []);
+  const echoes = (a, b) => {
+    const [x, y] = [words(a), words(b)].sort((p, q) => p.size - q.size);
+    const shared = [...x].filter(w => y.has(w)).length;
+    return x.size > 0 && (shared === y.size || x.size >= 3 && shared / x.size >= 0.8);
+  };
+  const same = (a, b) => { const x = words(a), y = words(b); return x.size === y.size && [...x].every(w => y.has(w)); };
+  const lead = e => {
+    if (/^(CAPTION|FIGCAPTION)$/.test(e.tagName))
+      return e.textContent.trim().replace(/^(Figure|Table)\s\d+:\s*/, '').split(/[.?:!]/)[0];
+    const first = [...e.childNodes].find(n => n.nodeType !== 3 || n.data.trim());
+    return first && /^(STRONG|B)$/.test(first.tagName || '') ? first.textContent : null;
+  };
+  const repeated = [];
+  let section = [], open = [];
+  for (const e of body.querySelectorAll('h1, h2, h3, h4, p, li, caption, figcaption')) {
+    const text = e.textContent.trim().replace(/\s+/g, ' ');
+    if (/^H\d$/.test(e.tagName)) {
+      const level = +e.tagName[1];
+      if (level <= 2) section = [];
+      if (section.some(h => same(h, text))) repeated.push(text);
+      section.push(text);
+      open = open.filter(h => h.level < level).concat([{level, text}]);
+    } else {
+      const said = lead(e);
+      const echoed = said && open.find(h => echoes(h.text, said));
+      if (echoed) repeated.push(`"${said.replace(/\s+/g, ' ').trim()}" under "${echoed.text}"`);
+    }
+  }
   return {
     images: imgs.length,
     images_loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
@@ -159,6 +248,9 @@ _CHECK_JS = r"""(stray) => {
     too_wide: wide.map(describe),
     nan: nan,
     stray_words: leaves.filter(e => stray.includes(e.textContent.trim())).map(describe),
+    broken: broken,
+    repeated_headings: repeated,
+    unresolved_refs: [...text.matchAll(/\?@(?:fig|tbl)-[\w-]+/g)].map(m => m[0]),
     column_px: right - left,
   };
 }"""
@@ -166,7 +258,10 @@ _CHECK_JS = r"""(stray) => {
 
 def browser_check(html: Path, width: int = 1100, media: str = "screen", timeout_ms: int = 60000) -> dict:
     """Open ``html`` in headless Chromium at ``width`` px (``media`` 'screen' or 'print') and report what a reader
-    would see: figures loaded, tables filled, elements wider than the text column, ``nan`` text, stray words."""
+    would see: figures loaded, tables filled, elements wider than the text column, ``nan`` text, stray words,
+    numbers or words the layout broke across lines (outside code and links), headings repeated within their section
+    (the same heading twice, or a bold lead or caption sentence that repeats its heading) and unresolved
+    cross-references (``?@fig-x``)."""
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=_chromium(), args=list(CHROMIUM_ARGS))
         page = browser.new_page(viewport={"width": width, "height": 1200})
@@ -186,7 +281,10 @@ def problems(report: dict) -> list[str]:
         found.append(f"{report['tables_filled']}/{report['tables']} tables filled, {report['empty_cells']} empty cells")
     if report["errors"]:
         found.append(f"{report['errors']} error blocks")
-    for key, what in (("too_wide", "wider than the text column"), ("nan", "literal nan"), ("stray_words", "stray words")):
+    for key, what in (("too_wide", "wider than the text column"), ("nan", "literal nan"), ("stray_words", "stray words"),
+                      ("broken", "numbers or words broken across lines"),
+                      ("repeated_headings", "headings repeated within their section"),
+                      ("unresolved_refs", "unresolved cross-references")):
         if report[key]:
             found.append(f"{len(report[key])} {what}: {report[key][:3]}")
     return found
@@ -210,9 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgekd-paper: error: {exc}", file=sys.stderr)
         return 2
     print(f"edgekd-paper: reading {source.path} ({source.kind})")
+    name, why = renderer(args.fallback)
+    print(f"edgekd-paper: rendering with {name}" + (f" ({why})" if name == QUARTO else f": {why}"))
     html = render(args.profile, force_fallback=args.fallback)
     pdf = write_pdf(html, html.parent / "paper.pdf")
-    print(f"rendered {html} and {pdf}")
+    print(f"rendered {html} and {pdf} with {name}")
     failed = False
     for media, report in check(html).items():
         found = problems(report)

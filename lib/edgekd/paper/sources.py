@@ -3,11 +3,15 @@ published reference, and the committed studies (development studies, GPU benchma
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from edgekd.core import info
 from edgekd.pipeline import publish
@@ -42,6 +46,28 @@ def locate(profile: str) -> Source:
         return Source(profile, published, "published", json.loads((published / "numbers.json").read_text()), prov)
     raise FileNotFoundError(f"neither {agg} nor {published} holds results: run `edgekd-run {profile}` "
                             f"(or `edgekd-publish {profile}` after a complete run)")
+
+
+def profile(src: Source) -> tuple[dict, str] | None:
+    """The profile that produced ``src`` and where it was read, checked against the sha256 in its provenance: this
+    checkout's file, else that file as committed at the results' commit (``git show``); None where neither matches."""
+    name, digest = src.provenance.get("profile_file") or f"params/{src.profile}.yaml", src.provenance.get("profile_sha256")
+    if not digest:
+        return None
+    path = info.REPO_ROOT / name
+    if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+        return yaml.safe_load(path.read_text()), f"`{name}`"
+    commit = (src.provenance.get("git") or {}).get("commit")
+    if not commit:
+        return None
+    try:
+        shown = subprocess.run(["git", "show", f"{commit}:{name}"], cwd=info.REPO_ROOT, capture_output=True, timeout=30,
+                               env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if shown.returncode != 0 or hashlib.sha256(shown.stdout).hexdigest() != digest:
+        return None
+    return yaml.safe_load(shown.stdout), f"`{name}` as committed at `{commit[:10]}` (this checkout's file has changed since)"
 
 
 def _committed(name: str, folder: str, table: str, about: str = "provenance.json") -> Source | None:
@@ -79,3 +105,9 @@ def pretrained_study() -> Source | None:
     """The validation study that chose the pretrained teacher (``paper/results/studies/pretrained/``,
     ``scripts/pretrained_study.py``), if committed."""
     return _committed("pretrained", "studies/pretrained", "variants.csv")
+
+
+def int8_ops() -> Source | None:
+    """ORT's operator profile of the reference's FP32 and INT8 models (``paper/results/studies/int8_ops/``, written
+    by ``edgekd-bench --ops``), if committed."""
+    return _committed("int8_ops", "studies/int8_ops", "bench_int8_ops.csv", "machine.json")

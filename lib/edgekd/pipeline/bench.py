@@ -171,21 +171,71 @@ def int8_note(table: pd.DataFrame) -> str:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     vnni = "avx512_vnni" in flags or "avx_vnni" in flags
     return ("  INT8 misses 2x here. " + (
-        "This CPU has VNNI (int8 dot products), so the kernels are not the limit: at small inputs the per-call "
-        "overhead and the QuantizeLinear/DequantizeLinear nodes around each convolution dominate. "
+        "This CPU has VNNI (int8 dot products), so the 8-bit kernels are not the limit: at small inputs they save "
+        "little per call, and activations left as separate quantised element-wise operators (SiLU, squeeze-and-"
+        "excitation) can cost more than that; --ops profiles where the time goes. "
         if vnni else "This CPU has no VNNI: int8 convolutions run on AVX2 and gain little over FP32. ")
-        + "What helps: larger inputs or batches, operator fusion (QOperator format or ORT's graph fusions with the "
-        "QDQ nodes placed so Conv+Relu fuse), per-channel weights (on here), and a CPU with VNNI or AMX.")
+        + "What helps: larger inputs or batches, activations that fuse into the convolution (ReLU6, as in "
+        "EfficientNet-Lite), per-channel weights (on here), and a CPU with VNNI or AMX.")
 
 
-def csv_refusal(path: Path | None, force: bool) -> str | None:
+#: ONNX Runtime operator types that quantise or dequantise: what the INT8 model pays on top of its 8-bit kernels.
+QDQ_OPS: frozenset[str] = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+#: Columns of ``bench_int8_ops.csv`` (``--ops``).
+OPS_COLUMNS: tuple[str, ...] = ("model", "variant", "op_type", "nodes", "ms_per_call", "share", "qdq", "calls", "threads")
+
+
+def op_profile(path: Path, size: int, threads: int, calls: int, prefix: Path) -> pd.DataFrame:
+    """Per operator type of the ONNX model at ``path``: kernel milliseconds per batch-1 call (the sum over its nodes
+    of each node's median over ``calls`` profiled calls, so that the first, cold calls do not count), its share of
+    the kernel time and its node count, from ORT's own profiler (``SessionOptions.enable_profiling``; the trace is
+    written under ``prefix``). Sessions as :func:`E.ort_session`."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)}
+    options.enable_profiling, options.profile_file_prefix = True, str(prefix)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for _ in range(calls):
+        session.run(None, feed)
+    trace = json.loads(Path(session.end_profiling()).read_text())
+    kernels = pd.DataFrame([{"node": e["name"], "op_type": e["args"]["op_name"], "us": e["dur"]} for e in trace
+                            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")])
+    per_node = kernels.groupby(["op_type", "node"])["us"].median().reset_index()
+    table = per_node.groupby("op_type").agg(nodes=("node", "size"), us=("us", "sum")).reset_index()
+    table["ms_per_call"] = table["us"] / 1e3
+    table["share"] = table["us"] / table["us"].sum()
+    table["qdq"] = table["op_type"].isin(QDQ_OPS)
+    return table.drop(columns="us").sort_values("ms_per_call", ascending=False).assign(calls=calls, threads=threads)
+
+
+def ops_table(candidates: Sequence[Candidate], data: dict[str, D.DermaArrays | None], threads: int, calls: int,
+              calib_images: int) -> pd.DataFrame:
+    """:func:`op_profile` of each candidate's ORT FP32 and INT8 models (its exported ones when present)."""
+    frames = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for candidate in candidates:
+            arrays, size = data[candidate.name], candidate.img_size
+            calib = (np.random.default_rng(0).integers(0, 256, (calib_images, size, size, 3), dtype=np.uint8)
+                     if arrays is None else E.calibration_images(arrays, calib_images))
+            paths = dict(zip(("ort_fp32", "ort_int8"), _onnx_paths(candidate, calib, Path(tmp)), strict=True))
+            for variant, path in paths.items():
+                table = op_profile(path, size, threads, calls, Path(tmp) / f"{candidate.name}_{variant}")
+                frames.append(table.assign(model=candidate.name, variant=variant))
+    return pd.concat(frames, ignore_index=True)[list(OPS_COLUMNS)]
+
+
+def csv_refusal(path: Path | None, force: bool, columns: Sequence[str] = CSV_COLUMNS) -> str | None:
     """Why the CSV must not be written (None if it may): not a regular file, or an existing file whose first line is
-    not this tool's header, unless ``force``. Checked before any model is loaded."""
+    not this tool's header (``columns``), unless ``force``. Checked before any model is loaded."""
     if path is None or not (path.exists() or path.is_symlink()):
         return None
     if not path.is_file():
         return f"{path} exists and is not a regular file"
-    if not force and not first_line_is(path, ",".join(CSV_COLUMNS)):
+    if not force and not first_line_is(path, ",".join(columns)):
         return f"{path} exists and is not a CSV edgekd-bench wrote: refusing to overwrite it; use --force to replace it"
     return None
 
@@ -206,10 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stem-stride", type=int, default=2, help="stem stride with --untrained (default 2, as the default profile)")
     ap.add_argument("--csv", type=Path, default=None, help="CSV path (default <profile-dir>/bench_int8.csv; none with --untrained)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing --csv that edgekd-bench did not write")
+    ap.add_argument("--ops", type=int, default=0, metavar="CALLS",
+                    help="also profile each model's ORT FP32 and INT8 operators over CALLS batch-1 calls with ORT's "
+                         "profiler, and write bench_int8_ops.csv beside the CSV (default 0: not profiled)")
     args = ap.parse_args(argv)
-    if min(args.threads, args.batch, args.repeats, args.calib_images) < 1 or args.warmup < 0:
-        ap.error("--threads, --batch, --repeats and --calib-images must be >= 1, --warmup >= 0")
-    refusal = csv_refusal(args.csv or (None if args.untrained else args.profile_dir / "bench_int8.csv"), args.force)
+    if min(args.threads, args.batch, args.repeats, args.calib_images) < 1 or min(args.warmup, args.ops) < 0:
+        ap.error("--threads, --batch, --repeats and --calib-images must be >= 1, --warmup and --ops >= 0")
+    target = args.csv or (None if args.untrained else args.profile_dir / "bench_int8.csv")
+    refusal = csv_refusal(target, args.force) or (
+        csv_refusal(target.with_name(target.stem + "_ops.csv"), args.force, OPS_COLUMNS) if args.ops and target else None)
     if refusal:
         print(f"edgekd-bench: error: {refusal}", file=sys.stderr)
         return 2
@@ -234,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  cpu {cpu_model()}, {args.threads} threads, batch {args.batch}, warm-up {args.warmup}, {args.repeats} repeats; "
               f"latency = median ms per call; torch {torch.__version__}, onnxruntime {ort.__version__}")
         table = benchmark(candidates, data, args.threads, args.batch, args.warmup, args.repeats, args.calib_images)
+        ops = ops_table(candidates, data, args.threads, args.ops, args.calib_images) if args.ops else None
     except (FileNotFoundError, ValueError) as exc:
         print(f"edgekd-bench: error: {exc}", file=sys.stderr)
         return 2
@@ -244,9 +300,18 @@ def main(argv: list[str] | None = None) -> int:
     note = int8_note(table)
     if note:
         print(note)
+    if ops is not None:
+        qdq = ops.groupby(["model", "variant"], sort=False)[["share", "ms_per_call"]].apply(
+            lambda g: pd.Series({"kernel_ms": g["ms_per_call"].sum(), "qdq_share": g["share"][ops.loc[g.index, "qdq"]].sum()}))
+        print("  ORT profiler, kernel time per call and the quantise/dequantise share:")
+        print(qdq.to_string(float_format="{:.3f}".format))
     if csv is not None:
         table.to_csv(csv, index=False)
         print(f"  wrote {csv}")
+        if ops is not None:
+            ops_csv = csv.with_name(csv.stem + "_ops.csv")
+            ops.to_csv(ops_csv, index=False)
+            print(f"  wrote {ops_csv}")
     return 0
 
 

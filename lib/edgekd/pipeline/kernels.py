@@ -56,6 +56,13 @@ class IPCKernelManager(AsyncKernelManager):
     def __init__(self, **kwargs) -> None:
         super().__init__(transport="ipc", ip=str(socket_dir() / uuid.uuid4().hex[:16]), **kwargs)
 
+    async def _async_interrupt_kernel(self) -> None:
+        """Interrupt, except while shutting down: jupyter_client interrupts every kernel before its shutdown request,
+        and ipykernel logs that as ``ERROR | KeyboardInterrupt caught in kernel`` after every successful notebook.
+        A kernel still busy at shutdown is stopped by the shutdown request, or killed when that times out."""
+        if not self.shutting_down:
+            await super()._async_interrupt_kernel()
+
     async def start_kernel(self, **kw) -> None:
         env = kw.pop("env", None) or os.environ
         await super().start_kernel(env={**env, **KERNEL_ENV}, **kw)

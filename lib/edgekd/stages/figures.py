@@ -163,7 +163,8 @@ def reliability_grid(runs: pd.DataFrame) -> Figure:
 
 
 def pareto_figure(pts: pd.DataFrame) -> Figure:
-    """Macro-F1 vs CPU p50 latency; bubble area ∝ file size; the Pareto front is joined."""
+    """Test macro-F1 (mean over seeds) vs CPU p50 latency; bubble area ∝ file size; the front (chosen on
+    validation, ``pts["pareto"]``) is joined."""
     fig = Figure(figsize=(10, 5), layout="constrained")
     ax = fig.add_subplot()
     markers = dict(zip(["eager", "torchscript", "ort_fp32", "ort_int8"], "osD^", strict=True))
@@ -179,7 +180,7 @@ def pareto_figure(pts: pd.DataFrame) -> Figure:
     for backend, mk in markers.items():
         ax.scatter([], [], marker=mk, color="grey", label=backend)
     ax.set_xscale("log")
-    ax.set(xlabel="CPU latency p50, batch 1 (ms, log scale)", ylabel="test macro-F1")
+    ax.set(xlabel="CPU latency p50, batch 1 (ms, log scale)", ylabel="test macro-F1 (mean over seeds)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
@@ -224,7 +225,8 @@ def gradcam_panels(runs: pd.DataFrame, models: list[str]) -> tuple[Figure, pd.Da
         images = arrays[data[r["path"]]["size"]].images["test"][pick]
         net = load_run(r["path"]).model
         layer, side = cam_layer(net, images.shape[1])
-        layers.append({"model": model, "label": r["label"], "layer": layer, "map_side": side})
+        layers.append({"model": model, "label": r["label"], "layer": layer, "map_side": side,
+                       "size": int(data[r["path"]]["size"])})
         with GradCAM(model=net, target_layers=[net.get_submodule(layer)]) as cam:
             maps = cam(input_tensor=AU.normalise(images), targets=[ClassifierOutputTarget(int(y[k])) for k in pick])
         for i in range(len(pick)):

@@ -1,0 +1,109 @@
+"""The aggregate's tables on small synthetic inputs: the hierarchical interval of the performance table, the
+robustness summary's primary metrics and what it rests on, and the Pareto front chosen on validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn.metrics as skm
+
+from edgekd.core import metrics as M
+from edgekd.core.info import NUM_CLASSES
+from edgekd.stages import tables as TB
+
+
+def _noisy_probs(y: np.ndarray, flip: float, rng: np.random.Generator) -> np.ndarray:
+    pred = y.copy()
+    wrong = rng.random(len(y)) < flip
+    pred[wrong] = rng.integers(0, NUM_CLASSES, wrong.sum())
+    logits = rng.normal(0, 1, (len(y), NUM_CLASSES))
+    logits[np.arange(len(y)), pred] += 4
+    return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+
+def test_count_metrics_match_sklearn_with_an_absent_class():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, NUM_CLASSES - 1, 300)  # the last class never occurs
+    pred = np.where(rng.random(300) < 0.6, y, rng.integers(0, NUM_CLASSES, 300))
+    got = TB.count_metrics(M.confusion_counts(y, pred))
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert got["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    labels = range(NUM_CLASSES)
+    assert got["macro_f1"] == pytest.approx(skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0))
+    assert got["weighted_f1"] == pytest.approx(skm.f1_score(y, pred, labels=labels, average="weighted", zero_division=0))
+
+
+def test_hierarchical_interval_with_one_seed_is_the_image_bootstrap_of_the_headline_metrics():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, NUM_CLASSES, 400)
+    probs = _noisy_probs(y, 0.4, rng)
+    got = TB.hierarchical_interval(y, [probs], n_resamples=200, seed=5)
+    ref_rng, draws = np.random.default_rng(5), {m: [] for m in TB.HEADLINE_METRICS}
+    for _ in range(200):  # the same draws, scored by the evaluation's own metric functions (sklearn)
+        ref_rng.integers(0, 1, 1)
+        idx = ref_rng.integers(0, len(y), len(y))
+        for m in draws:
+            draws[m].append(M.HEADLINE[m](y[idx], probs[idx]))
+    for m, values in draws.items():
+        assert got[m] == pytest.approx((np.quantile(values, 0.025), np.quantile(values, 0.975))), m
+
+
+def test_hierarchical_interval_widens_when_seeds_disagree():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, NUM_CLASSES, 600)
+    agree = [_noisy_probs(y, 0.4, rng) for _ in range(3)]
+    disagree = [_noisy_probs(y, 0.05, rng), _noisy_probs(y, 0.75, rng), agree[2]]
+    narrow = TB.hierarchical_interval(y, agree, n_resamples=300)["macro_f1"]
+    wide = TB.hierarchical_interval(y, disagree, n_resamples=300)["macro_f1"]
+    assert wide[1] - wide[0] > 2 * (narrow[1] - narrow[0])
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def test_robustness_summary_reports_balanced_accuracy_and_what_it_rests_on(tmp_path):
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"student-s{seed}"
+        rows = [{"suite": "source", "corruption": "clean", "severity": 0, "level": 0, "n": 300, "accuracy": 0.8,
+                 "macro_f1": 0.6, "balanced_error": 0.3}]
+        rows += [{"suite": "source", "corruption": c, "severity": s, "level": s, "n": 300, "accuracy": 0.7,
+                  "macro_f1": 0.4 + 0.1 * seed, "balanced_error": 0.5} for c in ("noise", "jpeg") for s in (1, 2)]
+        _write(run / "robustness" / "corruptions.csv", rows)
+        runs.append({"path": run, "model": "student", "label": "Student", "run_id": run.name})
+    table, per_corruption, _ = TB.robustness_summary(pd.DataFrame(runs))
+    row = table.iloc[0]
+    assert (row["seeds"], row["images"]) == (2, 300)
+    assert row["balanced_accuracy"] == pytest.approx(0.5) and row["clean_balanced_accuracy"] == pytest.approx(0.7)
+    assert row["macro_f1"] == pytest.approx(0.45)
+    assert list(per_corruption["corruption"]) == ["noise", "jpeg"] and set(per_corruption["seeds"]) == {2}
+
+
+def _efficiency_run(root: Path, name: str, p50: float, delta_int8: float) -> dict:
+    run = root / name
+    _write(run / "efficiency" / "model.csv", [{"img_size": 64, "params": 1e6, "macs": 1e8, "state_dict_bytes": 4e6,
+                                              "onnx_bytes": 4e6, "onnx_int8_bytes": 1e6, "peak_cpu_rss_mb": 100}])
+    _write(run / "efficiency" / "backends.csv", [
+        {"backend": b, "accuracy": 0.8, "macro_f1": 0.0, "delta_macro_f1_vs_eager": d, "max_abs_logit_diff_vs_eager": 0,
+         "file_bytes": 1e6} for b, d in (("eager", 0.0), ("ort_fp32", 0.0), ("ort_int8", delta_int8))])
+    _write(run / "efficiency" / "latency.csv", [
+        {"device": "cpu", "batch": 1, "size": 64, "img_size": 64, "backend": b, "p50_ms": p50 * f, "p90_ms": p50 * f,
+         "p99_ms": p50 * f} for b, f in (("eager", 1.0), ("ort_fp32", 0.8), ("ort_int8", 0.5))])
+    return {"path": run, "model": name, "label": name}
+
+
+def test_pareto_front_is_chosen_on_validation_and_shows_seed_means(tmp_path):
+    runs = pd.DataFrame([_efficiency_run(tmp_path, "fast", 1.0, -0.01), _efficiency_run(tmp_path, "slow", 2.0, 0.0)])
+    # "slow" is better on test but worse on validation: it must not be on the front
+    perf = pd.DataFrame([{"model": "fast", "seeds": 3, "val_macro_f1": 0.60, "macro_f1": 0.50},
+                         {"model": "slow", "seeds": 3, "val_macro_f1": 0.55, "macro_f1": 0.70}])
+    pts = TB.efficiency_summary(runs, perf)["pareto"].set_index(["model", "backend"])
+    assert pts.index[pts["pareto"]].tolist() == [("fast", "ort_int8")]
+    assert len(pts) == 6
+    assert pts.loc[("fast", "ort_int8"), "macro_f1"] == pytest.approx(0.49)  # seed mean + the INT8 change
+    assert pts.loc[("slow", "eager"), "seeds"] == 3
