@@ -575,15 +575,27 @@ def robustness(src: Source) -> str:
                     f"severities of each suite and over seeds{rests}.")
 
 
+def _corruption_name(name: str) -> str:
+    return human(name).replace("Jpeg", "JPEG")
+
+
 def per_corruption(src: Source) -> str:
-    """Balanced accuracy per corruption (rows) and model (columns), averaged over the severities."""
+    """Balanced accuracy per corruption (rows) and model (columns), averaged over the severities: one table for the
+    teacher and the KD students, one for the no-KD students (so that each fits the page)."""
     df = src.csv("robustness_corruptions.csv")
-    wide = df.pivot_table(index=["suite", "corruption"], columns="label", values="balanced_accuracy", sort=False)
-    wide = wide.reset_index()
-    columns: Columns = {"Suite": lambda r: SUITE_NAMES.get(r["suite"], r["suite"]), "Corruption": col("corruption", str)}
-    columns |= {label: col(label, lambda x: num(x, 2)) for label in dict.fromkeys(df["label"])}
-    return md_table(wide, columns, "Balanced accuracy under each corruption, averaged over its severity levels "
-                    f"({_rests_on(df)}).", text=("Corruption",))
+    kd = df["label"].str.contains("teacher") | ~df["label"].str.contains("no KD|nokd")
+    tables = []
+    for part, what in ((df[kd], "the teacher and the KD students"), (df[~kd], "the no-KD students")):
+        if part.empty:
+            continue
+        wide = part.pivot_table(index=["suite", "corruption"], columns="label", values="balanced_accuracy",
+                                sort=False).reset_index()
+        columns: Columns = {"Suite": lambda r: SUITE_NAMES.get(r["suite"], r["suite"]),
+                            "Corruption": lambda r: _corruption_name(r["corruption"])}
+        columns |= {label: col(label, lambda x: num(x, 2)) for label in dict.fromkeys(part["label"])}
+        tables.append(md_table(wide, columns, f"Balanced accuracy of {what} under each corruption, averaged over its "
+                               f"severity levels ({_rests_on(part)}).", text=("Corruption",)))
+    return "\n\n".join(tables)
 
 
 def be_rbe(src: Source) -> str:
@@ -637,7 +649,7 @@ def int8(src: Source) -> str:
                     "CPU latency p50 at batch 1 and each model's trained size. The interleaved passes alternate ORT FP32 "
                     "and INT8 (median per pass; the median over passes with its distribution-free 95% interval); the "
                     f"one-pass ratio is the latency table's. The last column is the older ≥ {INT8_SPEEDUP_TARGET:g}× "
-                    f"target with Δ macro-F1 ≥ {INT8_DELTA_F1_TARGET:g}.")
+                    f"target with Δ macro-F1 ≥\u00a0{INT8_DELTA_F1_TARGET:g}.")
 
 
 def pareto(src: Source) -> str:
