@@ -1055,9 +1055,10 @@ def gradcam_note(src: Source) -> str:
     return ("Each map shows where, in the chosen layer, evidence for the true class raised its score. The maps are "
             "coarse: one cell of a 4×4 map covers a quarter of the image's side" + (f" ({cells})" if cells else "")
             + ", so they can separate lesion from surrounding skin, but not show which structures inside a lesion "
-            "(network, dots, streaks) a model used. The final feature maps at these input sizes are 2×2 or smaller, "
-            "which would show only quadrants; that is why an earlier stage is used, and why agreement between the "
-            "teacher's and a student's maps says little about whether they use the same features.")
+            "(network, dots, streaks) a model used. Each map comes from the deepest stage whose map is at least 4×4: "
+            "a deeper stage, where a model has one, would be 2×2 or smaller at these input sizes and show only "
+            "quadrants. For the same reason, agreement between the teacher's and a student's maps says little about "
+            "whether they use the same features.")
 
 
 def int8_ops(src: Source) -> str:
