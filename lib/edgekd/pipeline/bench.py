@@ -195,10 +195,9 @@ def op_profile(path: Path, size: int, threads: int, calls: int, prefix: Path) ->
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)}
     options.enable_profiling, options.profile_file_prefix = True, str(prefix)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)}
     for _ in range(calls):
         session.run(None, feed)
     trace = json.loads(Path(session.end_profiling()).read_text())

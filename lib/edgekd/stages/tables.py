@@ -98,9 +98,10 @@ def hierarchical_interval(y: np.ndarray, probs: Sequence[np.ndarray], n_resample
     return {m: (float(np.nanquantile(v, tail)), float(np.nanquantile(v, 1 - tail))) for m, v in draws.items()}
 
 
-def _test_probs(run: Path) -> tuple[np.ndarray, np.ndarray]:
+def _test_logits(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A run's test labels and logits (``predictions.npz``)."""
     with np.load(Path(run) / "predictions.npz") as z:
-        return z["test_labels"].reshape(-1), softmax(z["test_logits"].astype(float), axis=1)
+        return z["test_labels"], z["test_logits"]
 
 
 def performance_table(runs: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
@@ -116,7 +117,8 @@ def performance_table(runs: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
                "arch": first.loc[model, "arch"], "kd_mode": first.loc[model, "kd_mode"], "init": first.loc[model, "init"],
                "split": first.loc[model, "split"],
                "seeds": int(g["n_seeds"].iloc[0]), "val_macro_f1": runs.loc[runs["model"] == model, "val_macro_f1"].mean()}
-        tested = [_test_probs(path) for path in runs.loc[runs["model"] == model, "path"]]
+        tested = [(y, softmax(logits.astype(float), axis=1))
+                  for y, logits in map(_test_logits, runs.loc[runs["model"] == model, "path"])]
         if any(not np.array_equal(y, tested[0][0]) for y, _ in tested):
             raise ValueError(f"the seeds of {model} were not tested on the same images")
         hb = hierarchical_interval(tested[0][0], [p for _, p in tested], HB_RESAMPLES, HB_SEED)
@@ -131,11 +133,6 @@ def performance_table(runs: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
 
 
 PAIRED_METRICS: tuple[str, ...] = ("macro_f1", "balanced_accuracy", "accuracy")
-
-
-def _test_predictions(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(Path(run) / "predictions.npz") as z:
-        return z["test_labels"], z["test_logits"].argmax(1)
 
 
 def _metric_values(run: Path) -> dict[str, float]:
@@ -178,8 +175,8 @@ def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFram
                                  "student": ARCH_LABELS.get(arch, arch), "seed": r.seed,
                                  **{f"d_{m}": mine[m] - theirs[m] for m in PAIRED_METRICS},
                                  "d_val_macro_f1": r.val_macro_f1 - b["val_macro_f1"]})
-                y, pk = _test_predictions(r.path)
-                yb, pb = _test_predictions(b["path"])
+                (y, lk), (yb, lb) = _test_logits(r.path), _test_logits(b["path"])
+                pk, pb = lk.argmax(1), lb.argmax(1)
                 if not np.array_equal(y, yb):
                     raise ValueError(f"{r.run_id} and {b['run_id']} were not tested on the same images")
                 ys.append(y), pred_kd.append(pk), pred_base.append(pb)
