@@ -193,12 +193,17 @@ def test_targets_table_measures_each_target_on_the_right_model():
         _perf_row("student-b-kd", "B · kd", "student", "hinton", val=0.50, acc=0.70, f1=0.54),
         _perf_row("student-c-kd", "C · kd", "student", "hinton", val=0.50, acc=0.70, f1=0.56),
         _perf_row("student-lite-kd", "Lite · kd", "student", "hinton", init="imagenet", seeds=1, val=0.55, acc=0.95, f1=0.95),
+        _perf_row("student-lite-kd_128px", "Lite · kd_128px", "student", "hinton", init="imagenet", seeds=1, val=0.5,
+                  acc=0.9, f1=0.9),
     ])
     paired = pd.DataFrame([_pair("a", "kd", 0.01), _pair("b", "kd", -0.01), _pair("c", "kd", 0.02),
                            _pair("lite", "kd", 0.5), _pair("a", "lskd", 0.4, split="lesion")])
     equal = pd.DataFrame([_pair("a", "kd", -0.02, baseline="nokd_eq")])
-    int8 = pd.DataFrame([{"model": "student-a-kd", "label": "A · kd", "delta_macro_f1": 0.0, "speedup_low": 3.0},
-                         {"model": "student-lite-kd", "label": "Lite · kd", "delta_macro_f1": -0.005, "speedup_low": 1.02}])
+    int8 = pd.DataFrame([  # the edge model is the pretrained KD student at its smallest size, not the 128 px one
+        {"model": "student-lite-kd_128px", "label": "Lite · kd_128px", "img_size": 128, "delta_macro_f1": 0.0,
+         "speedup_low": 5.0},
+        {"model": "student-a-kd", "label": "A · kd", "img_size": 64, "delta_macro_f1": 0.0, "speedup_low": 3.0},
+        {"model": "student-lite-kd", "label": "Lite · kd", "img_size": 64, "delta_macro_f1": -0.005, "speedup_low": 1.02}])
     t = A.targets_table(perf, paired, equal, int8).set_index("target")
     assert list(t.index) == list(A.TARGETS)
     assert (t.loc["teacher_accuracy", "value"], t.loc["teacher_accuracy", "met"]) == (0.87, True)
@@ -216,7 +221,7 @@ def test_targets_table_measures_each_target_on_the_right_model():
     # INT8: the pretrained KD student's row, not the from-scratch one's 3x
     assert t.loc["int8_edge_speedup_low", "value"] == 1.02 and t.loc["int8_edge_speedup_low", "met"]
     assert t.loc["int8_edge_delta_macro_f1", "met"]
-    int8.loc[1, ["delta_macro_f1", "speedup_low"]] = (-0.02, 1.0)
+    int8.loc[2, ["delta_macro_f1", "speedup_low"]] = (-0.02, 1.0)
     t = A.targets_table(perf, paired, equal, int8).set_index("target")
     assert not t.loc["int8_edge_speedup_low", "met"] and not t.loc["int8_edge_delta_macro_f1", "met"]
     assert not A.targets_table(perf, paired.iloc[:0], equal, None).set_index("target").loc[

@@ -252,6 +252,18 @@ def test_arch_seeds_narrow_one_architecture_in_every_setting(tmp_path):
                 s.run_id.endswith("-s0")]
 
 
+def test_a_kd_setting_trains_its_students_at_its_own_input_size(tmp_path):
+    kd = [{"name": "kdat", "mode": "hinton"}, {"name": "nokd", "mode": "none"},
+          {"name": "kd_128px", "mode": "hinton", "size": 128, "archs": ["resnet18"], "seeds": [0]}]
+    specs = R.expand(R.load_profile(_profile(tmp_path, **{"students.kd": kd})), tmp_path)
+    sizes = {s.run_id: s.parameters["data"]["size"] for s in specs if s.stage == "student"}
+    assert sizes.pop("student-resnet18-kd_128px-s0") == 128
+    assert set(sizes.values()) == {R.load_profile("smoke")["data"]["size"]}
+    kd[2]["size"] = 96
+    with pytest.raises(R.ConfigError, match=r"students.kd\[kd_128px\].size: .*96"):
+        R.expand(R.load_profile(_profile(tmp_path, **{"students.kd": kd})), tmp_path)
+
+
 def test_timing_stages_and_their_dependants_run_exclusively(tmp_path):
     specs = R.expand(R.load_profile("smoke"), tmp_path)
     exclusive = R._exclusive(specs)

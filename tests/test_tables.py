@@ -84,26 +84,51 @@ def test_robustness_summary_reports_balanced_accuracy_and_what_it_rests_on(tmp_p
     assert list(per_corruption["corruption"]) == ["noise", "jpeg"] and set(per_corruption["seeds"]) == {2}
 
 
-def _efficiency_run(root: Path, name: str, p50: float, delta_int8: float) -> dict:
+def _efficiency_run(root: Path, name: str, p50: float, delta_int8: float, arch: str | None = None,
+                    size: int = 64) -> dict:
     run = root / name
-    _write(run / "efficiency" / "model.csv", [{"img_size": 64, "params": 1e6, "macs": 1e8, "state_dict_bytes": 4e6,
+    _write(run / "efficiency" / "model.csv", [{"img_size": size, "params": 1e6, "macs": 1e8, "state_dict_bytes": 4e6,
                                               "onnx_bytes": 4e6, "onnx_int8_bytes": 1e6, "peak_cpu_rss_mb": 100}])
     _write(run / "efficiency" / "backends.csv", [
         {"backend": b, "accuracy": 0.8, "macro_f1": 0.0, "delta_macro_f1_vs_eager": d, "max_abs_logit_diff_vs_eager": 0,
          "file_bytes": 1e6} for b, d in (("eager", 0.0), ("ort_fp32", 0.0), ("ort_int8", delta_int8))])
     _write(run / "efficiency" / "latency.csv", [
-        {"device": "cpu", "batch": 1, "size": 64, "img_size": 64, "backend": b, "p50_ms": p50 * f, "p90_ms": p50 * f,
-         "p99_ms": p50 * f} for b, f in (("eager", 1.0), ("ort_fp32", 0.8), ("ort_int8", 0.5))])
-    return {"path": run, "model": name, "label": name}
+        {"device": "cpu", "batch": 1, "size": size, "img_size": size, "backend": b, "p50_ms": p50 * f,
+         "p90_ms": p50 * f, "p99_ms": p50 * f} for b, f in (("eager", 1.0), ("ort_fp32", 0.8), ("ort_int8", 0.5))])
+    return {"path": run, "model": name, "label": name, "arch": arch or name}
 
 
 def test_pareto_front_is_chosen_on_validation_and_shows_seed_means(tmp_path):
     runs = pd.DataFrame([_efficiency_run(tmp_path, "fast", 1.0, -0.01), _efficiency_run(tmp_path, "slow", 2.0, 0.0)])
     # "slow" is better on test but worse on validation: it must not be on the front
-    perf = pd.DataFrame([{"model": "fast", "seeds": 3, "val_macro_f1": 0.60, "macro_f1": 0.50},
-                         {"model": "slow", "seeds": 3, "val_macro_f1": 0.55, "macro_f1": 0.70}])
+    perf = pd.DataFrame([{"model": "fast", "role": "student", "seeds": 3, "val_macro_f1": 0.60, "macro_f1": 0.50},
+                         {"model": "slow", "role": "student", "seeds": 3, "val_macro_f1": 0.55, "macro_f1": 0.70}])
     pts = TB.efficiency_summary(runs, perf)["pareto"].set_index(["model", "backend"])
     assert pts.index[pts["pareto"]].tolist() == [("fast", "ort_int8")]
     assert len(pts) == 6
     assert pts.loc[("fast", "ort_int8"), "macro_f1"] == pytest.approx(0.49)  # seed mean + the INT8 change
     assert pts.loc[("slow", "eager"), "seeds"] == 3
+
+
+def test_one_latency_per_architecture_and_input_size(tmp_path):
+    """Two models of one architecture at one size are the same graph: both get the median of their timings, and a
+    model at another size keeps its own."""
+    runs = pd.DataFrame([_efficiency_run(tmp_path, "teacher", 1.0, 0.0, "lite0", 128),
+                         _efficiency_run(tmp_path, "student", 3.0, 0.0, "lite0", 128),
+                         _efficiency_run(tmp_path, "small", 0.5, 0.0, "lite0", 64)])
+    perf = pd.DataFrame([{"model": m, "role": "student", "seeds": 1, "val_macro_f1": 0.5, "macro_f1": 0.5}
+                         for m in ("teacher", "student", "small")])
+    out = TB.efficiency_summary(runs, perf)
+    pts = out["pareto"].set_index(["model", "backend"])
+    assert pts.loc[("teacher", "eager"), "p50_ms"] == pts.loc[("student", "eager"), "p50_ms"] == pytest.approx(2.0)
+    assert pts.loc[("teacher", "eager"), "timings"] == 2 and pts.loc[("small", "eager"), "timings"] == 1
+    assert pts.loc[("small", "ort_int8"), "p50_ms"] == pytest.approx(0.25) and pts.loc[("small", "eager"), "size"] == 64
+    assert out["int8"].set_index("model").loc["student", "ort_int8_ms"] == pytest.approx(1.0)
+
+
+def test_a_kd_student_at_another_input_size_has_no_no_kd_pair():
+    base = {"role": "student", "arch": "lite0", "split": "official", "seed": 0, "path": Path("/nonexistent")}
+    runs = pd.DataFrame([{**base, "setting": "nokd", "kd_mode": "none", "size": 64},
+                         {**base, "setting": "kd_128px", "kd_mode": "hinton", "size": 128}])
+    per_seed, table = TB.paired_kd(runs)
+    assert per_seed.empty and table.empty

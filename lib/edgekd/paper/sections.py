@@ -659,14 +659,36 @@ def pareto(src: Source) -> str:
         return md_table(front, {"Model": col("label", str), "Backend": col("backend", str),
                                 "p50 (ms)": col("p50_ms", lambda x: num(x, 2)), "Macro-F1": col("macro_f1")},
                         "The Pareto-optimal models and backends on test macro-F1 of the seed-0 run.", text=("Backend",))
-    return md_table(front, {"Model": col("label", str), "Backend": col("backend", str), "Seeds": col("seeds"),
+    sized = "size" in df  # each point at its model's input size, timed once per architecture and size
+    return md_table(front, {"Model": col("label", str), "Backend": col("backend", str),
+                            **({"Input (px)": col("size")} if sized else {}), "Seeds": col("seeds"),
                             "p50 (ms)": col("p50_ms", lambda x: num(x, 2)), "p99 (ms)": col("p99_ms", lambda x: num(x, 2)),
                             "Validation macro-F1": col("val_macro_f1"), "Test macro-F1": col("macro_f1"),
                             "File (MB)": lambda r: num(r["file_bytes"] / 2**20, 1)},
                     "The Pareto-optimal models and backends, chosen on validation: no other point is both faster and "
                     "better on mean validation macro-F1. Test macro-F1 is the mean over the model's seeds plus the "
-                    "backend's change against eager PyTorch, measured on seed 0 (INT8 is not run on validation).",
+                    "backend's change against eager PyTorch, measured on seed 0 (INT8 is not run on validation)."
+                    + (" Each point runs at its model's input size; its latency is the median over the runs that "
+                       "timed that architecture at that size (the same graph whatever the weights)." if sized else ""),
                     text=("Backend",))
+
+
+def input_sizes(src: Source) -> str | None:
+    """The students trained at more than one input size, in ONNX Runtime INT8: what the larger input buys on validation
+    and test macro-F1 and what it costs in latency (None when no architecture has two sizes)."""
+    df = src.csv("pareto.csv")
+    if "size" not in df or "role" not in df:
+        return None
+    rows = df[(df["role"] == "student") & (df["backend"] == "ort_int8")]
+    rows = rows[rows.groupby("arch")["size"].transform("nunique") > 1].sort_values(["arch", "size", "label"])
+    if rows.empty:
+        return None
+    return md_table(rows, {"Student": col("label", str), "Input (px)": col("size"), "Seeds": col("seeds"),
+                           "Validation macro-F1": col("val_macro_f1"), "Test macro-F1": col("macro_f1"),
+                           "ORT INT8 p50 (ms)": col("p50_ms", lambda x: num(x, 2))},
+                    "Students trained at more than one input size, each a point of the front: what a larger input "
+                    "buys and what it costs (batch 1, the latency of that architecture at that size).",
+                    label="input-sizes")
 
 
 def teacher_agreement(src: Source) -> str:

@@ -84,8 +84,9 @@ PROFILE_KEYS: frozenset[str] = frozenset(
 #: Profile blocks that must be mappings, and those that may also be null (absent).
 REQUIRED_BLOCKS: tuple[str, ...] = ("data", "teacher", "students")
 OPTIONAL_BLOCKS: tuple[str, ...] = ("train", "lesion", "export", "aggregate", *PER_RUN)
-#: Keys of a KD setting that are not KDConfig fields: its name, the archs / seeds it runs on, its train overrides.
-KD_SETTING_KEYS: frozenset[str] = frozenset({"name", "archs", "seeds", "train"})
+#: Keys of a KD setting that are not KDConfig fields: its name, the archs / seeds it runs on, its train overrides
+#: and (if not the profile's) its students' input size.
+KD_SETTING_KEYS: frozenset[str] = frozenset({"name", "archs", "seeds", "train", "size"})
 #: Keys of the teacher block: its architecture, seeds, train overrides and (if not the profile's) input size.
 TEACHER_KEYS: frozenset[str] = frozenset({"arch", "seeds", "train", "size"})
 #: A name that becomes a path component (profile name, archs, KD settings, export models): these characters,
@@ -388,6 +389,9 @@ def _students(prof: dict, data: dict, base_train: dict, root: Path, spec, data_s
             if setting["name"] not in select["kd"]:
                 continue
             setting_archs, setting_seeds = select["archs"], select["seeds"]
+        # A setting's students at their own input size (a point of the accuracy-latency front), on the same images.
+        s_data = data if setting.get("size") is None else asdict(_build(DataConfig, {**data, "size": setting["size"]},
+                                                                         f"{where}.size"))
         for arch in setting_archs:
             train = asdict(_build(TrainConfig, _merge(base_train, students.get("train"), arch_train.get(arch),
                                                       setting.get("train"), where=f"{where}.train ({arch})"),
@@ -399,7 +403,7 @@ def _students(prof: dict, data: dict, base_train: dict, root: Path, spec, data_s
                 t = teachers.get(seed, next(iter(teachers.values()), None))
                 distils = kd["mode"] != "none"
                 rid = f"student-{arch}-{setting['name']}{tag}-s{seed}"
-                params = {"run_dir": str(root / rid), "arch": arch, "seed": seed, "data": data, "train": train,
+                params = {"run_dir": str(root / rid), "arch": arch, "seed": seed, "data": s_data, "train": train,
                           "kd": kd, "teacher_dir": str(t.run_dir) if distils else None}
                 student = spec(rid, "student", root / rid, params, [t] if distils else [], after=[data_spec])
                 student.setting, student.teacher = setting["name"], t

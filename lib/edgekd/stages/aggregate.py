@@ -113,11 +113,12 @@ def _above(table: pd.DataFrame) -> pd.Series:
 
 
 def edge_int8(perf: pd.DataFrame, int8: pd.DataFrame | None) -> pd.Series | None:
-    """The INT8 row of the edge model: the pretrained student distilled with KD (its seed-0 run's efficiency)."""
+    """The INT8 row of the edge model: the pretrained student distilled with KD at its smallest input size (its
+    seed-0 run's efficiency)."""
     if int8 is None or not len(int8):
         return None
     edge = perf[(perf["role"] == "student") & (perf["init"] != "scratch") & (perf["kd_mode"] != "none")]
-    rows = int8[int8["model"].isin(edge["model"])]
+    rows = int8[int8["model"].isin(edge["model"])].sort_values("img_size", kind="stable")
     return None if rows.empty else rows.iloc[0]
 
 

@@ -53,7 +53,7 @@ def run_identity(run: Path) -> dict:
     return {
         "run_id": run.name, "model": model_name(run.name), "label": model_label(role, arch, setting, split),
         "role": role, "arch": arch, "setting": setting, "seed": seed, "split": split,
-        "kd_mode": (kd or {}).get("mode", "teacher"), "standardize": bool((kd or {}).get("standardize", False)),
+        "size": int(cfg["data"]["size"]), "kd_mode": (kd or {}).get("mode", "teacher"), "standardize": bool((kd or {}).get("standardize", False)),
         "tta_views": int(metrics.get("tta_views", 1)), "collapsed": collapsed, "valid": collapsed is None,
         "init": cfg["train"].get("pretrained") or "scratch", "val_macro_f1": val_macro_f1(run), "path": run,
     }

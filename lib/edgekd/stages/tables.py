@@ -148,7 +148,7 @@ def controls(runs: pd.DataFrame) -> list[str]:
 
 def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each KD setting (one that distils) against the no-KD setting ``baseline`` of the same student arch,
-    split and seed.
+    split, input size and seed (a KD student at another size has no pair).
 
     Returns the per-seed deltas (KD − no KD) and, per arch, split and setting: the mean delta with
     its t-interval across seeds (clipped to [−1, 1]); for macro-F1 the hierarchical bootstrap interval
@@ -161,7 +161,7 @@ def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFram
     """
     students = runs[runs["role"] == "student"]
     per_seed, rows = [], []
-    for (arch, split), g in students.groupby(["arch", "split"], sort=False):
+    for (arch, split, _), g in students.groupby(["arch", "split", "size"], sort=False):
         base = g[g["setting"] == baseline].set_index("seed")
         for setting, gk in g[g["kd_mode"] != "none"].groupby("setting", sort=False):
             pairs = [(r, base.loc[r.seed]) for r in gk.itertuples() if r.seed in base.index]
@@ -416,12 +416,19 @@ def efficiency_summary(runs: pd.DataFrame, perf: pd.DataFrame) -> dict[str, pd.D
         "onnx_int8_MB": first["onnx_int8_bytes"] / 2**20, "peak_cpu_rss_mb": first["peak_cpu_rss_mb"],
     })
     result: dict = {"efficiency": cost.reset_index(drop=True), "backends": acc}
-    lat = [pd.read_csv(r.path / "efficiency" / "latency.csv").assign(model=r.model, label=r.label)
+    lat = [pd.read_csv(r.path / "efficiency" / "latency.csv").assign(model=r.model, label=r.label, arch=r.arch)
            for r in have if (r.path / "efficiency" / "latency.csv").exists()]
     if not lat:
         return result
     lat = pd.concat(lat)
-    b1 = lat[(lat["device"] == "cpu") & (lat["batch"] == 1) & (lat["size"] == lat["img_size"])]
+    cpu1 = lat[(lat["device"] == "cpu") & (lat["batch"] == 1)]
+    # One latency per architecture, input size and backend (the same graph whatever its weights): the median over
+    # the runs that timed it, so that two models of one architecture at one size never show two latencies.
+    quantiles = [c for c in ("p50_ms", "p90_ms", "p99_ms") if c in cpu1.columns]
+    pooled = cpu1.groupby(["arch", "size", "backend"], sort=False)[quantiles].median()
+    pooled["timings"] = cpu1.groupby(["arch", "size", "backend"], sort=False).size()
+    b1 = cpu1[cpu1["size"] == cpu1["img_size"]].drop(columns=quantiles).merge(
+        pooled.reset_index(), on=["arch", "size", "backend"], how="left")
     p50 = b1.pivot_table(index=["model", "label"], columns="backend", values="p50_ms", sort=False).reset_index()
     f1 = acc.pivot_table(index="model", columns="backend", values="macro_f1", sort=False)
     int8 = pd.DataFrame({
@@ -441,9 +448,10 @@ def efficiency_summary(runs: pd.DataFrame, perf: pd.DataFrame) -> dict[str, pd.D
     int8["faster"] = int8["speedup_low"] > 1  # the interval of the interleaved passes' median excludes 1
     result |= {"int8": int8, "latency": lat}
     pts = b1.merge(acc, on=["model", "label", "backend"], suffixes=("_latency", ""))[
-        ["model", "label", "backend", "p50_ms", "p90_ms", "p99_ms", "delta_macro_f1_vs_eager", "file_bytes"]]
+        ["model", "label", "arch", "backend", "size", "p50_ms", "p90_ms", "p99_ms", "timings", "delta_macro_f1_vs_eager",
+         "file_bytes"]]
     means = perf.set_index("model")
-    pts = pts.assign(seeds=pts["model"].map(means["seeds"]), val_macro_f1=pts["model"].map(means["val_macro_f1"]),
+    pts = pts.assign(role=pts["model"].map(means["role"]), seeds=pts["model"].map(means["seeds"]), val_macro_f1=pts["model"].map(means["val_macro_f1"]),
                      macro_f1=pts["model"].map(means["macro_f1"]) + pts["delta_macro_f1_vs_eager"])
     pts = pts.sort_values(["p50_ms", "val_macro_f1"], ascending=[True, False]).reset_index(drop=True)
     pts["pareto"] = pts["val_macro_f1"] > pts["val_macro_f1"].cummax().shift(fill_value=-np.inf)

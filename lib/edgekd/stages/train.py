@@ -73,7 +73,8 @@ def teacher_cache(teacher_dir: Path, arrays: D.DermaArrays, augment: str, with_m
     """Teacher logits (V, N, C) and attention maps (V, N, HW) for each augmentation view of each train image.
 
     The finite augmentations (dihedral views) make the teacher's outputs cacheable: it is run once per
-    view and image, in float32 whatever the students' autocast, and shared by every student and seed.
+    view and image, in float32 whatever the students' autocast, and shared by every student and seed
+    (at any input size: the teacher sees its own size of the same views).
     Saved beside the teacher and keyed by the sha256 of its ``best.pt`` (a retrained teacher gets a new
     cache, and the caches of its old weights are deleted), the data, the views, the stages and the device.
     """
@@ -82,7 +83,6 @@ def teacher_cache(teacher_dir: Path, arrays: D.DermaArrays, augment: str, with_m
     t_data = read_config(teacher_dir)["data"]
     fingerprint = {
         "teacher_sha256": weights,
-        "size": arrays.size,
         "teacher_size": int(t_data["size"]),
         "n_train": len(arrays.labels["train"]),
         "labels_sum": int((arrays.labels["train"] * np.arange(1, len(arrays.labels["train"]) + 1)).sum()),
