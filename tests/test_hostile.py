@@ -1173,3 +1173,10 @@ def test_bench_never_overwrites_a_file_it_did_not_write(tmp_path, capsys):
     earlier = tmp_path / "bench.csv"
     earlier.write_text(",".join(bench.CSV_COLUMNS) + "\n")
     assert bench.csv_refusal(earlier, force=False) is None and bench.csv_refusal(notes, force=True) is None
+    # --ops writes <csv stem>_ops.csv beside it: a foreign file there (reached through "..") is refused too
+    (tmp_path / "sub").mkdir()
+    ops = tmp_path / "bench_ops.csv"
+    ops.write_text("my operator notes\n")
+    argv = ["--untrained", "--repeats", "1", "--warmup", "0", "--ops", "1", "--csv", str(tmp_path / "sub" / ".." / "bench.csv")]
+    assert bench.main(argv) == 2
+    assert ops.read_text() == "my operator notes\n" and "bench_ops.csv exists and is not a CSV" in capsys.readouterr().err

@@ -22,7 +22,6 @@ from edgekd.paper import format as FM
 from edgekd.paper import render
 from edgekd.paper import sections as S
 from edgekd.paper import sources as SR
-from edgekd.pipeline import publish
 from edgekd.stages import aggregate as A
 from edgekd.stages import figures as FG
 from edgekd.stages import runs as RN
@@ -272,7 +271,7 @@ def test_cells_never_show_nan_or_booleans():
 
 
 def test_gpu_benchmark_table_and_paragraph_come_from_its_csv(tmp_path, monkeypatch):
-    monkeypatch.setenv(publish.RESULTS_ENV, str(tmp_path))
+    monkeypatch.setenv(info.RESULTS_ENV, str(tmp_path))
     assert SR.gpu() is None  # no benchmark committed: the paper shows no GPU section
     folder = tmp_path / "gpu"
     folder.mkdir()
@@ -291,7 +290,7 @@ def test_gpu_benchmark_table_and_paragraph_come_from_its_csv(tmp_path, monkeypat
 
 
 def test_kd_power_paragraph_and_table_come_from_its_tables(tmp_path, monkeypatch):
-    monkeypatch.setenv(publish.RESULTS_ENV, str(tmp_path))
+    monkeypatch.setenv(info.RESULTS_ENV, str(tmp_path))
     assert SR.kd_power() is None  # no study committed: the paper says so instead
     folder = tmp_path / "studies" / "kd_power"
     folder.mkdir(parents=True)
@@ -502,7 +501,7 @@ def rendered(smoke_outputs, tmp_path_factory, monkeypatch_module):
     """The smoke paper rendered from its outputs (HTML and PDF)."""
     root, _ = smoke_outputs
     monkeypatch_module.setenv(info.OUTPUTS_ENV, str(root.parent))
-    monkeypatch_module.setenv(publish.RESULTS_ENV, str(tmp_path_factory.mktemp("no_results")))
+    monkeypatch_module.setenv(info.RESULTS_ENV, str(tmp_path_factory.mktemp("no_results")))
     out = tmp_path_factory.mktemp("paper")
     html = render.render_fallback("smoke", out_dir=out)
     return html, render.write_pdf(html, out / "paper.pdf")
@@ -609,3 +608,34 @@ def test_teacher_strength_pairs_the_two_teachers_gains_by_seed(tmp_path):
     assert "the same runs (mean macro-F1 identical" in text and "| Lite0 teacher | imagenet |" in text
     other = _strength_source(tmp_path, "other", "Lite0 teacher", "imagenet", 0.52, [0.05, 0.04, 0.06])
     assert "meant to be the same runs but differ" in S.teacher_strength(other, old)
+
+
+def test_students_at_two_sizes_and_the_teacher_recipe_student(tmp_path):
+    """The input-size table lists the students trained at more than one size (INT8 rows only); the student with its
+    teacher's recipe plus KD is named against the teacher, and a student at another size is not."""
+    arms = pd.DataFrame([
+        {"model": "teacher-lite", "label": "Lite teacher", "role": "teacher", "split": "official", "init": "imagenet",
+         "img_size": 128, "epochs": 8, "lr": 0.001, "kd_mode": "teacher", "seeds": 1},
+        {"model": "student-lite-kd", "label": "Lite · kd", "role": "student", "split": "official", "init": "imagenet",
+         "img_size": 64, "epochs": 8, "lr": 0.001, "kd_mode": "hinton", "seeds": 1},
+        {"model": "student-lite-kd_128px", "label": "Lite · kd_128px", "role": "student", "split": "official",
+         "init": "imagenet", "img_size": 128, "epochs": 8, "lr": 0.001, "kd_mode": "hinton", "seeds": 1}])
+    arms.to_csv(tmp_path / "arms.csv", index=False)
+    perf = pd.DataFrame({"model": arms["model"], "val_macro_f1": [0.70, 0.60, 0.72], "macro_f1": [0.71, 0.62, 0.69]})
+    perf.to_csv(tmp_path / "performance.csv", index=False)
+    pareto = pd.DataFrame([{"model": m, "label": lab, "arch": "lite", "role": r, "backend": b, "size": z, "seeds": 1,
+                            "val_macro_f1": 0.6, "macro_f1": 0.6, "p50_ms": 1.0 + z / 64}
+                           for m, lab, r, z in (("teacher-lite", "Lite teacher", "teacher", 128),
+                                                ("student-lite-kd", "Lite · kd", "student", 64),
+                                                ("student-lite-kd_128px", "Lite · kd_128px", "student", 128))
+                           for b in ("ort_fp32", "ort_int8")])
+    pareto.to_csv(tmp_path / "pareto.csv", index=False)
+    src = SR.Source("p", tmp_path, "published", {}, {})
+    table = S.input_sizes(src)
+    body = [line for line in table.splitlines() if line.startswith("| Lite")]
+    assert [line.split("|")[1].strip() for line in body] == ["Lite · kd", "Lite · kd_128px"]  # no teacher, INT8 only
+    text = S.teacher_recipe_student(src)
+    assert text.startswith("Lite · kd_128px has its teacher's recipe") and "0.720 against 0.700" in text
+    arms.loc[2, "lr"] = 0.002  # another recipe: no longer the teacher's
+    arms.to_csv(tmp_path / "arms.csv", index=False)
+    assert S.teacher_recipe_student(src) is None

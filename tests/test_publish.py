@@ -113,7 +113,7 @@ def test_clean_clone_renders_the_paper_from_published_results(published, tmp_pat
     results = tmp_path / "results"
     shutil.copytree(published, results / "smoke")
     monkeypatch.setenv(info.OUTPUTS_ENV, str(tmp_path / "empty_outputs"))
-    monkeypatch.setenv(publish.RESULTS_ENV, str(results))
+    monkeypatch.setenv(info.RESULTS_ENV, str(results))
     t0 = time.time()
     html = render.render_fallback("smoke", out_dir=tmp_path / "paper")
     pdf = render.write_pdf(html, tmp_path / "paper" / "paper.pdf")

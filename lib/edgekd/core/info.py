@@ -108,6 +108,19 @@ def outputs_dir() -> Path:
     return Path(env) if env else REPO_ROOT / "outputs"
 
 
+#: Set (to 1) in the kernels the runner starts: training progress as plain text, which papermill keeps in the
+#: executed notebook, instead of a JupyterLab widget.
+TEXT_PROGRESS_ENV: str = "EDGEKD_TEXT_PROGRESS"
+#: Environment variable naming another folder of published results (tests, a second checkout).
+RESULTS_ENV: str = "EDGEKD_RESULTS"
+
+
+def results_root() -> Path:
+    """Published reference results, one folder per profile: ``$EDGEKD_RESULTS`` or ``<repo>/paper/results``."""
+    env = os.environ.get(RESULTS_ENV)
+    return Path(env) if env else REPO_ROOT / "paper" / "results"
+
+
 #: Folder-name marker of runs trained and tested on the lesion-grouped split.
 LESION_MARK: str = "lesion"
 #: Human names of the architectures, as the tables and the paper print them.

@@ -19,7 +19,7 @@ from edgekd.core.info import ARCH_LABELS, INT8_DELTA_F1_TARGET, INT8_SPEEDUP_TAR
 from edgekd.paper import sources
 from edgekd.paper.format import DASH, Columns, ci_col, col, count, finite, human, md_table, num, pvalue, ratio, signed
 from edgekd.paper.sources import Source
-from edgekd.pipeline import plan, publish, reproduce
+from edgekd.pipeline import plan, reproduce
 
 #: Published test accuracy on DermaMNIST at 64 px (MedMNIST+, Doerrich et al. 2024; ImageNet-pretrained).
 MEDMNIST_PLUS_64PX_ACC: dict[str, float] = {"resnet18": 0.764, "best": 0.795}
@@ -431,7 +431,7 @@ def performance(src: Source) -> str:
                          ("AUC (one-vs-rest)", "auc")):
         columns[name] = ci_col(metric, kind="hb" if hb else "")
     note = PERFORMANCE_NOTE if hb else "95% t-interval across seeds (this reference predates the hierarchical interval)."
-    return md_table(df, columns, "Test performance (official split): mean over seeds. " + note, text=("Seeds",))
+    return md_table(df, columns, "Test performance (official split): mean over seeds. " + note, text=("Seeds",), label="performance")
 
 
 def _hb(r: pd.Series) -> str:
@@ -691,6 +691,32 @@ def input_sizes(src: Source) -> str | None:
                     label="input-sizes")
 
 
+def teacher_recipe_student(src: Source) -> str | None:
+    """A KD student with its teacher's architecture, weights, input size, epochs and learning rate: against the
+    teacher it is KD against no KD with everything else equal (self-distillation). None when there is none."""
+    if not (src.has("arms.csv") and src.has("performance.csv")):
+        return None
+    arms, perf = src.csv("arms.csv"), src.csv("performance.csv").set_index("model")
+    recipe = ["arch_init", "img_size", "epochs", "lr"]
+    arms["arch_init"] = arms["model"].str.split("-").str[1] + "/" + arms["init"].astype(str)
+    teachers = arms[(arms["role"] == "teacher") & (arms["split"] == "official")]
+    if teachers.empty:
+        return None
+    t = teachers.iloc[0]
+    same = arms[(arms["role"] == "student") & (arms["kd_mode"] != "none")
+                & (arms[recipe] == t[recipe]).all(axis=1)]
+    if same.empty or t["model"] not in perf.index:
+        return None
+    s, tp = same.iloc[0], perf.loc[t["model"]]
+    sp = perf.loc[s["model"]]
+    seeds = "1 seed" if int(s["seeds"]) == 1 else f"{int(s['seeds'])} seeds"
+    return (f"{s['label']} has its teacher's recipe: the same network and ImageNet weights, {int(t['img_size'])} px, "
+            f"{int(t['epochs'])} epochs at learning rate {t['lr']:g}, with KD added. Against the teacher it is therefore "
+            f"self-distillation at equal epochs ({seeds}): validation macro-F1 {sp['val_macro_f1']:.3f} against "
+            f"{tp['val_macro_f1']:.3f}, test macro-F1 {sp['macro_f1']:.3f} against {tp['macro_f1']:.3f} (intervals in "
+            "@tbl-performance).\n")
+
+
 def teacher_agreement(src: Source) -> str:
     df = src.csv("paired.csv")
     return md_table(df, {"Student": col("label", str), "Agreement with the teacher": col("agreement"),
@@ -914,7 +940,7 @@ def provenance_tables(src: Source) -> str:
 
 def reproduction(src: Source) -> str:
     """The reproduction report as an appendix: this run against the published reference."""
-    reference = publish.results_root() / src.profile
+    reference = info.results_root() / src.profile
     if src.kind == "published":
         return (f"This rendering reads the published reference itself. After `edgekd-run {src.profile}`, this "
                 "appendix compares every headline number of the new run with it (and `edgekd-run` prints the same "
@@ -958,8 +984,8 @@ def data_licence(src: Source) -> str:
     size = f" ({num(images[0])} dermatoscopic images)" if images else ""
     text = (f"HAM10000{size} is distributed through the Harvard Dataverse [@tschandl2018dataverse] under the "
             "Creative Commons Attribution-NonCommercial 4.0 licence (CC BY-NC 4.0) [@tschandl2018ham10000]. DermaMNIST "
-            "is derived from it [@yang2023medmnist]: the MedMNIST collection is released under CC BY 4.0, but a dataset "
-            "in it keeps its source's terms, so DermaMNIST carries HAM10000's CC BY-NC 4.0. The images, the models "
+            "is derived from it [@yang2023medmnist] and keeps its terms: the `medmnist` package (3.0.1, its dataset "
+            "table `INFO`) lists DermaMNIST under CC BY-NC 4.0, where most MedMNIST datasets are CC BY 4.0. The images, the models "
             "trained on them and the published results derived from them may therefore be used for non-commercial "
             "purposes only, with attribution to both sources.")
     runs = src.csv("runs.csv") if src.has("runs.csv") else pd.DataFrame()
@@ -996,9 +1022,10 @@ def intended_use(src: Source) -> str:
         "prospective study, no comparison with dermatologists, no regulatory review) and must not guide the diagnosis or "
         "treatment of any patient; the model cards of the exported bundles say the same. HAM10000 comes from two sites, "
         "a dermatology department in Vienna, Austria, and a skin cancer practice in Queensland, Australia "
-        "[@tschandl2018ham10000]. Its metadata record age, sex and body site but not skin type or ethnicity, and the "
-        "populations it was drawn from are predominantly fair-skinned, so nothing here says how the models perform on "
-        f"darker skin. Its classes are imbalanced{nv}, its seven classes leave out other skin diseases, and its images "
+        "[@tschandl2018ham10000]. Its metadata record age, sex and body site but not skin type or ethnicity; skin tone "
+        "estimated from the images (the individual typology angle of the ISIC 2018 challenge data, which are HAM10000's "
+        "images) puts most of them in the lighter categories [@kinyanjui2019skintone], so nothing here says how the "
+        f"models perform on darker skin. Its classes are imbalanced{nv}, its seven classes leave out other skin diseases, and its images "
         "are dermatoscopic, not the clinical photographs a phone takes. The images are public and de-identified; this "
         "study collected no data from people.\n"
     )

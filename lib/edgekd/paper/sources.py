@@ -37,7 +37,7 @@ class Source:
 def locate(profile: str) -> Source:
     """``outputs/<profile>/aggregate`` where it exists, else the published ``paper/results/<profile>``."""
     agg = info.outputs_dir() / profile / "aggregate"
-    published = publish.results_root() / profile
+    published = info.results_root() / profile
     if (agg / "numbers.json").exists():
         prov = publish.collect_provenance(profile)
         return Source(profile, agg, "outputs", json.loads((agg / "numbers.json").read_text()), prov)
@@ -73,7 +73,7 @@ def profile(src: Source) -> tuple[dict, str] | None:
 def _committed(name: str, folder: str, table: str, about: str = "provenance.json") -> Source | None:
     """A study committed under ``paper/results/<folder>`` when it holds ``table``, with ``about`` (JSON) as its
     provenance; else None."""
-    path = publish.results_root() / folder
+    path = info.results_root() / folder
     if not (path / table).exists():
         return None
     prov = json.loads((path / about).read_text()) if (path / about).exists() else {}

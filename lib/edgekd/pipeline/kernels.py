@@ -11,6 +11,8 @@ from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
 
+from edgekd.core import info
+
 #: glibc malloc settings for every kernel the runner and the paper start (they replace what the parent has,
 #: such as the ``MALLOC_TRIM_THRESHOLD_=65536`` a Dask nanny sets for its workers). glibc serves a block above
 #: its mmap threshold (at most 32 MiB) with a fresh mmap, zero-filled by page faults and unmapped when freed:
@@ -18,10 +20,12 @@ from jupyter_client.manager import AsyncKernelManager
 #: before it is trimmed), measured on the 2-core machine with one thread: a 128 px EfficientNet-Lite0 predicts
 #: 1,024 images at batch 512 in 5.6 s instead of 22.0 s (16 s of it system time), and a MobileNetV2 training step
 #: (batch 128, 64 px) takes 0.58 s instead of 0.74 s. Other C libraries ignore these variables.
+#: The runner's kernels also show training progress as text (:data:`edgekd.core.info.TEXT_PROGRESS_ENV`).
 KERNEL_ENV: dict[str, str] = {
     "MALLOC_MMAP_MAX_": "0",
     "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
     "MALLOC_TOP_PAD_": str(64 << 20),
+    info.TEXT_PROGRESS_ENV: "1",
 }
 
 

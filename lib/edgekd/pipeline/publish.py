@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -27,10 +26,6 @@ from edgekd.core.files import BOOKKEEPING, OutsideRoot, check_inside, remove, re
 from edgekd.core.inputs import listed
 from edgekd.pipeline import plan, reproduce
 
-#: Published reference results, one folder per profile.
-RESULTS_DIR: Path = info.REPO_ROOT / "paper" / "results"
-#: Environment variable naming another results folder (tests, a second checkout).
-RESULTS_ENV: str = "EDGEKD_RESULTS"
 #: File types copied from the aggregate folder.
 SUFFIXES: tuple[str, ...] = (".csv", ".json", ".png")
 #: Refuse a file or a whole publication larger than these (the repository holds only small files).
@@ -43,12 +38,6 @@ PACKAGES: tuple[str, ...] = ("torch", "torchvision", "timm", "numpy", "pandas", 
 
 class NotPublishable(RuntimeError):
     """The run is incomplete or stale, or its aggregate holds something too large to commit."""
-
-
-def results_root() -> Path:
-    """``$EDGEKD_RESULTS`` or ``paper/results``."""
-    env = os.environ.get(RESULTS_ENV)
-    return Path(env) if env else RESULTS_DIR
 
 
 def _specs(profile: str, outputs_root: Path) -> list:
@@ -163,7 +152,7 @@ def _swap_in(files: list[Path], provenance_record: dict, dest: Path, results: Pa
 def publish(profile: str, outputs_root: Path | None = None, results: Path | None = None) -> Path:
     """Copy ``outputs/<profile>/aggregate``'s small files and provenance.json to ``<results>/<profile>/``."""
     outputs_root = Path(outputs_root) if outputs_root is not None else info.outputs_dir()
-    results = Path(results) if results is not None else results_root()
+    results = Path(results) if results is not None else info.results_root()
     dest = results / profile
     check_replaceable(dest, profile, results)
     check_complete(profile, outputs_root)
@@ -183,7 +172,7 @@ def reproduction_report(profile: str, outputs_root: Path | None = None, results:
     """The reproduction report of ``outputs/<profile>`` against ``paper/results/<profile>`` as text
     ("" when either side has no results): what ``edgekd-run`` prints at the end of a run."""
     outputs_root = Path(outputs_root) if outputs_root is not None else info.outputs_dir()
-    reference = (Path(results) if results is not None else results_root()) / profile
+    reference = (Path(results) if results is not None else info.results_root()) / profile
     reproduced = outputs_root / profile / "aggregate"
     if not ((reference / "seed_metrics.csv").exists() and (reproduced / "seed_metrics.csv").exists()):
         return ""
@@ -200,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="edgekd-publish", description=__doc__.splitlines()[0])
     ap.add_argument("profile", help="profile whose complete run to publish (smoke, default, cpu64, paper)")
     ap.add_argument("--outputs", type=Path, default=None, help=f"outputs root (default ${info.OUTPUTS_ENV} or outputs/)")
-    ap.add_argument("--results", type=Path, default=None, help=f"results root (default ${RESULTS_ENV} or paper/results/)")
+    ap.add_argument("--results", type=Path, default=None, help=f"results root (default ${info.RESULTS_ENV} or paper/results/)")
     args = ap.parse_args(argv)
     try:
         dest = publish(args.profile, args.outputs, args.results)

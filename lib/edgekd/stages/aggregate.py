@@ -411,3 +411,29 @@ def run_aggregate(profile_dir: Path, out_dir: Path) -> dict:
     (out_dir / "numbers.json").write_text(json.dumps(res["numbers"], indent=2))
     (out_dir / "machine.json").write_text(json.dumps(provenance.machine(), indent=2))  # the machine the stages ran on
     return res
+
+
+def published(profile: str) -> dict:
+    """The published reference ``paper/results/<profile>`` by the names :func:`run_aggregate` returns: each table as
+    a DataFrame, each figure (``<name>_fig``) as the path of its PNG, and ``numbers``."""
+    folder = info.results_root() / profile
+    if not (folder / "numbers.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no published results (numbers.json): see `edgekd-publish --help`")
+    res: dict = {p.stem: pd.read_csv(p) for p in sorted(folder.glob("*.csv"))}
+    res |= {f"{p.stem}_fig": p for p in sorted(folder.glob("*.png"))}
+    res["numbers"] = json.loads((folder / "numbers.json").read_text())
+    return res
+
+
+def aggregate_or_published(profile_dir: Path, out_dir: Path, profile: str) -> tuple[dict, str]:
+    """:func:`run_aggregate` over the evaluated runs under ``profile_dir``; where there are none, the published
+    reference of ``profile`` (:func:`published`, nothing written). Returns the results and a sentence saying which."""
+    try:
+        discover(Path(profile_dir))
+    except FileNotFoundError:
+        return published(profile), (
+            f"**No evaluated runs under `{profile_dir}`**, so this shows the published reference "
+            f"`paper/results/{profile}` (read-only; nothing is written). To aggregate runs of your own, run "
+            f"02_teacher, 03_student and 04_evaluate, or `.venv/bin/edgekd-run <profile>`.")
+    return run_aggregate(Path(profile_dir), Path(out_dir)), f"Aggregated the evaluated runs under `{profile_dir}` into `{out_dir}`."
+

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -27,6 +28,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+from tqdm.auto import tqdm as auto_tqdm
 
 from edgekd.core import augment as AU
 from edgekd.core import info, provenance
@@ -310,8 +312,10 @@ def _train_epoch(state: _State, batch_loss: _BatchLoss, arrays: D.DermaArrays, s
     views = AU.sample_views(n, cfg.augment, gen)
     sums: dict[str, float] = {}
     seen = correct = 0
-    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-               mininterval=5.0, file=sys.stdout)
+    # A widget in JupyterLab; text where the runner asks for it (papermill keeps text) and outside Jupyter.
+    bar_type = tqdm if os.environ.get(info.TEXT_PROGRESS_ENV) else auto_tqdm
+    bar = bar_type(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+                   mininterval=5.0, file=sys.stdout)
     for step in bar:
         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         v = views[step * cfg.batch_size : (step + 1) * cfg.batch_size]
