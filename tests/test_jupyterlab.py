@@ -39,7 +39,7 @@ def free_port() -> int:
 
 #: The notebooks in the documented order (README), and the figures each shows at least with its defaults.
 ORDER: dict[str, int] = {"01_data": 1, "02_teacher": 2, "03_student": 2, "04_evaluate": 3, "05_robustness": 2,
-                         "06_efficiency": 0, "07_aggregate": 5, "08_export": 0}
+                         "06_efficiency": 0, "07_aggregate": 6, "08_export": 0}
 #: Where JupyterLab renders text outputs, and what no cell may print alone.
 PLAIN = '.jp-OutputArea-output[data-mime-type="text/plain"]'
 BARE = {"None", "''", '""', "None None"}

@@ -75,5 +75,7 @@ def test_aggregate_notebook_shows_the_published_reference_without_local_runs(tmp
     assert res["numbers"] == json.loads((published / "numbers.json").read_text())
     assert res["performance"].equals(pd.read_csv(published / "performance.csv"))
     assert res["pareto_fig"] == published / "pareto.png" and res["pareto_fig"].is_file()
+    with pytest.raises(FileNotFoundError, match="no evaluated runs"):  # the runner's aggregate: no fallback
+        A.aggregate_or_published(tmp_path / "no_runs", tmp_path / "aggregate", None)
     with pytest.raises(FileNotFoundError, match="no published results"):
         A.aggregate_or_published(tmp_path / "no_runs", tmp_path / "aggregate", "no_such_profile")

@@ -467,7 +467,8 @@ def expand(prof: dict, outputs: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> li
             raise ConfigError(f"aggregate: takes no parameters (the runner sets its profile_dir and out_dir), "
                               f"got {sorted(map(str, prof['aggregate']))}")
         agg = root / "aggregate"
-        params = {"profile_dir": str(root), "out_dir": str(agg)}
+        # No published reference in place of missing runs: the runner's aggregate reads its own runs or fails.
+        params = {"profile_dir": str(root), "out_dir": str(agg), "reference": None}
         specs.append(spec("aggregate", "aggregate", agg, params, [s for s in specs if s.stage in PER_RUN]))
     return [s for s in specs if s.stage in stages]
 

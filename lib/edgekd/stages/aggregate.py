@@ -425,12 +425,15 @@ def published(profile: str) -> dict:
     return res
 
 
-def aggregate_or_published(profile_dir: Path, out_dir: Path, profile: str) -> tuple[dict, str]:
+def aggregate_or_published(profile_dir: Path, out_dir: Path, profile: str | None) -> tuple[dict, str]:
     """:func:`run_aggregate` over the evaluated runs under ``profile_dir``; where there are none, the published
-    reference of ``profile`` (:func:`published`, nothing written). Returns the results and a sentence saying which."""
+    reference of ``profile`` (:func:`published`, nothing written), or with ``profile`` None the FileNotFoundError.
+    Returns the results and a sentence saying which."""
     try:
         discover(Path(profile_dir))
     except FileNotFoundError:
+        if profile is None:
+            raise
         return published(profile), (
             f"**No evaluated runs under `{profile_dir}`**, so this shows the published reference "
             f"`paper/results/{profile}` (read-only; nothing is written). To aggregate runs of your own, run "

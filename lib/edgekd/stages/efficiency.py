@@ -12,13 +12,15 @@ PyTorch to ~1e-6 on timm CNNs. It is deprecated upstream and emits a warning.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import io
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -136,11 +138,30 @@ def state_dict_bytes(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
+#: Warnings of the export path that say nothing about these models, silenced where they arise (so that a notebook
+#: shows no stderr box for them): TorchScript's deprecation (TorchScript stays a measured backend while torch ships
+#: it) and the ONNX exporter's note that it cannot constant-fold a strided Slice (the graph is exported unfolded, and
+#: every export is checked against eager PyTorch on the test split).
+EXPORT_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    (FutureWarning, r"`torch\.jit\.\w+` is deprecated"),
+    (UserWarning, r"Constant folding - Only steps=1 can be constant folded"),
+)
+
+
+@contextlib.contextmanager
+def quiet_export() -> Iterator[None]:
+    """Silence :data:`EXPORT_WARNINGS` (and only those) inside the block."""
+    with warnings.catch_warnings():
+        for category, message in EXPORT_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
 def export_torchscript(model: nn.Module, img_size: int, path: str | Path) -> Path:
     """Trace ``model`` (eval, CPU) at ``img_size``, freeze it (weights inlined as constants, BatchNorm
     folded) and save it as TorchScript; returns ``path``."""
     path = Path(path)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_export():
         traced = torch.jit.freeze(torch.jit.trace(_eval_copy(model), _example(img_size)))
     traced.save(str(path))
     return path
@@ -157,16 +178,17 @@ def export_onnx(
     "same" padding (the EfficientNet-Lite weights) is exported as constant pads (:func:`static_same_padding`).
     """
     path = Path(path)
-    torch.onnx.export(
-        static_same_padding(_eval_copy(model), img_size),
-        (_example(img_size),),
-        str(path),
-        input_names=["input"],
-        output_names=["logits"],
-        opset_version=opset,
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-    )
+    with quiet_export():
+        torch.onnx.export(
+            static_same_padding(_eval_copy(model), img_size),
+            (_example(img_size),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
     return path
 
 
@@ -306,7 +328,8 @@ def load_backend(
     if isinstance(source, nn.Module):
         raise TypeError(f"backend {name!r} needs a file path, got an nn.Module")
     if name == "torchscript":
-        module = torch.jit.load(str(source), map_location=device).eval()
+        with quiet_export():
+            module = torch.jit.load(str(source), map_location=device).eval()
         return _torch_backend(module, torch.device(device), amp)
     if device != "cpu" or amp:
         raise ValueError(f"backend {name!r} runs on CPU without amp")
