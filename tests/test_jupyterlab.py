@@ -163,6 +163,8 @@ def test_every_notebook_runs_in_jupyterlab_in_the_documented_order(lab):
             ) if bad]
         browser.close()
     print("JupyterLab, notebook by notebook:", *report, sep="\n  ")
+    if shots:
+        (Path(shots) / "notebooks.txt").write_text("\n".join(report) + "\n")
     assert problems == []
     runs = lab["work"] / "outputs" / "notebooks"
     assert (runs / "student-efficientnet_lite0-kd-s0" / "eval" / "metrics.csv").is_file()
