@@ -81,8 +81,8 @@ def test_exports_silence_only_the_explained_warnings(resnet18: nn.Module, tmp_pa
         E.export_torchscript(resnet18, 28, tmp_path / "m.pt")
         E.export_onnx(resnet18, 28, tmp_path / "m.onnx")
         with E.quiet_export():
-            warnings.warn("`torch.jit.trace` is deprecated.", FutureWarning)
-            warnings.warn("something else", UserWarning)
+            warnings.warn("`torch.jit.trace` is deprecated.", FutureWarning, stacklevel=1)
+            warnings.warn("something else", UserWarning, stacklevel=1)
     # DeprecationWarnings raised outside __main__ are hidden by Python's default filters, in a notebook too
     assert [str(w.message) for w in seen if not issubclass(w.category, DeprecationWarning)] == ["something else"]
 

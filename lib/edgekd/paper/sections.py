@@ -6,7 +6,7 @@ the pandoc fallback render the same text; no raw column name reaches the page.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -686,8 +686,9 @@ def input_sizes(src: Source) -> str | None:
     return md_table(rows, {"Student": col("label", str), "Input (px)": col("size"), "Seeds": col("seeds"),
                            "Validation macro-F1": col("val_macro_f1"), "Test macro-F1": col("macro_f1"),
                            "ORT INT8 p50 (ms)": col("p50_ms", lambda x: num(x, 2))},
-                    "Students trained at more than one input size, each a point of the front: what a larger input "
-                    "buys and what it costs (batch 1, the latency of that architecture at that size).",
+                    "Students trained at more than one input size, each a point of the front, in ONNX Runtime INT8: "
+                    "what a larger input buys and what it costs. Test macro-F1 is the seed mean plus INT8's change "
+                    "(measured on seed 0); latency at batch 1, that architecture's at that size.",
                     label="input-sizes")
 
 
@@ -1040,12 +1041,23 @@ def resolution_note(size: int) -> str:
             f"so DermaMNIST's centre square crop is {side}×{side} px and the {size} px input is {how} it.")
 
 
-def abstract(n: dict) -> str:
-    """The abstract, written from ``numbers.json`` (see :data:`edgekd.stages.aggregate.NUMBERS`)."""
+def student_sizes(src: Source) -> list[int]:
+    """The input sizes of the official-split students (``arms.csv``), smallest first; [] without the table."""
+    if not src.has("arms.csv"):
+        return []
+    arms = src.csv("arms.csv")
+    return sorted({int(x) for x in arms.loc[(arms["role"] == "student") & (arms["split"] == "official"), "img_size"]})
+
+
+def abstract(n: dict, sizes: Sequence[int] = ()) -> str:
+    """The abstract, written from ``numbers.json`` (see :data:`edgekd.stages.aggregate.NUMBERS`); ``sizes``, the
+    students' input sizes where more than one (:func:`student_sizes`)."""
     students = ", ".join(n.get("student_archs") or []) or "student"
+    at = (f"{n['size']} px" if len(sizes) < 2 else
+          f"{sizes[0]} px (some also at {', '.join(str(z) for z in sizes[1:])} px)")
     teacher = f"an {n['teacher']}" if n["teacher"] and n["teacher"][0] in "AEIOU" else f"a {n['teacher'] or 'teacher'}"
     parts = [f"Can a small skin-lesion classifier for edge devices learn from a larger teacher? On DermaMNIST "
-             f"(HAM10000, 7 classes) with students at {n['size']} px, we distil {teacher} into {students} students and "
+             f"(HAM10000, 7 classes) with students at {at}, we distil {teacher} into {students} students and "
              f"compare each, seed by seed, with the same architecture trained without a teacher "
              f"(up to {n['n_seeds']} seeds; {n['n_valid']} of {n['n_runs']} runs usable"
              + (f", {n['n_excluded']} excluded because they collapsed to a near-constant predictor" if n["n_excluded"] else "")
