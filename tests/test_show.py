@@ -5,6 +5,7 @@ fallback to the published reference."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,14 @@ from edgekd.stages import show as SH
 def test_pick_keeps_the_named_columns_it_has_in_order_and_renames_them():
     df = pd.DataFrame({"b": [1], "a": [2], "c": [3]})
     assert list(SH.pick(df, {"a": "A", "missing": "M", "b": "B"}).columns) == ["A", "B"]
+
+
+def test_dashes_fill_missing_cells_without_a_dtype_warning():
+    table = pd.DataFrame({"value": [0.5, np.nan], "by": ["A", None]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a notebook shows any warning as a stderr box
+        out = SH.dashes(table)
+    assert out.loc[1, "value"] == "—" and out.loc[1, "by"] == "—" and out.loc[0, "value"] == 0.5
 
 
 def test_performance_shows_each_metric_with_its_seeds_and_images_interval():

@@ -32,6 +32,11 @@ def pick(table: pd.DataFrame, columns: Mapping[str, str]) -> pd.DataFrame:
     return table[[c for c in columns if c in table.columns]].rename(columns=dict(columns))
 
 
+def dashes(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with its missing cells shown as a dash (a target no run measures, a model with no interval)."""
+    return table.astype(object).where(table.notna(), "—")
+
+
 def interval(value: float, low: float, high: float) -> str:
     """``0.812 [0.790, 0.833]``; the value alone where the interval is missing."""
     if pd.isna(value):
