@@ -1,6 +1,6 @@
 """The stage notebooks' standalone demo: one home for their default parameters, and what builds a missing demo run.
 
-Opened on its own, each stage notebook runs a small real study in a minute or two on a 2-core CPU: a
+Opened on its own, each stage notebook runs a small real study in a few minutes at most on a 2-core CPU: a
 class-stratified 3,000 / 500 / 500-image subset of the official DermaMNIST split at 64 px, EfficientNet-Lite0 from
 its ImageNet weights as the teacher (``02_teacher``) and as its distilled student (``03_student``), 2 epochs each.
 The later notebooks read that student; opened first, they train it (and its teacher) with these same defaults and
