@@ -69,6 +69,11 @@ def test_a_missing_run_that_is_not_the_demo_is_an_error_naming_what_makes_it(tmp
     assert not (tmp_path / "student-resnet18-kd-s0").exists()  # nothing made
 
 
+def test_another_run_folder_is_read_as_it_is_and_the_stage_names_what_it_lacks(tmp_path):
+    (tmp_path / "student-resnet18-kd-s0").mkdir()
+    assert DM.ensure_run(tmp_path / "student-resnet18-kd-s0").startswith("Reading the run")
+
+
 def test_a_finished_run_is_read_as_it_is(tmp_path):
     for name in ("run_config.json", "best.pt", "metrics.json"):
         (tmp_path / name).write_text("{}")

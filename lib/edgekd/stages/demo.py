@@ -43,13 +43,15 @@ def finished(run_dir: str | Path) -> bool:
 
 def ensure_run(run_dir: str | Path) -> str:
     """Say which run a notebook reads: ``run_dir`` when it is finished; the demo teacher or student trained now with
-    this module's defaults when it is one of them and missing. Any other missing run is a FileNotFoundError that
-    names what makes it."""
+    this module's defaults when it is one of them and unfinished. Any other run folder is read as it is (the stage
+    names what it lacks); a missing one is a FileNotFoundError that names what makes it."""
     run_dir = Path(run_dir)
     if finished(run_dir):
         return f"Reading the finished run `{run_dir}`."
     demo = {Path(TEACHER_DIR).resolve(): "teacher", Path(STUDENT_DIR).resolve(): "student"}
     role = demo.get(run_dir.resolve())
+    if role is None and run_dir.is_dir():
+        return f"Reading the run `{run_dir}`."
     if role is None:
         raise FileNotFoundError(
             f"{run_dir} is not a finished run: run its profile first (.venv/bin/edgekd-run <profile>), or leave "
