@@ -621,7 +621,8 @@ def test_students_at_two_sizes_and_the_teacher_recipe_student(tmp_path):
         {"model": "student-lite-kd_128px", "label": "Lite · kd_128px", "role": "student", "split": "official",
          "init": "imagenet", "img_size": 128, "epochs": 8, "lr": 0.001, "kd_mode": "hinton", "seeds": 1}])
     arms.to_csv(tmp_path / "arms.csv", index=False)
-    perf = pd.DataFrame({"model": arms["model"], "val_macro_f1": [0.70, 0.60, 0.72], "macro_f1": [0.71, 0.62, 0.69]})
+    perf = pd.DataFrame({"model": arms["model"], "arch": "lite", "val_macro_f1": [0.70, 0.60, 0.72],
+                         "macro_f1": [0.71, 0.62, 0.69]})
     perf.to_csv(tmp_path / "performance.csv", index=False)
     pareto = pd.DataFrame([{"model": m, "label": lab, "arch": "lite", "role": r, "backend": b, "size": z, "seeds": 1,
                             "val_macro_f1": 0.6, "macro_f1": 0.6, "p50_ms": 1.0 + z / 64}

@@ -698,8 +698,8 @@ def teacher_recipe_student(src: Source) -> str | None:
     if not (src.has("arms.csv") and src.has("performance.csv")):
         return None
     arms, perf = src.csv("arms.csv"), src.csv("performance.csv").set_index("model")
-    recipe = ["arch_init", "img_size", "epochs", "lr"]
-    arms["arch_init"] = arms["model"].str.split("-").str[1] + "/" + arms["init"].astype(str)
+    recipe = ["arch", "init", "img_size", "epochs", "lr"]
+    arms["arch"] = arms["model"].map(perf["arch"])
     teachers = arms[(arms["role"] == "teacher") & (arms["split"] == "official")]
     if teachers.empty:
         return None

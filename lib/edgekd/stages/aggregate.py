@@ -31,7 +31,7 @@ from edgekd.stages.figures import (
     reliability_grid,
     training_curves_figure,
 )
-from edgekd.stages.runs import BASELINE, discover, eval_table, excluded_runs, having
+from edgekd.stages.runs import BASELINE, discover, eval_table, evaluated, excluded_runs, having
 from edgekd.stages.tables import (
     ablation_table,
     arms,
@@ -429,11 +429,7 @@ def aggregate_or_published(profile_dir: Path, out_dir: Path, profile: str | None
     """:func:`run_aggregate` over the evaluated runs under ``profile_dir``; where there are none, the published
     reference of ``profile`` (:func:`published`, nothing written), or with ``profile`` None the FileNotFoundError.
     Returns the results and a sentence saying which."""
-    try:
-        discover(Path(profile_dir))
-    except FileNotFoundError:
-        if profile is None:
-            raise
+    if profile is not None and not evaluated(profile_dir):
         return published(profile), (
             f"**No evaluated runs under `{profile_dir}`**, so this shows the published reference "
             f"`paper/results/{profile}` (read-only; nothing is written). To aggregate runs of your own, run "

@@ -65,10 +65,15 @@ def val_macro_f1(run: Path) -> float:
         return M.macro_f1(z["val_labels"], z["val_logits"].argmax(1))
 
 
+def evaluated(profile_dir: Path) -> list[Path]:
+    """The run folders of a profile that the evaluate stage finished (only those are aggregated)."""
+    return [p.parent for p in sorted(Path(profile_dir).glob("*/run_config.json"))
+            if (p.parent / "eval" / "metrics.csv").exists()]
+
+
 def discover(profile_dir: Path) -> pd.DataFrame:
     """Evaluated runs of a profile, one row per run (:func:`run_identity`), teachers first."""
-    rows = [run_identity(p.parent) for p in sorted(Path(profile_dir).glob("*/run_config.json"))
-            if (p.parent / "eval" / "metrics.csv").exists()]  # only evaluated runs are aggregated
+    rows = [run_identity(run) for run in evaluated(profile_dir)]
     if not rows:
         raise FileNotFoundError(f"no evaluated runs under {profile_dir} (run the evaluate stage first)")
     runs = pd.DataFrame(rows)
