@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 from edgekd.core import provenance  # noqa: E402
 from edgekd.core.models import create_model  # noqa: E402
 from edgekd.pipeline import plan, progress  # noqa: E402
-from edgekd.stages import efficiency  # noqa: E402
+from edgekd.stages import backends, efficiency  # noqa: E402
 
 PROFILES = ("default", "paper")
 
@@ -56,7 +56,7 @@ def latency_table(repeats: int, batches: tuple[int, ...]) -> pd.DataFrame:
         for m in models_of(profile):
             model = create_model(m["arch"], m["size"], stem_stride=m["stem_stride"]).eval()
             for amp in (False, True):
-                fn = efficiency.load_backend("eager", model, device="cuda", amp=amp)
+                fn = backends.load_backend("eager", model, device="cuda", amp=amp)
                 for batch in batches:
                     x = torch.randn(batch, 3, m["size"], m["size"], device="cuda")
                     stats = efficiency.latency(fn, x, warmup=10, repeats=repeats)

@@ -34,6 +34,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from edge_helpers import export_bundle, isic_folder, trained_run  # noqa: E402
 from edgekd.core import info  # noqa: E402
+from edgekd.pipeline.kernels import MALLOC_ENV  # noqa: E402
+
+# The runner's malloc settings for every process the tests start (the smoke profile, the nbval and JupyterLab
+# kernels): glibc reads them when a process starts, so they take effect in children, not in this process.
+for _name, _value in MALLOC_ENV.items():
+    os.environ.setdefault(_name, _value)
 from edgekd.stages import data as D  # noqa: E402
 from fake_bundle import fake_bundle  # noqa: E402
 
@@ -68,16 +74,26 @@ def _needs_smoke(item: pytest.Item) -> bool:
     return "smoke_outputs" in getattr(item, "fixturenames", ())
 
 
+def _rank(item: pytest.Item) -> int:
+    """Where an item runs: the unit tests, then the nbval notebooks (they train the notebooks' demo runs), then the
+    JupyterLab test (it reads those runs where they are finished), then the smoke profile's readers."""
+    if _needs_smoke(item):
+        return 3
+    if item.path.name == "test_jupyterlab.py":
+        return 2
+    return 1 if item.path.suffix == ".ipynb" else 0
+
+
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by these markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark ``data`` and ``smoke`` items; move the ``smoke`` ones last (stable: modules and notebooks keep their
+    """Mark ``data`` and ``smoke`` items and order them by :func:`_rank` (stable: modules and notebooks keep their
     order), so that the smoke profile runs in the background while everything else runs."""
     for item in items:
         if _needs_data(item):
             item.add_marker(pytest.mark.data)
         if _needs_smoke(item):
             item.add_marker(pytest.mark.smoke)
-    items[:] = [i for i in items if not _needs_smoke(i)] + [i for i in items if _needs_smoke(i)]
+    items.sort(key=_rank)
 
 
 # ----------------------------------------------------------------------------------------------- real data

@@ -79,12 +79,14 @@ def test_editing_evaluate_notebook_reruns_only_evaluate_and_keeps_trained_models
     assert {stage for _, stage in stale} == {"evaluate", "aggregate"} and len(stale) == 14
     assert all(r["why"] == "notebook" for r in dry if r["stage"] == "evaluate")
 
-    summary = R.run_profile("smoke", smoke_copy, notebooks_dir=nb_dir, estimate=False)
+    # On Dask's two workers (the 13 evaluations run two at a time; the aggregate after them).
+    summary = R.run_profile("smoke", smoke_copy, notebooks_dir=nb_dir, executor="dask", workers=2, estimate=False)
     ran = {(r["run_id"], r["stage"]) for r in summary if r["status"] == "ran"}
     assert ran == stale
     assert _fingerprints(root) == before  # every best.pt, prediction and metric: same bytes, same mtime
     for run in root.glob("*-s[0-9]"):
         assert (run / "eval" / "metrics.csv").exists() and (run / "eval" / "evaluate.ipynb").exists()
+    for run in root.glob("*-s0"):
         assert (run / "robustness" / "corruptions.csv").exists() and (run / "efficiency" / "model.csv").exists()
     again = R.run_profile("smoke", smoke_copy, dry_run=True, notebooks_dir=nb_dir)
     assert {r["status"] for r in again} == {"fresh"}
@@ -92,9 +94,7 @@ def test_editing_evaluate_notebook_reruns_only_evaluate_and_keeps_trained_models
 
 def test_library_edit_marks_exactly_the_runs_that_use_it(smoke_outputs, tmp_path, monkeypatch):
     root, _ = smoke_outputs
-    lib = tmp_path / "edgekd"
-    shutil.copytree(PL.LIB_DIR, lib, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(PL, "LIB_DIR", lib)
+    lib = _lib_copy(tmp_path, monkeypatch)
     specs = R.expand(R.load_profile("smoke"), root.parent)
     assert set(R.status_table(specs)["status"]) == {"fresh"}
 
@@ -114,6 +114,49 @@ def test_library_edit_marks_exactly_the_runs_that_use_it(smoke_outputs, tmp_path
     assert (trained["status"] == "stale").all() and trained["why"].str.contains("library").all()
     evaluate = table.xs("evaluate", level="stage")
     assert (evaluate["status"] == "stale").all() and evaluate["why"].str.contains("upstream not fresh").all()
+
+
+def _lib_copy(tmp_path: Path, monkeypatch) -> Path:
+    """A copy of the library that the digests read (edits to it leave the real one alone)."""
+    lib = tmp_path / "edgekd"
+    shutil.copytree(PL.LIB_DIR, lib, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(PL, "LIB_DIR", lib)
+    return lib
+
+
+def test_display_and_demo_edits_keep_every_run_fresh_and_latency_edits_keep_evaluate_fresh(smoke_outputs, tmp_path,
+                                                                                           monkeypatch):
+    """Every notebook imports the display helpers and the demo's defaults (which import training): an edit there
+    must not mark trained runs stale (the whole main job). Evaluate and export must not follow the latency code."""
+    root, _ = smoke_outputs
+    lib = _lib_copy(tmp_path, monkeypatch)
+    specs = R.expand(R.load_profile("smoke"), root.parent)
+    for module in ("show", "demo"):
+        with open(lib / "stages" / f"{module}.py", "a") as fh:
+            fh.write("\n# a display or demo edit\n")
+        table = R.status_table(specs)
+        assert set(table["status"]) == {"fresh"}, (module, table[table["status"] != "fresh"])
+
+    with open(lib / "stages" / "efficiency.py", "a") as fh:
+        fh.write("\n# a change to the latency loop\n")
+    table = R.status_table(specs).set_index(["run_id", "stage"])
+    stale = table[table["status"] != "fresh"].index
+    assert set(stale.get_level_values("stage")) == {"efficiency", "aggregate"}, table.loc[stale]
+    assert (table.xs("efficiency", level="stage")["why"] == "library").all()
+
+
+def test_status_table_equals_each_runs_own_status(smoke_copy):
+    """The table remembers statuses while it is made; each row is still what that run's own status says."""
+    specs = R.expand(R.load_profile("smoke"), smoke_copy)
+    run = smoke_copy / "smoke" / "student-resnet18-kdat-s0"
+    marker = run / ".done-student.json"
+    mark = json.loads(marker.read_text())
+    mark["components"]["params"] = "from an earlier profile"
+    marker.write_text(json.dumps(mark))
+    table = R.status_table(specs)
+    assert list(zip(table["status"], table["why"], strict=True)) == [(st, "; ".join(why)) for st, why in
+                                                                    (s.status() for s in specs)]
+    assert (table["status"] != "fresh").sum() >= 4  # the student, its evaluate, robustness, efficiency, aggregate
 
 
 def test_dry_run_cli_says_why(smoke_outputs, capsys):
@@ -197,6 +240,33 @@ def test_retrained_teacher_gets_a_new_cache(tmp_path):
     expected, _ = predict(load_run(teacher).model, arrays.images["train"], amp=False)
     np.testing.assert_allclose(second[0].numpy(), expected, atol=1e-5)
     assert len(list(teacher.glob("teacher_cache_*.pt"))) == 1  # the stale cache is gone
+
+
+@pytest.mark.usefixtures("data_dir")  # DATA reads the default (real) data folder
+def test_the_cache_step_builds_the_cache_its_students_read(tmp_path):
+    """The runner's cache step (on Dask, right after the teacher) builds from the teacher's own images the very
+    file a student then reads: the student does not build it again."""
+    teacher = tmp_path / "teacher"
+    data = D.DataConfig(**DATA)
+    T.run_train(teacher, "resnet18", 0, data, T.TrainConfig(**{**CFG, "epochs": 1}))
+    assert not list(teacher.glob("teacher_cache_*.pt"))
+    T.build_teacher_cache(teacher, "dihedral", False, "cpu", 2)
+    (built,) = teacher.glob("teacher_cache_*.pt")
+    stamp = built.stat().st_mtime_ns
+    cache = T.teacher_cache(teacher, D.load(data), "dihedral", False, torch.device("cpu"))  # what a student asks for
+    assert list(teacher.glob("teacher_cache_*.pt")) == [built] and built.stat().st_mtime_ns == stamp
+    expected, _ = predict(load_run(teacher).model, D.load(data).images["train"], amp=False)
+    np.testing.assert_allclose(cache["logits"][0].numpy(), expected, atol=1e-5)
+
+
+def test_cache_requests_name_each_teachers_caches():
+    specs = R.expand(R.load_profile("smoke"), Path("/tmp/unused"))
+    requests = R.cache_requests(specs)
+    assert list(requests) == ["teacher-resnet50-s0:teacher"]  # the no-KD students ask for nothing
+    (request,) = requests["teacher-resnet50-s0:teacher"]
+    assert request["maps"] is True and request["augment"] == "dihedral" and request["teacher_dir"].endswith("teacher-resnet50-s0")
+    default = R.cache_requests(R.expand(R.load_profile("default"), Path("/tmp/unused")))
+    assert len(default) == 1 and all(r["maps"] is False for rs in default.values() for r in rs)
 
 
 def test_corrupted_image_is_found_even_with_a_warm_cache(arrays28, data_dir, tmp_path):

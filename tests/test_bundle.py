@@ -22,6 +22,7 @@ from edgekd.core.provenance import file_digest, git_commit
 from edgekd.stages import data as D
 from edgekd.stages import evaluate as V
 from edgekd.stages import export as B
+from edgekd.stages import operating as OP
 
 
 @pytest.fixture(scope="module")
@@ -151,16 +152,16 @@ def test_stage_summaries_reach_the_card(tmp_path, manifest):
 
 def test_abstain_threshold():
     conf = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
-    assert B.abstain_threshold(conf, 0.9) == 0.1
-    assert B.abstain_threshold(conf, 0.5) == 0.5
-    assert B.abstain_threshold(conf, 1.0) == 0.05
+    assert OP.abstain_threshold(conf, 0.9) == 0.1
+    assert OP.abstain_threshold(conf, 0.5) == 0.5
+    assert OP.abstain_threshold(conf, 1.0) == 0.05
     ties = np.array([0.8, 0.5, 0.5, 0.5, 0.2])
-    assert B.abstain_threshold(ties, 0.4) == 0.5  # ties are kept together: coverage 0.8 >= 0.4
+    assert OP.abstain_threshold(ties, 0.4) == 0.5  # ties are kept together: coverage 0.8 >= 0.4
     seventy = np.linspace(1, 0.3, 70)
-    assert np.sum(seventy >= B.abstain_threshold(seventy, 0.9)) == 63  # 0.9 * 70 is 63.000000000000007 in floats
+    assert np.sum(seventy >= OP.abstain_threshold(seventy, 0.9)) == 63  # 0.9 * 70 is 63.000000000000007 in floats
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="coverage"):
-            B.abstain_threshold(conf, bad)
+            OP.abstain_threshold(conf, bad)
 
 
 def test_tta_run_gets_single_view_numbers(tmp_path, run_dir):

@@ -13,6 +13,7 @@ from torch import nn
 
 from edgekd.core.info import NUM_CLASSES
 from edgekd.pipeline import bench as BN
+from edgekd.stages import backends as BK
 from edgekd.stages import efficiency as E
 from edgekd.stages import tables as TB
 from edgekd.stages.data import to_input
@@ -47,7 +48,7 @@ def resnet18() -> nn.Module:
 def exported(
     resnet18: nn.Module, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
-    return E.export_all(resnet18, SIZE, tmp_path_factory.mktemp("resnet18"))
+    return BK.export_all(resnet18, SIZE, tmp_path_factory.mktemp("resnet18"))
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +79,9 @@ def test_exports_silence_only_the_explained_warnings(resnet18: nn.Module, tmp_pa
     warnings still show."""
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        E.export_torchscript(resnet18, 28, tmp_path / "m.pt")
-        E.export_onnx(resnet18, 28, tmp_path / "m.onnx")
-        with E.quiet_export():
+        BK.export_torchscript(resnet18, 28, tmp_path / "m.pt")
+        BK.export_onnx(resnet18, 28, tmp_path / "m.onnx")
+        with BK.quiet_export():
             warnings.warn("`torch.jit.trace` is deprecated.", FutureWarning, stacklevel=1)
             warnings.warn("something else", UserWarning, stacklevel=1)
     # DeprecationWarnings raised outside __main__ are hidden by Python's default filters, in a notebook too
@@ -114,7 +115,7 @@ def test_flops_leaves_model_mode(resnet18: nn.Module) -> None:
 
 def test_export_files_and_sizes(resnet18: nn.Module, exported: dict[str, Path]) -> None:
     assert set(exported) == {"state_dict", "torchscript", "onnx"}
-    sizes = E.file_sizes(exported)
+    sizes = BK.file_sizes(exported)
     weight_bytes = 4 * E.count_params(resnet18)
     for key in ("state_dict", "torchscript", "onnx"):
         assert weight_bytes * 0.95 < sizes[key] < weight_bytes * 1.2, key
@@ -128,12 +129,12 @@ def test_ort_fp32_matches_eager(
 ) -> None:
     with torch.no_grad():
         reference = resnet18(torch.from_numpy(inputs)).numpy()
-    onnx_fn = E.load_backend("ort_fp32", exported["onnx"], threads=1)
+    onnx_fn = BK.load_backend("ort_fp32", exported["onnx"], threads=1)
     for batch in (inputs[:1], inputs):  # batch axis is dynamic (exported at batch 2)
         logits = onnx_fn(batch)
         assert logits.shape == (len(batch), NUM_CLASSES)
         assert np.abs(logits - reference[: len(batch)]).max() < 1e-4
-    assert np.abs(E.load_backend("eager", resnet18)(inputs) - reference).max() < 1e-6
+    assert np.abs(BK.load_backend("eager", resnet18)(inputs) - reference).max() < 1e-6
 
 
 def test_torchscript_matches_eager(
@@ -141,7 +142,7 @@ def test_torchscript_matches_eager(
 ) -> None:
     with torch.no_grad():
         reference = resnet18(torch.from_numpy(inputs)).numpy()
-    logits = E.load_backend("torchscript", exported["torchscript"])(inputs)
+    logits = BK.load_backend("torchscript", exported["torchscript"])(inputs)
     assert logits.shape == reference.shape
     assert np.abs(logits - reference).max() < 1e-4
 
@@ -150,9 +151,9 @@ def test_int8_agrees_with_fp32(tmp_path: Path) -> None:
     model = _tiny()
     images = np.random.default_rng(1).integers(0, 256, (96, 16, 16, 3), dtype=np.uint8)
     x = to_input(images)
-    paths = E.export_all(model, 16, tmp_path, calib_images=x[:32])
-    fp32 = E.load_backend("ort_fp32", paths["onnx"])(x[32:])
-    int8 = E.load_backend("ort_int8", paths["onnx_int8"])(x[32:])
+    paths = BK.export_all(model, 16, tmp_path, calib_images=x[:32])
+    fp32 = BK.load_backend("ort_fp32", paths["onnx"])(x[32:])
+    int8 = BK.load_backend("ort_int8", paths["onnx_int8"])(x[32:])
     assert int8.shape == fp32.shape
     assert not np.array_equal(int8, fp32)  # really quantised
     assert (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.9
@@ -161,11 +162,11 @@ def test_int8_agrees_with_fp32(tmp_path: Path) -> None:
 
 def test_unknown_backend_and_wrong_sources(resnet18: nn.Module) -> None:
     with pytest.raises(ValueError, match=r"'tensorrt'.*ort_int8"):
-        E.load_backend("tensorrt", resnet18)
+        BK.load_backend("tensorrt", resnet18)
     with pytest.raises(TypeError):
-        E.load_backend("eager", "model.onnx")
+        BK.load_backend("eager", "model.onnx")
     with pytest.raises(TypeError):
-        E.load_backend("ort_fp32", resnet18)
+        BK.load_backend("ort_fp32", resnet18)
     with pytest.raises(ValueError, match="'tensorrt'"):
         E.benchmark_model(resnet18, SIZE, backends=("eager", "tensorrt"))
 
@@ -214,8 +215,8 @@ def test_benchmark_model_rows(tmp_path: Path) -> None:
         work_dir=tmp_path,
         cuda=False,
     )
-    assert len(df) == len(E.BACKENDS) * 2
-    assert set(df["backend"]) == set(E.BACKENDS)
+    assert len(df) == len(BK.BACKENDS) * 2
+    assert set(df["backend"]) == set(BK.BACKENDS)
     assert set(df["batch"]) == {1, 2} and set(df["size"]) == {16}
     assert (df["file_bytes"] > 0).all() and (df["mean_ms"] > 0).all()
     assert (df.loc[df["backend"] == "ort_int8", "precision"] == "int8").all()
@@ -227,7 +228,7 @@ def test_benchmark_model_rows(tmp_path: Path) -> None:
 def test_int8_passes_interleave_fp32_and_int8_and_the_interval_is_the_order_statistics(tmp_path: Path) -> None:
     model = _tiny().eval()
     x = np.random.default_rng(0).standard_normal((32, 3, 16, 16), dtype=np.float32)
-    paths = E.export_all(model, 16, tmp_path, calib_images=x)
+    paths = BK.export_all(model, 16, tmp_path, calib_images=x)
     table = E.int8_passes(paths, 16, threads=1, passes=4, warmup=1, repeats=5)
     assert list(table["pass"]) == [0, 1, 2, 3] and list(table["first"]) == ["ort_fp32", "ort_int8"] * 2
     assert np.allclose(table["speedup"], table["ort_fp32_p50_ms"] / table["ort_int8_p50_ms"])
@@ -243,9 +244,9 @@ def test_ort_op_profile_splits_kernel_time_by_operator_and_flags_the_qdq_nodes(t
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, NUM_CLASSES)).eval()
-    fp32 = E.export_onnx(model, 32, tmp_path / "m.onnx")
+    fp32 = BK.export_onnx(model, 32, tmp_path / "m.onnx")
     calib = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-    int8 = E.quantize_int8(fp32, to_input(calib), tmp_path / "m_int8.onnx")
+    int8 = BK.quantize_int8(fp32, to_input(calib), tmp_path / "m_int8.onnx")
     tables = {name: BN.op_profile(path, 32, 1, 5, tmp_path / name) for name, path in (("fp32", fp32), ("int8", int8))}
     for table in tables.values():
         assert table["share"].sum() == pytest.approx(1.0) and (table["ms_per_call"] > 0).all()

@@ -16,8 +16,8 @@ from edgekd.core.config import ExternalSet, parse_external
 from edgekd.core.inference import load_run, predict, read_config
 from edgekd.core.info import CLASS_NAMES
 from edgekd.stages import evaluate as V
-from edgekd.stages.export import fit_deployment
 from edgekd.stages.external import deployed_metrics, evaluate_external, load_external
+from edgekd.stages.operating import fit_deployment
 
 
 def test_parse_external_entries(tmp_path, isic):

@@ -25,7 +25,12 @@ import nbformat
 import pytest
 
 from edgekd.paper import render
+from edgekd.pipeline.plan import PER_RUN, STAGES
 from edgekd.pipeline.runner import NOTEBOOKS_DIR
+from edgekd.stages import demo as DM
+
+#: The per-run stages' folders inside a run (the notebooks' own stages write them anew).
+STAGE_FOLDERS: tuple[str, ...] = tuple(STAGES[s].folder for s in PER_RUN)
 
 #: Where JupyterLab renders stderr and error outputs.
 STDERR = '.jp-RenderedText[data-mime-type="application/vnd.jupyter.stderr"]'
@@ -45,11 +50,26 @@ PLAIN = '.jp-OutputArea-output[data-mime-type="text/plain"]'
 BARE = {"None", "''", '""', "None None"}
 
 
+def seed_demo_runs(work: Path) -> list[str]:
+    """Copy the demo teacher and student that the nbval run of the notebooks trained (in place, so in the checkout's
+    ``outputs/notebooks``) into the copy's outputs, their training files only: 02 and 03 then read them (a finished
+    run of the same recipe, data and code is not trained again) and the notebooks' own stages run as ever. Without
+    them (nbval did not run, or failed) the notebooks train their own. Returns the run folders copied."""
+    copied = []
+    for run in (DM.TEACHER_DIR, DM.STUDENT_DIR):
+        source = NOTEBOOKS_DIR / run
+        if DM.finished(source):
+            shutil.copytree(source, work / "notebooks" / run, ignore=shutil.ignore_patterns(*STAGE_FOLDERS))
+            copied.append(Path(run).name)
+    return copied
+
+
 @pytest.fixture()
 def lab(data_dir, tmp_path):
     """A JupyterLab server on 127.0.0.1 serving a copy of the notebooks folder; shut down afterwards."""
     work = tmp_path / "lab"
     shutil.copytree(NOTEBOOKS_DIR, work / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    print("demo runs read from the nbval run:", seed_demo_runs(work) or "none (the notebooks train their own)")
     settings = tmp_path / "settings" / "@jupyterlab"
     for plugin, values in (("notebook-extension/tracker", {"windowingMode": "none"}),  # every cell stays in the page
                            ("apputils-extension/notification", {"fetchNews": "false"})):  # no news from the network

@@ -23,8 +23,8 @@ from edgekd.core import metrics as M
 from edgekd.core.info import CLASS_NAMES, MELANOMA, NUM_CLASSES
 from edgekd.core.inputs import MIN_SIDE
 from edgekd.edge import predict as P
-from edgekd.stages.export import fit_deployment
 from edgekd.stages.external import ExternalSet, deployed_metrics, evaluate_external
+from edgekd.stages.operating import fit_deployment
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess:
@@ -97,16 +97,36 @@ def test_calibrated_probs_and_ranks():
 
 # ----------------------------------------------------------------------------------- end to end
 
+def auc_slack(scores: np.ndarray, y: np.ndarray, within: float) -> float:
+    """How far float noise of size ``within`` can move the macro one-vs-rest AUC: each (positive, negative) pair of a
+    class whose scores lie within it may swap, which moves that class's AUC by 1 / (n_pos * n_neg)."""
+    shares = []
+    for c in range(NUM_CLASSES):
+        pos, neg = scores[y == c, c], scores[y != c, c]
+        if len(pos) and len(neg):
+            shares.append(np.sum(np.abs(pos[:, None] - neg[None, :]) <= within) / (len(pos) * len(neg)))
+    return float(np.mean(shares))
+
+
+def test_auc_slack_counts_the_pairs_that_can_swap():
+    y = np.array([0, 0, 1, 1])
+    scores = np.zeros((4, NUM_CLASSES))
+    scores[:, 0] = [0.9, 0.5, 0.5 + 1e-9, 0.1]
+    scores[:, 1] = 1 - scores[:, 0]
+    assert auc_slack(scores, y, 1e-6) == pytest.approx((1 / 4 + 1 / 4) / 2)  # class 0 and class 1 see the one pair
+
+
 def test_predict_cli_equals_evaluate_external(tmp_path, bundle, isic, run_dir):
     """The real CLI on an ISIC-format folder prints the metrics evaluate_external writes for the same images.
 
     The bundle's FP32 ONNX model and the eager PyTorch model differ by float noise (~1e-7 in the logits);
     the two sides share the val-fitted temperature and thresholds exactly. Every metric compared here is
     then equal to 1e-6 unless an image sits within that noise of a decision boundary: a near-tie between
-    two classes (accuracy, balanced accuracy, F1), between two images' scores of a class (AUC ranks: a
-    flip moves the AUC by 1 / (n_pos * n_neg), far above 1e-6), of a confidence and an ECE bin edge, or
-    of a score and a threshold. The test measures the noise and those margins first, so a failure below
-    is a real disagreement, not an ill-posed comparison.
+    two classes (accuracy, balanced accuracy, F1), of a confidence and an ECE bin edge, or of a score and a
+    threshold. The test measures the noise and those margins first, so a failure below is a real
+    disagreement, not an ill-posed comparison. Two images' scores of a class within the noise may swap AUC
+    ranks (each swap moves the AUC by 1 / (n_pos * n_neg), far above 1e-6): the AUC may differ by exactly
+    what those pairs allow (:func:`auc_slack`; none on most machines, some where training rounds otherwise).
     """
     images, csv, rows = isic
     out = tmp_path / "pred.csv"
@@ -135,8 +155,6 @@ def test_predict_cli_equals_evaluate_external(tmp_path, bundle, isic, run_dir):
     assert noise < 1e-5  # ONNX FP32 vs eager, after temperature scaling
     top2 = np.sort(eager, 1)[:, -2:]
     assert (top2[:, 1] - top2[:, 0]).min() > 2 * noise, "an argmax near-tie: accuracy is ill-posed at this noise"
-    gaps = [np.diff(np.sort(eager[:, c])) for c in range(NUM_CLASSES)]
-    assert min(g[g > 0].min() for g in gaps) > 2 * noise, "two images' scores nearly tie: AUC ranks are ill-posed"
     assert all(np.array_equal(np.unique(eager[:, c]), np.sort(eager[:, c])) for c in range(NUM_CLASSES))
     assert np.abs(eager.max(1)[:, None] - np.linspace(0, 1, P.ECE_BINS + 1)).min() > noise, "a confidence on an ECE bin edge"
     assert np.abs(eager[:, MELANOMA] - fitted["melanoma_threshold"]).min() > noise
@@ -144,8 +162,9 @@ def test_predict_cli_equals_evaluate_external(tmp_path, bundle, isic, run_dir):
 
     deployed = table[table["table"] == "deployed"].set_index("metric")["value"]
     assert set(deployed.index) == set(P.METRICS) - {"n"}
+    slack = {"auc": auc_slack(eager, y, 2 * noise)}
     for name, value in deployed.items():
-        assert mine[name] == pytest.approx(value, abs=1e-6, nan_ok=True), name
+        assert mine[name] == pytest.approx(value, abs=1e-6 + slack.get(name, 0.0), nan_ok=True), name
     assert mine["n"] == len(rows) == table["n"].iloc[0]
     # argmax metrics agree with the evaluate-stage table too (temperature does not move the argmax)
     headline = table[table["table"] == "metrics"].set_index("metric")["value"]

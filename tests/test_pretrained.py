@@ -24,8 +24,8 @@ from edgekd.core import models as MD
 from edgekd.core.inference import load_run, predict
 from edgekd.core.preprocess import to_input
 from edgekd.pipeline import plan as PL
+from edgekd.stages import backends as BK
 from edgekd.stages import data as D
-from edgekd.stages import efficiency as E
 from edgekd.stages import train as T
 
 LITES = tuple(info.PRETRAINED)
@@ -207,12 +207,12 @@ def test_same_padding_exports_to_onnx_and_int8(tmp_path, arch, size):
     model = MD.create_model(arch, size, pretrained="imagenet", stem_stride=2).eval()
     images = np.random.default_rng(0).integers(0, 256, (16, size, size, 3), dtype=np.uint8)
     x = torch.from_numpy(to_input(images))
-    static = E.static_same_padding(E._eval_copy(model), size)
+    static = BK.static_same_padding(BK.eval_copy(model), size)
     assert not any(isinstance(m, Conv2dSame) for m in static.modules())
     with torch.no_grad():
         eager = model(x).numpy()
         assert np.array_equal(static(x).numpy(), eager)
-    fp32 = E.export_onnx(model, size, tmp_path / "m.onnx")
-    int8 = E.quantize_int8(fp32, to_input(images), tmp_path / "m_int8.onnx")
-    assert np.abs(E.backend_logits(E.load_backend("ort_fp32", fp32), images) - eager).max() < 1e-3
-    assert E.backend_logits(E.load_backend("ort_int8", int8), images).shape == eager.shape
+    fp32 = BK.export_onnx(model, size, tmp_path / "m.onnx")
+    int8 = BK.quantize_int8(fp32, to_input(images), tmp_path / "m_int8.onnx")
+    assert np.abs(BK.backend_logits(BK.load_backend("ort_fp32", fp32), images) - eager).max() < 1e-3
+    assert BK.backend_logits(BK.load_backend("ort_int8", int8), images).shape == eager.shape

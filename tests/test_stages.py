@@ -13,6 +13,7 @@ import torch
 
 from edgekd.core.inference import load_run
 from edgekd.pipeline import bench
+from edgekd.stages import backends as BK
 from edgekd.stages import data as D
 from edgekd.stages import efficiency as E
 from edgekd.stages import robustness as RB
@@ -127,7 +128,7 @@ def test_run_robustness_rejects_bad_counts(student: Path) -> None:
 
 def test_run_efficiency_on_trained_run(student: Path) -> None:
     res = E.run_efficiency(student, threads=1, batch_sizes=(1,), sizes=(28,), warmup=0, repeats=1, calib_images=32)
-    for name in E.EXPORT_FILES.values():
+    for name in BK.EXPORT_FILES.values():
         assert (student / "efficiency" / "export" / name).stat().st_size > 0, name
     out = student / "efficiency"
     model = pd.read_csv(out / "model.csv").iloc[0]
@@ -137,7 +138,7 @@ def test_run_efficiency_on_trained_run(student: Path) -> None:
     assert model["peak_cpu_rss_mb"] >= 0
 
     backends = pd.read_csv(out / "backends.csv").set_index("backend")
-    assert list(backends.index) == list(E.BACKENDS)
+    assert list(backends.index) == list(BK.BACKENDS)
     assert {"accuracy", "macro_f1", "max_abs_logit_diff_vs_eager", "delta_macro_f1_vs_eager"} <= set(backends.columns)
     assert backends.loc["eager", "max_abs_logit_diff_vs_eager"] == 0
     assert backends.loc["ort_fp32", "max_abs_logit_diff_vs_eager"] < 1e-4
@@ -146,23 +147,23 @@ def test_run_efficiency_on_trained_run(student: Path) -> None:
     assert 0 < int8["max_abs_logit_diff_vs_eager"] < 1.0
 
     latency = pd.read_csv(out / "latency.csv")
-    assert sorted(latency["backend"]) == sorted(E.BACKENDS) and (latency["mean_ms"] > 0).all()
+    assert sorted(latency["backend"]) == sorted(BK.BACKENDS) and (latency["mean_ms"] > 0).all()
     assert res["latency"] is not None and set(res["files"]) >= {"model", "backends", "latency", "onnx_int8"}
 
 
 def test_exported_onnx_matches_trained_model_on_test_images(student: Path) -> None:
     onnx_path = student / "efficiency" / "export" / "model.onnx"
     if not onnx_path.exists():
-        E.export_onnx(load_run(student).model, 28, onnx_path)
+        BK.export_onnx(load_run(student).model, 28, onnx_path)
     images = _test_split(student).images["test"]
     with torch.no_grad():
         reference = load_run(student).model(torch.from_numpy(D.to_input(images))).numpy()
     stored = np.load(student / "predictions.npz")["test_logits"]
     assert np.abs(reference - stored).max() < 1e-4  # the training run's CPU logits
-    logits = E.backend_logits(E.load_backend("ort_fp32", onnx_path, threads=1), images, batch_size=16)
+    logits = BK.backend_logits(BK.load_backend("ort_fp32", onnx_path, threads=1), images, batch_size=16)
     assert logits.shape == reference.shape and np.abs(logits - reference).max() < 1e-4
     with pytest.raises(ValueError, match="'tensorrt'"):
-        E.load_backend("tensorrt", onnx_path)
+        BK.load_backend("tensorrt", onnx_path)
 
 
 def test_run_efficiency_rejects_bad_arguments(tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import nbformat
 import pytest
 
-from edgekd.core import config, info
+from edgekd.core import config, info, provenance
 from edgekd.pipeline import plan
 from edgekd.stages import aggregate, efficiency, evaluate, export, robustness, train
 
@@ -212,3 +213,29 @@ def test_one_alias_per_module():
     assert {m: a for m, a in seen.items() if len(a) > 1} == {}
     aliases = [a for names in seen.values() for a in names]
     assert sorted({a for a in aliases if aliases.count(a) > 1}) == []
+
+
+def test_presentation_modules_stay_out_of_what_a_stage_computes():
+    """The library digests leave out the display and demo helpers (provenance.PRESENTATION). That is right only while
+    no library module imports them (a stage's result cannot then run through them) and every parameter a notebook
+    takes from the demo is one the runner sets for each of its runs (the demo's value is then never used)."""
+    presentation = {f"edgekd.{m}" for m in provenance.PRESENTATION}
+    assert presentation <= set(_modules())
+    importers = sorted(name for name, targets in _graph().items() if targets & presentation)
+    assert importers == []
+    for profile in ("smoke", "default"):
+        specs = plan.expand(plan.load_profile(profile), info.REPO_ROOT / "outputs")
+        for stage in plan.STAGES.values():
+            nb = nbformat.read(info.REPO_ROOT / "notebooks" / stage.notebook, as_version=4)
+            cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+            from_demo = {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
+                         and any(isinstance(n, ast.Name) and n.id == "DM" for n in ast.walk(node.value))
+                         for t in node.targets if isinstance(t, ast.Name)}
+            assert from_demo, stage.name  # every stage notebook's demo reads its defaults from the demo module
+            for spec in (s for s in specs if s.stage == stage.name):
+                assert from_demo <= set(spec.parameters), (profile, spec.key, from_demo - set(spec.parameters))
+
+
+def test_the_presentation_check_sees_an_importer(tmp_path):
+    tree = ast.parse("from edgekd.stages import show\n")
+    assert _imported(tree, _modules()) == {"edgekd.stages.show"}

@@ -49,6 +49,29 @@ def test_training_is_deterministic_on_cpu(tmp_path):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
+@pytest.mark.usefixtures("data_dir")  # DATA reads the default (real) data folder
+def test_a_finished_run_of_the_same_recipe_is_read_not_trained_again(tmp_path, capsys):
+    """A notebook run twice (or by both notebook tests) reads its finished run; another recipe, or a best.pt that
+    is not the one the run recorded, trains again."""
+    run, cfg = tmp_path / "run", T.TrainConfig(**CFG)
+    first = T.run_train(run, "resnet18", 0, DATA, cfg)
+    history = (run / "history.csv").stat().st_mtime_ns
+    capsys.readouterr()
+    assert T.run_train(run, "resnet18", 0, DATA, cfg) == first
+    assert "read, not trained again" in capsys.readouterr().out
+    assert (run / "history.csv").stat().st_mtime_ns == history
+
+    weights = torch.load(run / "best.pt")
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}, run / "best.pt")
+    T.run_train(run, "resnet18", 0, DATA, cfg)
+    assert "read, not trained again" not in capsys.readouterr().out
+    assert all(torch.equal(weights[k], v) for k, v in torch.load(run / "best.pt").items())  # trained anew: the same
+
+    T.run_train(run, "resnet18", 0, DATA, T.TrainConfig(**{**CFG, "lr": 4e-3}))
+    assert "read, not trained again" not in capsys.readouterr().out
+    assert json.loads((run / "run_config.json").read_text())["train"]["lr"] == 4e-3
+
+
 def test_outputs_of_a_run(tiny, tmp_path):
     _, hist = _fit(tiny, tmp_path / "r")
     assert list(hist["epoch"]) == [1, 2]

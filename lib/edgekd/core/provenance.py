@@ -3,7 +3,8 @@
 A stage's *library digest* hashes the source of exactly the ``edgekd`` modules its notebook imports,
 followed transitively through their own imports (and the packages that hold them), so a fix in
 ``core/losses.py`` marks training stale but leaves the robustness stage of a finished run fresh, and a
-fix in ``stages/tables.py`` reruns only the aggregate.
+fix in ``stages/tables.py`` reruns only the aggregate. The display and demo helpers every notebook imports
+(:data:`PRESENTATION`) are not part of any digest.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from pathlib import Path
 from edgekd.core import info
 from edgekd.core.files import file_digest
 
+#: Modules a notebook imports only to show what a stage made, or for the defaults of its standalone demo (which the
+#: runner's parameters replace): nothing they hold reaches a stage's result, and no library module imports them
+#: (tests/test_structure.py checks both), so a stage's library digest leaves them out. An edit to how a table is shown
+#: or to the demo's recipe then keeps every finished run fresh instead of costing the whole main job.
+PRESENTATION: frozenset[str] = frozenset({"stages.show", "stages.demo"})
 #: Source folder of the ``edgekd`` package.
 LIB_DIR: Path = Path(__file__).resolve().parents[1]
 REQUIREMENTS: Path = info.REPO_ROOT / "requirements.txt"
@@ -89,7 +95,8 @@ def _closure(roots: tuple[str, ...], lib_dir: Path, stamp: tuple) -> tuple[str, 
 
 
 def notebook_modules(notebook: Path) -> list[str]:
-    """``edgekd`` modules imported by a notebook's code cells (IPython magics and shell lines skipped)."""
+    """``edgekd`` modules imported by a notebook's code cells (IPython magics and shell lines skipped), less the
+    :data:`PRESENTATION` modules: what the stage's result can depend on."""
     nb = json.loads(Path(notebook).read_text())
     found: set[str] = set()
     for cell in nb["cells"]:
@@ -98,7 +105,7 @@ def notebook_modules(notebook: Path) -> list[str]:
         source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
         code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
         found |= _imports(ast.parse(code), LIB_DIR)
-    return sorted(found)
+    return sorted(found - PRESENTATION)
 
 
 def source_digest(modules: Iterable[str], lib_dir: Path = LIB_DIR) -> str:

@@ -33,6 +33,7 @@ from edgekd.core.files import first_line_is
 from edgekd.core.inference import load_run
 from edgekd.core.models import create_model
 from edgekd.core.provenance import cpu_model
+from edgekd.stages import backends as BK
 from edgekd.stages import data as D
 from edgekd.stages import efficiency as E
 
@@ -108,11 +109,11 @@ def _onnx_paths(candidate: Candidate, calib: np.ndarray, tmp: Path) -> tuple[Pat
     """The run's exported FP32 and INT8 ONNX models when present, else both exported into ``tmp``."""
     if candidate.run_dir is not None:
         export = candidate.run_dir / "efficiency" / "export"
-        fp32, int8 = export / E.EXPORT_FILES["onnx"], export / E.EXPORT_FILES["onnx_int8"]
+        fp32, int8 = export / BK.EXPORT_FILES["onnx"], export / BK.EXPORT_FILES["onnx_int8"]
         if fp32.is_file() and int8.is_file():
             return fp32, int8
-    fp32 = E.export_onnx(candidate.model, candidate.img_size, tmp / f"{candidate.name}.onnx")
-    return fp32, E.quantize_int8(fp32, D.to_input(calib), tmp / f"{candidate.name}_int8.onnx")
+    fp32 = BK.export_onnx(candidate.model, candidate.img_size, tmp / f"{candidate.name}.onnx")
+    return fp32, BK.quantize_int8(fp32, D.to_input(calib), tmp / f"{candidate.name}_int8.onnx")
 
 
 def _verdict(value: float, target: float) -> str:
@@ -141,18 +142,18 @@ def benchmark(
             if arrays is None:
                 calib = np.random.default_rng(0).integers(0, 256, (calib_images, size, size, 3), dtype=np.uint8)
             else:
-                calib = E.calibration_images(arrays, calib_images)
+                calib = BK.calibration_images(arrays, calib_images)
             fp32_path, int8_path = _onnx_paths(candidate, calib, Path(tmp))
-            fns = {"eager_fp32": E.load_backend("eager", candidate.model),
-                   "ort_fp32": E.load_backend("ort_fp32", fp32_path, threads=threads),
-                   "ort_int8": E.load_backend("ort_int8", int8_path, threads=threads)}
+            fns = {"eager_fp32": BK.load_backend("eager", candidate.model),
+                   "ort_fp32": BK.load_backend("ort_fp32", fp32_path, threads=threads),
+                   "ort_int8": BK.load_backend("ort_int8", int8_path, threads=threads)}
             x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
             row = {"model": candidate.name, "img_size": size}
             row |= {f"{name}_ms": E.latency(fn, x, warmup, repeats, threads)["p50_ms"] for name, fn in fns.items()}
             row["int8_delta_macro_f1"] = float("nan")
             if arrays is not None:
                 images, labels = arrays.images["test"], arrays.labels["test"]
-                f1 = {name: M.macro_f1(labels, E.backend_logits(fns[name], images).argmax(1)) for name in ("ort_fp32", "ort_int8")}
+                f1 = {name: M.macro_f1(labels, BK.backend_logits(fns[name], images).argmax(1)) for name in ("ort_fp32", "ort_int8")}
                 row["int8_delta_macro_f1"] = f1["ort_int8"] - f1["ort_fp32"]
             rows.append(row)
     table = pd.DataFrame(rows)
@@ -189,7 +190,7 @@ def op_profile(path: Path, size: int, threads: int, calls: int, prefix: Path) ->
     """Per operator type of the ONNX model at ``path``: kernel milliseconds per batch-1 call (the sum over its nodes
     of each node's median over ``calls`` profiled calls, so that the first, cold calls do not count), its share of
     the kernel time and its node count, from ORT's own profiler (``SessionOptions.enable_profiling``; the trace is
-    written under ``prefix``). Sessions as :func:`E.ort_session`."""
+    written under ``prefix``). Sessions as :func:`BK.ort_session`."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -219,7 +220,7 @@ def ops_table(candidates: Sequence[Candidate], data: dict[str, D.DermaArrays | N
         for candidate in candidates:
             arrays, size = data[candidate.name], candidate.img_size
             calib = (np.random.default_rng(0).integers(0, 256, (calib_images, size, size, 3), dtype=np.uint8)
-                     if arrays is None else E.calibration_images(arrays, calib_images))
+                     if arrays is None else BK.calibration_images(arrays, calib_images))
             paths = dict(zip(("ort_fp32", "ort_int8"), _onnx_paths(candidate, calib, Path(tmp)), strict=True))
             for variant, path in paths.items():
                 table = op_profile(path, size, threads, calls, Path(tmp) / f"{candidate.name}_{variant}")

@@ -20,13 +20,17 @@ from edgekd.core import info
 #: before it is trimmed), measured on the 2-core machine with one thread: a 128 px EfficientNet-Lite0 predicts
 #: 1,024 images at batch 512 in 5.6 s instead of 22.0 s (16 s of it system time), and a MobileNetV2 training step
 #: (batch 128, 64 px) takes 0.58 s instead of 0.74 s. Other C libraries ignore these variables.
-#: The runner's kernels also show training progress as text (:data:`edgekd.core.info.TEXT_PROGRESS_ENV`).
-KERNEL_ENV: dict[str, str] = {
+MALLOC_ENV: dict[str, str] = {
     "MALLOC_MMAP_MAX_": "0",
     "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
     "MALLOC_TOP_PAD_": str(64 << 20),
-    info.TEXT_PROGRESS_ENV: "1",
 }
+#: What every kernel the runner and the paper start gets: :data:`MALLOC_ENV`; OpenMP threads that wait for work
+#: sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``: two 2-thread torch kernels on 2 cores, as two Dask workers
+#: run, took a training step 7-30x slower with the spinning default, and the results are bitwise the same, which
+#: tests/test_runner.py checks by training one run under each policy); and training progress as text
+#: (:data:`edgekd.core.info.TEXT_PROGRESS_ENV`).
+KERNEL_ENV: dict[str, str] = {**MALLOC_ENV, "OMP_WAIT_POLICY": "PASSIVE", info.TEXT_PROGRESS_ENV: "1"}
 
 
 #: Each process's kernel socket folder, by pid (a forked child makes its own).

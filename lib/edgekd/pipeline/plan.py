@@ -192,12 +192,24 @@ class RunSpec:
             out["weights"] = info.PRETRAINED[self.parameters["arch"]].sha256  # the pinned ImageNet checkpoint
         return out
 
-    def status(self) -> tuple[str, list[str]]:
-        """('fresh' | 'stale' | 'new', reasons): new never finished; stale finished from other inputs."""
+    def status(self, memo: dict[str, tuple[str, list[str]]] | None = None) -> tuple[str, list[str]]:
+        """('fresh' | 'stale' | 'new', reasons): new never finished; stale finished from other inputs.
+
+        ``memo`` (key -> status) holds the statuses already derived while one table is made: each upstream's status
+        is needed by every run downstream of it, and re-deriving it each time made a plan's table quadratic.
+        """
+        if memo is not None and self.key in memo:
+            return memo[self.key]
+        result = self._status({} if memo is None else memo)
+        if memo is not None:
+            memo[self.key] = result
+        return result
+
+    def _status(self, memo: dict[str, tuple[str, list[str]]]) -> tuple[str, list[str]]:
         mark = self.recorded()
         if mark is None:
             return "new", ["never finished"]
-        stale_up = [u.key for u in self.upstream if u.status()[0] != "fresh"]
+        stale_up = [u.key for u in self.upstream if u.status(memo)[0] != "fresh"]
         now, then = self.components(), mark.get("components") or {}
         reasons = [name for name in ("params", "notebook", "library", "requirements", "data", "weights")
                    if now.get(name) != then.get(name)]
@@ -587,8 +599,8 @@ def key_metric(spec: RunSpec) -> str:
 
 def status_table(specs: list[RunSpec]) -> pd.DataFrame:
     """Per run and stage: fresh / stale / new, and why."""
-    rows = []
+    rows, memo = [], {}
     for s in specs:
-        state, reasons = s.status()
+        state, reasons = s.status(memo)
         rows.append({"run_id": s.run_id, "stage": s.stage, "status": state, "why": "; ".join(reasons)})
     return pd.DataFrame(rows)

@@ -95,6 +95,48 @@ def _split_sizes(data: dict) -> dict[str, int]:
     return {s: min(subset.get(s, n), n) for s, n in info.SPLIT_SIZES.items()}
 
 
+def critical_paths(specs: list, seconds: dict[str, float]) -> dict[str, float]:
+    """Per run key, its estimated seconds plus the longest chain of estimated seconds that waits on it (among
+    ``specs``): the longer, the sooner it should start. A run without an estimate counts one second."""
+    waiting: dict[str, list] = {s.key: [] for s in specs}
+    for s in specs:
+        for u in (*s.upstream, *s.after):
+            if u.key in waiting:
+                waiting[u.key].append(s)
+    out: dict[str, float] = {}
+
+    def path(s) -> float:
+        if s.key not in out:
+            out[s.key] = seconds.get(s.key, 1.0) + max((path(d) for d in waiting[s.key]), default=0.0)
+        return out[s.key]
+
+    for s in specs:
+        path(s)
+    return out
+
+
+def simulate(specs: list, seconds: dict[str, float], workers: int, priority: dict[str, float]) -> float:
+    """Seconds until ``specs`` are done on ``workers`` workers that each take, whenever one is free, the ready run of
+    highest ``priority`` (what Dask does with the runner's priorities), every run lasting its estimate."""
+    keys = {s.key for s in specs}
+    needs = {s.key: {u.key for u in (*s.upstream, *s.after) if u.key in keys} for s in specs}
+    order = {s.key: i for i, s in enumerate(specs)}
+    done_at: dict[str, float] = {}
+    running: list[tuple[float, str]] = []
+    now = 0.0
+    while len(done_at) < len(specs):
+        started = {k for _, k in running}
+        ready = [k for k in needs if k not in done_at and k not in started and needs[k] <= done_at.keys()]
+        ready.sort(key=lambda k: (-priority.get(k, 0.0), order[k]))
+        while ready and len(running) < workers:
+            key = ready.pop(0)
+            running.append((now + seconds.get(key, 0.0), key))
+        running.sort()
+        now, key = running.pop(0)
+        done_at[key] = now
+    return now
+
+
 class Plan:
     """Estimated seconds of every run to execute (``measure=False``: nothing is timed, no estimate)."""
 
@@ -166,6 +208,14 @@ class Plan:
             return KERNEL_OVERHEAD_S + seconds
         return KERNEL_OVERHEAD_S
 
+    def wall(self, workers: int, exclusive: frozenset[str] = frozenset(), priority: dict[str, float] | None = None) -> float:
+        """Estimated wall seconds on ``workers`` workers: the parallel runs scheduled by ``priority`` (default the
+        runner's, :func:`critical_paths`), then the ``exclusive`` runs one after another."""
+        shared = [s for s in self.specs if s.key not in exclusive]
+        order = priority if priority is not None else critical_paths(shared, self.seconds)
+        alone = sum(self.seconds.get(s.key, 0.0) for s in self.specs if s.key in exclusive)
+        return simulate(shared, self.seconds, workers, order) + alone
+
     @property
     def per_stage(self) -> pd.Series:
         """Planned seconds per stage (the part of each run key after ':')."""
@@ -175,8 +225,9 @@ class Plan:
     def total(self) -> float:
         return float(sum(self.seconds.values()))
 
-    def describe(self, workers: int = 1) -> str:
-        """The measured speeds and the estimate, for the log before the sweep starts."""
+    def describe(self, workers: int = 1, exclusive: frozenset[str] = frozenset()) -> str:
+        """The measured speeds and the estimate, for the log before the sweep starts; with ``workers`` > 1, the time the
+        runner's schedule takes (longest critical path first, the ``exclusive`` runs one at a time after)."""
         if not self.specs:
             return "[plan] nothing to run: every stage is fresh"
         if not self.measured:
@@ -187,8 +238,8 @@ class Plan:
         for stage, seconds in self.per_stage.items():
             lines.append(f"[plan]   {stage:<11} ~{seconds / 60:6.1f} min")
         lines.append(f"[plan] estimated total ~{self.total / 60:.0f} min of work (training speed of the first seconds; "
-                     "other stages roughly)" + (f", about {self.total / 60 / workers:.0f} min on {workers} parallel workers"
-                                                 if workers > 1 else ""))
+                     "other stages roughly)" + (f", about {self.wall(workers, exclusive) / 60:.0f} min on {workers} "
+                                                 "parallel workers, longest first" if workers > 1 else ""))
         return "\n".join(lines)
 
 

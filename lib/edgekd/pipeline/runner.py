@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ from edgekd.core import info, source
 from edgekd.core.config import DataConfig
 from edgekd.core.files import OutsideRoot, atomic_write, check_inside, clear_results, remove
 from edgekd.pipeline import progress, publish
-from edgekd.pipeline.kernels import IPCKernelManager
+from edgekd.pipeline.kernels import KERNEL_ENV, IPCKernelManager
 from edgekd.pipeline.plan import (
     NOTEBOOKS_DIR,
     STAGES,
@@ -52,6 +53,7 @@ from edgekd.pipeline.plan import (
     load_profile,
     status_table,
 )
+from edgekd.pipeline.progress import critical_paths
 from edgekd.stages import data as D
 
 #: The lock a running runner holds in its profile's folder: one runner per profile and outputs root.
@@ -149,14 +151,50 @@ def _after(spec: RunSpec, *upstream_results: float) -> float:
     return execute(spec)
 
 
+def cache_requests(specs: list[RunSpec]) -> dict[str, list[dict]]:
+    """Per teacher run key, the logit caches its distilling students among ``specs`` read (one per augmentation,
+    attention maps or not, device and threads): :func:`edgekd.stages.train.build_teacher_cache`'s arguments."""
+    out: dict[str, list[dict]] = {}
+    for s in specs:
+        kd, train = s.parameters.get("kd") or {}, s.parameters.get("train") or {}
+        if s.stage != "student" or kd.get("mode", "none") == "none" or not kd.get("teacher_cache") or s.teacher is None:
+            continue
+        request = {"teacher_dir": str(s.teacher.run_dir), "augment": train["augment"], "maps": kd["beta"] > 0,
+                   "device": train["device"], "threads": train["threads"]}
+        if request not in out.setdefault(s.teacher.key, []):
+            out[s.teacher.key].append(request)
+    return out
+
+
+#: Runs :func:`edgekd.stages.train.build_teacher_cache` with its arguments as JSON (``sys.argv[1]``).
+_CACHE_CODE: str = "import json, sys; from edgekd.stages import train; train.build_teacher_cache(**json.loads(sys.argv[1]))"
+
+
+def _cache(request: dict, *upstream_results: float) -> float | str:
+    """Dask task: build a teacher's logit cache in a process of its own with :data:`KERNEL_ENV` (not in the Dask
+    worker, whose nanny's malloc settings slow large tensors); its seconds, or why it failed: the students then
+    build the cache themselves, as without this step."""
+    t0 = time.time()
+    res = subprocess.run([sys.executable, "-c", _CACHE_CODE, json.dumps(request)], env={**os.environ, **KERNEL_ENV},
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        return (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+    return time.time() - t0
+
+
 def run_dask(specs: list[RunSpec], scheduler: str | None = None, workers: int = 2, gpu: bool = False,
-             on_done=None) -> dict[str, float | Exception]:
+             on_done=None, seconds: dict[str, float] | None = None, log=print) -> dict[str, float | Exception]:
     """Execute ``specs`` on Dask distributed, respecting dependencies; wall time (or the error) per run key.
 
     ``scheduler`` None starts a LocalCluster of ``workers`` single-threaded processes. With ``gpu``,
     training runs request the worker resource ``GPU=1`` (LocalCluster workers get one GPU each
-    where CUDA is present; on a real cluster start workers with ``--resources GPU=1``).
+    where CUDA is present; on a real cluster start workers with ``--resources GPU=1``). When several runs are
+    ready, the one with the longest :func:`critical_paths` under the estimate ``seconds`` starts first (ties: plan
+    order), so that the longest run does not start last while the other workers idle. Each teacher's logit caches
+    (:func:`cache_requests`) are built as a step of their own right after it, before its students start.
     """
+    paths = critical_paths(specs, seconds or {})
+    requests = cache_requests(specs)
     cluster = None
     if scheduler is None:
         resources = {"GPU": 1} if gpu else None
@@ -164,14 +202,25 @@ def run_dask(specs: list[RunSpec], scheduler: str | None = None, workers: int = 
                                dashboard_address=None, resources=resources)
     client = Client(scheduler or cluster)
     try:
-        futures, keys = {}, {}
+        futures, keys, caches = {}, {}, {}
+
+        def submit_caches(teacher: str, after: list, priority: int) -> None:
+            for i, request in enumerate(requests.get(teacher, [])):
+                caches[(teacher, i)] = client.submit(_cache, request, *after, key=f"edgekd-cache-{teacher}-{i}", pure=False,
+                                                     priority=priority, resources={"GPU": 1} if gpu else None)
+
+        for teacher in set(requests) - {s.key for s in specs}:  # a fresh teacher: its caches may be missing all the same
+            submit_caches(teacher, [], len(specs) * (len(specs) + 1))
         for order, spec in enumerate(specs):
             ups = [futures[u.key] for u in (*spec.upstream, *spec.after) if u.key in futures]
+            if spec.stage == "student" and spec.teacher is not None:
+                ups += [caches[k] for k in caches if k[0] == spec.teacher.key]
             res = {"GPU": 1} if gpu and spec.trains else None
-            # earlier in the list runs first when several are ready: teachers (the longest runs) lead
+            priority = round(paths[spec.key]) * (len(specs) + 1) + len(specs) - order
             futures[spec.key] = client.submit(_after, spec, *ups, key=f"edgekd-{spec.key}", pure=False, resources=res,
-                                              priority=len(specs) - order)
+                                              priority=priority)
             keys[futures[spec.key].key] = spec
+            submit_caches(spec.key, [futures[spec.key]], priority)  # right after the teacher, before its students
         results: dict[str, float | Exception] = {}
         for future in as_completed(list(futures.values())):
             spec = keys[future.key]
@@ -181,6 +230,12 @@ def run_dask(specs: list[RunSpec], scheduler: str | None = None, workers: int = 
                 results[spec.key] = exc
             if on_done is not None:
                 on_done(spec, results[spec.key])
+        for (teacher, _), future in caches.items():
+            done = future.result() if future.status == "finished" else None
+            if isinstance(done, float):
+                log(f"[cache] {teacher}: logit cache ready in {done:.0f}s, before its students started")
+            elif done is not None:
+                log(f"[cache] {teacher}: the cache step failed ({done}); its students built the cache themselves")
         return results
     finally:
         client.close()
@@ -236,9 +291,9 @@ def run_profile(
             log(f"[warn] {note}")
         table = status_table(specs)
         todo = [s for s, st in zip(specs, table["status"], strict=True) if st != "fresh"]
-        todo_keys = {s.key for s in todo}
+        todo_keys, memo = {s.key for s in todo}, {}
         for s in todo:
-            missing = [u.key for u in s.upstream if u.key not in todo_keys and u.status()[0] != "fresh"]
+            missing = [u.key for u in s.upstream if u.key not in todo_keys and u.status(memo)[0] != "fresh"]
             if missing:
                 raise ConfigError(f"{s.key} depends on {', '.join(missing)}, which is not fresh and not selected by --only")
         foreign = [f"{s.stage_dir} ({_some(names)})" for s in todo if (names := foreign_entries(s))]
@@ -261,14 +316,15 @@ def _execute_todo(name: str, outputs: Path, specs: list[RunSpec], table: pd.Data
             log(f"[fresh] {row.run_id} ({row.stage})")
     root = outputs.resolve() / name
     plan = progress.Plan(todo, measure=estimate)
-    log(plan.describe(workers if executor == "dask" else 1))
     parallel = executor == "dask" and bool(todo)
     exclusive = _exclusive(todo) if parallel else set()
+    log(plan.describe(workers if executor == "dask" else 1, frozenset(exclusive)))
     tracker = progress.Tracker(plan, log, workers if parallel else 1, frozenset(exclusive))
     results: dict[str, float | Exception] = {}
     sequential = todo
     if parallel:
-        results = run_dask([s for s in todo if s.key not in exclusive], scheduler, workers, gpu, on_done=tracker.done)
+        results = run_dask([s for s in todo if s.key not in exclusive], scheduler, workers, gpu, on_done=tracker.done,
+                           seconds=plan.seconds, log=log)
         sequential = [s for s in todo if s.key in exclusive]
     if sequential:
         failed: set[str] = {k for k, r in results.items() if isinstance(r, Exception)}

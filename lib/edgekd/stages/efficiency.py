@@ -1,43 +1,22 @@
-"""Model size, FLOPs, export (TorchScript, ONNX, ONNX INT8), inference backends and benchmarks.
-
-Backends take float32 NCHW inputs already normalised (:func:`edgekd.stages.data.to_input`) and
-return ``(N, classes)`` logits as numpy arrays.
-
-ONNX export uses the legacy TorchScript-based exporter (``dynamo=False``): with torch 2.14 the
-default dynamo exporter cannot emit opset 17 (it falls back to opset 18 after a failed version
-conversion) and writes weights to a separate ``.onnx.data`` file, whereas the legacy exporter
-gives a single self-contained opset-17 file with a dynamic batch axis and matches eager
-PyTorch to ~1e-6 on timm CNNs. It is deprecated upstream and emits a warning.
+"""Model size, FLOPs, memory and latency of every inference backend (:mod:`edgekd.stages.backends`), and the
+efficiency stage that measures them for a trained run.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import gc
 import io
 import tempfile
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pandas as pd
 import psutil
 import torch
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    QuantFormat,
-    QuantType,
-    quantize_static,
-)
-from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
-from timm.layers import Conv2dSame, get_same_padding
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -46,70 +25,21 @@ from edgekd.core.config import EfficiencyConfig
 from edgekd.core.files import clear_results
 from edgekd.core.inference import load_run
 from edgekd.stages import data as D
-from edgekd.stages.data import stratified_indices, to_input
+from edgekd.stages.backends import (
+    BACKEND_FILES,
+    BACKENDS,
+    Backend,
+    backend_logits,
+    calibration_images,
+    eval_copy,
+    example_input,
+    export_all,
+    file_sizes,
+    load_backend,
+)
+from edgekd.stages.data import to_input
 
-#: Inference backends understood by :func:`load_backend`.
-BACKENDS: tuple[str, ...] = ("eager", "torchscript", "ort_fp32", "ort_int8")
-#: File written by :func:`export_all` for each artefact.
-EXPORT_FILES: dict[str, str] = {
-    "state_dict": "state_dict.pt",
-    "torchscript": "model.ts",
-    "onnx": "model.onnx",
-    "onnx_int8": "model_int8.onnx",
-}
-#: Artefact whose file size is reported for each backend.
-BACKEND_FILES: dict[str, str] = {
-    "eager": "state_dict",
-    "torchscript": "torchscript",
-    "ort_fp32": "onnx",
-    "ort_int8": "onnx_int8",
-}
-
-Backend = Callable[[np.ndarray], np.ndarray]
 _MB = 1024.0**2
-
-
-def _eval_copy(model: nn.Module, device: str | torch.device = "cpu") -> nn.Module:
-    """Deep copy of ``model`` in eval mode on ``device`` (the caller's model is left untouched)."""
-    return copy.deepcopy(model).to(device).eval()
-
-
-def static_same_padding(model: nn.Module, img_size: int) -> nn.Module:
-    """Replace timm's ``Conv2dSame`` (TensorFlow "same" padding, computed from the input's shape at run time)
-    by a fixed ``ZeroPad2d`` and a plain ``Conv2d`` for ``img_size`` inputs, in place; returns ``model``.
-
-    The numbers are the same; the ONNX graph then has constant pads instead of shape arithmetic, which
-    onnxruntime's INT8 quantisation mis-handles (a 5x5 depthwise convolution on a 2x2 map failed there).
-    """
-    shapes: dict[str, tuple[int, int]] = {}
-
-    def record(name: str):
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            shapes[name] = tuple(inputs[0].shape[-2:])
-        return hook
-
-    hooks = [m.register_forward_pre_hook(record(name)) for name, m in model.named_modules() if isinstance(m, Conv2dSame)]
-    with torch.no_grad():
-        model(_example(img_size).to(next(model.parameters()).device))
-    for hook in hooks:
-        hook.remove()
-    for name, (ih, iw) in shapes.items():
-        conv = model.get_submodule(name)
-        ph = get_same_padding(ih, conv.kernel_size[0], conv.stride[0], conv.dilation[0])
-        pw = get_same_padding(iw, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
-        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
-                          conv.groups, conv.bias is not None).to(conv.weight.device)
-        plain.load_state_dict(conv.state_dict())
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent), leaf,
-                nn.Sequential(nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)), plain))
-    return model
-
-
-def _example(img_size: int, batch: int = 2) -> torch.Tensor:
-    return torch.randn(
-        batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)
-    )
 
 
 def count_params(model: nn.Module) -> int:
@@ -124,7 +54,7 @@ def flops_macs(model: nn.Module, img_size: int) -> dict[str, int]:
     (biases, norms and activations are not counted), so ``macs = flops // 2``.
     """
     device = next(model.parameters()).device
-    model = _eval_copy(model, device)
+    model = eval_copy(model, device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, img_size, img_size, device=device))
     flops = int(counter.get_total_flops())
@@ -136,212 +66,6 @@ def state_dict_bytes(model: nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getbuffer().nbytes
-
-
-#: Warnings of the export path that say nothing about these models, silenced where they arise (so that a notebook
-#: shows no stderr box for them): TorchScript's deprecation (TorchScript stays a measured backend while torch ships
-#: it) and the ONNX exporter's note that it cannot constant-fold a strided Slice (the graph is exported unfolded, and
-#: every export is checked against eager PyTorch on the test split).
-EXPORT_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
-    (FutureWarning, r"`torch\.jit\.\w+` is deprecated"),
-    (UserWarning, r"Constant folding - Only steps=1 can be constant folded"),
-)
-
-
-@contextlib.contextmanager
-def quiet_export() -> Iterator[None]:
-    """Silence :data:`EXPORT_WARNINGS` (and only those) inside the block."""
-    with warnings.catch_warnings():
-        for category, message in EXPORT_WARNINGS:
-            warnings.filterwarnings("ignore", message=message, category=category)
-        yield
-
-
-def export_torchscript(model: nn.Module, img_size: int, path: str | Path) -> Path:
-    """Trace ``model`` (eval, CPU) at ``img_size``, freeze it (weights inlined as constants, BatchNorm
-    folded) and save it as TorchScript; returns ``path``."""
-    path = Path(path)
-    with torch.no_grad(), quiet_export():
-        traced = torch.jit.freeze(torch.jit.trace(_eval_copy(model), _example(img_size)))
-    traced.save(str(path))
-    return path
-
-
-def export_onnx(
-    model: nn.Module, img_size: int, path: str | Path, opset: int = 17
-) -> Path:
-    """Export ``model`` (eval, CPU) to a single ONNX file, input ``input`` / output ``logits``.
-
-    The batch axis is dynamic; height and width are fixed at ``img_size``. BatchNorm is folded
-    into the convolutions and identical initialisers are stored once, so an untrained timm model
-    (last BN of each block zero-initialised) gives a file smaller than its parameter count. TensorFlow
-    "same" padding (the EfficientNet-Lite weights) is exported as constant pads (:func:`static_same_padding`).
-    """
-    path = Path(path)
-    with quiet_export():
-        torch.onnx.export(
-            static_same_padding(_eval_copy(model), img_size),
-            (_example(img_size),),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            opset_version=opset,
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            dynamo=False,
-        )
-    return path
-
-
-class _CalibrationReader(CalibrationDataReader):
-    """Feeds calibration images to ``quantize_static`` in batches."""
-
-    def __init__(self, input_name: str, images: np.ndarray, batch_size: int) -> None:
-        self._batches = iter(
-            {
-                input_name: np.ascontiguousarray(
-                    images[i : i + batch_size], dtype=np.float32
-                )
-            }
-            for i in range(0, len(images), batch_size)
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-
-def quantize_int8(
-    onnx_path: str | Path,
-    calib_images: np.ndarray,
-    out_path: str | Path,
-    batch_size: int = 32,
-    per_channel: bool = True,
-    reduce_range: bool = False,
-) -> Path:
-    """Static INT8 quantisation with onnxruntime: QDQ format, uint8 activations, int8 weights.
-
-    ``calib_images`` are float32 NCHW *normalised* inputs (MinMax calibration). The model first
-    goes through ``quant_pre_process`` (shape inference and graph optimisation). Per-channel
-    weight scales are the default because ResNet-style convolutions vary a lot across output
-    channels; ``reduce_range`` (7-bit weights) helps on x86 CPUs without VNNI.
-    """
-    calib_images = np.asarray(calib_images, dtype=np.float32)
-    if calib_images.ndim != 4 or len(calib_images) == 0:
-        raise ValueError(
-            f"calib_images must be a non-empty (N, C, H, W) array, got {calib_images.shape}"
-        )
-    out_path = Path(out_path)
-    input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(onnx_path), str(prepared))
-        quantize_static(
-            str(prepared),
-            str(out_path),
-            _CalibrationReader(input_name, calib_images, batch_size),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
-    return out_path
-
-
-def export_all(
-    model: nn.Module,
-    img_size: int,
-    out_dir: str | Path,
-    calib_images: np.ndarray | None = None,
-    opset: int = 17,
-) -> dict[str, Path]:
-    """Write state_dict, TorchScript, ONNX and (given calibration inputs) INT8 ONNX to ``out_dir``.
-
-    Returns ``{artefact: path}`` with the keys of :data:`EXPORT_FILES`; ``calib_images`` as in
-    :func:`quantize_int8`.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {key: out_dir / name for key, name in EXPORT_FILES.items()}
-    torch.save(model.state_dict(), paths["state_dict"])
-    export_torchscript(model, img_size, paths["torchscript"])
-    export_onnx(model, img_size, paths["onnx"], opset)
-    if calib_images is None:
-        del paths["onnx_int8"]
-    else:
-        quantize_int8(paths["onnx"], calib_images, paths["onnx_int8"])
-    return paths
-
-
-def file_sizes(paths: Mapping[str, str | Path]) -> dict[str, int]:
-    """``{name: size in bytes}`` for each file in ``paths``."""
-    return {key: Path(path).stat().st_size for key, path in paths.items()}
-
-
-def _torch_backend(module: nn.Module, device: torch.device, amp: bool) -> Backend:
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-
-    def run(x: np.ndarray | torch.Tensor) -> np.ndarray:
-        inputs = torch.as_tensor(x).to(device, non_blocking=True)
-        with (
-            torch.inference_mode(),
-            torch.autocast(device.type, dtype=amp_dtype, enabled=amp),
-        ):
-            logits = module(inputs)
-        return logits.float().cpu().numpy()
-
-    return run
-
-
-def ort_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
-    """CPU onnxruntime session with ``threads`` intra-op threads, sequential execution, full graph optimisation."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def load_backend(
-    name: str,
-    source: nn.Module | str | Path,
-    threads: int = 1,
-    device: str = "cpu",
-    amp: bool = False,
-) -> Backend:
-    """Callable mapping float32 NCHW inputs to numpy logits.
-
-    ``source``: the model for ``eager``, a ``.ts`` file for ``torchscript``, an ONNX file for
-    ``ort_fp32`` / ``ort_int8`` (see :func:`export_all`). ``threads`` sets onnxruntime's intra-op
-    threads (torch threads are process-wide: :func:`latency` sets them). ``device`` and ``amp``
-    (autocast, float16 on CUDA, bfloat16 on CPU) apply to the torch backends; onnxruntime runs
-    on CPU. Torch backends also accept torch tensors, e.g. already on ``device``.
-    """
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; valid backends: {list(BACKENDS)}")
-    if name == "eager":
-        if not isinstance(source, nn.Module):
-            raise TypeError(
-                f"backend 'eager' needs an nn.Module, got {type(source).__name__}"
-            )
-        return _torch_backend(_eval_copy(source, device), torch.device(device), amp)
-    if isinstance(source, nn.Module):
-        raise TypeError(f"backend {name!r} needs a file path, got an nn.Module")
-    if name == "torchscript":
-        with quiet_export():
-            module = torch.jit.load(str(source), map_location=device).eval()
-        return _torch_backend(module, torch.device(device), amp)
-    if device != "cpu" or amp:
-        raise ValueError(f"backend {name!r} runs on CPU without amp")
-    session = ort_session(source, threads)
-    input_name = session.get_inputs()[0].name
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run(
-            None, {input_name: np.ascontiguousarray(x, dtype=np.float32)}
-        )[0]
-
-    return run
 
 
 def _cuda_sync() -> None:
@@ -556,7 +280,7 @@ def benchmark_model(
     if "ort_int8" in backends and calib_images is None:
         raise ValueError("backend 'ort_int8' needs calib_images")
     sizes = list(dict.fromkeys(sizes if sizes is not None else (img_size, 224)))
-    cpu_model = _eval_copy(model)
+    cpu_model = eval_copy(model)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(work_dir) if work_dir is not None else Path(tmp)
@@ -572,7 +296,7 @@ def benchmark_model(
                 fn = load_backend(name, source, threads=threads)
                 precision = "int8" if name == "ort_int8" else "fp32"
                 for batch in batch_sizes:
-                    inputs = _example(size, batch).numpy()
+                    inputs = example_input(size, batch).numpy()
                     stats = latency(fn, inputs, warmup, repeats, threads)
                     rows.append(
                         {
@@ -591,7 +315,7 @@ def benchmark_model(
                 for amp in (False, True):
                     fn = load_backend("eager", model, device="cuda", amp=amp)
                     for batch in batch_sizes:
-                        inputs = _example(size, batch).cuda()
+                        inputs = example_input(size, batch).cuda()
                         rows.append(
                             {
                                 "backend": "eager",
@@ -617,7 +341,7 @@ def int8_passes(paths: Mapping[str, Path], size: int, threads: int, passes: int,
     median), which one pass per backend cannot show.
     """
     fns = {name: load_backend(name, paths[BACKEND_FILES[name]], threads=threads) for name in ("ort_fp32", "ort_int8")}
-    x = _example(size, 1).numpy()
+    x = example_input(size, 1).numpy()
     rows = []
     for i in range(passes):
         order = list(fns) if i % 2 == 0 else list(fns)[::-1]
@@ -632,16 +356,6 @@ def int8_passes(paths: Mapping[str, Path], size: int, threads: int, passes: int,
 
 #: How ``model.csv`` counts operations.
 COUNT_NOTE: str = "macs = multiply-accumulates of conv/linear at batch 1; flops = 2 * macs (FlopCounterMode)"
-
-
-def calibration_images(arrays: D.DermaArrays, n: int) -> np.ndarray:
-    """Class-stratified, deterministic subset of ``n`` TRAIN images (uint8 NHWC) for INT8 calibration."""
-    return arrays.images["train"][stratified_indices(arrays.labels["train"], n, seed=0)]
-
-
-def backend_logits(fn: Backend, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Logits of ``fn`` on uint8 NHWC ``images``, normalised (:func:`to_input`) one batch at a time."""
-    return np.concatenate([fn(to_input(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
 
 
 def _check_positive(**values: int | Sequence[int] | None) -> None:
@@ -721,8 +435,8 @@ def run_efficiency(
 ) -> dict:
     """Efficiency stage of a finished run: exports, size and cost, accuracy per backend, latency.
 
-    Exports the best checkpoint with :func:`export_all` into ``run_dir/export/`` (INT8 calibrated
-    on ``calib_images`` TRAIN images, :func:`calibration_images`) and writes to
+    Exports the best checkpoint with :func:`edgekd.stages.backends.export_all` into ``run_dir/export/`` (INT8 calibrated
+    on ``calib_images`` TRAIN images, :func:`edgekd.stages.backends.calibration_images`) and writes to
     ``run_dir/efficiency/``:
 
     * ``model.csv``: params, MACs and FLOPs (:data:`COUNT_NOTE`), file bytes of each export, and

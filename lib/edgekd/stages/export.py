@@ -49,51 +49,16 @@ from edgekd.core.inputs import listed
 from edgekd.core.preprocess import RECIPE, to_input
 from edgekd.core.provenance import file_digest, git_commit
 from edgekd.edge.predict import FORMAT, VERSION, manifest_digest, open_bundle
+from edgekd.stages import backends as BK
 from edgekd.stages import data as D
-from edgekd.stages import efficiency as E
 from edgekd.stages import evaluate as V
+from edgekd.stages.operating import fit_deployment, operating_report
 
 #: TRAIN images used to calibrate the INT8 model.
 CALIB_IMAGES: int = 256
 MODEL_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model_int8.onnx"}
 NOT_MEASURED: str = "not measured yet"
 NOTICE: str = "Research use only. Not a medical device: not for diagnosis or treatment decisions."
-
-
-# ---------------------------------------------------------------------------------- operating points
-
-def abstain_threshold(confidence: np.ndarray, coverage: float = COVERAGE) -> float:
-    """Largest threshold t such that at least ``coverage`` of ``confidence`` is >= t (keep if max prob >= t)."""
-    if not 0 < coverage <= 1:
-        raise ValueError(f"coverage must be in (0, 1], got {coverage!r}")
-    ranked = np.sort(np.asarray(confidence, dtype=float))[::-1]
-    return float(ranked[math.ceil(coverage * len(ranked) - 1e-9) - 1])
-
-
-def fit_deployment(logits_val: np.ndarray, y_val: np.ndarray, coverage: float = COVERAGE) -> dict[str, float]:
-    """Temperature, melanoma threshold and abstention threshold fitted on validation logits.
-
-    The temperature minimises validation NLL (:func:`edgekd.core.calibration.fit_temperature`); both thresholds
-    act on the temperature-scaled probabilities: melanoma is flagged when p_mel >= ``melanoma_threshold``
-    (validation sensitivity >= :data:`edgekd.stages.evaluate.TARGET_SENSITIVITY`), an image is abstained on when
-    its max probability < ``abstain_threshold`` (validation coverage >= ``coverage``).
-    """
-    T = C.fit_temperature(logits_val, y_val)
-    probs = C.apply_temperature(logits_val, T)
-    return {"temperature": T,
-            "melanoma_threshold": M.melanoma_threshold(y_val, probs, V.TARGET_SENSITIVITY),
-            "target_sensitivity": V.TARGET_SENSITIVITY,
-            "abstain_threshold": abstain_threshold(probs.max(1), coverage),
-            "coverage": coverage}
-
-
-def operating_report(y: np.ndarray, probs: np.ndarray, fitted: dict[str, float]) -> dict[str, float]:
-    """Melanoma sensitivity / specificity and coverage / selective accuracy of calibrated ``probs`` at ``fitted``."""
-    screen = M.screening_report(y, probs, fitted["melanoma_threshold"])
-    kept = probs.max(1) >= fitted["abstain_threshold"]
-    return {"mel_sensitivity": screen["sensitivity"], "mel_specificity": screen["specificity"],
-            "coverage": float(kept.mean()),
-            "selective_accuracy": M.accuracy(y[kept], probs[kept].argmax(1)) if kept.any() else float("nan")}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -428,16 +393,16 @@ def run_export(
     tmp = work / "new"
     tmp.mkdir()
     try:
-        paths = {"fp32": E.export_onnx(run.model, run.size, tmp / MODEL_FILES["fp32"])}
+        paths = {"fp32": BK.export_onnx(run.model, run.size, tmp / MODEL_FILES["fp32"])}
         if int8:
-            calib = to_input(E.calibration_images(arrays, calib_images))
-            paths["int8"] = E.quantize_int8(paths["fp32"], calib, tmp / MODEL_FILES["int8"])
+            calib = to_input(BK.calibration_images(arrays, calib_images))
+            paths["int8"] = BK.quantize_int8(paths["fp32"], calib, tmp / MODEL_FILES["int8"])
         eager = logits["test"] if run.tta_views == (0,) else predict(run.model, arrays.images["test"], views=(0,))[0]
         manifest["backends"] = {}
         for precision, path in paths.items():
             _set_metadata(path, manifest["onnx_metadata"], precision)
-            fn = E.load_backend(f"ort_{precision}", path, threads=torch.get_num_threads())
-            manifest["backends"][f"onnx_{precision}"] = _plain(_backend_row(E.backend_logits(fn, arrays.images["test"]), eager, y))
+            fn = BK.load_backend(f"ort_{precision}", path, threads=torch.get_num_threads())
+            manifest["backends"][f"onnx_{precision}"] = _plain(_backend_row(BK.backend_logits(fn, arrays.images["test"]), eager, y))
         manifest["files"] = {path.name: {"sha256": file_digest(path), "bytes": path.stat().st_size} for path in paths.values()}
         (tmp / "MODEL_CARD.md").write_text(model_card(manifest))
         manifest["files"]["MODEL_CARD.md"] = {"sha256": file_digest(tmp / "MODEL_CARD.md"), "bytes": (tmp / "MODEL_CARD.md").stat().st_size}

@@ -10,7 +10,7 @@ test-time views and writes, per set, to ``<run_dir>/eval/external/<name>/``:
 * ``calibration.csv``: before / after temperature scaling with the temperature fitted on val;
 * ``per_class.csv``: precision, recall, F1, support;
 * ``deployed.csv``: what ``edgekd-predict`` prints for these images with the run's bundle: metrics of the
-  temperature-scaled probabilities at the operating points fitted on val (:func:`edgekd.stages.export.fit_deployment`),
+  temperature-scaled probabilities at the operating points fitted on val (:func:`edgekd.stages.operating.fit_deployment`),
   computed with the reference implementations of :mod:`edgekd.core.metrics` / :mod:`edgekd.core.calibration`, with
   bootstrap intervals;
 * ``operating_points.json`` (the fitted values) and ``predictions.csv`` (calibrated probabilities per image).
@@ -37,7 +37,7 @@ from edgekd.core.inference import load_run, predict, resolve_device
 from edgekd.core.info import CLASS_NAMES
 from edgekd.core.inputs import UnreadableImage, find_images, image_id, match_labels, read_image, read_labels
 from edgekd.stages import evaluate as V
-from edgekd.stages.export import fit_deployment, operating_report
+from edgekd.stages.operating import fit_deployment, operating_report
 
 #: Folder of the external results inside a run folder.
 EXTERNAL_DIR: str = f"{V.EVAL_DIR}/external"

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from tqdm.auto import tqdm as auto_tqdm
 
 from edgekd.core import augment as AU
-from edgekd.core import info, provenance
+from edgekd.core import info, provenance, source
 from edgekd.core import metrics as M
 from edgekd.core.config import COLLAPSE_SHARE, KDConfig, TrainConfig
 from edgekd.core.files import atomic_write
@@ -119,6 +119,16 @@ def teacher_cache(teacher_dir: Path, arrays: D.DermaArrays, augment: str, with_m
         cache = {"fingerprint": fingerprint, "logits": logits_all, "maps": maps_all}
         atomic_save(cache, path)
         return cache
+
+
+def build_teacher_cache(teacher_dir: str | Path, augment: str, maps: bool, device: str, threads: int | None) -> None:
+    """Build (or find) the logit cache that students training with ``augment`` (``maps``: attention maps too) read,
+    as a step of its own right after the teacher, on the teacher's own images. Students that start together then
+    read it instead of one building it while the others wait on its lock."""
+    if threads:
+        torch.set_num_threads(threads)
+    arrays = D.load(D.DataConfig(**read_config(teacher_dir)["data"]))
+    teacher_cache(Path(teacher_dir), arrays, augment, maps, resolve_device(device))
 
 
 def teacher_arrays(teacher_dir: Path, data: dict, arrays: D.DermaArrays) -> D.DermaArrays:
@@ -491,6 +501,27 @@ def resume_key(config: dict, teacher_dir: Path | None) -> str:
     return h.hexdigest()[:16]
 
 
+def trained_key(config: dict, teacher_dir: Path | None) -> dict:
+    """What a finished run must have been trained from to be read instead of trained again: its configuration, the
+    training code and the teacher's weights (:func:`resume_key`) and the content of its data."""
+    return {"resume_key": resume_key(config, teacher_dir), "data": source.fingerprint(D.DataConfig(**config["data"]))}
+
+
+def finished_as(run_dir: Path, config: dict, key: dict) -> dict | None:
+    """The metrics of the finished run in ``run_dir`` when it was trained from ``config`` and ``key``
+    (:func:`trained_key`) and its ``best.pt`` is the one it recorded, else None (it is then trained)."""
+    try:
+        old = json.loads((run_dir / "run_config.json").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if (old != config or not isinstance(metrics, dict) or metrics.get("trained_key") != key
+            or not (run_dir / "predictions.npz").is_file() or not (run_dir / "best.pt").is_file()
+            or metrics.get("best_sha256") != provenance.file_digest(run_dir / "best.pt")):
+        return None
+    return metrics
+
+
 def run_train(
     run_dir: str | Path,
     arch: str,
@@ -500,7 +531,12 @@ def run_train(
     kd: KDConfig | None = None,
     teacher_dir: str | Path | None = None,
 ) -> dict:
-    """Train one teacher (``kd`` None) or student run end to end; returns its metrics."""
+    """Train one teacher (``kd`` None) or student run end to end; returns its metrics.
+
+    A finished run in ``run_dir`` trained from the same configuration, data, training code and teacher is read, not
+    trained again (a notebook run twice, or the JupyterLab and nbval tests of one checkout): the result would be
+    bitwise the same. Any difference, or a ``best.pt`` other than the one it recorded, trains it again.
+    """
     t0 = time.time()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -514,9 +550,15 @@ def run_train(
     config = {"arch": arch, "seed": seed, "data": asdict(data_cfg), "train": asdict(train_cfg),
               "kd": asdict(kd) if kd else None, "teacher_dir": str(teacher) if teacher else None,
               "weights": getattr(model, "pretrained", None)}
+    key = trained_key(config, teacher)
+    done = finished_as(run_dir, config, key)
+    if done is not None:
+        print(f"{run_dir} is a finished run of these settings, data, code and teacher: read, not trained again "
+              "(delete the folder to train it anew)", flush=True)
+        return done
     write_json(config, run_dir / "run_config.json")
     tick = time.time()
-    history = fit(model, arrays, train_cfg, run_dir, seed, kd, teacher, resume_key(config, teacher))
+    history = fit(model, arrays, train_cfg, run_dir, seed, kd, teacher, key["resume_key"])
     phases["fit"] = time.time() - tick
     phases["epochs"] = float(history["epoch_time_s"].sum()) if len(history) else 0.0
     phases["validation"] = float(history["val_time_s"].sum()) if "val_time_s" in history else 0.0
@@ -524,5 +566,6 @@ def run_train(
     metrics = finish(model, arrays, run_dir, train_cfg, time.time() - t0, phases)
     metrics["phases_s"]["finish"] = time.time() - tick
     metrics["wall_time_s"] = time.time() - t0
+    metrics["trained_key"], metrics["best_sha256"] = key, provenance.file_digest(run_dir / "best.pt")
     write_json(metrics, run_dir / "metrics.json")
     return metrics
