@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -360,3 +361,15 @@ def test_holm_step_down():
     assert M.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert M.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
     assert M.holm([0.2]) == pytest.approx([0.2])
+
+
+def test_balanced_accuracy_skips_a_predicted_class_absent_from_the_labels_without_a_warning():
+    """A bootstrap resample that drew no image of a rare class: sklearn's value (recall over the present classes),
+    and no warning for the notebook to show in red."""
+    y, pred = np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value = M.balanced_accuracy(y, pred)
+    with pytest.warns(UserWarning, match="y_pred contains classes not in y_true"):
+        expected = skm.balanced_accuracy_score(y, pred)
+    assert value == expected == 0.75

@@ -7,6 +7,7 @@ scores 0 (sklearn ``zero_division=0``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -44,8 +45,15 @@ def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    """Mean per-class recall over the classes present in ``y`` (sklearn; the ISIC challenge metric)."""
-    return float(skm.balanced_accuracy_score(y, pred))
+    """Mean per-class recall over the classes present in ``y`` (sklearn; the ISIC challenge metric).
+
+    A class that is predicted but absent from ``y`` (a bootstrap resample of a small test set that drew none of a
+    rare class) has no recall and is left out, which is the definition; sklearn says so with a warning per
+    resample, which is silenced here (and only that one).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true", category=UserWarning)
+        return float(skm.balanced_accuracy_score(y, pred))
 
 
 def f1(y: np.ndarray, pred: np.ndarray, average: str = "macro") -> float:
