@@ -263,6 +263,9 @@ def test_cache_requests_name_each_teachers_caches():
     specs = R.expand(R.load_profile("smoke"), Path("/tmp/unused"))
     requests = R.cache_requests(specs)
     assert list(requests) == ["teacher-resnet50-s0:teacher"]  # the no-KD students ask for nothing
+    # ... and never wait for the cache step (which waits for the teacher): they run beside the teacher on Dask
+    assert {s.parameters["kd"]["mode"] for s in specs if R.reads_cache(s)} == {"hinton"}
+    assert not any(R.reads_cache(s) for s in specs if s.stage == "student" and s.parameters["kd"]["mode"] == "none")
     (request,) = requests["teacher-resnet50-s0:teacher"]
     assert request["maps"] is True and request["augment"] == "dihedral" and request["teacher_dir"].endswith("teacher-resnet50-s0")
     default = R.cache_requests(R.expand(R.load_profile("default"), Path("/tmp/unused")))

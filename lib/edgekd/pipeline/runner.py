@@ -151,14 +151,18 @@ def _after(spec: RunSpec, *upstream_results: float) -> float:
     return execute(spec)
 
 
+def reads_cache(spec: RunSpec) -> bool:
+    """Whether ``spec`` is a student that distils from its teacher's logit cache (a no-KD student never waits for it)."""
+    kd = spec.parameters.get("kd") or {}
+    return spec.stage == "student" and spec.teacher is not None and kd.get("mode", "none") != "none" and bool(kd.get("teacher_cache"))
+
+
 def cache_requests(specs: list[RunSpec]) -> dict[str, list[dict]]:
     """Per teacher run key, the logit caches its distilling students among ``specs`` read (one per augmentation,
     attention maps or not, device and threads): :func:`edgekd.stages.train.build_teacher_cache`'s arguments."""
     out: dict[str, list[dict]] = {}
-    for s in specs:
-        kd, train = s.parameters.get("kd") or {}, s.parameters.get("train") or {}
-        if s.stage != "student" or kd.get("mode", "none") == "none" or not kd.get("teacher_cache") or s.teacher is None:
-            continue
+    for s in filter(reads_cache, specs):
+        kd, train = s.parameters["kd"], s.parameters["train"]
         request = {"teacher_dir": str(s.teacher.run_dir), "augment": train["augment"], "maps": kd["beta"] > 0,
                    "device": train["device"], "threads": train["threads"]}
         if request not in out.setdefault(s.teacher.key, []):
@@ -213,7 +217,7 @@ def run_dask(specs: list[RunSpec], scheduler: str | None = None, workers: int = 
             submit_caches(teacher, [], len(specs) * (len(specs) + 1))
         for order, spec in enumerate(specs):
             ups = [futures[u.key] for u in (*spec.upstream, *spec.after) if u.key in futures]
-            if spec.stage == "student" and spec.teacher is not None:
+            if reads_cache(spec):
                 ups += [caches[k] for k in caches if k[0] == spec.teacher.key]
             res = {"GPU": 1} if gpu and spec.trains else None
             priority = round(paths[spec.key]) * (len(specs) + 1) + len(specs) - order
