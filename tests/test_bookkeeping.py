@@ -72,11 +72,11 @@ def test_copied_outputs_stay_fresh(smoke_copy):
 def test_editing_evaluate_notebook_reruns_only_evaluate_and_keeps_trained_models(smoke_copy, tmp_path):
     root = smoke_copy / "smoke"
     before = _fingerprints(root)
-    assert sum(k.endswith("best.pt") for k in before) == 13
+    assert sum(k.endswith("best.pt") for k in before) == 9
     nb_dir = _notebooks_with_edit(tmp_path, "04_evaluate.ipynb")
     dry = R.run_profile("smoke", smoke_copy, dry_run=True, notebooks_dir=nb_dir)
     stale = {(r["run_id"], r["stage"]) for r in dry if r["status"] != "fresh"}
-    assert {stage for _, stage in stale} == {"evaluate", "aggregate"} and len(stale) == 14
+    assert {stage for _, stage in stale} == {"evaluate", "aggregate"} and len(stale) == 10
     assert all(r["why"] == "notebook" for r in dry if r["stage"] == "evaluate")
 
     # On Dask's two workers (the 13 evaluations run two at a time; the aggregate after them).

@@ -19,10 +19,9 @@ from edgekd.pipeline import plan as PL
 from edgekd.pipeline import runner as R
 
 #: KD setting -> the archs and seeds it keeps.
-NARROWED = {"kdat": {"archs": ["resnet18", "efficientnet_b0"], "seeds": [1]},
+NARROWED = {"kdat": {"archs": ["resnet18"], "seeds": [1]},
             "nokd": {"archs": ["mobilenetv2_100"], "seeds": [0]}}
-TRAINED = {"teacher-resnet50-s0", "student-resnet18-kdat-s1", "student-efficientnet_b0-kdat-s1",
-           "student-mobilenetv2_100-nokd-s0"}
+TRAINED = {"teacher-resnet50-s0", "student-resnet18-kdat-s1", "student-mobilenetv2_100-nokd-s0"}
 
 
 def test_local_cluster_matches_sequential(smoke_outputs, tmp_path):
@@ -42,7 +41,7 @@ def test_local_cluster_matches_sequential(smoke_outputs, tmp_path):
     assert [row["status"] for row in summary if row["stage"] == "data"] == ["fresh"]  # the smoke run's, reused
     ran = [row for row in summary if row["status"] == "ran"]
     assert {row["run_id"] for row in ran} == TRAINED and all(row["stage"] != "data" for row in ran)
-    assert len(ran) == 1 + 3 and all(row["wall_time_s"] > 0 for row in ran)
+    assert len(ran) == 1 + 2 and all(row["wall_time_s"] > 0 for row in ran)
     for row in ran:
         seq, par = root / row["run_id"], outputs / "smoke" / row["run_id"]
         m_seq = json.loads((seq / "metrics.json").read_text())

@@ -41,11 +41,12 @@ def _profile(tmp_path, **edits):
 def test_smoke_expands_teacher_before_students(tmp_path):
     specs = R.expand(R.load_profile("smoke"), tmp_path)
     stages = [s.stage for s in specs]
-    assert stages[:2] == ["data", "teacher"] and stages[2:15].count("student") == 12
-    assert [st for st in stages[15:] if st in ("data", "teacher", "student")] == []
-    assert stages[-1] == "aggregate" and len(specs[-1].upstream) == 13 + 2 * 7
-    # every run is evaluated; robustness and efficiency cover seed 0 of each model (the teacher and 6 students)
-    assert [stages.count(stage) for stage in ("evaluate", "robustness", "efficiency")] == [13, 7, 7]
+    assert stages[:2] == ["data", "teacher"] and stages[2:11].count("student") == 8
+    assert [st for st in stages[11:] if st in ("data", "teacher", "student")] == []
+    assert stages[-1] == "aggregate" and len(specs[-1].upstream) == 9 + 7 + 4
+    # every run is evaluated; robustness covers seed 0 of each model (the teacher and 6 students), efficiency the
+    # teacher and the 3 seed-0 KD students
+    assert [stages.count(stage) for stage in ("evaluate", "robustness", "efficiency")] == [9, 7, 4]
     assert {s.run_id[-3:] for s in specs if s.stage in ("robustness", "efficiency")} == {"-s0"}
     # the export of a model comes right after its last seed has trained, and reads all its seeds
     export = next(s for s in specs if s.stage == "export")
@@ -61,7 +62,7 @@ def test_smoke_expands_teacher_before_students(tmp_path):
     latency = {s.run_id: s.parameters["latency"] for s in every_seed if s.stage == "efficiency"}
     assert latency["student-resnet18-kdat-s0"] and not latency["student-resnet18-kdat-s1"]  # latency_seeds: [0]
     students = [s for s in specs if s.stage == "student"]
-    assert len(students) == 3 * 2 * 2  # archs x seeds x KD settings
+    assert len(students) == (3 + 1) * 2  # (archs + ResNet-18's second seed) x KD settings
     for s in students:
         distils = s.parameters["kd"]["mode"] != "none"
         assert s.parameters["teacher_dir"] == (str(specs[1].run_dir) if distils else None)
@@ -70,7 +71,7 @@ def test_smoke_expands_teacher_before_students(tmp_path):
 
 
 def test_kd_setting_can_name_its_own_archs(tmp_path):
-    path = _profile(tmp_path, **{"students.kd.0.archs": ["resnet18"]})
+    path = _profile(tmp_path, **{"students.kd.0.archs": ["resnet18"], "students.arch_seeds": None})
     students = [s.run_id for s in R.expand(R.load_profile(path), tmp_path) if s.stage == "student"]
     assert students == ["student-resnet18-kdat-s0", "student-resnet18-kdat-s1",
                         *(f"student-{arch}-nokd-s{seed}" for arch in ("resnet18", "mobilenetv2_100", "efficientnet_b0")
@@ -202,7 +203,7 @@ def test_lesion_pair_settings_filters_and_overrides(tmp_path):
         "lesion": {"archs": ["resnet18"], "kd": ["nokd"], "seeds": [1]},
         "students.kd.0.train": {"lr": 0.01},
         "robustness.settings": ["nokd"], "robustness.seeds": [0],
-        "efficiency.seeds": [1],
+        "efficiency.seeds": [1], "efficiency.settings": None, "students.arch_seeds": None,
     })
     specs = R.expand(R.load_profile(path), tmp_path)
     by_key = {s.key: s for s in specs}
@@ -278,7 +279,7 @@ def test_timing_stages_and_their_dependants_run_exclusively(tmp_path):
     specs = R.expand(R.load_profile("smoke"), tmp_path)
     exclusive = R._exclusive(specs)
     assert {k.split(":")[1] for k in exclusive} == {"efficiency", "aggregate"}
-    assert sum(k.endswith(":efficiency") for k in exclusive) == 7
+    assert sum(k.endswith(":efficiency") for k in exclusive) == 4
 
 
 def _kernel_sees(manager: type, names: list[str]) -> dict[str, str]:

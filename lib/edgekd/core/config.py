@@ -413,11 +413,12 @@ class ExternalSet:
     labels: Path
 
     @classmethod
-    def from_entry(cls, entry: Mapping, base: str | Path | None = None) -> ExternalSet:
+    def from_entry(cls, entry: Mapping, base: str | Path | None = None, check: bool = True) -> ExternalSet:
         """Parse a profile entry ``{name, images, labels}``; relative paths are taken from ``base`` when given.
 
         Raises ValueError for a non-mapping, missing or unknown keys, a name that is not a plain folder
-        name, a missing image folder or labels file.
+        name, and (with ``check``) a missing image folder or labels file. A plan is made without ``check``, so that
+        a profile naming a set on another machine's disk still expands; the runner checks before any work.
         """
         if not isinstance(entry, Mapping):
             raise ValueError(f"an external set must be a mapping with keys {EXTERNAL_KEYS}, got {entry!r}")
@@ -430,21 +431,27 @@ class ExternalSet:
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise ValueError(f"external set name {name!r} must be a plain folder name (letters, digits, _ . -)")
         root = Path(base) if base is not None else Path()
-        images, labels = root / str(entry["images"]), root / str(entry["labels"])
-        if not images.is_dir():
-            raise ValueError(f"external set {name!r}: image folder {images} does not exist")
-        if not labels.is_file():
-            raise ValueError(f"external set {name!r}: labels CSV {labels} does not exist")
-        return cls(name, images, labels)
+        ext = cls(name, root / str(entry["images"]), root / str(entry["labels"]))
+        if check:
+            ext.check()
+        return ext
+
+    def check(self) -> None:
+        """ValueError unless the image folder and the labels file exist."""
+        if not self.images.is_dir():
+            raise ValueError(f"external set {self.name!r}: image folder {self.images} does not exist")
+        if not self.labels.is_file():
+            raise ValueError(f"external set {self.name!r}: labels CSV {self.labels} does not exist")
 
 
-def parse_external(entries: Sequence[Mapping] | None, base: str | Path | None = None) -> list[ExternalSet]:
-    """The ``external:`` list of a profile (None or empty: no sets); ValueError on a bad entry or a repeated name."""
+def parse_external(entries: Sequence[Mapping] | None, base: str | Path | None = None, check: bool = True) -> list[ExternalSet]:
+    """The ``external:`` list of a profile (None or empty: no sets); ValueError on a bad entry or a repeated name,
+    and (with ``check``) on a missing folder or labels file."""
     if entries is None:
         return []
     if isinstance(entries, (str, Mapping)) or not isinstance(entries, Sequence):
         raise ValueError(f"external must be a list of {{name, images, labels}} entries, got {entries!r}")
-    sets = [ExternalSet.from_entry(e, base) for e in entries]
+    sets = [ExternalSet.from_entry(e, base, check) for e in entries]
     names = [s.name for s in sets]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:

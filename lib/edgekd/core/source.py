@@ -81,23 +81,31 @@ def source_fingerprint(root: str | Path | None) -> str:
     per file).
     """
     paths = raw_paths(root)
-    head = tuple((str(f), st.st_size, st.st_mtime_ns) for f in (paths["split"], paths["metadata"]) for st in (f.stat(),))
+    return folder_fingerprint(paths["images"], (paths["split"], paths["metadata"]), suffixes=(".jpg",))
+
+
+def folder_fingerprint(folder: str | Path, heads: tuple[str | Path, ...], suffixes: tuple[str, ...] | None = None) -> str:
+    """Digest of the bytes of the files ``heads`` (a labels or split file) and of every file in ``folder`` (name
+    and bytes; those ending in ``suffixes`` when given, never hidden ones): :func:`source_fingerprint`'s rule, for
+    any labelled image folder (an external test set too). Within a process it is reused while no file's path,
+    size or mtime has changed."""
+    head = tuple((str(f), st.st_size, st.st_mtime_ns) for f in heads for st in (Path(f).stat(),))
     # os.scandir, not Path.glob: the runner asks for every stage of a plan, and 10,015 Path objects and stats per
     # ask made a status table of the default profile take about 28 s.
-    with os.scandir(paths["images"]) as entries:
-        images = sorted((e.path, st.st_size, st.st_mtime_ns) for e in entries
-                        if e.name.endswith(".jpg") and not e.name.startswith(".") for st in (e.stat(),))
-    return _content_digest(head + tuple(images))
+    with os.scandir(folder) as entries:
+        files = sorted((e.path, st.st_size, st.st_mtime_ns) for e in entries
+                       if e.is_file() and not e.name.startswith(".") and (suffixes is None or e.name.endswith(suffixes))
+                       for st in (e.stat(),))
+    return _content_digest(head, tuple(files))
 
 
-@functools.lru_cache(maxsize=8)
-def _content_digest(signature: tuple[tuple[str, int, int], ...]) -> str:
-    """:func:`source_fingerprint` of the files in ``signature`` (split, metadata, then the sorted images)."""
-    (split, _, _), (metadata, _, _), *images = signature
+@functools.lru_cache(maxsize=16)
+def _content_digest(heads: tuple[tuple[str, int, int], ...], files: tuple[tuple[str, int, int], ...]) -> str:
+    """:func:`folder_fingerprint` of ``heads`` (their bytes) and the sorted ``files`` (name, length and bytes)."""
     h = hashlib.sha256()
-    for path in (split, metadata):
+    for path, _, _ in heads:
         h.update(Path(path).read_bytes())
-    for path, _, _ in images:
+    for path, _, _ in files:
         payload = Path(path).read_bytes()
         h.update(f"{Path(path).name}:{len(payload)}\n".encode() + payload)
     return h.hexdigest()[:16]

@@ -36,6 +36,7 @@ from edgekd.core.config import (
     EfficiencyConfig,
     EvaluateConfig,
     ExportConfig,
+    ExternalSet,
     KDConfig,
     RobustnessConfig,
     StageConfig,
@@ -100,6 +101,8 @@ PARAMS_DIR: Path = info.REPO_ROOT / "params"
 LIB_DIR: Path = provenance.LIB_DIR
 #: The outputs root in portable parameters.
 ROOT_TOKEN: str = "<outputs>"
+#: ... and the repository root (an external set's folder is named from it), so that a clone elsewhere stays fresh.
+REPO_TOKEN: str = "<repo>"
 
 
 class ConfigError(ValueError):
@@ -171,9 +174,10 @@ class RunSpec:
             return None
 
     def portable_parameters(self) -> str:
-        """The parameters as JSON with the outputs root replaced by ``<outputs>``."""
+        """The parameters as JSON with the outputs root replaced by ``<outputs>``, then the repository's by ``<repo>``."""
         text = json.dumps(self.parameters, sort_keys=True, default=str)
-        return text.replace(str(self.outputs_root), ROOT_TOKEN) if self.outputs_root else text
+        text = text.replace(str(self.outputs_root), ROOT_TOKEN) if self.outputs_root else text
+        return text.replace(str(info.REPO_ROOT), REPO_TOKEN)
 
     def components(self) -> dict:
         """What this stage's result depends on, each as a digest (the upstream ones as recorded)."""
@@ -188,6 +192,8 @@ class RunSpec:
         }
         if "data" in self.parameters:
             out["data"] = source.fingerprint(DataConfig(**self.parameters["data"]))
+        if self.parameters.get("external"):
+            out["external"] = _external_fingerprint(self.parameters["external"])
         if (self.parameters.get("train") or {}).get("pretrained"):
             out["weights"] = info.PRETRAINED[self.parameters["arch"]].sha256  # the pinned ImageNet checkpoint
         return out
@@ -211,7 +217,7 @@ class RunSpec:
             return "new", ["never finished"]
         stale_up = [u.key for u in self.upstream if u.status(memo)[0] != "fresh"]
         now, then = self.components(), mark.get("components") or {}
-        reasons = [name for name in ("params", "notebook", "library", "requirements", "data", "weights")
+        reasons = [name for name in ("params", "notebook", "library", "requirements", "data", "external", "weights")
                    if now.get(name) != then.get(name)]
         changed_up = [k for k, v in now["upstream"].items() if v != (then.get("upstream") or {}).get(k)]
         if changed_up:
@@ -574,13 +580,30 @@ def _per_run_specs(prof: dict, stages: list[str], specs: list[RunSpec], outputs:
     return out
 
 
-def _external(prof: dict) -> list[dict]:
-    """The profile's external test sets, validated (names, folders, labels CSVs), as plain dicts."""
+def external_sets(prof: dict, check: bool = False) -> list[ExternalSet]:
+    """The profile's external test sets (relative paths from the repository root); with ``check``, a ConfigError
+    unless each folder and labels file exists (the runner's check before work: a plan expands without them)."""
     try:
-        sets = parse_external(prof.get("external"), base=info.REPO_ROOT)
+        return parse_external(prof.get("external"), base=info.REPO_ROOT, check=check)
     except ValueError as exc:
         raise ConfigError(f"external: {exc}") from exc
-    return [{"name": s.name, "images": str(s.images), "labels": str(s.labels)} for s in sets]
+
+
+def _external(prof: dict) -> list[dict]:
+    """The profile's external test sets, validated (names, paths), as plain dicts for a stage's parameters."""
+    return [{"name": s.name, "images": str(s.images), "labels": str(s.labels)} for s in external_sets(prof)]
+
+
+def _external_fingerprint(sets: list[dict]) -> dict[str, str]:
+    """Per external set, the digest of its images and labels file ('missing' when absent: the runner refuses to
+    start then, and a status table still says which stages would rerun)."""
+    out = {}
+    for s in sets:
+        try:
+            out[s["name"]] = source.folder_fingerprint(s["images"], (s["labels"],))
+        except OSError:
+            out[s["name"]] = "missing"
+    return out
 
 
 def key_metric(spec: RunSpec) -> str:

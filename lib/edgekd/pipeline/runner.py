@@ -50,11 +50,13 @@ from edgekd.pipeline.plan import (
     _some,
     data_config,
     expand,
+    external_sets,
     load_profile,
     status_table,
 )
 from edgekd.pipeline.progress import critical_paths
 from edgekd.stages import data as D
+from edgekd.stages import external as X
 
 #: The lock a running runner holds in its profile's folder: one runner per profile and outputs root.
 LOCK_FILE: str = ".edgekd-run.lock"
@@ -62,11 +64,17 @@ EXECUTORS: tuple[str, ...] = ("sequential", "dask")
 
 
 def check_inputs(prof: dict, outputs: Path, decode: bool = True) -> None:
-    """Check the data before any run: the folder (or npz file) and the split file; with ``decode``, also that
+    """Check the data before any run: the folder (or npz file) and the split file, and each external set's images
+    and labels (every image has a label and every label an image); with ``decode``, also that
     every image decodes (building the cache under the outputs root, by source). Without ``decode`` (a dry
     run) nothing is written."""
     cfg = DataConfig(**data_config(prof, Path(outputs).resolve()))
     source.check_source(cfg)
+    for ext in external_sets(prof, check=True):
+        try:
+            X.labelled_files(ext)
+        except ValueError as exc:
+            raise ConfigError(f"external: {exc}") from None
     if decode:
         D.load(cfg)
     elif cfg.source == "raw":

@@ -1,7 +1,7 @@
 """The stage notebooks' standalone demo: one home for their default parameters, and what builds a missing demo run.
 
 Opened on its own, each stage notebook runs a small real study in a few minutes at most on a 2-core CPU: a
-class-stratified 3,000 / 500 / 500-image subset of the official DermaMNIST split at 64 px, EfficientNet-Lite0 from
+class-stratified 1,500 / 350 / 350-image subset of the official DermaMNIST split at 64 px, EfficientNet-Lite0 from
 its ImageNet weights as the teacher (``02_teacher``) and as its distilled student (``03_student``), 2 epochs each.
 The later notebooks read that student; opened first, they train it (and its teacher) with these same defaults and
 say so. Paths are relative to the notebooks folder, the kernel's working directory.
@@ -20,7 +20,7 @@ from edgekd.stages import train as T
 ROOT: str = "../outputs/notebooks"
 #: The demo data: the official split, subsampled per class so that every class has images to show.
 DATA: dict = {"size": 64, "source": "raw", "data_dir": None, "split": "official",
-              "subset": {"train": 3000, "val": 500, "test": 500}}
+              "subset": {"train": 1500, "val": 350, "test": 350}}
 #: The demo recipe of teacher and student: ImageNet weights, 2 short epochs, horizontal flips.
 TRAIN: dict = {"epochs": 2, "batch_size": 64, "lr": 0.002, "warmup_epochs": 0.5, "augment": "flip",
                "pretrained": "imagenet"}

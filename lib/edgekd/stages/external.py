@@ -45,18 +45,27 @@ EXTERNAL_DIR: str = f"{V.EVAL_DIR}/external"
 OPERATING: tuple[str, ...] = ("mel_sensitivity", "mel_specificity", "coverage", "selective_accuracy")
 
 
+def labelled_files(ext: ExternalSet) -> tuple[list[Path], np.ndarray]:
+    """The set's image files (folder order) and their labels, without decoding an image: what the runner checks
+    before any work. Raises ValueError (the set named) for a missing folder or file, a labels problem, an image
+    without a label or a label without an image."""
+    try:
+        ext.check()
+        files, _ = find_images([ext.images])
+        labels = match_labels([image_id(p.name) for p in files], read_labels(ext.labels), str(ext.labels))
+    except ValueError as exc:
+        raise ValueError(f"external set {ext.name!r}: {exc}" if ext.name not in str(exc) else str(exc)) from None
+    return files, labels
+
+
 def load_external(ext: ExternalSet, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """uint8 images (N, size, size, 3) through the training recipe, their labels and image ids (folder order).
 
     Raises ValueError (the set named) for a labels problem, an image without a label or a label without
     an image, or any unreadable image.
     """
-    try:
-        files, _ = find_images([ext.images])
-        ids = [image_id(p.name) for p in files]
-        labels = match_labels(ids, read_labels(ext.labels), str(ext.labels))
-    except ValueError as exc:
-        raise ValueError(f"external set {ext.name!r}: {exc}") from None
+    files, labels = labelled_files(ext)
+    ids = [image_id(p.name) for p in files]
     images, unreadable = [], []
     for path in files:
         try:
