@@ -9,13 +9,16 @@ Tiers (markers registered in pyproject.toml, applied here, never by hand for fix
 * ``smoke``: the test reads the smoke profile's outputs (:func:`smoke_outputs`, the whole profile run end to end,
   the longest part of the suite); ``-m "not smoke"`` runs everything else, real data included.
 
-The full tier (``bash scripts/test.sh``, what CI runs) runs everything. There the smoke profile starts in the
-background as soon as the session starts (:func:`_smoke_in_background`), and the tests that read its outputs run
-last, so that it runs while the unit tests and the notebooks do: the same work as before, overlapped.
+The full tier (``bash scripts/test.sh``, what CI runs) runs everything, on two pytest-xdist workers. The smoke
+profile starts in the background at the first test (:func:`_smoke_in_background`, once for all workers), and the
+tests that read its outputs run last, so that it runs while the unit tests and the notebooks do. The notebooks and
+the JupyterLab test run in order on one worker (:func:`_group`); a plain ``pytest`` without ``-n`` runs the same
+tests in the same order in one process.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -84,15 +87,39 @@ def _rank(item: pytest.Item) -> int:
     return 1 if item.path.suffix == ".ipynb" else 0
 
 
+#: Session fixtures that train or export (seconds each): their tests share one pytest-xdist worker, which builds
+#: them once, instead of each worker building its own.
+SHARED_BUILDS: frozenset[str] = frozenset({"run_dir", "bundle", "tiny_runs", "fake_bundle_dir"})
+
+
+def _group(item: pytest.Item) -> str | None:
+    """The pytest-xdist group of an item (``--dist loadgroup`` runs a group on one worker, in order), or None.
+
+    The notebooks (nbval) and the JupyterLab test, which reads the demo runs nbval trained, form one group; the smoke
+    profile's readers one group per module (its module-scoped renders and publications are made once); the tests of
+    :data:`SHARED_BUILDS` one group. Everything else is spread over the workers test by test."""
+    if _rank(item) in (1, 2):
+        return "notebooks"
+    if _needs_smoke(item):
+        return f"smoke-{item.path.stem}"
+    if SHARED_BUILDS & set(getattr(item, "fixturenames", ())):
+        return "shared-builds"
+    return None
+
+
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by these markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark ``data`` and ``smoke`` items and order them by :func:`_rank` (stable: modules and notebooks keep their
-    order), so that the smoke profile runs in the background while everything else runs."""
+    """Mark ``data`` and ``smoke`` items, give each its pytest-xdist group (:func:`_group`) and order them by
+    :func:`_rank` (stable: modules and notebooks keep their order), so that the smoke profile runs in the background
+    while everything else runs."""
     for item in items:
         if _needs_data(item):
             item.add_marker(pytest.mark.data)
         if _needs_smoke(item):
             item.add_marker(pytest.mark.smoke)
+        group = _group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=_rank)
 
 
@@ -172,53 +199,79 @@ def fake_bundle_dir(tmp_path_factory):
 
 
 class SmokeRun:
-    """``python -m edgekd.pipeline.runner smoke --outputs OUT`` in its own process group, stdout and stderr to files."""
+    """``python -m edgekd.pipeline.runner smoke --outputs OUT`` in its own process group, stdout and stderr to files,
+    its exit code to a file when it ends: any pytest process (one of pytest-xdist's workers, or the only one) waits
+    for it by reading that file, and the process that ends the session stops it if it still runs."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self.stdout, self.stderr = out.parent / f"{out.name}-runner.out", out.parent / f"{out.name}-runner.err"
-        with open(self.stdout, "w") as so, open(self.stderr, "w") as se:
-            self.proc = subprocess.Popen([sys.executable, "-m", "edgekd.pipeline.runner", "smoke", "--outputs", str(out)],
-                                         stdout=so, stderr=se, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.started = time.monotonic()
+        self.code_file, self.pid_file = out.parent / f"{out.name}-runner.exit", out.parent / f"{out.name}-runner.pid"
 
-    def wait(self) -> tuple[int, str, str]:
-        """Its exit code (None after :data:`SMOKE_TIMEOUT_S`, when it is stopped), stdout and stderr."""
-        try:
-            code = self.proc.wait(timeout=max(1.0, SMOKE_TIMEOUT_S - (time.monotonic() - self.started)))
-        except subprocess.TimeoutExpired:
-            self.stop()
-            code = None
-        return code, self.stdout.read_text(), self.stderr.read_text()
+    def start(self) -> None:
+        """Start the run in the background (its shell writes the exit code when the runner ends)."""
+        script = '"$0" -m edgekd.pipeline.runner smoke --outputs "$1" > "$2" 2> "$3"; echo $? > "$4.part" && mv "$4.part" "$4"'
+        proc = subprocess.Popen(["bash", "-c", script, sys.executable, str(self.out), str(self.stdout), str(self.stderr),
+                                 str(self.code_file)], stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid_file.write_text(f"{proc.pid} {time.time()}\n")
+
+    def wait(self) -> tuple[int | None, str, str]:
+        """Its exit code (None after :data:`SMOKE_TIMEOUT_S` from its start, when it is stopped), stdout and stderr."""
+        started = float(self.pid_file.read_text().split()[1])
+        while not self.code_file.exists():
+            if time.time() - started > SMOKE_TIMEOUT_S:
+                self.stop()
+                return None, self.stdout.read_text(), self.stderr.read_text()
+            time.sleep(1.0)
+        return int(self.code_file.read_text()), self.stdout.read_text(), self.stderr.read_text()
 
     def stop(self) -> None:
-        """End the runner and what it started (its process group), if it still runs."""
-        if self.proc.poll() is not None:
+        """End the runner and what it started (its process group), if it was started and still runs."""
+        if not self.pid_file.exists() or self.code_file.exists():
             return
-        for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 20)):
+        pgid = int(self.pid_file.read_text().split()[0])
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
-                os.killpg(self.proc.pid, sig)
+                os.killpg(pgid, sig)
             except ProcessLookupError:
                 return
-            try:
-                self.proc.wait(timeout=grace)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+            for _ in range(20):
+                time.sleep(1.0)
+                try:
+                    os.killpg(pgid, 0)
+                except ProcessLookupError:
+                    return
+
+
+def _shared_root(config: pytest.Config) -> Path:
+    """The session's base temporary folder that every pytest-xdist worker shares (a worker's own is inside it)."""
+    base = config._tmp_path_factory.getbasetemp()  # pytest's own factory: no fixture exists at session finish
+    return base.parent if hasattr(config, "workerinput") else base
+
+
+def _smoke_run(config: pytest.Config) -> SmokeRun:
+    return SmokeRun(_shared_root(config) / "outputs")
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _smoke_in_background(request, tmp_path_factory):
-    """Start the smoke profile at the first test when a selected test reads its outputs; stop it at the end if it
-    still runs (an interrupted session)."""
+def _smoke_in_background(request):
+    """Start the smoke profile at the first test when a selected test reads its outputs: once per session, by the
+    first pytest-xdist worker to get here (a lock in the shared folder), so that it runs while everything else does."""
     if not any(_needs_smoke(item) for item in request.session.items):
-        yield None
-        return
-    run = SmokeRun(tmp_path_factory.mktemp("outputs"))
-    try:
-        yield run
-    finally:
-        run.stop()
+        return None
+    run = _smoke_run(request.config)
+    with open(run.out.parent / "outputs-runner.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not run.pid_file.exists():
+            run.start()
+    return run
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The session's last process (pytest-xdist's controller, or the only one) stops the smoke run if it still runs
+    (an interrupted session); a worker never does, since another may still be waiting for it."""
+    if not hasattr(session.config, "workerinput"):
+        _smoke_run(session.config).stop()
 
 
 @pytest.fixture(scope="session")

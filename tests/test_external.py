@@ -8,13 +8,17 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy.special import softmax
 
 from edgekd.core import calibration as C
+from edgekd.core import info
 from edgekd.core import metrics as M
 from edgekd.core.config import ExternalSet, parse_external
 from edgekd.core.inference import load_run, predict, read_config
 from edgekd.core.info import CLASS_NAMES
+from edgekd.pipeline import plan as PL
+from edgekd.pipeline import runner as R
 from edgekd.stages import evaluate as V
 from edgekd.stages.external import deployed_metrics, evaluate_external, load_external
 from edgekd.stages.operating import fit_deployment
@@ -126,3 +130,65 @@ def test_evaluate_external_uses_the_runs_test_time_views(tmp_path, run_dir, isic
     single = C.apply_temperature(predict(loaded.model, x)[0], T)
     np.testing.assert_allclose(written, tta, atol=1e-6)
     assert not np.allclose(written, single, atol=1e-3)
+
+
+def _with_external(tmp_path, images, labels) -> str:
+    """The smoke profile with one external set, written to ``tmp_path``."""
+    prof = yaml.safe_load((PL.PARAMS_DIR / "smoke.yaml").read_text())
+    prof["external"] = [{"name": "isic", "images": str(images), "labels": str(labels)}]
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    return str(path)
+
+
+def test_default_profile_scores_the_isic_set_in_every_evaluation_and_expands_without_it(tmp_path):
+    """The default profile's external set is the shared ISIC 2018 half, on each evaluation of the official split
+    (not robustness or efficiency); a plan expands where the folder is absent (the runner checks it before work)."""
+    specs = R.expand(R.load_profile("default"), tmp_path)
+    shared = info.REPO_ROOT / "../shared/data/isic2018_test_half"
+    expected = [{"name": "isic2018_test_half", "images": str(shared / "images"),
+                 "labels": str(shared / "ISIC2018_Task3_Test_GroundTruth_half.csv")}]
+    evaluations = [s for s in specs if s.stage == "evaluate"]
+    assert evaluations and all(s.parameters["external"] == expected for s in evaluations)
+    assert not [s for s in specs if s.stage != "evaluate" and "external" in s.parameters]
+    assert '"<repo>/../shared/data/isic2018_test_half/images"' in evaluations[0].portable_parameters()
+    absent = _with_external(tmp_path, tmp_path / "nowhere", tmp_path / "none.csv")
+    evaluate = next(s for s in R.expand(R.load_profile(absent), tmp_path) if s.stage == "evaluate")
+    assert evaluate.components()["external"] == {"isic": "missing"}
+
+
+def test_external_images_and_labels_are_part_of_the_evaluation_digest(tmp_path, isic):
+    images, csv, _ = isic
+    labels = tmp_path / "labels.csv"
+    shutil.copyfile(csv, labels)
+    profile = _with_external(tmp_path, images, labels)
+
+    def digest() -> str:
+        evaluate = next(s for s in R.expand(R.load_profile(profile), tmp_path) if s.stage == "evaluate")
+        return evaluate.components()["external"]["isic"]
+
+    before = digest()
+    assert before != "missing" and digest() == before
+    table = pd.read_csv(labels)
+    table.loc[0, ["MEL", "NV"]] = table.loc[0, ["NV", "MEL"]].to_numpy()  # one image relabelled
+    table.to_csv(labels, index=False)
+    assert digest() != before
+
+
+@pytest.mark.parametrize("problem", ["no folder", "no labels file", "an image without a label"])
+def test_runner_refuses_an_external_set_it_cannot_score_before_any_work(tmp_path, isic, capsys, problem):
+    images, csv, _ = isic
+    labels = tmp_path / "labels.csv"
+    shutil.copyfile(csv, labels)
+    if problem == "no folder":
+        images = tmp_path / "nowhere"
+    elif problem == "no labels file":
+        labels = tmp_path / "none.csv"
+    else:
+        pd.read_csv(csv).iloc[1:].to_csv(labels, index=False)
+    outputs = tmp_path / "outputs"
+    for dry in ([], ["--dry-run"]):
+        assert R.main([_with_external(tmp_path, images, labels), "--outputs", str(outputs), *dry]) == 2
+        err = capsys.readouterr().err
+        assert "external set 'isic'" in err and "Traceback" not in err, err
+    assert not outputs.exists()
