@@ -12,7 +12,7 @@ Tiers (markers registered in pyproject.toml, applied here, never by hand for fix
 The full tier (``bash scripts/test.sh``, what CI runs) runs everything, on two pytest-xdist workers. The smoke
 profile starts in the background at the first test (:func:`_smoke_in_background`, once for all workers), and the
 tests that read its outputs run last, so that it runs while the unit tests and the notebooks do. The notebooks and
-the JupyterLab test run in order on one worker (:func:`_group`); a plain ``pytest`` without ``-n`` runs the same
+the JupyterLab test run in order on one worker (:func:`_scope`); a plain ``pytest`` without ``-n`` runs the same
 tests in the same order in one process.
 """
 
@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network from tests
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -87,39 +88,44 @@ def _rank(item: pytest.Item) -> int:
     return 1 if item.path.suffix == ".ipynb" else 0
 
 
-#: Session fixtures that train or export (seconds each): their tests share one pytest-xdist worker, which builds
-#: them once, instead of each worker building its own.
-SHARED_BUILDS: frozenset[str] = frozenset({"run_dir", "bundle", "tiny_runs", "fake_bundle_dir"})
+#: Modules whose tests share session fixtures that train and export (``run_dir``, ``bundle``): one pytest-xdist
+#: worker runs each module's tests, in order, and builds them once.
+SHARED_BUILD_MODULES: frozenset[str] = frozenset({"tests/test_bundle.py", "tests/test_predict.py", "tests/test_external.py"})
 
 
-def _group(item: pytest.Item) -> str | None:
-    """The pytest-xdist group of an item (``--dist loadgroup`` runs a group on one worker, in order), or None.
-
-    The notebooks (nbval) and the JupyterLab test, which reads the demo runs nbval trained, form one group; the smoke
-    profile's readers one group per module (its module-scoped renders and publications are made once); the tests of
-    :data:`SHARED_BUILDS` one group. Everything else is spread over the workers test by test."""
-    if _rank(item) in (1, 2):
+def _scope(nodeid: str) -> str:
+    """The pytest-xdist work unit of a test (one worker runs a unit's tests in their order): the notebooks (nbval)
+    and the JupyterLab test, which reads the demo runs nbval trained, form one; each module of
+    :data:`SHARED_BUILD_MODULES` one; every other test is a unit of its own, so that both workers share the rest."""
+    path = nodeid.split("::", 1)[0]
+    if path.endswith(".ipynb") or path == "tests/test_jupyterlab.py":
         return "notebooks"
-    if _needs_smoke(item):
-        return f"smoke-{item.path.stem}"
-    if SHARED_BUILDS & set(getattr(item, "fixturenames", ())):
-        return "shared-builds"
-    return None
+    return path if path in SHARED_BUILD_MODULES else nodeid
+
+
+class Scheduling(LoadScopeScheduling):
+    """pytest-xdist's scope scheduling with :func:`_scope` as the scope; its default order (units with more tests
+    first) starts the notebooks, the suite's longest chain of its own, at once. (Its ``xdist_group`` marker cannot
+    be used: it renames node ids, which pytest 9 no longer allows.)"""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return _scope(nodeid)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log) -> Scheduling:
+    """Every run with ``-n`` schedules by :func:`_scope` (scripts/test.sh runs two workers)."""
+    return Scheduling(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by these markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark ``data`` and ``smoke`` items, give each its pytest-xdist group (:func:`_group`) and order them by
-    :func:`_rank` (stable: modules and notebooks keep their order), so that the smoke profile runs in the background
-    while everything else runs."""
+    """Mark ``data`` and ``smoke`` items and order them by :func:`_rank` (stable: modules and notebooks keep their
+    order), so that the smoke profile runs in the background while everything else runs."""
     for item in items:
         if _needs_data(item):
             item.add_marker(pytest.mark.data)
         if _needs_smoke(item):
             item.add_marker(pytest.mark.smoke)
-        group = _group(item)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=_rank)
 
 
@@ -253,10 +259,16 @@ def _smoke_run(config: pytest.Config) -> SmokeRun:
     return SmokeRun(_shared_root(config) / "outputs")
 
 
+#: How much lower the pytest processes run than the smoke profile (``os.nice``), once it has started: its runs are
+#: the suite's longest chain (its readers wait for all of it), so they get the CPU first and the tests fill the rest.
+TESTS_NICE: int = 5
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _smoke_in_background(request):
     """Start the smoke profile at the first test when a selected test reads its outputs: once per session, by the
-    first pytest-xdist worker to get here (a lock in the shared folder), so that it runs while everything else does."""
+    first pytest-xdist worker to get here (a lock in the shared folder), so that it runs while everything else does;
+    then lower this process's priority below it (:data:`TESTS_NICE`; what it starts inherits that)."""
     if not any(_needs_smoke(item) for item in request.session.items):
         return None
     run = _smoke_run(request.config)
@@ -264,6 +276,7 @@ def _smoke_in_background(request):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not run.pid_file.exists():
             run.start()
+    os.nice(TESTS_NICE)
     return run
 
 

@@ -16,8 +16,10 @@ import yaml
 from scipy import stats
 from scipy.special import softmax
 
+from edgekd.core import calibration as C
 from edgekd.core import info
 from edgekd.core import metrics as M
+from edgekd.core import stats as ST
 from edgekd.paper import format as FM
 from edgekd.paper import render
 from edgekd.paper import sections as S
@@ -31,7 +33,8 @@ from edgekd.stages import tables as TB
 
 
 def fake_run(root, name, arch, seed, y, pred, mode=None, split="official", collapsed=None):
-    """A run folder with what the aggregate reads for pairing: run_config, metrics.json, predictions, eval/metrics.csv."""
+    """A run folder with what the aggregate reads for pairing: run_config, metrics.json, predictions, eval/metrics.csv
+    and eval/calibration.csv (a wrong prediction is less confident in a run of another seed, so ECE differs)."""
     run = root / name
     (run / "eval").mkdir(parents=True)
     kd = None if mode is None else {"mode": mode, "alpha": 0.5, "temperature": 4.0, "beta": 0.0, "standardize": False}
@@ -44,6 +47,7 @@ def fake_run(root, name, arch, seed, y, pred, mode=None, split="official", colla
     values = [fn(y, probs) for fn in M.HEADLINE.values()]
     pd.DataFrame({"metric": list(M.HEADLINE), "value": values, "ci_low": values, "ci_high": values}).to_csv(
         run / "eval" / "metrics.csv", index=False)
+    C.calibration_report(y, logits * (1 + seed / 4), 2.0).to_csv(run / "eval" / "calibration.csv", index=False)
     return run
 
 
@@ -87,7 +91,7 @@ def test_run_identity_comes_from_run_config_and_the_folder(profile):
         RN.run_identity(root / "student-resnet18-kd-s7")
 
 
-def test_kd_is_paired_by_seed_with_a_pooled_mcnemar_and_collapsed_pairs_dropped(profile):
+def test_kd_is_paired_by_seed_with_the_pre_declared_verdict_and_collapsed_pairs_dropped(profile):
     root, y, preds = profile
     runs = RN.discover(root)
     assert list(runs["run_id"][:2]) == ["teacher-resnet50-s0", "student-resnet18-kd-s0"]  # official split first
@@ -99,11 +103,17 @@ def test_kd_is_paired_by_seed_with_a_pooled_mcnemar_and_collapsed_pairs_dropped(
     half = stats.t.ppf(0.975, 1) * np.std(deltas, ddof=1) / np.sqrt(2)
     assert official["d_macro_f1"] == pytest.approx(np.mean(deltas))
     assert official["d_macro_f1_low"] == pytest.approx(max(np.mean(deltas) - half, -1.0))
-    ok_base = np.concatenate([preds[("nokd", s)] == y for s in (0, 1)])
-    ok_kd = np.concatenate([preds[("kd", s)] == y for s in (0, 1)])
-    b, c = int(np.sum(ok_base & ~ok_kd)), int(np.sum(~ok_base & ok_kd))
-    assert (official["b"], official["c"]) == (b, c)
-    assert official["mcnemar_p"] == pytest.approx(stats.chi2.sf((abs(b - c) - 1) ** 2 / (b + c), 1))
+    # the analysis plan's test: the paired t across seeds (scipy's), the TOST and the verdict; no McNemar
+    assert official["t_p"] == pytest.approx(stats.ttest_1samp(deltas, 0.0).pvalue)
+    assert official["t_p_holm"] == pytest.approx(official["t_p"])  # the only student of its setting: a family of one
+    assert official["verdict_label"] == ST.verdict(deltas)["label"]
+    assert not {"b", "c", "mcnemar_p"} & set(summary.columns)
+    ece = {(k, s): pd.read_csv(root / f"student-resnet18-{k}-s{s}" / "eval" / "calibration.csv").set_index("stage")["ece"]
+           for k in ("kd", "nokd") for s in (0, 1)}
+    seeds = per_seed[per_seed["split"] == "official"]
+    for stage in ("before", "after"):
+        assert np.allclose(seeds[f"d_ece_{stage}"], [ece[("kd", s)][stage] - ece[("nokd", s)][stage] for s in (0, 1)])
+        assert official[f"d_ece_{stage}"] == pytest.approx(seeds[f"d_ece_{stage}"].mean())
     assert (summary["split"] == "lesion").sum() == 0  # the lesion student has no lesion no-KD partner
 
 
@@ -640,3 +650,19 @@ def test_students_at_two_sizes_and_the_teacher_recipe_student(tmp_path):
     arms.loc[2, "lr"] = 0.002  # another recipe: no longer the teacher's
     arms.to_csv(tmp_path / "arms.csv", index=False)
     assert S.teacher_recipe_student(src) is None
+
+
+def test_kd_calibration_pairs_each_student_with_its_no_kd_twin_from_the_reference_tables():
+    """Read from the published reference's own tables: each KD student's temperature and ECE beside its no-KD twin's,
+    the Δ ECE before and after scaling, and a sentence whose numbers are those of the table."""
+    src = SR.locate("default")
+    rows = S._kd_calibration_rows(src).set_index("student")
+    cal = src.csv("calibration.csv").set_index(["label", "stage"])
+    for student, r in rows.iterrows():
+        for stage in ("before", "after"):
+            kd, base = cal.loc[(f"{student} · kd", stage), "ece"], cal.loc[(f"{student} · no KD", stage), "ece"]
+            assert (r[f"ece_{stage}_kd"], r[f"ece_{stage}_nokd"]) == pytest.approx((kd, base))
+            assert r[f"d_ece_{stage}"] == pytest.approx(kd - base, abs=1e-9)
+        assert r["t_kd"] == pytest.approx(cal.loc[(f"{student} · kd", "after"), "temperature"])
+    text = S.kd_calibration(src)
+    assert f"{FM.signed(rows['d_ece_before'].max())} before temperature scaling" in text and "{#tbl-kd-calibration}" in text

@@ -262,3 +262,23 @@ def test_power_script_on_the_published_reference(tmp_path):
     assert row["mde_3"] == pytest.approx(stats.mde(d.std(ddof=1), 3))
     assert row["seeds_hw_0.02"] == stats.seeds_needed(d.std(ddof=1), 0.02)
     assert set(table["verdict"]) <= {"gain", "loss", "equivalent", "inconclusive"}
+
+
+def test_kd_verdicts_holm_within_each_setting_and_split_never_across():
+    rng = np.random.default_rng(3)
+    rows = [{"arch": arch, "split": "official", "setting": setting, "seed": seed,
+             "d_macro_f1": shift + rng.normal(0, 0.005)}
+            for setting, shifts in (("kd", (0.05, 0.0, -0.01)), ("dkd", (0.002, 0.03, 0.0)))
+            for arch, shift in zip(("a", "b", "c"), shifts, strict=True) for seed in range(4)]
+    per_seed = pd.DataFrame(rows)
+    table = stats.kd_verdicts(per_seed).set_index(["setting", "arch"])
+    assert len(table) == 6
+    for setting in ("kd", "dkd"):
+        family = {a: per_seed[(per_seed["setting"] == setting) & (per_seed["arch"] == a)]["d_macro_f1"].to_numpy()
+                  for a in "abc"}
+        raw = [sps.ttest_1samp(family[a], 0.0).pvalue for a in "abc"]
+        assert np.allclose(table.loc[setting, "t_p"].to_numpy(), raw)
+        assert np.allclose(table.loc[setting, "t_p_holm"].to_numpy(), holm(raw))  # a family of 3, not of 6
+        expected = stats.family_verdicts(family)
+        assert [table.loc[(setting, a), "label"] for a in "abc"] == [expected[a]["label"] for a in "abc"]
+    assert table.loc[("kd", "a"), "verdict"] == stats.GAIN and table.loc[("dkd", "b"), "verdict"] == stats.GAIN

@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 from scipy import optimize
 from scipy import stats as sps
 
@@ -252,3 +253,25 @@ def family_verdicts(family: Mapping[str, Sequence[float]], margin: float = SESOI
     adj_e = adjust([tost(family[k], margin, alpha)["p"] for k in names])
     return {k: verdict(family[k], margin, alpha, a, b, power) | {"family_size": len(names)}
             for k, a, b in zip(names, adj_t, adj_e, strict=True)}
+
+
+def kd_verdicts(per_seed: pd.DataFrame, metric: str = "d_macro_f1", family: Sequence[str] = ("split", "setting"),
+                comparison: Sequence[str] = ("arch",), margin: float = SESOI, alpha: float = 0.05,
+                power: float = 0.8) -> pd.DataFrame:
+    """:func:`family_verdicts` of a table of per-seed paired deltas (one row per comparison and seed, as the
+    aggregate's ``paired_kd_seeds.csv``): one Holm family per ``family`` value (the students of one KD setting on one
+    split), one comparison per ``comparison`` value inside it. One row per comparison: the keys, ``n``, ``mean``,
+    ``sd``, the 95 % t-interval (``ci_low``, ``ci_high``), ``t_p`` and ``t_p_holm``, ``tost_p`` and ``tost_p_holm``,
+    ``mde``, ``verdict`` and ``label``. The tables and the paper read verdicts from here, so they cannot disagree."""
+    keys = [*family, *comparison]
+    rows = []
+    for fam, group in per_seed.groupby(list(family), sort=False):
+        members = {key: g[metric].to_numpy(float) for key, g in group.groupby(list(comparison), sort=False)}
+        for key, v in family_verdicts(members, margin, alpha, power).items():
+            rows.append(dict(zip(keys, (*fam, *key), strict=True)) | {
+                "n": v["n"], "mean": v["mean"], "sd": v["sd"], "ci_low": v["ci_low"], "ci_high": v["ci_high"],
+                "t_p": v["p"], "t_p_holm": v["p_adjusted"], "tost_p": v["tost_p"], "tost_p_holm": v["tost_p_adjusted"],
+                "mde": v["mde"], "verdict": v["verdict"], "label": v["label"]})
+    columns = [*keys, "n", "mean", "sd", "ci_low", "ci_high", "t_p", "t_p_holm", "tost_p", "tost_p_holm", "mde",
+               "verdict", "label"]
+    return pd.DataFrame(rows, columns=columns)

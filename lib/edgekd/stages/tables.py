@@ -19,6 +19,7 @@ from scipy import stats
 from scipy.special import softmax
 
 from edgekd.core import metrics as M
+from edgekd.core import stats as ST
 from edgekd.core.info import ARCH_LABELS, INT8_DELTA_F1_TARGET, INT8_SPEEDUP_TARGET, LESION_MARK
 from edgekd.stages.figures import external_gap_figure, pareto_figure
 from edgekd.stages.runs import BASELINE, eval_table
@@ -45,10 +46,8 @@ def seed_interval(values: Sequence[float], bounds: tuple[float, float] | None = 
     return {"n_seeds": s["n"], "mean": s["mean"], "std": s["std"], "ci_low": low, "ci_high": high, "clipped": clipped}
 
 
-def _bounds(metric: str, delta: bool = False) -> tuple[float, float] | None:
-    if metric not in BOUNDED:
-        return None
-    return (-1.0, 1.0) if delta else (0.0, 1.0)
+def _bounds(metric: str) -> tuple[float, float] | None:
+    return (0.0, 1.0) if metric in BOUNDED else None
 
 
 def seed_metrics(runs: pd.DataFrame) -> pd.DataFrame:
@@ -133,11 +132,17 @@ def performance_table(runs: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
 
 
 PAIRED_METRICS: tuple[str, ...] = ("macro_f1", "balanced_accuracy", "accuracy")
+#: The pre-declared test's columns of a paired table (:func:`edgekd.core.stats.kd_verdicts`).
+VERDICT_COLUMNS: tuple[str, ...] = ("t_p", "t_p_holm", "tost_p", "tost_p_holm", "mde", "verdict", "label")
+#: Calibration paired by seed: ECE before and after temperature scaling (fitted on each run's validation split).
+PAIRED_CALIBRATION: tuple[str, ...] = ("ece_before", "ece_after")
 
 
 def _metric_values(run: Path) -> dict[str, float]:
+    """The run's test metrics (``eval/metrics.csv``) and its ECE before and after temperature scaling."""
     df = pd.read_csv(Path(run) / "eval" / "metrics.csv")
-    return dict(zip(df["metric"], df["value"], strict=True))
+    cal = pd.read_csv(Path(run) / "eval" / "calibration.csv").set_index("stage")["ece"]
+    return dict(zip(df["metric"], df["value"], strict=True)) | {"ece_before": cal["before"], "ece_after": cal["after"]}
 
 
 def controls(runs: pd.DataFrame) -> list[str]:
@@ -150,14 +155,14 @@ def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFram
     """Each KD setting (one that distils) against the no-KD setting ``baseline`` of the same student arch,
     split, input size and seed (a KD student at another size has no pair).
 
-    Returns the per-seed deltas (KD − no KD) and, per arch, split and setting: the mean delta with
-    its t-interval across seeds (clipped to [−1, 1]); for macro-F1 the hierarchical bootstrap interval
-    over seeds and test images (:func:`metrics.hierarchical_delta`, ``*_hb_*``), its two-sided p
-    (``hb_p``, the pre-declared test), Holm-adjusted over the students of each setting and split
-    (``hb_p_holm``) and the seeds whose own Δ is above 0 (``seeds_positive``); McNemar's test on the
-    discordant counts pooled over seeds (b: only no-KD correct, c: only KD correct) is kept as a
-    secondary, accuracy-only view. Pairs with a collapsed member are dropped and counted in
-    ``pairs_dropped``.
+    Returns the per-seed deltas (KD − no KD; ECE before and after temperature scaling too) and, per arch, split and
+    setting: the mean delta with its t-interval across seeds (clipped to [−1, 1]); the analysis plan's pre-declared
+    verdict on Δ macro-F1 (:func:`edgekd.core.stats.family_verdicts`: the paired t across seeds and the TOST against
+    ±SESOI, each Holm-adjusted over the students of one setting and split, the family; ``t_p``, ``t_p_holm``,
+    ``tost_p``, ``tost_p_holm``, ``mde``, ``verdict``, ``verdict_label``); and, beside it, the hierarchical bootstrap
+    interval over seeds and test images (:func:`metrics.hierarchical_delta`, ``*_hb_*``, ``hb_p``, ``hb_p_holm``),
+    which also carries the test set's noise, with the seeds whose own Δ is above 0 (``seeds_positive``). Pairs with
+    a collapsed member are dropped and counted in ``pairs_dropped``.
     """
     students = runs[runs["role"] == "student"]
     per_seed, rows = [], []
@@ -173,7 +178,7 @@ def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFram
                 mine, theirs = _metric_values(r.path), _metric_values(b["path"])
                 per_seed.append({"arch": arch, "split": split, "setting": setting, "kd_mode": r.kd_mode,
                                  "student": ARCH_LABELS.get(arch, arch), "seed": r.seed,
-                                 **{f"d_{m}": mine[m] - theirs[m] for m in PAIRED_METRICS},
+                                 **{f"d_{m}": mine[m] - theirs[m] for m in PAIRED_METRICS + PAIRED_CALIBRATION},
                                  "d_val_macro_f1": r.val_macro_f1 - b["val_macro_f1"]})
                 (y, lk), (yb, lb) = _test_logits(r.path), _test_logits(b["path"])
                 pk, pb = lk.argmax(1), lb.argmax(1)
@@ -184,20 +189,21 @@ def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFram
             row = {"arch": arch, "student": ARCH_LABELS.get(arch, arch), "split": split, "setting": setting,
                    "kd_mode": kept[0][0].kd_mode, "standardize": kept[0][0].standardize, "pairs": len(kept),
                    "pairs_dropped": len(pairs) - len(kept)}
-            for m in PAIRED_METRICS:
-                s = seed_interval(seeds[f"d_{m}"], _bounds(m, delta=True))
+            for m in PAIRED_METRICS + PAIRED_CALIBRATION:
+                s = seed_interval(seeds[f"d_{m}"], (-1.0, 1.0))  # a difference of two values in [0, 1]
                 row |= {f"d_{m}": s["mean"], f"d_{m}_low": s["ci_low"], f"d_{m}_high": s["ci_high"]}
             row["d_val_macro_f1"] = seeds["d_val_macro_f1"].mean()  # what a "largest gain" is chosen on
             hb = M.hierarchical_delta(ys[0], pred_base, pred_kd, HB_RESAMPLES, HB_SEED)
             row |= {"d_macro_f1_hb_low": hb["low"], "d_macro_f1_hb_high": hb["high"], "hb_p": hb["p_value"],
                     "seeds_positive": hb["positive"]}
-            mc = M.mcnemar(np.concatenate(ys), np.concatenate(pred_base), np.concatenate(pred_kd))
-            row |= {"b": mc["b"], "c": mc["c"], "mcnemar_p": mc["p_value"], "mcnemar_method": mc["method"]}
             rows.append(row)
     table = pd.DataFrame(rows)
     if len(table):
         # One test per question (KD against this baseline, per setting and split), Holm over its students.
         table["hb_p_holm"] = table.groupby(["split", "setting"], sort=False)["hb_p"].transform(M.holm)
+        verdicts = ST.kd_verdicts(pd.DataFrame(per_seed))[["arch", "split", "setting", *VERDICT_COLUMNS]]
+        table = table.merge(verdicts.rename(columns={"label": "verdict_label"}), on=["arch", "split", "setting"],
+                            how="left", validate="one_to_one")
     return table, pd.DataFrame(per_seed)
 
 
