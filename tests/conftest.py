@@ -10,7 +10,7 @@ Tiers (markers registered in pyproject.toml, applied here, never by hand for fix
   the longest part of the suite); ``-m "not smoke"`` runs everything else, real data included.
 
 The full tier (``bash scripts/test.sh``, what CI runs) runs everything, on two pytest-xdist workers. The smoke
-profile starts in the background at the first test (:func:`_smoke_in_background`, once for all workers), and the
+profile starts in the background when collection ends (:func:`pytest_collection_finish`, once for all workers), and the
 tests that read its outputs run last, so that it runs while the unit tests and the notebooks do. The notebooks and
 the JupyterLab test run in order on one worker (:func:`_scope`); a plain ``pytest`` without ``-n`` runs the same
 tests in the same order in one process.
@@ -264,20 +264,25 @@ def _smoke_run(config: pytest.Config) -> SmokeRun:
 TESTS_NICE: int = 5
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _smoke_in_background(request):
-    """Start the smoke profile at the first test when a selected test reads its outputs: once per session, by the
-    first pytest-xdist worker to get here (a lock in the shared folder), so that it runs while everything else does;
-    then lower this process's priority below it (:data:`TESTS_NICE`; what it starts inherits that)."""
-    if not any(_needs_smoke(item) for item in request.session.items):
-        return None
-    run = _smoke_run(request.config)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When a selected test reads the smoke profile's outputs, start the profile in the background: once per session,
+    by the first pytest process to get here (a lock in the shared folder; with pytest-xdist every worker collects),
+    so that it runs while everything else does; then lower this process's priority below it (:data:`TESTS_NICE`;
+    what it starts inherits that). A hook, not a fixture: nbval's notebook cells request no fixtures."""
+    if not any(_needs_smoke(item) for item in session.items):
+        return
+    run = _smoke_run(session.config)
     with open(run.out.parent / "outputs-runner.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not run.pid_file.exists():
             run.start()
     os.nice(TESTS_NICE)
-    return run
+
+
+@pytest.fixture(scope="session")
+def _smoke_in_background(request) -> SmokeRun:
+    """The smoke profile's run that :func:`pytest_collection_finish` started."""
+    return _smoke_run(request.config)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

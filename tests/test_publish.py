@@ -14,6 +14,7 @@ import pytest
 from edgekd.core import info
 from edgekd.paper import render
 from edgekd.pipeline import publish, reproduce
+from edgekd.pipeline import runner as R
 from edgekd.pipeline.plan import PARAMS_DIR
 
 MACHINE = {"cpu": "CPU A", "cpu_capability": "AVX2", "gpu": None, "torch_threads": 2, "torch": "2.14.1",
@@ -96,6 +97,20 @@ def test_publish_copies_only_small_files_with_provenance(published, smoke_output
     times = prov["stage_wall_time_s"]
     assert times["evaluate"]["runs"] == 9 and times["student"]["runs"] == 8 and times["aggregate"]["wall_time_s"] > 0
     assert prov["total_wall_time_s"] == pytest.approx(sum(t["wall_time_s"] for t in times.values()), abs=1)
+    segments = pd.read_csv(root / "invocations.csv")  # the smoke run, and no later runner that ran nothing
+    assert prov["invocations"] == len(segments) >= 1 and segments["ran"].sum() == sum(t["runs"] for t in times.values())
+    assert prov["elapsed_wall_time_s"] == pytest.approx(segments["elapsed_s"].sum()) and prov["elapsed_wall_time_s"] > 0
+
+
+def test_elapsed_wall_time_sums_the_segments_of_a_resumed_job(tmp_path):
+    """A main job stopped and resumed is two runner invocations: the reference's elapsed time is their sum."""
+    assert publish.elapsed(tmp_path) == {"elapsed_wall_time_s": None, "invocations": None}
+    for seconds, statuses in ((3600.0, ["ran", "ran", "failed"]), (1800.4, ["fresh", "fresh", "ran"])):
+        frame = pd.DataFrame({"status": statuses})
+        R._record_invocation(tmp_path, "2026-12-06T10:00:00Z", seconds, "dask", 2, frame)
+    segments = pd.read_csv(tmp_path / "invocations.csv")
+    assert list(segments["ran"]) == [2, 1] and list(segments["failed"]) == [1, 0] and list(segments["workers"]) == [2, 2]
+    assert publish.elapsed(tmp_path) == {"elapsed_wall_time_s": 5400.4, "invocations": 2}
 
 
 def test_reproduction_report_of_the_same_run_is_bitwise_identical(published, smoke_outputs):

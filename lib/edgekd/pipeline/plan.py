@@ -99,6 +99,9 @@ NOTEBOOKS_DIR: Path = info.REPO_ROOT / "notebooks"
 PARAMS_DIR: Path = info.REPO_ROOT / "params"
 #: Source of the library whose modules the digests hash (a test may point it at a copy).
 LIB_DIR: Path = provenance.LIB_DIR
+#: One row per runner invocation that ran something, in the profile's folder (a main job may run in resumed
+#: segments): its start, elapsed wall time, executor and what it ran; edgekd-publish sums the elapsed times.
+INVOCATIONS_FILE: str = "invocations.csv"
 #: The outputs root in portable parameters.
 ROOT_TOKEN: str = "<outputs>"
 #: ... and the repository root (an external set's folder is named from it), so that a clone elsewhere stays fresh.

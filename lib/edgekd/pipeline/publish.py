@@ -92,7 +92,18 @@ def collect_provenance(profile: str, outputs_root: Path | None = None) -> dict:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "stage_wall_time_s": times,
         "total_wall_time_s": round(sum(t["wall_time_s"] for t in times.values()), 1),
+        **elapsed(outputs_root / profile),
     }
+
+
+def elapsed(profile_dir: Path) -> dict:
+    """The elapsed wall time of the runner invocations that made ``profile_dir`` (``invocations.csv``), summed over
+    them (a main job may run in resumed segments), and how many there were; None where the file is missing."""
+    path = Path(profile_dir) / plan.INVOCATIONS_FILE
+    if not path.exists():
+        return {"elapsed_wall_time_s": None, "invocations": None}
+    df = pd.read_csv(path)
+    return {"elapsed_wall_time_s": round(float(df["elapsed_s"].sum()), 1), "invocations": int(len(df))}
 
 
 def check_complete(profile: str, outputs_root: Path) -> None:

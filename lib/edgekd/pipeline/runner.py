@@ -41,6 +41,7 @@ from edgekd.core.files import OutsideRoot, atomic_write, check_inside, clear_res
 from edgekd.pipeline import progress, publish
 from edgekd.pipeline.kernels import KERNEL_ENV, IPCKernelManager
 from edgekd.pipeline.plan import (
+    INVOCATIONS_FILE,
     NOTEBOOKS_DIR,
     STAGES,
     Blocked,
@@ -327,6 +328,7 @@ def _execute_todo(name: str, outputs: Path, specs: list[RunSpec], table: pd.Data
         if row.status == "fresh":
             log(f"[fresh] {row.run_id} ({row.stage})")
     root = outputs.resolve() / name
+    started, tick = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
     plan = progress.Plan(todo, measure=estimate)
     parallel = executor == "dask" and bool(todo)
     exclusive = _exclusive(todo) if parallel else set()
@@ -370,11 +372,23 @@ def _execute_todo(name: str, outputs: Path, specs: list[RunSpec], table: pd.Data
         frame = pd.DataFrame(summary)
         root.mkdir(parents=True, exist_ok=True)
         frame.assign(estimate_s=[plan.seconds.get(s.key, 0.0) for s in specs]).to_csv(root / "timings.csv", index=False)
+        _record_invocation(root, started, time.monotonic() - tick, executor, workers, frame)
         log(progress.stage_table(frame))
     report = publish.reproduction_report(name, outputs)
     if report:
         log(report)
     return summary
+
+
+def _record_invocation(root: Path, started: str, elapsed_s: float, executor: str, workers: int,
+                       frame: pd.DataFrame) -> None:
+    """Append this invocation's row to the profile's :data:`edgekd.pipeline.plan.INVOCATIONS_FILE` (it only grows:
+    every segment of a resumed main job counts)."""
+    row = pd.DataFrame([{"started": started, "elapsed_s": round(elapsed_s, 1), "executor": executor,
+                         "workers": workers if executor == "dask" else 1, "ran": int((frame["status"] == "ran").sum()),
+                         "failed": int(frame["status"].isin(["failed", "blocked"]).sum())}])
+    path = root / INVOCATIONS_FILE
+    row.to_csv(path, mode="a", header=not path.exists(), index=False)
 
 
 def main(argv: list[str] | None = None) -> int:
