@@ -231,11 +231,11 @@ NUMBERS: dict[str, str] = {
     "kd_negative": "of those, how many have one below 0",
     "kd_best": "student and KD setting with the largest mean paired Δ validation macro-F1, among those with the most pairs",
     "kd_best_delta_macro_f1": "its mean paired Δ macro-F1 (KD − no KD)",
-    "kd_best_delta_low": "lower end of its hierarchical bootstrap interval (seeds, then test images)",
+    "kd_best_delta_low": "lower end of its 95% t-interval across seeds (None with one seed)",
     "kd_best_delta_high": "upper end",
     "kd_best_pairs": "seeds paired in it",
     "kd_best_seeds_positive": "of those seeds, how many have a paired Δ macro-F1 above 0",
-    "kd_best_p": "its hierarchical bootstrap p-value, Holm-adjusted over the students of its KD setting",
+    "kd_best_p": "its paired-t p across seeds (the analysis plan's test), Holm-adjusted over the students of its KD setting",
     "ec_comparisons": "official-split KD settings paired against an equal-compute no-KD control (students x controls)",
     "ec_positive": "of those, how many have a hierarchical Δ macro-F1 interval above 0",
     "ec_negative": "of those, how many have one below 0",
@@ -314,9 +314,9 @@ def headline_numbers(profile: str, runs: pd.DataFrame, perf: pd.DataFrame, paire
                 "best_student_macro_f1_high": _float(best["macro_f1_hb_high"])}
     if top is not None:
         out |= {"kd_best": f"{top['student']} · {top['setting']}", "kd_best_delta_macro_f1": _float(top["d_macro_f1"]),
-                "kd_best_delta_low": _float(top["d_macro_f1_hb_low"]), "kd_best_delta_high": _float(top["d_macro_f1_hb_high"]),
+                "kd_best_delta_low": _float(top["d_macro_f1_low"]), "kd_best_delta_high": _float(top["d_macro_f1_high"]),
                 "kd_best_pairs": int(top["pairs"]), "kd_best_seeds_positive": int(top["seeds_positive"]),
-                "kd_best_p": _float(top["hb_p_holm"])}
+                "kd_best_p": _float(top["t_p_holm"])}
     assert set(out) == set(NUMBERS), set(out) ^ set(NUMBERS)
     return out
 
