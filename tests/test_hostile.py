@@ -3,7 +3,9 @@ issue, each of which failed on the code before it (d65240a).
 
 Nothing a user points the tools at is destroyed (cases 1-3 and edgekd-publish), an edited or damaged bundle never
 gives a silent answer (4-6), errors are named with the documented exit codes (7-10), and the smaller items (11)
-and the security hygiene hold. Fixtures are made in ``tmp_path``; the bundle is ``fake_bundle_dir``, exported from a
+and the security hygiene hold. Round two (issue 33, the last section; each of its tests failed on 1792f56): --force never
+overwrites a command's own inputs, export replaces only a bundle whose hashes verify, a bundle cannot lie about its
+model, macro-F1 covers the classes present, and damaged inputs are named with exit 2. Fixtures are made in ``tmp_path``; the bundle is ``fake_bundle_dir``, exported from a
 run on synthetic data, so no trained model is needed. The CLIs run as ``python -m edgekd.<module>`` so that they use
 the ``edgekd`` on ``sys.path`` (``PYTHONPATH`` first): the same tests then run against an older checkout.
 """
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -1180,3 +1183,93 @@ def test_bench_never_overwrites_a_file_it_did_not_write(tmp_path, capsys):
     argv = ["--untrained", "--repeats", "1", "--warmup", "0", "--ops", "1", "--csv", str(tmp_path / "sub" / ".." / "bench.csv")]
     assert bench.main(argv) == 2
     assert ops.read_text() == "my operator notes\n" and "bench_ops.csv exists and is not a CSV" in capsys.readouterr().err
+
+
+
+# ======================================================================================================================
+# Round two (issue 33): --force never overwrites a command's own inputs, a bundle is replaced only when its hashes
+# verify, no silent wrong answers, and damaged inputs get exit 2 with a one-line message rather than a traceback.
+# ======================================================================================================================
+
+
+def assert_clean_refusal(rc: int, err: str, message: str) -> None:
+    """Exit 2, ``message`` on stderr, no traceback."""
+    assert rc == 2, err
+    assert message in err and "Traceback" not in err, err
+
+
+def snapshot(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- data loss: --force and inputs
+
+def _force_case(case: str, tmp: Path, bundle: Path, photos: Path, labels: Path) -> list[str | Path]:
+    """edgekd-predict arguments for ``case``: each names one of the command's own inputs as an output, with --force."""
+    if case == "out is the bundle's model.onnx":
+        return [bundle, photos, "--out", bundle / "model.onnx"]
+    if case == "out is the bundle's model_int8.onnx (int8)":
+        return [bundle, photos, "--backend", "int8", "--out", bundle / "model_int8.onnx"]
+    if case == "out is bundle.json, the model passed":
+        return [bundle / "model.onnx", photos, "--out", bundle / "bundle.json"]
+    if case == "metrics is the bundle's card":
+        return [bundle, photos, "--labels", labels, "--out", tmp / "p.csv", "--metrics", bundle / "MODEL_CARD.md"]
+    assert case == "out is a hard link to an input image"
+    os.link(photos / "a.png", tmp / "linked.csv")
+    return [bundle, photos, "--out", tmp / "linked.csv"]
+
+
+@pytest.mark.parametrize("case", ["out is the bundle's model.onnx", "out is the bundle's model_int8.onnx (int8)",
+                                  "out is bundle.json, the model passed", "metrics is the bundle's card",
+                                  "out is a hard link to an input image"])
+def test_force_never_overwrites_the_commands_own_inputs(case, tmp_path, bundle, photos, labels, capsys):
+    """Like ``cp -f`` refusing "are the same file": the bundle's files and the input images (by inode too) are never
+    outputs, --force or not (exit 2 before decoding, nothing changed)."""
+    args = _force_case(case, tmp_path, bundle, photos, labels)
+    before, images = snapshot(bundle), snapshot(photos)
+    rc, out, err = run(capsys, *args, "--force")
+    assert_clean_refusal(rc, out + err, "refusing to overwrite an input (even with --force)")
+    assert snapshot(bundle) == before and snapshot(photos) == images
+
+
+@pytest.fixture
+def profile_dir(tmp_path: Path, fake_bundle_dir: Path) -> Path:
+    """A profile folder for edgekd-bench: the synthetic run as the seed-0 teacher and the seed-0 ``kd`` student."""
+    folder = tmp_path / "profile"
+    for name in ("teacher-resnet18-s0", "student-resnet18-kd-s0"):
+        shutil.copytree(fake_bundle_dir.parent / "run", folder / name, ignore=shutil.ignore_patterns("tb", "last.pt"))
+    return folder
+
+
+@pytest.fixture
+def no_benchmark(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """edgekd-bench's timing replaced by an empty table (the CSV is still written); the names it was asked to time."""
+    called: list[str] = []
+
+    def fake(candidates, *args, **kwargs):
+        called.extend(c.name for c in candidates)
+        return pd.DataFrame(columns=list(bench.CSV_COLUMNS))
+
+    monkeypatch.setattr(bench, "benchmark", fake)
+    return called
+
+
+@pytest.mark.parametrize("case", ["the run's best.pt", "a hard link to the run's best.pt"])
+def test_bench_force_never_overwrites_a_benchmarked_run(case, tmp_path, profile_dir, no_benchmark, capsys):
+    """edgekd-bench --csv RUN/best.pt --force on the run it benchmarks: exit 2 before any model is loaded."""
+    best = profile_dir / "student-resnet18-kd-s0" / "best.pt"
+    target = best
+    if case != "the run's best.pt":
+        target = tmp_path / "bench.csv"
+        os.link(best, target)
+    before = best.read_bytes()
+    rc = bench.main(["--profile-dir", str(profile_dir), "--csv", str(target), "--force"])
+    assert_clean_refusal(rc, capsys.readouterr().err, "best.pt of the benchmarked run")
+    assert best.read_bytes() == before and no_benchmark == []
+
+
+def test_bench_csv_in_a_missing_folder_is_refused_before_any_work(tmp_path, no_benchmark, capsys):
+    target = tmp_path / "missing" / "bench.csv"
+    rc = bench.main(["--untrained", "--repeats", "1", "--warmup", "0", "--csv", str(target)])
+    assert_clean_refusal(rc, capsys.readouterr().err, f"its folder {target.parent} does not exist")
+    assert no_benchmark == [] and not target.parent.exists()

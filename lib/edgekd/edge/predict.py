@@ -44,7 +44,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgekd.core import info
-from edgekd.core.files import atomic_write, file_digest, first_line_is
+from edgekd.core.files import atomic_write, file_digest, first_line_is, input_index, unwritable, which_input
 from edgekd.core.inputs import (
     IMAGE_SUFFIXES,
     InputError,
@@ -378,47 +377,40 @@ def text_cell(text: str) -> str:
     return f"'{text}" if text.startswith(FORMULA_START) else text
 
 
-def _cannot_create(path: Path) -> str | None:
-    """Why no file can be created at ``path`` (None if one can): its nearest existing ancestor must be a folder
-    that accepts a new file (tried with an anonymous temporary file, which leaves nothing behind)."""
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"{folder} is not a folder"
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        return f"no file can be created in {folder}: {exc.strerror or exc}"
-    return None
+def bundle_files(path: Path) -> dict[Path, str]:
+    """The files that opening the bundle ``path`` reads, as inputs no output may overwrite: a bundle folder's files,
+    or an ``.onnx`` file and the files of the bundle folder it lies in (where a ``bundle.json`` is beside it)."""
+    folder = path if path.is_dir() else path.parent if (path.parent / "bundle.json").is_file() else None
+    files = {path: f"the bundle's model {path}"} if path.is_file() else {}
+    if folder is not None:
+        files |= {p: f"the bundle's file {p}" for p in sorted(folder.iterdir()) if p.is_file()}
+    return files
 
 
-def check_outputs(outputs: Sequence[tuple[str, Path, Sequence[str]]], inputs: Sequence[Path], labels: Path | None,
+def check_outputs(outputs: Sequence[tuple[str, Path, Sequence[str]]], inputs: dict[Path, str], folders: Sequence[Path],
                   force: bool) -> None:
-    """Refuse each ``(option, path, header)`` output that would overwrite an input, the labels file or another
-    output (symlinks resolved), would be an image of an input folder, is a folder or special file, cannot be created, or exists
-    without starting with ``header`` (an earlier output of this tool) unless ``force``. Raises InputError."""
-    protected = {p.resolve(): f"the input {p}" for p in inputs if not p.is_dir()}
-    if labels is not None:
-        protected[labels.resolve()] = f"the labels file {labels}"
-    folders = {p.resolve(): p for p in inputs if p.is_dir()}
+    """Refuse each ``(option, path, header)`` output that is one of the ``inputs`` (path -> what it is: images, labels,
+    the bundle's files; symlinks resolved, hard links by inode) even with ``force``, the other output, would be an
+    image of an input folder of ``folders``, is a folder or special file, cannot be created, or exists without starting
+    with ``header`` (an earlier output of this tool) unless ``force``. Raises InputError."""
+    protected = input_index(inputs)
+    folders = {p.resolve(): p for p in folders}
     taken: dict[Path, str] = {}
     for option, path, header in outputs:
-        where = path.resolve()
-        if where in protected:
-            raise InputError(f"{option} {path} is {protected[where]}: refusing to overwrite an input")
+        where, source = path.resolve(), which_input(path, protected)
         if where.is_dir():
             raise InputError(f"{option} {path} is a folder: name a file")
         if where.parent in folders and where.suffix.lower() in IMAGE_SUFFIXES:
             raise InputError(f"{option} {path} would be read as an image of the input folder {folders[where.parent]}: "
                              "write it elsewhere")
+        if source:
+            raise InputError(f"{option} {path} is {source}: refusing to overwrite an input (even with --force)")
         if where in taken:
             raise InputError(f"{option} {path} is the same file as {taken[where]}: give them different paths")
         taken[where] = f"{option} {path}"
         if where.exists() and not where.is_file():
             raise InputError(f"{option} {path} exists and is not a regular file")
-        reason = _cannot_create(path)
+        reason = unwritable(path.parent)
         if reason:
             raise InputError(f"{option} {path} cannot be written: {reason}")
         if where.is_file() and not force and not first_line_is(where, ",".join(header)):
@@ -568,7 +560,10 @@ def main(argv: list[str] | None = None) -> int:
         files, ignored = find_images(args.inputs)
         ids = [image_id(p.name) for p in files]
         labels = match_labels(ids, read_labels(args.labels), str(args.labels)) if args.labels else None
-        check_outputs(outputs, args.inputs, args.labels, args.force)
+        inputs = {p: f"the input {p}" for p in files} | bundle_files(args.bundle)
+        if args.labels:
+            inputs[args.labels] = f"the labels file {args.labels}"
+        check_outputs(outputs, inputs, [p for p in args.inputs if p.is_dir()], args.force)
         bundle = open_bundle(args.bundle, args.backend, args.threads)
     except InputError as exc:
         print(f"edgekd-predict: error: {exc}", file=sys.stderr)
