@@ -1273,3 +1273,41 @@ def test_bench_csv_in_a_missing_folder_is_refused_before_any_work(tmp_path, no_b
     rc = bench.main(["--untrained", "--repeats", "1", "--warmup", "0", "--csv", str(target)])
     assert_clean_refusal(rc, capsys.readouterr().err, f"its folder {target.parent} does not exist")
     assert no_benchmark == [] and not target.parent.exists()
+
+
+def test_bench_names_a_truncated_checkpoint(profile_dir, tmp_path, no_benchmark, capsys):
+    best = profile_dir / "student-resnet18-kd-s0" / "best.pt"
+    best.write_bytes(best.read_bytes()[:1000])
+    rc = bench.main(["--profile-dir", str(profile_dir), "--csv", str(tmp_path / "b.csv")])
+    assert_clean_refusal(rc, capsys.readouterr().err, f"{best} cannot be loaded as a checkpoint")
+    assert no_benchmark == [] and not (tmp_path / "b.csv").exists()
+
+
+def planted_pickle(run: Path) -> str:
+    torch.save({"payload": _Payload(run.parent / "code-ran")}, run / "best.pt")
+    return f"{run / 'best.pt'} cannot be loaded as a checkpoint of weights only"
+
+
+def truncated_checkpoint(run: Path) -> str:
+    (run / "best.pt").write_bytes((run / "best.pt").read_bytes()[:4096])
+    return f"{run / 'best.pt'} cannot be loaded as a checkpoint"
+
+
+def other_architecture(run: Path) -> str:
+    torch.save(create_model("mobilenetv2_100", 28, stem_stride=2).state_dict(), run / "best.pt")
+    return f"{run / 'best.pt'} does not hold the weights of a resnet18 at 28 px"
+
+
+def empty_config(run: Path) -> str:
+    (run / "run_config.json").write_text("{}")
+    return f"{run / 'run_config.json'} lacks arch, data, train"
+
+
+@pytest.mark.parametrize("damage", [planted_pickle, truncated_checkpoint, other_architecture, empty_config])
+def test_export_names_a_damaged_run(damage, tmp_path, fake_bundle_dir):
+    run_dir = Path(shutil.copytree(fake_bundle_dir.parent / "run", tmp_path / "run", ignore=shutil.ignore_patterns("tb")))
+    message = damage(run_dir)
+    res = run_module("edgekd.stages.export", run_dir, "--out", tmp_path / "bundle", "--no-int8", "--n-resamples", "20")
+    assert_clean_refusal(res.returncode, res.stderr, message)
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "bundle").exists()
+    assert not (tmp_path / "code-ran").exists()
