@@ -1283,6 +1283,53 @@ def test_bench_names_a_truncated_checkpoint(profile_dir, tmp_path, no_benchmark,
     assert no_benchmark == [] and not (tmp_path / "b.csv").exists()
 
 
+# ------------------------------------------------------------------ data loss: export replaces verified bundles
+
+def annotated_card(folder: Path, bundle: Path) -> str:
+    shutil.copytree(bundle, folder)
+    with open(folder / "MODEL_CARD.md", "a") as fh:
+        fh.write("\nMy notes: validated on our clinic's images in March.\n")
+    return "MODEL_CARD.md does not match its sha256"
+
+
+def hand_written_manifest(folder: Path, bundle: Path) -> str:
+    folder.mkdir()
+    (folder / "bundle.json").write_text('{"format": "edgekd-bundle", "files": {"thesis.tex": {}}}\n')
+    (folder / "thesis.tex").write_text("\\chapter{Results}\n")
+    return "thesis.tex"
+
+
+def resealed_without_int8(folder: Path, bundle: Path) -> str:
+    """A bundle whose manifest was edited (a file dropped) and resealed: its hashes no longer describe the folder."""
+    shutil.copytree(bundle, folder)
+    manifest = read(folder)
+    del manifest["files"]["model_int8.onnx"]
+    write(folder, manifest, reseal=False)
+    return "was edited after export"
+
+
+@pytest.mark.parametrize("make", [annotated_card, hand_written_manifest, resealed_without_int8])
+def test_export_replaces_only_a_bundle_whose_hashes_verify(make, tmp_path, fake_bundle_dir):
+    """A folder is replaced only when bundle.json's manifest_sha256 and every listed file's sha256 verify (the check
+    edgekd-predict makes); otherwise exit 2, the reason named, and the folder left as it was."""
+    out = tmp_path / "out"
+    message = make(out, fake_bundle_dir)
+    before = snapshot(out)
+    res = run_module("edgekd.stages.export", fake_bundle_dir.parent / "run", "--out", out, "--no-int8", "--n-resamples", "20")
+    assert_clean_refusal(res.returncode, res.stderr, message)
+    assert snapshot(out) == before
+
+
+def test_export_refuses_the_current_folder_before_any_work(tmp_path, fake_bundle_dir):
+    """``edgekd-export RUN --out .`` in an empty folder: exit 2 naming the current folder, nothing left behind."""
+    here = tmp_path / "here"
+    here.mkdir()
+    res = subprocess.run([sys.executable, "-m", "edgekd.stages.export", str(fake_bundle_dir.parent / "run"), "--out", ".",
+                          "--no-int8", "--n-resamples", "20"], cwd=here, capture_output=True, text=True, timeout=600)
+    assert_clean_refusal(res.returncode, res.stderr, "is the current folder or holds it")
+    assert list(here.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+
+
 def planted_pickle(run: Path) -> str:
     torch.save({"payload": _Payload(run.parent / "code-ran")}, run / "best.pt")
     return f"{run / 'best.pt'} cannot be loaded as a checkpoint of weights only"
