@@ -1358,3 +1358,71 @@ def test_export_names_a_damaged_run(damage, tmp_path, fake_bundle_dir):
     assert_clean_refusal(res.returncode, res.stderr, message)
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "bundle").exists()
     assert not (tmp_path / "code-ran").exists()
+
+
+# ------------------------------------------------------------------------ silent wrong answers: the bundle
+
+def widen(model: Path, width: int) -> None:
+    """Give the ONNX model ``model`` ``width`` outputs (its 7 logits times a 7 x width matrix), metadata kept."""
+    graph_model = onnx.load(str(model))
+    graph = graph_model.graph
+    logits, batch = graph.output[0].name, graph.output[0].type.tensor_type.shape.dim[0].dim_param or "batch"
+    weights = np.random.default_rng(0).standard_normal((len(CLASS_NAMES), width)).astype(np.float32)
+    graph.initializer.append(onnx.numpy_helper.from_array(weights, "widen_w"))
+    graph.node.append(onnx.helper.make_node("MatMul", [logits, "widen_w"], ["wide_logits"]))
+    del graph.output[:]
+    graph.output.append(onnx.helper.make_tensor_value_info("wide_logits", onnx.TensorProto.FLOAT, [batch, width]))
+    onnx.save(graph_model, str(model))
+
+
+def wide_alone(folder: Path, width: int = 10) -> Path:
+    alone = folder.parent / "alone"
+    alone.mkdir()
+    model = Path(shutil.copy(folder / "model.onnx", alone / "model.onnx"))
+    widen(model, width)
+    return model
+
+
+def wide_in_bundle(width: int) -> Edit:
+    def edit(folder: Path) -> Path:
+        widen(folder / "model.onnx", width)
+        manifest = read(folder)
+        relist(folder, manifest, "model.onnx")
+        write(folder, manifest)
+        return folder
+
+    return edit
+
+
+def int8_as_fp32(folder: Path) -> Path:
+    shutil.copy(folder / "model_int8.onnx", folder / "model.onnx")
+    manifest = read(folder)
+    relist(folder, manifest, "model.onnx")
+    write(folder, manifest)
+    return folder
+
+
+def duplicate_operating_points(folder: Path) -> Path:
+    """bundle.json with operating_points stated twice; manifest_sha256 verifies for the last (json's) reading."""
+    text = (folder / "bundle.json").read_text()
+    (folder / "bundle.json").write_text(text.replace("{", '{"operating_points": {"temperature": 50.0}, ', 1))
+    return folder
+
+
+BUNDLE_LIES = {
+    "10 outputs, alone": (wide_alone, "gives output ['batch', 10], not (batch, 7)"),
+    "10 outputs, hashes recomputed": (wide_in_bundle(10), "gives output ['batch', 10], not (batch, 7)"),
+    "3 outputs, hashes recomputed": (wide_in_bundle(3), "gives output ['batch', 3], not (batch, 7)"),
+    "int8 graph as model.onnx": (int8_as_fp32, "own edgekd.precision metadata is 'int8', but bundle.json states precision 'fp32'"),
+    "another architecture's graph": (consistent_model_edit(arch="mobilenetv2_100"),
+                                     "own edgekd.arch metadata is 'mobilenetv2_100', but bundle.json states arch 'resnet18'"),
+    "operating_points stated twice": (duplicate_operating_points, "states the key operating_points twice"),
+}
+
+
+@pytest.mark.parametrize("case", list(BUNDLE_LIES))
+def test_the_bundle_cannot_lie_about_what_runs(case, tmp_path, bundle, image):
+    """The output width equals the number of classes (checked at load), the graph's own edgekd.arch and
+    edgekd.precision agree with bundle.json, and bundle.json states no key twice."""
+    edit, message = BUNDLE_LIES[case]
+    assert_refused(edit(bundle), image, tmp_path, message)

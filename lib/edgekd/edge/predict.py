@@ -193,12 +193,28 @@ def manifest_digest(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that states one key twice (``json`` would silently keep the last value)."""
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``object_pairs_hook`` for ``json.loads``: the pairs as a dict, DuplicateKey naming a key stated twice."""
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
 def read_manifest(folder: Path) -> dict:
     """``folder/bundle.json``, checked: this format and version, unedited since export (``manifest_sha256``),
     and every file it lists present with its recorded sha256. Raises InputError otherwise."""
     path = folder / "bundle.json"
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(), object_pairs_hook=unique_keys)
+    except DuplicateKey as exc:
+        raise InputError(f"{path} states the key {exc} twice: the bundle was edited; re-export it") from None
     except (OSError, ValueError, RecursionError) as exc:
         raise InputError(f"{path} cannot be read as JSON ({exc}): the bundle is damaged or truncated; re-export it") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -273,7 +289,14 @@ def model_settings(meta: dict[str, str], model: Path) -> dict[str, int | float]:
 
 
 def _check_agreement(manifest: dict, meta: dict[str, str], settings: dict[str, int | float], model: Path) -> None:
-    """Refuse a ``bundle.json`` that states another operating point or metadata than the model it lists."""
+    """Refuse a ``bundle.json`` that states another operating point or metadata than the model it lists, or another
+    architecture or precision than the graph's own ``edgekd.arch`` / ``edgekd.precision`` (an INT8 graph copied over
+    ``model.onnx``, another network's graph, with the hashes recomputed)."""
+    precision = {name: backend for backend, name in BACKEND_FILES.items()}.get(model.name)
+    for key, stated in (("arch", manifest.get("arch")), ("precision", precision)):
+        if stated is not None and meta.get(f"edgekd.{key}") != stated:
+            raise InputError(f"{model}'s own edgekd.{key} metadata is {meta.get(f'edgekd.{key}')!r}, but bundle.json states "
+                             f"{key} {stated!r} for it: the bundle is inconsistent; re-export it")
     own = {key: value for key, value in meta.items() if key.startswith("edgekd.") and key != "edgekd.precision"}
     listed = manifest.get("onnx_metadata") if isinstance(manifest.get("onnx_metadata"), dict) else {}
     differ = sorted(key for key in own.keys() | listed.keys() if own.get(key) != listed.get(key))
@@ -324,6 +347,10 @@ def open_bundle(path: str | Path, backend: str = "fp32", threads: int = 0) -> Bu
     shape, size = session.get_inputs()[0].shape, settings["size"]
     if len(shape) != 4 or any(isinstance(dim, int) and dim != want for dim, want in zip(shape[1:], (3, size, size), strict=True)):
         raise InputError(f"{model} takes input {shape}, but its metadata states {size} px (batch, 3, {size}, {size})")
+    out = session.get_outputs()[0].shape
+    if len(out) != 2 or out[1] != info.NUM_CLASSES:
+        raise InputError(f"{model} gives output {out}, not (batch, {info.NUM_CLASSES}): one logit per class of "
+                         f"{', '.join(info.CLASS_NAMES)} is needed")
     return Bundle(model, session, size, settings["temperature"], settings["melanoma_threshold"],
                   settings["abstain_threshold"], warnings)
 
