@@ -37,10 +37,12 @@ import pytest
 import torch
 import yaml
 from PIL import Image, ImageFile
+from sklearn.metrics import f1_score
 
 from edgekd.core import calibration as C
 from edgekd.core import files as F
 from edgekd.core import info
+from edgekd.core import metrics as M
 from edgekd.core.info import CLASS_NAMES
 from edgekd.core.models import create_model
 from edgekd.core.provenance import git_commit
@@ -1426,3 +1428,51 @@ def test_the_bundle_cannot_lie_about_what_runs(case, tmp_path, bundle, image):
     edgekd.precision agree with bundle.json, and bundle.json states no key twice."""
     edit, message = BUNDLE_LIES[case]
     assert_refused(edit(bundle), image, tmp_path, message)
+
+
+# ---------------------------------------------------------------------- silent wrong answers: the numbers
+
+def test_macro_f1_over_the_classes_present_equals_sklearn():
+    """An outside set with only mel and nv: macro-F1 over those 2 classes, as sklearn's f1_score gives for them
+    (a perfect model scores 1, not 0.29); where every class is present the 7-class figure is unchanged."""
+    mel, nv = CLASS_NAMES.index("mel"), CLASS_NAMES.index("nv")
+    y = np.array([mel, nv, nv, mel, nv, nv, mel, nv])
+    pred = np.array([mel, nv, mel, mel, nv, nv, nv, nv])
+    for guess in (y, pred):
+        expected = f1_score(y, guess, average="macro")
+        assert P.macro_f1(y, guess) == pytest.approx(expected, abs=1e-12)
+        assert M.macro_f1(y, guess, M.scored_classes(y)) == pytest.approx(expected, abs=1e-12)
+    assert P.macro_f1(y, y) == 1.0
+    full = np.arange(70) % len(CLASS_NAMES)
+    guess = np.roll(full, 3) * (np.arange(70) % 4 != 0) + full * (np.arange(70) % 4 == 0)
+    assert list(M.scored_classes(full)) == list(range(len(CLASS_NAMES)))
+    assert P.macro_f1(full, guess) == M.macro_f1(full, guess) == f1_score(full, guess, labels=list(range(7)), average="macro")
+
+
+def test_predict_names_the_classes_its_macro_f1_covers(tmp_path, fake_bundle_dir, photos, capsys):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,label\na,mel\nb,nv\nc,nv\n")
+    out = tmp_path / "p.csv"
+    rc, stdout, err = run(capsys, fake_bundle_dir, photos, "--labels", labels, "--out", out)
+    assert rc == P.EXIT_OK, err
+    assert "macro-F1 over 2 of 7 classes (mel, nv)" in stdout
+    pred = [CLASS_NAMES.index(r["pred"]) for r in rows(out)]
+    y = [CLASS_NAMES.index(c) for c in ("mel", "nv", "nv")]
+    metrics = {r["metric"]: float(r["value"]) for r in rows(tmp_path / "p_metrics.csv")}
+    expected = f1_score(y, pred, labels=sorted(set(y)), average="macro", zero_division=0)  # over the labels' classes
+    assert metrics["macro_f1"] == pytest.approx(expected, abs=1e-12)
+
+
+# ----------------------------------------------------------------------- tracebacks and exit codes
+
+def test_a_closed_stdout_is_quiet_and_every_file_is_written(tmp_path, fake_bundle_dir, photos, labels):
+    """``edgekd-predict ... | head -1``: stdout closed before anything is printed; the files are written, the exit
+    status is the normal one, and no BrokenPipeError is shown."""
+    out = tmp_path / "p.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekd.edge.predict", str(fake_bundle_dir), str(photos),
+                             "--labels", str(labels), "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=600) == P.EXIT_OK, err
+    assert "BrokenPipe" not in err and "Traceback" not in err, err
+    assert len(rows(out)) == 3 and rows(tmp_path / "p_metrics.csv")[0]["metric"] == "n"

@@ -101,10 +101,17 @@ def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
 
 
-def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int = info.NUM_CLASSES) -> float:
-    """Mean F1 over all ``n_classes`` (a class with no support and no predictions scores 0)."""
+def scored_classes(y: np.ndarray) -> np.ndarray:
+    """All classes where ``y`` has every class, else those present in ``y`` (as :func:`edgekd.core.metrics.scored_classes`):
+    a class with neither labels nor predictions must not count as F1 0."""
+    present = np.unique(y)
+    return np.arange(info.NUM_CLASSES) if len(present) == info.NUM_CLASSES else present
+
+
+def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean F1 over :func:`scored_classes` of ``y`` (a class with support and no true positive scores 0)."""
     scores = []
-    for c in range(n_classes):
+    for c in scored_classes(y):
         tp, fp, fn = np.sum((pred == c) & (y == c)), np.sum((pred == c) & (y != c)), np.sum((pred != c) & (y == c))
         scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     return float(np.mean(scores))
@@ -564,12 +571,13 @@ def _print_summary(args: argparse.Namespace, n_files: int, ignored: Sequence[Pat
     print(f"  wrote {args.out}")
 
 
-def _write_metrics(path: Path, y: np.ndarray, probs: np.ndarray, bundle: Bundle) -> None:
-    """The metrics of the scored images with labels ``y``: printed, and written to ``path``."""
-    values = edge_metrics(y, probs, bundle.melanoma_threshold, bundle.abstain_threshold)
-    _write_csv(path, METRICS_HEADER, [[k, repr(values[k])] for k in METRICS])
+def _print_metrics(path: Path, y: np.ndarray, values: dict[str, float], bundle: Bundle) -> None:
+    """The metrics ``values`` of the scored images with labels ``y``, written to ``path``, on stdout."""
+    classes = scored_classes(y)
+    scope = ("" if len(classes) == info.NUM_CLASSES else f"; macro-F1 over {len(classes)} of {info.NUM_CLASSES} classes "
+             f"({', '.join(info.CLASS_NAMES[c] for c in classes)}), those in the labels")
     print(f"  metrics on {len(y)} labelled images (temperature {bundle.temperature:.4g}, melanoma threshold "
-          f"{bundle.melanoma_threshold:.4g}, abstain below {bundle.abstain_threshold:.4g}):")
+          f"{bundle.melanoma_threshold:.4g}, abstain below {bundle.abstain_threshold:.4g}{scope}):")
     for k in METRICS:
         print(f"    {k:<20} {values[k]:.4f}")
     print(f"  wrote {path}")
@@ -599,12 +607,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgekd-predict: warning: {line}", file=sys.stderr)
     tick = time.perf_counter()
     scores = write_predictions(args.out, files, ids, bundle, args.batch)
-    _print_summary(args, len(files), ignored, scores, bundle, time.perf_counter() - tick)
-    if not scores.scored:
-        return EXIT_NOTHING_SCORED
-    if labels is not None and metrics is not None:
-        _write_metrics(metrics, labels[scores.scored], np.stack(scores.probs), bundle)
-    return EXIT_OK
+    elapsed = time.perf_counter() - tick
+    values = None
+    if labels is not None and metrics is not None and scores.scored:  # every file is written before anything is printed
+        y = labels[scores.scored]
+        values = edge_metrics(y, np.stack(scores.probs), bundle.melanoma_threshold, bundle.abstain_threshold)
+        _write_csv(metrics, METRICS_HEADER, [[k, repr(values[k])] for k in METRICS])
+    try:
+        _print_summary(args, len(files), ignored, scores, bundle, elapsed)
+        if values is not None:
+            _print_metrics(metrics, y, values, bundle)
+        sys.stdout.flush()
+    except BrokenPipeError:  # stdout closed early (``| head -1``): the files are written, the rest of the text is not wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK if scores.scored else EXIT_NOTHING_SCORED
 
 
 if __name__ == "__main__":
