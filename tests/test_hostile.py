@@ -1463,6 +1463,30 @@ def test_predict_names_the_classes_its_macro_f1_covers(tmp_path, fake_bundle_dir
     assert metrics["macro_f1"] == pytest.approx(expected, abs=1e-12)
 
 
+def test_publish_refuses_a_symlink_in_the_aggregate(tmp_path, monkeypatch):
+    """An aggregate CSV that is a symlink to an outside file is not published with that file's content."""
+    agg = tmp_path / "outputs" / "smoke" / "aggregate"
+    agg.mkdir(parents=True)
+    (agg / "numbers.json").write_text("{}\n")
+    secret = tmp_path / "secret.csv"
+    secret.write_text("private,data\n")
+    (agg / "seed_metrics.csv").symlink_to(secret)
+    monkeypatch.setattr(publish, "check_complete", lambda *args: None)
+    monkeypatch.setattr(publish, "collect_provenance", lambda *args: {"profile": "smoke"})
+    with pytest.raises(publish.NotPublishable, match=r"holds symlinks \(seed_metrics.csv\)"):
+        publish.publish("smoke", tmp_path / "outputs", tmp_path / "results")
+    assert not (tmp_path / "results" / "smoke").exists()
+
+
+def test_an_animated_gif_is_noted_as_scored_on_its_first_frame(tmp_path, fake_bundle_dir, capsys):
+    frames = [Image.fromarray(np.full((64, 64, 3), v, dtype=np.uint8)) for v in (40, 200)]
+    gif = tmp_path / "moving.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
+    rc, _, err = run(capsys, fake_bundle_dir, gif, "--out", tmp_path / "p.csv")
+    assert rc == P.EXIT_OK, err
+    assert "animated image: scored on its first frame only" in rows(tmp_path / "p.csv")[0]["note"]
+
+
 # ----------------------------------------------------------------------- tracebacks and exit codes
 
 def test_a_closed_stdout_is_quiet_and_every_file_is_written(tmp_path, fake_bundle_dir, photos, labels):
@@ -1476,3 +1500,17 @@ def test_a_closed_stdout_is_quiet_and_every_file_is_written(tmp_path, fake_bundl
     assert proc.wait(timeout=600) == P.EXIT_OK, err
     assert "BrokenPipe" not in err and "Traceback" not in err, err
     assert len(rows(out)) == 3 and rows(tmp_path / "p_metrics.csv")[0]["metric"] == "n"
+
+
+@pytest.mark.parametrize("case", ["fifo", "/dev/zero"])
+def test_a_special_file_input_is_not_a_regular_file(case, tmp_path, fake_bundle_dir, capsys):
+    if case == "fifo":
+        path = tmp_path / "pipe.png"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+        if not path.exists():
+            pytest.skip("needs /dev/zero")
+    rc, out, err = run(capsys, fake_bundle_dir, path, "--out", tmp_path / "p.csv")
+    assert_clean_refusal(rc, out + err, f"input {path} is not a regular file")
+    assert not (tmp_path / "p.csv").exists()
