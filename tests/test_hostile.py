@@ -1514,3 +1514,36 @@ def test_a_special_file_input_is_not_a_regular_file(case, tmp_path, fake_bundle_
     rc, out, err = run(capsys, fake_bundle_dir, path, "--out", tmp_path / "p.csv")
     assert_clean_refusal(rc, out + err, f"input {path} is not a regular file")
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("case", ["seed 2**32", "300-character name", "duplicate key", "invalid UTF-8",
+                                  "outputs root is a file", "outputs root is /proc/self"])
+def test_the_dry_run_refuses_what_would_fail_later(case, tmp_path, monkeypatch, capsys):
+    """Each of these passed the dry run and failed later (training, the first folder, the first write), or gave a
+    codec error naming no file: now exit 2 with the file and the problem named, in the dry run."""
+    path = _profile(tmp_path)
+    if case == "seed 2**32":
+        path, message = _profile(tmp_path, **{"students.seeds": [0, 2**32]}), "each below 2**32"
+    elif case == "300-character name":
+        path, message = _profile(tmp_path, name="n" * 300), "has 300 characters, more than 100"
+    elif case == "duplicate key":
+        text = path.read_text().replace("epochs: 2\n", "epochs: 2\n  epochs: 200\n", 1)
+        assert text.count("epochs: 200") == 1
+        path.write_text(text)
+        message = "duplicate key 'epochs' at line"
+    elif case == "invalid UTF-8":
+        path.write_bytes(path.read_bytes() + b"# caf\xe9\n")
+        message = f"{path}: not UTF-8 text"
+    elif case == "outputs root is a file":
+        (tmp_path / "outputs").write_text("a file\n")
+        monkeypatch.setenv(info.OUTPUTS_ENV, str(tmp_path / "outputs"))
+        message = f"outputs root {tmp_path / 'outputs'} cannot be written: {tmp_path / 'outputs'} is not a folder"
+    else:
+        if not Path("/proc/self").is_dir():
+            pytest.skip("needs Linux /proc")
+        monkeypatch.setenv(info.OUTPUTS_ENV, "/proc/self")
+        message = "outputs root /proc/self cannot be written: no file can be created in /proc/self"
+    rc = R.main([str(path), "--dry-run"] + ([] if case.startswith("outputs root") else ["--outputs", str(tmp_path / "out")]))
+    err = capsys.readouterr().err
+    assert_clean_refusal(rc, err, message)
+    assert err.startswith("edgekd-run: error:") and not (tmp_path / "out").exists()
