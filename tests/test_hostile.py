@@ -1187,7 +1187,6 @@ def test_bench_never_overwrites_a_file_it_did_not_write(tmp_path, capsys):
     assert ops.read_text() == "my operator notes\n" and "bench_ops.csv exists and is not a CSV" in capsys.readouterr().err
 
 
-
 # ======================================================================================================================
 # Round two (issue 33): --force never overwrites a command's own inputs, a bundle is replaced only when its hashes
 # verify, no silent wrong answers, and damaged inputs get exit 2 with a one-line message rather than a traceback.
