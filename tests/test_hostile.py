@@ -1333,12 +1333,12 @@ def test_export_refuses_the_current_folder_before_any_work(tmp_path, fake_bundle
 
 def planted_pickle(run: Path) -> str:
     torch.save({"payload": _Payload(run.parent / "code-ran")}, run / "best.pt")
-    return f"{run / 'best.pt'} cannot be loaded as a checkpoint of weights only"
+    return f"{run / 'best.pt'} cannot be loaded as a checkpoint: it holds objects other than tensors"
 
 
 def truncated_checkpoint(run: Path) -> str:
     (run / "best.pt").write_bytes((run / "best.pt").read_bytes()[:4096])
-    return f"{run / 'best.pt'} cannot be loaded as a checkpoint"
+    return f"{run / 'best.pt'} cannot be loaded as a checkpoint (damaged or truncated)"
 
 
 def other_architecture(run: Path) -> str:

@@ -40,8 +40,8 @@ class RunError(ValueError):
 
 
 def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (torch's are many lines long), or its class name."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    """The first sentence of an exception's message (torch's run to many lines of advice), or its class name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
 
 
 @dataclass
@@ -97,9 +97,11 @@ def load_run(run_dir: str | Path, device: torch.device | str | None = None) -> L
                          pretrained=cfg["train"].get("pretrained"), weights=False)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise RunError(f"{weights} cannot be loaded as a checkpoint of weights only (damaged, truncated, or holding "
-                       f"objects other than tensors): {_first_line(exc)}") from None
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False, which would run the planted code
+        raise RunError(f"{weights} cannot be loaded as a checkpoint: it holds objects other than tensors, which "
+                       "torch.load(weights_only=True) refuses to unpickle; training never writes such a file") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise RunError(f"{weights} cannot be loaded as a checkpoint (damaged or truncated): {_first_line(exc)}") from None
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:

@@ -300,10 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             candidates, data, loaded = [], {}, {}
             for run_dir in runs:
                 config = read_config(run_dir)
-                key = json.dumps(config["data"], sort_keys=True)
+                candidates.append(Candidate(run_dir.name, load_run(run_dir).model, config["data"]["size"], run_dir))
+                key = json.dumps(config["data"], sort_keys=True)  # the data after the cheaper checkpoint
                 if key not in loaded:
                     loaded[key] = D.load(D.DataConfig(**config["data"]))
-                candidates.append(Candidate(run_dir.name, load_run(run_dir).model, config["data"]["size"], run_dir))
                 data[run_dir.name] = loaded[key]
             csv = args.csv or args.profile_dir / "bench_int8.csv"
         print(f"edgekd-bench: {'UNTRAINED random-init models (latency only, no accuracy)' if args.untrained else args.profile_dir}")
