@@ -105,8 +105,10 @@ def load_run(run_dir: str | Path, device: torch.device | str | None = None) -> L
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines()]  # torch: a header, then what does not fit
+        detail = lines[-1] if lines else type(exc).__name__
         raise RunError(f"{weights} does not hold the weights of a {cfg['arch']} at {cfg['data']['size']} px, as "
-                       f"run_config.json states: {_first_line(exc)}") from None
+                       f"run_config.json states: {detail[:160]}{'...' if len(detail) > 160 else ''}") from None
     model = model.to(torch.device(device) if device is not None else torch.device("cpu")).eval()
     return LoadedRun(run_dir, cfg, model, {**RECIPE, "size": int(cfg["data"]["size"])})
 
