@@ -3,7 +3,9 @@ issue, each of which failed on the code before it (d65240a).
 
 Nothing a user points the tools at is destroyed (cases 1-3 and edgekd-publish), an edited or damaged bundle never
 gives a silent answer (4-6), errors are named with the documented exit codes (7-10), and the smaller items (11)
-and the security hygiene hold. Fixtures are made in ``tmp_path``; the bundle is ``fake_bundle_dir``, exported from a
+and the security hygiene hold. Round two (issue 33, the last section; each of its tests failed on 1792f56): --force never
+overwrites a command's own inputs, export replaces only a bundle whose hashes verify, a bundle cannot lie about its
+model, macro-F1 covers the classes present, and damaged inputs are named with exit 2. Fixtures are made in ``tmp_path``; the bundle is ``fake_bundle_dir``, exported from a
 run on synthetic data, so no trained model is needed. The CLIs run as ``python -m edgekd.<module>`` so that they use
 the ``edgekd`` on ``sys.path`` (``PYTHONPATH`` first): the same tests then run against an older checkout.
 """
@@ -30,14 +32,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pandas as pd
 import pytest
 import torch
 import yaml
 from PIL import Image, ImageFile
+from sklearn.metrics import f1_score
 
 from edgekd.core import calibration as C
 from edgekd.core import files as F
 from edgekd.core import info
+from edgekd.core import metrics as M
 from edgekd.core.info import CLASS_NAMES
 from edgekd.core.models import create_model
 from edgekd.core.provenance import git_commit
@@ -1180,3 +1185,364 @@ def test_bench_never_overwrites_a_file_it_did_not_write(tmp_path, capsys):
     argv = ["--untrained", "--repeats", "1", "--warmup", "0", "--ops", "1", "--csv", str(tmp_path / "sub" / ".." / "bench.csv")]
     assert bench.main(argv) == 2
     assert ops.read_text() == "my operator notes\n" and "bench_ops.csv exists and is not a CSV" in capsys.readouterr().err
+
+
+# ======================================================================================================================
+# Round two (issue 33): --force never overwrites a command's own inputs, a bundle is replaced only when its hashes
+# verify, no silent wrong answers, and damaged inputs get exit 2 with a one-line message rather than a traceback.
+# ======================================================================================================================
+
+
+def assert_clean_refusal(rc: int, err: str, message: str) -> None:
+    """Exit 2, ``message`` on stderr, no traceback."""
+    assert rc == 2, err
+    assert message in err and "Traceback" not in err, err
+
+
+def snapshot(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- data loss: --force and inputs
+
+def _force_case(case: str, tmp: Path, bundle: Path, photos: Path, labels: Path) -> list[str | Path]:
+    """edgekd-predict arguments for ``case``: each names one of the command's own inputs as an output, with --force."""
+    if case == "out is the bundle's model.onnx":
+        return [bundle, photos, "--out", bundle / "model.onnx"]
+    if case == "out is the bundle's model_int8.onnx (int8)":
+        return [bundle, photos, "--backend", "int8", "--out", bundle / "model_int8.onnx"]
+    if case == "out is bundle.json, the model passed":
+        return [bundle / "model.onnx", photos, "--out", bundle / "bundle.json"]
+    if case == "metrics is the bundle's card":
+        return [bundle, photos, "--labels", labels, "--out", tmp / "p.csv", "--metrics", bundle / "MODEL_CARD.md"]
+    assert case == "out is a hard link to an input image"
+    os.link(photos / "a.png", tmp / "linked.csv")
+    return [bundle, photos, "--out", tmp / "linked.csv"]
+
+
+@pytest.mark.parametrize("case", ["out is the bundle's model.onnx", "out is the bundle's model_int8.onnx (int8)",
+                                  "out is bundle.json, the model passed", "metrics is the bundle's card",
+                                  "out is a hard link to an input image"])
+def test_force_never_overwrites_the_commands_own_inputs(case, tmp_path, bundle, photos, labels, capsys):
+    """Like ``cp -f`` refusing "are the same file": the bundle's files and the input images (by inode too) are never
+    outputs, --force or not (exit 2 before decoding, nothing changed)."""
+    args = _force_case(case, tmp_path, bundle, photos, labels)
+    before, images = snapshot(bundle), snapshot(photos)
+    rc, out, err = run(capsys, *args, "--force")
+    assert_clean_refusal(rc, out + err, "refusing to overwrite an input (even with --force)")
+    assert snapshot(bundle) == before and snapshot(photos) == images
+
+
+@pytest.fixture
+def profile_dir(tmp_path: Path, fake_bundle_dir: Path) -> Path:
+    """A profile folder for edgekd-bench: the synthetic run as the seed-0 teacher and the seed-0 ``kd`` student."""
+    folder = tmp_path / "profile"
+    for name in ("teacher-resnet18-s0", "student-resnet18-kd-s0"):
+        shutil.copytree(fake_bundle_dir.parent / "run", folder / name, ignore=shutil.ignore_patterns("tb", "last.pt"))
+    return folder
+
+
+@pytest.fixture
+def no_benchmark(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """edgekd-bench's timing replaced by an empty table (the CSV is still written); the names it was asked to time."""
+    called: list[str] = []
+
+    def fake(candidates, *args, **kwargs):
+        called.extend(c.name for c in candidates)
+        return pd.DataFrame(columns=list(bench.CSV_COLUMNS))
+
+    monkeypatch.setattr(bench, "benchmark", fake)
+    return called
+
+
+@pytest.mark.parametrize("case", ["the run's best.pt", "a hard link to the run's best.pt"])
+def test_bench_force_never_overwrites_a_benchmarked_run(case, tmp_path, profile_dir, no_benchmark, capsys):
+    """edgekd-bench --csv RUN/best.pt --force on the run it benchmarks: exit 2 before any model is loaded."""
+    best = profile_dir / "student-resnet18-kd-s0" / "best.pt"
+    target = best
+    if case != "the run's best.pt":
+        target = tmp_path / "bench.csv"
+        os.link(best, target)
+    before = best.read_bytes()
+    rc = bench.main(["--profile-dir", str(profile_dir), "--csv", str(target), "--force"])
+    assert_clean_refusal(rc, capsys.readouterr().err, "best.pt of the benchmarked run")
+    assert best.read_bytes() == before and no_benchmark == []
+
+
+def test_bench_csv_in_a_missing_folder_is_refused_before_any_work(tmp_path, no_benchmark, capsys):
+    target = tmp_path / "missing" / "bench.csv"
+    rc = bench.main(["--untrained", "--repeats", "1", "--warmup", "0", "--csv", str(target)])
+    assert_clean_refusal(rc, capsys.readouterr().err, f"its folder {target.parent} does not exist")
+    assert no_benchmark == [] and not target.parent.exists()
+
+
+def test_bench_names_a_truncated_checkpoint(profile_dir, tmp_path, no_benchmark, capsys):
+    best = profile_dir / "student-resnet18-kd-s0" / "best.pt"
+    best.write_bytes(best.read_bytes()[:1000])
+    rc = bench.main(["--profile-dir", str(profile_dir), "--csv", str(tmp_path / "b.csv")])
+    assert_clean_refusal(rc, capsys.readouterr().err, f"{best} cannot be loaded as a checkpoint")
+    assert no_benchmark == [] and not (tmp_path / "b.csv").exists()
+
+
+# ------------------------------------------------------------------ data loss: export replaces verified bundles
+
+def annotated_card(folder: Path, bundle: Path) -> str:
+    shutil.copytree(bundle, folder)
+    with open(folder / "MODEL_CARD.md", "a") as fh:
+        fh.write("\nMy notes: validated on our clinic's images in March.\n")
+    return "MODEL_CARD.md does not match its sha256"
+
+
+def hand_written_manifest(folder: Path, bundle: Path) -> str:
+    folder.mkdir()
+    (folder / "bundle.json").write_text('{"format": "edgekd-bundle", "files": {"thesis.tex": {}}}\n')
+    (folder / "thesis.tex").write_text("\\chapter{Results}\n")
+    return "thesis.tex"
+
+
+def resealed_without_int8(folder: Path, bundle: Path) -> str:
+    """A bundle whose manifest was edited (a file dropped) and resealed: its hashes no longer describe the folder."""
+    shutil.copytree(bundle, folder)
+    manifest = read(folder)
+    del manifest["files"]["model_int8.onnx"]
+    write(folder, manifest, reseal=False)
+    return "was edited after export"
+
+
+@pytest.mark.parametrize("make", [annotated_card, hand_written_manifest, resealed_without_int8])
+def test_export_replaces_only_a_bundle_whose_hashes_verify(make, tmp_path, fake_bundle_dir):
+    """A folder is replaced only when bundle.json's manifest_sha256 and every listed file's sha256 verify (the check
+    edgekd-predict makes); otherwise exit 2, the reason named, and the folder left as it was."""
+    out = tmp_path / "out"
+    message = make(out, fake_bundle_dir)
+    before = snapshot(out)
+    res = run_module("edgekd.stages.export", fake_bundle_dir.parent / "run", "--out", out, "--no-int8", "--n-resamples", "20")
+    assert_clean_refusal(res.returncode, res.stderr, message)
+    assert snapshot(out) == before
+
+
+def test_export_refuses_the_current_folder_before_any_work(tmp_path, fake_bundle_dir):
+    """``edgekd-export RUN --out .`` in an empty folder: exit 2 naming the current folder, nothing left behind."""
+    here = tmp_path / "here"
+    here.mkdir()
+    res = subprocess.run([sys.executable, "-m", "edgekd.stages.export", str(fake_bundle_dir.parent / "run"), "--out", ".",
+                          "--no-int8", "--n-resamples", "20"], cwd=here, capture_output=True, text=True, timeout=600)
+    assert_clean_refusal(res.returncode, res.stderr, "is the current folder or holds it")
+    assert list(here.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+
+
+def planted_pickle(run: Path) -> str:
+    torch.save({"payload": _Payload(run.parent / "code-ran")}, run / "best.pt")
+    return f"{run / 'best.pt'} cannot be loaded as a checkpoint: it holds objects other than tensors"
+
+
+def truncated_checkpoint(run: Path) -> str:
+    (run / "best.pt").write_bytes((run / "best.pt").read_bytes()[:4096])
+    return f"{run / 'best.pt'} cannot be loaded as a checkpoint (damaged or truncated)"
+
+
+def other_architecture(run: Path) -> str:
+    torch.save(create_model("mobilenetv2_100", 28, stem_stride=2).state_dict(), run / "best.pt")
+    return f"{run / 'best.pt'} does not hold the weights of a resnet18 at 28 px"
+
+
+def empty_config(run: Path) -> str:
+    (run / "run_config.json").write_text("{}")
+    return f"{run / 'run_config.json'} lacks arch, data, train"
+
+
+@pytest.mark.parametrize("damage", [planted_pickle, truncated_checkpoint, other_architecture, empty_config])
+def test_export_names_a_damaged_run(damage, tmp_path, fake_bundle_dir):
+    run_dir = Path(shutil.copytree(fake_bundle_dir.parent / "run", tmp_path / "run", ignore=shutil.ignore_patterns("tb")))
+    message = damage(run_dir)
+    res = run_module("edgekd.stages.export", run_dir, "--out", tmp_path / "bundle", "--no-int8", "--n-resamples", "20")
+    assert_clean_refusal(res.returncode, res.stderr, message)
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "bundle").exists()
+    assert not (tmp_path / "code-ran").exists()
+
+
+# ------------------------------------------------------------------------ silent wrong answers: the bundle
+
+def widen(model: Path, width: int) -> None:
+    """Give the ONNX model ``model`` ``width`` outputs (its 7 logits times a 7 x width matrix), metadata kept."""
+    graph_model = onnx.load(str(model))
+    graph = graph_model.graph
+    logits, batch = graph.output[0].name, graph.output[0].type.tensor_type.shape.dim[0].dim_param or "batch"
+    weights = np.random.default_rng(0).standard_normal((len(CLASS_NAMES), width)).astype(np.float32)
+    graph.initializer.append(onnx.numpy_helper.from_array(weights, "widen_w"))
+    graph.node.append(onnx.helper.make_node("MatMul", [logits, "widen_w"], ["wide_logits"]))
+    del graph.output[:]
+    graph.output.append(onnx.helper.make_tensor_value_info("wide_logits", onnx.TensorProto.FLOAT, [batch, width]))
+    onnx.save(graph_model, str(model))
+
+
+def wide_alone(folder: Path, width: int = 10) -> Path:
+    alone = folder.parent / "alone"
+    alone.mkdir()
+    model = Path(shutil.copy(folder / "model.onnx", alone / "model.onnx"))
+    widen(model, width)
+    return model
+
+
+def wide_in_bundle(width: int) -> Edit:
+    def edit(folder: Path) -> Path:
+        widen(folder / "model.onnx", width)
+        manifest = read(folder)
+        relist(folder, manifest, "model.onnx")
+        write(folder, manifest)
+        return folder
+
+    return edit
+
+
+def int8_as_fp32(folder: Path) -> Path:
+    shutil.copy(folder / "model_int8.onnx", folder / "model.onnx")
+    manifest = read(folder)
+    relist(folder, manifest, "model.onnx")
+    write(folder, manifest)
+    return folder
+
+
+def duplicate_operating_points(folder: Path) -> Path:
+    """bundle.json with operating_points stated twice; manifest_sha256 verifies for the last (json's) reading."""
+    text = (folder / "bundle.json").read_text()
+    (folder / "bundle.json").write_text(text.replace("{", '{"operating_points": {"temperature": 50.0}, ', 1))
+    return folder
+
+
+BUNDLE_LIES = {
+    "10 outputs, alone": (wide_alone, "gives output ['batch', 10], not (batch, 7)"),
+    "10 outputs, hashes recomputed": (wide_in_bundle(10), "gives output ['batch', 10], not (batch, 7)"),
+    "3 outputs, hashes recomputed": (wide_in_bundle(3), "gives output ['batch', 3], not (batch, 7)"),
+    "int8 graph as model.onnx": (int8_as_fp32, "own edgekd.precision metadata is 'int8', but bundle.json states precision 'fp32'"),
+    "another architecture's graph": (consistent_model_edit(arch="mobilenetv2_100"),
+                                     "own edgekd.arch metadata is 'mobilenetv2_100', but bundle.json states arch 'resnet18'"),
+    "operating_points stated twice": (duplicate_operating_points, "states the key operating_points twice"),
+}
+
+
+@pytest.mark.parametrize("case", list(BUNDLE_LIES))
+def test_the_bundle_cannot_lie_about_what_runs(case, tmp_path, bundle, image):
+    """The output width equals the number of classes (checked at load), the graph's own edgekd.arch and
+    edgekd.precision agree with bundle.json, and bundle.json states no key twice."""
+    edit, message = BUNDLE_LIES[case]
+    assert_refused(edit(bundle), image, tmp_path, message)
+
+
+# ---------------------------------------------------------------------- silent wrong answers: the numbers
+
+def test_macro_f1_over_the_classes_present_equals_sklearn():
+    """An outside set with only mel and nv: macro-F1 over those 2 classes, as sklearn's f1_score gives for them
+    (a perfect model scores 1, not 0.29); where every class is present the 7-class figure is unchanged."""
+    mel, nv = CLASS_NAMES.index("mel"), CLASS_NAMES.index("nv")
+    y = np.array([mel, nv, nv, mel, nv, nv, mel, nv])
+    pred = np.array([mel, nv, mel, mel, nv, nv, nv, nv])
+    for guess in (y, pred):
+        expected = f1_score(y, guess, average="macro")
+        assert P.macro_f1(y, guess) == pytest.approx(expected, abs=1e-12)
+        assert M.macro_f1(y, guess, M.scored_classes(y)) == pytest.approx(expected, abs=1e-12)
+    assert P.macro_f1(y, y) == 1.0
+    full = np.arange(70) % len(CLASS_NAMES)
+    guess = np.roll(full, 3) * (np.arange(70) % 4 != 0) + full * (np.arange(70) % 4 == 0)
+    assert list(M.scored_classes(full)) == list(range(len(CLASS_NAMES)))
+    assert P.macro_f1(full, guess) == M.macro_f1(full, guess) == f1_score(full, guess, labels=list(range(7)), average="macro")
+
+
+def test_predict_names_the_classes_its_macro_f1_covers(tmp_path, fake_bundle_dir, photos, capsys):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,label\na,mel\nb,nv\nc,nv\n")
+    out = tmp_path / "p.csv"
+    rc, stdout, err = run(capsys, fake_bundle_dir, photos, "--labels", labels, "--out", out)
+    assert rc == P.EXIT_OK, err
+    assert "macro-F1 over 2 of 7 classes (mel, nv)" in stdout
+    pred = [CLASS_NAMES.index(r["pred"]) for r in rows(out)]
+    y = [CLASS_NAMES.index(c) for c in ("mel", "nv", "nv")]
+    metrics = {r["metric"]: float(r["value"]) for r in rows(tmp_path / "p_metrics.csv")}
+    expected = f1_score(y, pred, labels=sorted(set(y)), average="macro", zero_division=0)  # over the labels' classes
+    assert metrics["macro_f1"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_publish_refuses_a_symlink_in_the_aggregate(tmp_path, monkeypatch):
+    """An aggregate CSV that is a symlink to an outside file is not published with that file's content."""
+    agg = tmp_path / "outputs" / "smoke" / "aggregate"
+    agg.mkdir(parents=True)
+    (agg / "numbers.json").write_text("{}\n")
+    secret = tmp_path / "secret.csv"
+    secret.write_text("private,data\n")
+    (agg / "seed_metrics.csv").symlink_to(secret)
+    monkeypatch.setattr(publish, "check_complete", lambda *args: None)
+    monkeypatch.setattr(publish, "collect_provenance", lambda *args: {"profile": "smoke"})
+    with pytest.raises(publish.NotPublishable, match=r"holds symlinks \(seed_metrics.csv\)"):
+        publish.publish("smoke", tmp_path / "outputs", tmp_path / "results")
+    assert not (tmp_path / "results" / "smoke").exists()
+
+
+def test_an_animated_gif_is_noted_as_scored_on_its_first_frame(tmp_path, fake_bundle_dir, capsys):
+    frames = [Image.fromarray(np.full((64, 64, 3), v, dtype=np.uint8)) for v in (40, 200)]
+    gif = tmp_path / "moving.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
+    rc, _, err = run(capsys, fake_bundle_dir, gif, "--out", tmp_path / "p.csv")
+    assert rc == P.EXIT_OK, err
+    assert "animated image: scored on its first frame only" in rows(tmp_path / "p.csv")[0]["note"]
+
+
+# ----------------------------------------------------------------------- tracebacks and exit codes
+
+def test_a_closed_stdout_is_quiet_and_every_file_is_written(tmp_path, fake_bundle_dir, photos, labels):
+    """``edgekd-predict ... | head -1``: stdout closed before anything is printed; the files are written, the exit
+    status is the normal one, and no BrokenPipeError is shown."""
+    out = tmp_path / "p.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekd.edge.predict", str(fake_bundle_dir), str(photos),
+                             "--labels", str(labels), "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=600) == P.EXIT_OK, err
+    assert "BrokenPipe" not in err and "Traceback" not in err, err
+    assert len(rows(out)) == 3 and rows(tmp_path / "p_metrics.csv")[0]["metric"] == "n"
+
+
+@pytest.mark.parametrize("case", ["fifo", "/dev/zero"])
+def test_a_special_file_input_is_not_a_regular_file(case, tmp_path, fake_bundle_dir, capsys):
+    if case == "fifo":
+        path = tmp_path / "pipe.png"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+        if not path.exists():
+            pytest.skip("needs /dev/zero")
+    rc, out, err = run(capsys, fake_bundle_dir, path, "--out", tmp_path / "p.csv")
+    assert_clean_refusal(rc, out + err, f"input {path} is not a regular file")
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("case", ["seed 2**32", "300-character name", "duplicate key", "invalid UTF-8",
+                                  "outputs root is a file", "outputs root is /proc/self"])
+def test_the_dry_run_refuses_what_would_fail_later(case, tmp_path, monkeypatch, capsys):
+    """Each of these passed the dry run and failed later (training, the first folder, the first write), or gave a
+    codec error naming no file: now exit 2 with the file and the problem named, in the dry run."""
+    path = _profile(tmp_path)
+    if case == "seed 2**32":
+        path, message = _profile(tmp_path, **{"students.seeds": [0, 2**32]}), "each below 2**32"
+    elif case == "300-character name":
+        path, message = _profile(tmp_path, name="n" * 300), "has 300 characters, more than 100"
+    elif case == "duplicate key":
+        text = path.read_text().replace("epochs: 2\n", "epochs: 2\n  epochs: 200\n", 1)
+        assert text.count("epochs: 200") == 1
+        path.write_text(text)
+        message = "duplicate key 'epochs' at line"
+    elif case == "invalid UTF-8":
+        path.write_bytes(path.read_bytes() + b"# caf\xe9\n")
+        message = f"{path}: not UTF-8 text"
+    elif case == "outputs root is a file":
+        (tmp_path / "outputs").write_text("a file\n")
+        monkeypatch.setenv(info.OUTPUTS_ENV, str(tmp_path / "outputs"))
+        message = f"outputs root {tmp_path / 'outputs'} cannot be written: {tmp_path / 'outputs'} is not a folder"
+    else:
+        if not Path("/proc/self").is_dir():
+            pytest.skip("needs Linux /proc")
+        monkeypatch.setenv(info.OUTPUTS_ENV, "/proc/self")
+        message = "outputs root /proc/self cannot be written: no file can be created in /proc/self"
+    rc = R.main([str(path), "--dry-run"] + ([] if case.startswith("outputs root") else ["--outputs", str(tmp_path / "out")]))
+    err = capsys.readouterr().err
+    assert_clean_refusal(rc, err, message)
+    assert err.startswith("edgekd-run: error:") and not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -122,3 +122,49 @@ def first_line_is(path: Path, line: str) -> bool:
     except OSError:
         return False
     return head.partition(b"\n")[0].removesuffix(b"\r") == line.encode()
+
+
+def identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` names, symlinks followed; None where nothing is there. Two paths with the
+    same identity are the same file (a hard link or a symlink included), as ``cp`` tells "are the same file"."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def input_index(inputs: Mapping[Path, str]) -> dict[Path | tuple[int, int], str]:
+    """``inputs`` (path -> what it is) keyed by resolved path and by :func:`identity`, for :func:`which_input`
+    (``realpath``, which never raises: an input may be a looping symlink, skipped later)."""
+    index: dict[Path | tuple[int, int], str] = {}
+    for path, what in inputs.items():
+        index.setdefault(Path(os.path.realpath(path)), what)
+        same = identity(path)
+        if same is not None:
+            index.setdefault(same, what)
+    return index
+
+
+def which_input(path: Path, index: Mapping[Path | tuple[int, int], str]) -> str | None:
+    """What the input that ``path`` is (same resolved path, or same file by :func:`identity`) is, from
+    :func:`input_index`; None when it is no input. A command never writes over its own inputs, even when forced."""
+    same = identity(path)
+    return index.get(Path(os.path.realpath(path))) or (index.get(same) if same is not None else None)
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why no new file can be created in ``folder`` (None if one can): ``folder``, or where it does not exist yet its
+    nearest existing ancestor, must be a folder that accepts a new file (tried with an anonymous temporary file,
+    which leaves nothing behind)."""
+    folder = Path(folder)
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return f"no file can be created in {folder}: {exc.strerror or exc}"
+    return None

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,19 @@ from edgekd.core.config import INFER_BATCH
 from edgekd.core.losses import attention_map
 from edgekd.core.models import create_model, forward_with_stages
 from edgekd.core.preprocess import RECIPE
+
+#: Keys of ``run_config.json`` that rebuilding a run's model needs (section -> keys; "" for the top level).
+REQUIRED_CONFIG: dict[str, tuple[str, ...]] = {"": ("arch", "data", "train"), "data": ("size",), "train": ("stem_stride",)}
+
+
+class RunError(ValueError):
+    """A run folder whose ``run_config.json`` or ``best.pt`` is damaged, planted or from another run: named, never a
+    traceback."""
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (torch's run to many lines of advice), or its class name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
 
 
 @dataclass
@@ -54,11 +68,22 @@ class LoadedRun:
 
 
 def read_config(run_dir: str | Path) -> dict:
-    """``run_config.json`` of a run folder."""
+    """``run_config.json`` of a run folder, with the keys of :data:`REQUIRED_CONFIG`; RunError naming the file
+    where it is not JSON or lacks one."""
     path = Path(run_dir) / "run_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished run (needs run_config.json and best.pt)")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise RunError(f"{path} cannot be read as JSON ({_first_line(exc)}): the run is damaged") from None
+    missing: list[str] = []
+    for section, keys in REQUIRED_CONFIG.items():
+        block = config.get(section) if section and isinstance(config, dict) else config
+        missing += [f"{section}.{key}" if section else key for key in keys if not isinstance(block, dict) or key not in block]
+    if missing:
+        raise RunError(f"{path} lacks {', '.join(missing)}: it is not a run_config.json that training wrote; the run is damaged")
+    return config
 
 
 def load_run(run_dir: str | Path, device: torch.device | str | None = None) -> LoadedRun:
@@ -70,7 +95,20 @@ def load_run(run_dir: str | Path, device: torch.device | str | None = None) -> L
         raise FileNotFoundError(f"{run_dir} is not a finished run (needs run_config.json and best.pt)")
     model = create_model(cfg["arch"], cfg["data"]["size"], stem_stride=cfg["train"]["stem_stride"],
                          pretrained=cfg["train"].get("pretrained"), weights=False)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False, which would run the planted code
+        raise RunError(f"{weights} cannot be loaded as a checkpoint: it holds objects other than tensors, which "
+                       "torch.load(weights_only=True) refuses to unpickle; training never writes such a file") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise RunError(f"{weights} cannot be loaded as a checkpoint (damaged or truncated): {_first_line(exc)}") from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines()]  # torch: a header, then what does not fit
+        detail = lines[-1] if lines else type(exc).__name__
+        raise RunError(f"{weights} does not hold the weights of a {cfg['arch']} at {cfg['data']['size']} px, as "
+                       f"run_config.json states: {detail[:160]}{'...' if len(detail) > 160 else ''}") from None
     model = model.to(torch.device(device) if device is not None else torch.device("cpu")).eval()
     return LoadedRun(run_dir, cfg, model, {**RECIPE, "size": int(cfg["data"]["size"])})
 

@@ -11,6 +11,7 @@ explicitly is always tried. An image's id is its file name without the suffix (I
 
 * converted, with a note: greyscale, palette, CMYK (plain conversion, no colour management), RGBA
   (alpha dropped), 16-bit PNG (scaled to 8 bit), images smaller than the model input (upsampled);
+* noted, scored on its first frame: an animated GIF or PNG;
 * noted, scored as stored: an EXIF orientation other than 1 is not applied (training images carry
   none; the models are trained with flips and rotations);
 * a JPEG much larger than the model input is decoded at a reduced DCT scale (Pillow's ``draft``,
@@ -108,7 +109,8 @@ def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
     """The images named by ``inputs`` (files, and folder entries with an image suffix, regular files or not)
     in order, and the folder entries ignored (no image suffix: other files, subfolders, special files).
 
-    Raises InputError for a path that does not exist, no image at all, or two files with the same id.
+    Raises InputError for a path that does not exist or is not a regular file or folder, no image at all, or two
+    files with the same id.
     """
     files: list[Path] = []
     ignored: list[Path] = []
@@ -120,6 +122,8 @@ def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
             ignored += [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
         elif path.is_file():
             files.append(path)
+        elif path.exists():  # a FIFO, /dev/zero: reading it would block or never end
+            raise InputError(f"input {path} is not a regular file: {_not_regular(path)}")
         else:
             raise InputError(f"input {path} does not exist")
     files = list(dict.fromkeys(files))  # a file named twice is scored once
@@ -220,6 +224,8 @@ def _prepare(im: Image.Image, head: bytes, size: int, note: str) -> tuple[np.nda
     if side < size:
         notes.append(f"upsampled: its centre square is {side} px, the model takes {size} px")
     notes.append(note)
+    if getattr(im, "is_animated", False):  # a GIF or APNG: only its first frame is decoded
+        notes.append("animated image: scored on its first frame only")
     orientation = _exif_orientation(im)
     if orientation not in (None, 1):
         notes.append(f"EXIF orientation {orientation} not applied: scored as stored (training images carry no "

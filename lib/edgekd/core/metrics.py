@@ -2,7 +2,8 @@
 
 Conventions: ``y`` int labels (N,), ``probs`` (N, NUM_CLASSES) rows summing to 1, ``pred`` (N,).
 Macro averages run over all ``NUM_CLASSES`` labels; a class with no support and no predictions
-scores 0 (sklearn ``zero_division=0``).
+scores 0 (sklearn ``zero_division=0``). A labelled set without some classes (an outside set) is scored over the
+classes present in its labels instead (:func:`scored_classes`), fixed for all of its bootstrap resamples.
 """
 
 from __future__ import annotations
@@ -56,24 +57,37 @@ def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
         return float(skm.balanced_accuracy_score(y, pred))
 
 
-def f1(y: np.ndarray, pred: np.ndarray, average: str = "macro") -> float:
-    """F1 over all ``NUM_CLASSES`` labels (sklearn, ``zero_division=0``), ``average``d."""
-    return float(skm.f1_score(y, pred, labels=LABELS, average=average, zero_division=0))
+def f1(y: np.ndarray, pred: np.ndarray, average: str = "macro", labels: np.ndarray = LABELS) -> float:
+    """F1 over ``labels`` (default all ``NUM_CLASSES``; sklearn, ``zero_division=0``), ``average``d."""
+    return float(skm.f1_score(y, pred, labels=labels, average=average, zero_division=0))
 
 
-def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
-    """Macro-F1 over all ``NUM_CLASSES`` labels: the project's selection metric."""
-    return f1(y, pred, "macro")
+def macro_f1(y: np.ndarray, pred: np.ndarray, labels: np.ndarray = LABELS) -> float:
+    """Macro-F1 over ``labels`` (default all ``NUM_CLASSES``: the project's selection metric)."""
+    return f1(y, pred, "macro", labels)
 
 
-#: Label-based metrics reported with bootstrap intervals: name -> fn(y, probs).
-HEADLINE: dict[str, MetricFn] = {
-    "accuracy": lambda y, p: accuracy(y, p.argmax(1)),
-    "balanced_accuracy": lambda y, p: balanced_accuracy(y, p.argmax(1)),
-    "macro_f1": lambda y, p: macro_f1(y, p.argmax(1)),
-    "weighted_f1": lambda y, p: f1(y, p.argmax(1), "weighted"),
-    "auc": ovr_auc,
-}
+def scored_classes(y: np.ndarray) -> np.ndarray:
+    """The classes a set with labels ``y`` is macro-averaged over: all ``NUM_CLASSES`` where every class is present
+    (the headline figure), else the classes present in ``y``, so that classes with neither labels nor predictions
+    do not count as F1 0 (a perfect model on an nv / mel set would get 0.29)."""
+    present = np.unique(y)
+    return LABELS if len(present) == NUM_CLASSES else present
+
+
+def headline(labels: np.ndarray = LABELS) -> dict[str, MetricFn]:
+    """Label-based metrics reported with bootstrap intervals, macro-F1 over ``labels``: name -> fn(y, probs)."""
+    return {
+        "accuracy": lambda y, p: accuracy(y, p.argmax(1)),
+        "balanced_accuracy": lambda y, p: balanced_accuracy(y, p.argmax(1)),
+        "macro_f1": lambda y, p: macro_f1(y, p.argmax(1), labels),
+        "weighted_f1": lambda y, p: f1(y, p.argmax(1), "weighted"),
+        "auc": ovr_auc,
+    }
+
+
+#: The headline metrics over all classes: name -> fn(y, probs).
+HEADLINE: dict[str, MetricFn] = headline()
 
 
 def per_class_table(y: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
@@ -161,18 +175,19 @@ def bootstrap_ci(
     return float(metric_fn(y, probs)), float(low), float(high)
 
 
-def bootstrap_table(y: np.ndarray, probs: np.ndarray, n_resamples: int, seed: int) -> pd.DataFrame:
-    """Headline metrics with 95% percentile bootstrap intervals.
+def bootstrap_table(y: np.ndarray, probs: np.ndarray, n_resamples: int, seed: int, labels: np.ndarray = LABELS) -> pd.DataFrame:
+    """Headline metrics (macro-F1 over ``labels``) with 95% percentile bootstrap intervals.
 
     All metrics share one set of resamples; each row equals ``bootstrap_ci`` with the same seed.
     """
+    fns = headline(labels)
 
     def all_metrics(yy: np.ndarray, pp: np.ndarray) -> np.ndarray:
-        return np.array([fn(yy, pp) for fn in HEADLINE.values()])
+        return np.array([fn(yy, pp) for fn in fns.values()])
 
     low, high = _percentile_bootstrap(y, probs, all_metrics, n_resamples, seed, 0.95)
     return pd.DataFrame(
-        {"metric": list(HEADLINE), "value": all_metrics(y, probs), "ci_low": low, "ci_high": high}
+        {"metric": list(fns), "value": all_metrics(y, probs), "ci_low": low, "ci_high": high}
     )
 
 

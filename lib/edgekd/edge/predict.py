@@ -44,7 +44,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgekd.core import info
-from edgekd.core.files import atomic_write, file_digest, first_line_is
+from edgekd.core.files import atomic_write, file_digest, first_line_is, input_index, unwritable, which_input
 from edgekd.core.inputs import (
     IMAGE_SUFFIXES,
     InputError,
@@ -102,10 +101,17 @@ def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
 
 
-def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int = info.NUM_CLASSES) -> float:
-    """Mean F1 over all ``n_classes`` (a class with no support and no predictions scores 0)."""
+def scored_classes(y: np.ndarray) -> np.ndarray:
+    """All classes where ``y`` has every class, else those present in ``y`` (as :func:`edgekd.core.metrics.scored_classes`):
+    a class with neither labels nor predictions must not count as F1 0."""
+    present = np.unique(y)
+    return np.arange(info.NUM_CLASSES) if len(present) == info.NUM_CLASSES else present
+
+
+def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean F1 over :func:`scored_classes` of ``y`` (a class with support and no true positive scores 0)."""
     scores = []
-    for c in range(n_classes):
+    for c in scored_classes(y):
         tp, fp, fn = np.sum((pred == c) & (y == c)), np.sum((pred == c) & (y != c)), np.sum((pred != c) & (y == c))
         scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     return float(np.mean(scores))
@@ -194,12 +200,28 @@ def manifest_digest(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that states one key twice (``json`` would silently keep the last value)."""
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``object_pairs_hook`` for ``json.loads``: the pairs as a dict, DuplicateKey naming a key stated twice."""
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
 def read_manifest(folder: Path) -> dict:
     """``folder/bundle.json``, checked: this format and version, unedited since export (``manifest_sha256``),
     and every file it lists present with its recorded sha256. Raises InputError otherwise."""
     path = folder / "bundle.json"
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(), object_pairs_hook=unique_keys)
+    except DuplicateKey as exc:
+        raise InputError(f"{path} states the key {exc} twice: the bundle was edited; re-export it") from None
     except (OSError, ValueError, RecursionError) as exc:
         raise InputError(f"{path} cannot be read as JSON ({exc}): the bundle is damaged or truncated; re-export it") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -274,7 +296,14 @@ def model_settings(meta: dict[str, str], model: Path) -> dict[str, int | float]:
 
 
 def _check_agreement(manifest: dict, meta: dict[str, str], settings: dict[str, int | float], model: Path) -> None:
-    """Refuse a ``bundle.json`` that states another operating point or metadata than the model it lists."""
+    """Refuse a ``bundle.json`` that states another operating point or metadata than the model it lists, or another
+    architecture or precision than the graph's own ``edgekd.arch`` / ``edgekd.precision`` (an INT8 graph copied over
+    ``model.onnx``, another network's graph, with the hashes recomputed)."""
+    precision = {name: backend for backend, name in BACKEND_FILES.items()}.get(model.name)
+    for key, stated in (("arch", manifest.get("arch")), ("precision", precision)):
+        if stated is not None and meta.get(f"edgekd.{key}") != stated:
+            raise InputError(f"{model}'s own edgekd.{key} metadata is {meta.get(f'edgekd.{key}')!r}, but bundle.json states "
+                             f"{key} {stated!r} for it: the bundle is inconsistent; re-export it")
     own = {key: value for key, value in meta.items() if key.startswith("edgekd.") and key != "edgekd.precision"}
     listed = manifest.get("onnx_metadata") if isinstance(manifest.get("onnx_metadata"), dict) else {}
     differ = sorted(key for key in own.keys() | listed.keys() if own.get(key) != listed.get(key))
@@ -325,6 +354,10 @@ def open_bundle(path: str | Path, backend: str = "fp32", threads: int = 0) -> Bu
     shape, size = session.get_inputs()[0].shape, settings["size"]
     if len(shape) != 4 or any(isinstance(dim, int) and dim != want for dim, want in zip(shape[1:], (3, size, size), strict=True)):
         raise InputError(f"{model} takes input {shape}, but its metadata states {size} px (batch, 3, {size}, {size})")
+    out = session.get_outputs()[0].shape
+    if len(out) != 2 or out[1] != info.NUM_CLASSES:
+        raise InputError(f"{model} gives output {out}, not (batch, {info.NUM_CLASSES}): one logit per class of "
+                         f"{', '.join(info.CLASS_NAMES)} is needed")
     return Bundle(model, session, size, settings["temperature"], settings["melanoma_threshold"],
                   settings["abstain_threshold"], warnings)
 
@@ -378,47 +411,40 @@ def text_cell(text: str) -> str:
     return f"'{text}" if text.startswith(FORMULA_START) else text
 
 
-def _cannot_create(path: Path) -> str | None:
-    """Why no file can be created at ``path`` (None if one can): its nearest existing ancestor must be a folder
-    that accepts a new file (tried with an anonymous temporary file, which leaves nothing behind)."""
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"{folder} is not a folder"
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        return f"no file can be created in {folder}: {exc.strerror or exc}"
-    return None
+def bundle_files(path: Path) -> dict[Path, str]:
+    """The files that opening the bundle ``path`` reads, as inputs no output may overwrite: a bundle folder's files,
+    or an ``.onnx`` file and the files of the bundle folder it lies in (where a ``bundle.json`` is beside it)."""
+    folder = path if path.is_dir() else path.parent if (path.parent / "bundle.json").is_file() else None
+    files = {path: f"the bundle's model {path}"} if path.is_file() else {}
+    if folder is not None:
+        files |= {p: f"the bundle's file {p}" for p in sorted(folder.iterdir()) if p.is_file()}
+    return files
 
 
-def check_outputs(outputs: Sequence[tuple[str, Path, Sequence[str]]], inputs: Sequence[Path], labels: Path | None,
+def check_outputs(outputs: Sequence[tuple[str, Path, Sequence[str]]], inputs: dict[Path, str], folders: Sequence[Path],
                   force: bool) -> None:
-    """Refuse each ``(option, path, header)`` output that would overwrite an input, the labels file or another
-    output (symlinks resolved), would be an image of an input folder, is a folder or special file, cannot be created, or exists
-    without starting with ``header`` (an earlier output of this tool) unless ``force``. Raises InputError."""
-    protected = {p.resolve(): f"the input {p}" for p in inputs if not p.is_dir()}
-    if labels is not None:
-        protected[labels.resolve()] = f"the labels file {labels}"
-    folders = {p.resolve(): p for p in inputs if p.is_dir()}
+    """Refuse each ``(option, path, header)`` output that is one of the ``inputs`` (path -> what it is: images, labels,
+    the bundle's files; symlinks resolved, hard links by inode) even with ``force``, the other output, would be an
+    image of an input folder of ``folders``, is a folder or special file, cannot be created, or exists without starting
+    with ``header`` (an earlier output of this tool) unless ``force``. Raises InputError."""
+    protected = input_index(inputs)
+    folders = {p.resolve(): p for p in folders}
     taken: dict[Path, str] = {}
     for option, path, header in outputs:
-        where = path.resolve()
-        if where in protected:
-            raise InputError(f"{option} {path} is {protected[where]}: refusing to overwrite an input")
+        where, source = path.resolve(), which_input(path, protected)
         if where.is_dir():
             raise InputError(f"{option} {path} is a folder: name a file")
         if where.parent in folders and where.suffix.lower() in IMAGE_SUFFIXES:
             raise InputError(f"{option} {path} would be read as an image of the input folder {folders[where.parent]}: "
                              "write it elsewhere")
+        if source:
+            raise InputError(f"{option} {path} is {source}: refusing to overwrite an input (even with --force)")
         if where in taken:
             raise InputError(f"{option} {path} is the same file as {taken[where]}: give them different paths")
         taken[where] = f"{option} {path}"
         if where.exists() and not where.is_file():
             raise InputError(f"{option} {path} exists and is not a regular file")
-        reason = _cannot_create(path)
+        reason = unwritable(path.parent)
         if reason:
             raise InputError(f"{option} {path} cannot be written: {reason}")
         if where.is_file() and not force and not first_line_is(where, ",".join(header)):
@@ -545,12 +571,13 @@ def _print_summary(args: argparse.Namespace, n_files: int, ignored: Sequence[Pat
     print(f"  wrote {args.out}")
 
 
-def _write_metrics(path: Path, y: np.ndarray, probs: np.ndarray, bundle: Bundle) -> None:
-    """The metrics of the scored images with labels ``y``: printed, and written to ``path``."""
-    values = edge_metrics(y, probs, bundle.melanoma_threshold, bundle.abstain_threshold)
-    _write_csv(path, METRICS_HEADER, [[k, repr(values[k])] for k in METRICS])
+def _print_metrics(path: Path, y: np.ndarray, values: dict[str, float], bundle: Bundle) -> None:
+    """The metrics ``values`` of the scored images with labels ``y``, written to ``path``, on stdout."""
+    classes = scored_classes(y)
+    scope = ("" if len(classes) == info.NUM_CLASSES else f"; macro-F1 over {len(classes)} of {info.NUM_CLASSES} classes "
+             f"({', '.join(info.CLASS_NAMES[c] for c in classes)}), those in the labels")
     print(f"  metrics on {len(y)} labelled images (temperature {bundle.temperature:.4g}, melanoma threshold "
-          f"{bundle.melanoma_threshold:.4g}, abstain below {bundle.abstain_threshold:.4g}):")
+          f"{bundle.melanoma_threshold:.4g}, abstain below {bundle.abstain_threshold:.4g}{scope}):")
     for k in METRICS:
         print(f"    {k:<20} {values[k]:.4f}")
     print(f"  wrote {path}")
@@ -568,7 +595,10 @@ def main(argv: list[str] | None = None) -> int:
         files, ignored = find_images(args.inputs)
         ids = [image_id(p.name) for p in files]
         labels = match_labels(ids, read_labels(args.labels), str(args.labels)) if args.labels else None
-        check_outputs(outputs, args.inputs, args.labels, args.force)
+        inputs = {p: f"the input {p}" for p in files} | bundle_files(args.bundle)
+        if args.labels:
+            inputs[args.labels] = f"the labels file {args.labels}"
+        check_outputs(outputs, inputs, [p for p in args.inputs if p.is_dir()], args.force)
         bundle = open_bundle(args.bundle, args.backend, args.threads)
     except InputError as exc:
         print(f"edgekd-predict: error: {exc}", file=sys.stderr)
@@ -577,12 +607,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgekd-predict: warning: {line}", file=sys.stderr)
     tick = time.perf_counter()
     scores = write_predictions(args.out, files, ids, bundle, args.batch)
-    _print_summary(args, len(files), ignored, scores, bundle, time.perf_counter() - tick)
-    if not scores.scored:
-        return EXIT_NOTHING_SCORED
-    if labels is not None and metrics is not None:
-        _write_metrics(metrics, labels[scores.scored], np.stack(scores.probs), bundle)
-    return EXIT_OK
+    elapsed = time.perf_counter() - tick
+    values = None
+    if labels is not None and metrics is not None and scores.scored:  # every file is written before anything is printed
+        y = labels[scores.scored]
+        values = edge_metrics(y, np.stack(scores.probs), bundle.melanoma_threshold, bundle.abstain_threshold)
+        _write_csv(metrics, METRICS_HEADER, [[k, repr(values[k])] for k in METRICS])
+    try:
+        _print_summary(args, len(files), ignored, scores, bundle, elapsed)
+        if values is not None:
+            _print_metrics(metrics, y, values, bundle)
+        sys.stdout.flush()
+    except BrokenPipeError:  # stdout closed early (``| head -1``): the files are written, the rest of the text is not wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK if scores.scored else EXIT_NOTHING_SCORED
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +29,8 @@ from torch import nn
 
 from edgekd.core import info
 from edgekd.core import metrics as M
-from edgekd.core.files import first_line_is
-from edgekd.core.inference import load_run
+from edgekd.core.files import first_line_is, input_index, unwritable, which_input
+from edgekd.core.inference import load_run, read_config
 from edgekd.core.models import create_model
 from edgekd.core.provenance import cpu_model
 from edgekd.stages import backends as BK
@@ -90,7 +90,7 @@ def find_runs(profile_dir: str | Path, kd: str | None = None) -> list[Path]:
     students: dict[tuple[str, str], Path] = {}
     for path in sorted(profile_dir.glob("student-*-s0")):
         if _finished(path):
-            arch = json.loads((path / "run_config.json").read_text())["arch"]
+            arch = read_config(path)["arch"]
             students[(arch, path.name.removeprefix(f"student-{arch}-").removesuffix("-s0"))] = path
     if not teachers or not students:
         raise FileNotFoundError(
@@ -228,16 +228,31 @@ def ops_table(candidates: Sequence[Candidate], data: dict[str, D.DermaArrays | N
     return pd.concat(frames, ignore_index=True)[list(OPS_COLUMNS)]
 
 
-def csv_refusal(path: Path | None, force: bool, columns: Sequence[str] = CSV_COLUMNS) -> str | None:
-    """Why the CSV must not be written (None if it may): not a regular file, or an existing file whose first line is
-    not this tool's header (``columns``), unless ``force``. Checked before any model is loaded."""
-    if path is None or not (path.exists() or path.is_symlink()):
+def run_files(runs: Sequence[Path]) -> dict[Path, str]:
+    """Every file of the run folders ``runs`` (checkpoints, configs, exported models): inputs no CSV may overwrite."""
+    return {p: f"{p.relative_to(run)} of the benchmarked run {run}" for run in runs for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def csv_refusal(path: Path | None, force: bool, columns: Sequence[str] = CSV_COLUMNS,
+                inputs: Mapping[Path, str] | None = None) -> str | None:
+    """Why the CSV must not be written (None if it may): one of the ``inputs`` (path -> what it is; same path or same
+    file), even with ``force``; not a regular file; an existing file whose first line is not this tool's header
+    (``columns``), unless ``force``; a folder that does not exist or takes no new file. Checked before any model is
+    loaded, so that a benchmark is never run to be lost."""
+    if path is None:
         return None
-    if not path.is_file():
-        return f"{path} exists and is not a regular file"
-    if not force and not first_line_is(path, ",".join(columns)):
-        return f"{path} exists and is not a CSV edgekd-bench wrote: refusing to overwrite it; use --force to replace it"
-    return None
+    source = which_input(path, input_index(inputs or {}))
+    if source:
+        return f"{path} is {source}: refusing to overwrite an input (even with --force)"
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            return f"{path} exists and is not a regular file"
+        if not force and not first_line_is(path, ",".join(columns)):
+            return f"{path} exists and is not a CSV edgekd-bench wrote: refusing to overwrite it; use --force to replace it"
+    if not path.parent.is_dir():
+        return f"{path} cannot be written: its folder {path.parent} does not exist or is not a folder"
+    reason = unwritable(path.parent)
+    return f"{path} cannot be written: {reason}" if reason else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,8 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.threads, args.batch, args.repeats, args.calib_images) < 1 or min(args.warmup, args.ops) < 0:
         ap.error("--threads, --batch, --repeats and --calib-images must be >= 1, --warmup and --ops >= 0")
     target = args.csv or (None if args.untrained else args.profile_dir / "bench_int8.csv")
-    refusal = csv_refusal(target, args.force) or (
-        csv_refusal(target.with_name(target.stem + "_ops.csv"), args.force, OPS_COLUMNS) if args.ops and target else None)
+    try:
+        runs = [] if args.untrained else find_runs(args.profile_dir, args.kd)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"edgekd-bench: error: {exc}", file=sys.stderr)
+        return 2
+    inputs = run_files(runs)
+    refusal = csv_refusal(target, args.force, CSV_COLUMNS, inputs) or (
+        csv_refusal(target.with_name(target.stem + "_ops.csv"), args.force, OPS_COLUMNS, inputs) if args.ops and target else None)
     if refusal:
         print(f"edgekd-bench: error: {refusal}", file=sys.stderr)
         return 2
@@ -277,12 +298,12 @@ def main(argv: list[str] | None = None) -> int:
             csv = args.csv
         else:
             candidates, data, loaded = [], {}, {}
-            for run_dir in find_runs(args.profile_dir, args.kd):
-                config = json.loads((run_dir / "run_config.json").read_text())
-                key = json.dumps(config["data"], sort_keys=True)
+            for run_dir in runs:
+                config = read_config(run_dir)
+                candidates.append(Candidate(run_dir.name, load_run(run_dir).model, config["data"]["size"], run_dir))
+                key = json.dumps(config["data"], sort_keys=True)  # the data after the cheaper checkpoint
                 if key not in loaded:
                     loaded[key] = D.load(D.DataConfig(**config["data"]))
-                candidates.append(Candidate(run_dir.name, load_run(run_dir).model, config["data"]["size"], run_dir))
                 data[run_dir.name] = loaded[key]
             csv = args.csv or args.profile_dir / "bench_int8.csv"
         print(f"edgekd-bench: {'UNTRAINED random-init models (latency only, no accuracy)' if args.untrained else args.profile_dir}")

@@ -93,6 +93,10 @@ TEACHER_KEYS: frozenset[str] = frozenset({"arch", "seeds", "train", "size"})
 #: A name that becomes a path component (profile name, archs, KD settings, export models): these characters,
 #: and not '.' or '..'.
 NAME_PATTERN: str = r"[A-Za-z0-9._-]+"
+#: ... and at most this many characters (a run id joins several names; a file name may have 255 bytes).
+MAX_NAME_LENGTH: int = 100
+#: Seeds must be below this: numpy's and torch's seeds are 32-bit.
+SEED_LIMIT: int = 2**32
 #: Marker of the lesion-split pair's run ids (``teacher-resnet50-lesion-s0``).
 LESION_TAG: str = "-lesion"
 NOTEBOOKS_DIR: Path = info.REPO_ROOT / "notebooks"
@@ -110,6 +114,21 @@ REPO_TOKEN: str = "<repo>"
 
 class ConfigError(ValueError):
     """A profile that cannot run, reported before any compute."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping stating a key twice, naming it (PyYAML keeps the last silently:
+    ``epochs: 2`` then ``epochs: 200`` would train 200 epochs). Merge keys (``<<``) still override as YAML says."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 class Blocked(RuntimeError):
@@ -258,7 +277,9 @@ def load_profile(name_or_path: str | Path) -> dict:
         known = sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
         raise ConfigError(f"profile {name_or_path!r} not found at {path}; known profiles: {known}")
     try:
-        prof = yaml.safe_load(path.read_text())
+        prof = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # a SafeLoader: no python tags
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -282,6 +303,9 @@ def path_name(value: object, key: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value) or value in (".", ".."):
         raise ConfigError(f"{key}: {value!r} is not a plain name (letters, digits, '.', '_', '-'; not '.' or '..'); "
                           "it becomes a folder name under the outputs root")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ConfigError(f"{key}: {value[:20]!r}... has {len(value)} characters, more than {MAX_NAME_LENGTH}; "
+                          "it becomes a folder name under the outputs root")
     return value
 
 
@@ -293,10 +317,12 @@ def _names(value: object, key: str) -> list[str]:
 
 
 def _seeds(value: object, key: str) -> list[int]:
-    """A non-empty list of non-negative integers (not bools or strings: a seed is part of run ids), else ConfigError."""
+    """A non-empty list of non-negative integers below :data:`SEED_LIMIT` (not bools or strings: a seed is part of run
+    ids), else ConfigError."""
     if not isinstance(value, list) or not value or any(
-            isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in value):
-        raise ConfigError(f"{key}: must be a non-empty list of non-negative integers, got {value!r}")
+            isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < SEED_LIMIT for s in value):
+        raise ConfigError(f"{key}: must be a non-empty list of non-negative integers, got {value!r}; each below 2**32 "
+                          "(numpy and torch seeds are 32-bit)")
     return value
 
 

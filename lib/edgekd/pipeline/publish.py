@@ -169,6 +169,10 @@ def publish(profile: str, outputs_root: Path | None = None, results: Path | None
     check_complete(profile, outputs_root)
     agg = outputs_root / profile / "aggregate"
     kept = {p for pattern in BOOKKEEPING for p in agg.glob(pattern)}  # the runner's marker is not a result
+    links = sorted(p.name for p in agg.iterdir() if p.is_symlink())
+    if links:  # the aggregate writes plain files: a link would publish whatever it points at
+        raise NotPublishable(f"{agg} holds symlinks ({listed(links)}), which the aggregate never writes; remove them and "
+                             "rerun the aggregate; nothing was published")
     files = sorted(p for p in agg.iterdir() if p.is_file() and p.suffix in SUFFIXES and p not in kept)
     big = [f"{p.name} ({p.stat().st_size / 2**20:.1f} MiB)" for p in files if p.stat().st_size > MAX_FILE_BYTES]
     total = sum(p.stat().st_size for p in files)

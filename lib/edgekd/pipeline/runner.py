@@ -37,7 +37,7 @@ from dask.distributed import Client, LocalCluster, as_completed
 
 from edgekd.core import info, source
 from edgekd.core.config import DataConfig
-from edgekd.core.files import OutsideRoot, atomic_write, check_inside, clear_results, remove
+from edgekd.core.files import OutsideRoot, atomic_write, check_inside, clear_results, remove, unwritable
 from edgekd.pipeline import progress, publish
 from edgekd.pipeline.kernels import KERNEL_ENV, IPCKernelManager
 from edgekd.pipeline.plan import (
@@ -292,6 +292,9 @@ def run_profile(
         raise ConfigError(f"--only: unknown stages {unknown}; expected some of {list(STAGES)}")
     prof = load_profile(name_or_path)
     outputs = Path(outputs) if outputs is not None else info.outputs_dir()
+    reason = unwritable(outputs)  # in a dry run too: it must be a folder (or creatable) that takes new files
+    if reason:
+        raise ConfigError(f"outputs root {outputs} cannot be written: {reason}")
     all_specs = expand(prof, outputs, notebooks_dir)
     specs = [s for s in all_specs if not only or s.stage in only]
     check_inputs(prof, outputs, decode=False)  # the data folder and split file, before anything is written

@@ -41,12 +41,12 @@ def load_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in ("val_logits", "val_labels", "test_logits", "test_labels")}
 
 
-def metrics_table(y: np.ndarray, probs: np.ndarray, n_resamples: int, seed: int) -> pd.DataFrame:
-    """Headline and extra metrics with 95% percentile bootstrap intervals over images.
+def metrics_table(y: np.ndarray, probs: np.ndarray, n_resamples: int, seed: int, labels: np.ndarray = M.LABELS) -> pd.DataFrame:
+    """Headline (macro-F1 over ``labels``) and extra metrics with 95% percentile bootstrap intervals over images.
 
     With the same ``seed`` every metric is computed on the same resamples.
     """
-    rows = [M.bootstrap_table(y, probs, n_resamples, seed)]
+    rows = [M.bootstrap_table(y, probs, n_resamples, seed, labels)]
     for name, fn in EXTRA_METRICS.items():
         value, low, high = M.bootstrap_ci(y, probs, fn, n_resamples, seed)
         rows.append(pd.DataFrame({"metric": [name], "value": [value], "ci_low": [low], "ci_high": [high]}))

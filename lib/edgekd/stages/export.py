@@ -14,7 +14,8 @@ A bundle is a folder:
 
 ``bundle.json`` ends with ``manifest_sha256`` (:func:`edgekd.edge.predict.manifest_digest`), so an edit of it is
 detected; :mod:`edgekd.edge.predict` reads the operating point from the model's metadata (covered by the model's
-sha256) and refuses a ``bundle.json`` that states another. Export replaces only a folder it wrote itself.
+sha256) and refuses a ``bundle.json`` that states another. Export replaces only a folder it wrote itself, unchanged
+since (its hashes verify). The manifest detects accidental edits; it is no signature (anyone can recompute it).
 
 The bundle scores one view per image (``tta: false``). For a run trained with test-time
 augmentation, its temperature, operating points and metrics therefore come from single-view
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -45,10 +47,10 @@ from edgekd.core.config import COVERAGE, ExportConfig
 from edgekd.core.files import replace_folder
 from edgekd.core.inference import LoadedRun, load_run, predict
 from edgekd.core.info import CLASS_LONG_NAMES, CLASS_NAMES, MELANOMA
-from edgekd.core.inputs import listed
+from edgekd.core.inputs import InputError, listed
 from edgekd.core.preprocess import RECIPE, to_input
 from edgekd.core.provenance import file_digest, git_commit
-from edgekd.edge.predict import FORMAT, VERSION, manifest_digest, open_bundle
+from edgekd.edge.predict import FORMAT, VERSION, manifest_digest, open_bundle, read_manifest
 from edgekd.stages import backends as BK
 from edgekd.stages import data as D
 from edgekd.stages import evaluate as V
@@ -289,37 +291,29 @@ def model_card(manifest: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ export
 
-def _manifest_files(manifest_path: Path) -> set[str] | None:
-    """The files a bundle manifest lists (itself included), or None when it is not a readable bundle manifest."""
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
-        return None
-    return {"bundle.json", *manifest["files"]}
-
-
 def check_replaceable(out_dir: Path) -> None:
-    """Raise ValueError unless ``out_dir`` is new, empty, or a complete bundle as edgekd-export writes it: a valid
-    ``bundle.json`` and exactly the plain files it lists. Nothing else is ever replaced (there is no force option)."""
+    """Raise ValueError unless ``out_dir`` is new, empty, or a bundle as edgekd-export wrote it and nobody changed
+    since: a ``bundle.json`` whose ``manifest_sha256`` verifies, every file it lists with its recorded sha256 (the
+    check edgekd-predict makes, :func:`edgekd.edge.predict.read_manifest`), and nothing else. The current folder
+    (or one holding it) is refused too. Nothing else is ever replaced (there is no force option)."""
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         raise ValueError(f"{out_dir} exists and is not a folder: choose a new or empty folder")
+    here = Path.cwd().resolve()
+    if out_dir.resolve() in (here, *here.parents):
+        raise ValueError(f"--out {out_dir} is the current folder or holds it, which a bundle would replace: name a new "
+                         "folder for the bundle (e.g. --out bundle); nothing was changed")
     entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
     if not entries:
         return
-    own = _manifest_files(out_dir / "bundle.json")
-    if own is None:
-        raise ValueError(f"{out_dir} is not a bundle (no bundle.json written by edgekd-export) and holds {listed(entries)}: "
-                         "choose a new or empty folder; nothing was changed")
+    try:
+        own = {"bundle.json", *read_manifest(out_dir)["files"]}
+    except InputError as exc:
+        raise ValueError(f"{out_dir} is not a bundle as edgekd-export wrote it, unchanged since ({exc}), and it holds "
+                         f"{listed(entries)}: choose a new or empty folder; nothing was changed") from None
     unexpected = [n for n in entries if n not in own or (out_dir / n).is_symlink() or not (out_dir / n).is_file()]
     if unexpected:
         raise ValueError(f"{out_dir} is not a bundle as edgekd-export wrote it: it also holds {listed(unexpected)}; "
                          "move them out or choose a new or empty folder; nothing was changed")
-    missing = sorted(own - set(entries))
-    if missing:
-        raise ValueError(f"{out_dir} is not a complete bundle (missing {listed(missing)}), so it may hold someone else's "
-                         "files: remove it yourself or choose a new or empty folder; nothing was changed")
 
 
 def _swap(new: Path, out_dir: Path, aside: Path) -> None:
@@ -352,7 +346,7 @@ def run_export(
     with :func:`edgekd.edge.predict.open_bundle` and moved into place; an existing ``out_dir`` is replaced only if it is
     empty or a complete earlier bundle (:func:`check_replaceable`, checked before any work and again before the move).
     """
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run_dir, out_dir = Path(run_dir), Path(os.path.abspath(out_dir))  # "." and "x/.." by name: mkdtemp goes beside it
     check_replaceable(out_dir)
     run = load_run(run_dir)
     arrays = D.load(D.DataConfig(**run.config["data"]))

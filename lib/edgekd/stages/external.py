@@ -6,7 +6,8 @@ one-hot or ``image,label`` and is read, like the images, by :mod:`edgekd.core.in
 test-time views and writes, per set, to ``<run_dir>/eval/external/<name>/``:
 
 * ``metrics.csv``: :func:`edgekd.stages.evaluate.metrics_table` on the softmax probabilities, as the
-  evaluate stage's ``eval/metrics.csv`` (same metrics, same bootstrap), so the two can be compared;
+  evaluate stage's ``eval/metrics.csv`` (same metrics, same bootstrap), so the two can be compared; a set
+  without some classes has its macro-F1 over the classes in its labels (:func:`edgekd.core.metrics.scored_classes`);
 * ``calibration.csv``: before / after temperature scaling with the temperature fitted on val;
 * ``per_class.csv``: precision, recall, F1, support;
 * ``deployed.csv``: what ``edgekd-predict`` prints for these images with the run's bundle: metrics of the
@@ -77,9 +78,11 @@ def load_external(ext: ExternalSet, size: int) -> tuple[np.ndarray, np.ndarray, 
     return np.stack(images), labels, ids
 
 
-def deployed_metrics(fitted: Mapping[str, float]) -> dict[str, M.MetricFn]:
-    """``edgekd-predict``'s metrics as ``fn(y, calibrated probs)`` with the reference implementations, at ``fitted``."""
-    fns: dict[str, M.MetricFn] = {k: M.HEADLINE[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc")}
+def deployed_metrics(fitted: Mapping[str, float], labels: np.ndarray = M.LABELS) -> dict[str, M.MetricFn]:
+    """``edgekd-predict``'s metrics as ``fn(y, calibrated probs)`` with the reference implementations, at ``fitted``
+    (macro-F1 over ``labels``: :func:`edgekd.core.metrics.scored_classes` of the set)."""
+    reference = M.headline(labels)
+    fns: dict[str, M.MetricFn] = {k: reference[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "auc")}
     fns["ece"] = C.ece
     for key in OPERATING:
         fns[key] = lambda y, p, key=key: operating_report(y, p, dict(fitted))[key]
@@ -87,9 +90,10 @@ def deployed_metrics(fitted: Mapping[str, float]) -> dict[str, M.MetricFn]:
 
 
 def deployed_table(y: np.ndarray, probs: np.ndarray, fitted: Mapping[str, float], n_resamples: int, seed: int) -> pd.DataFrame:
-    """:func:`deployed_metrics` of calibrated ``probs`` with percentile bootstrap intervals (same resamples per metric)."""
+    """:func:`deployed_metrics` of calibrated ``probs`` with percentile bootstrap intervals (same resamples per metric;
+    macro-F1 over the classes of ``y``, :func:`edgekd.core.metrics.scored_classes`)."""
     rows = []
-    for name, fn in deployed_metrics(fitted).items():
+    for name, fn in deployed_metrics(fitted, M.scored_classes(y)).items():
         value, low, high = M.bootstrap_ci(y, probs, fn, n_resamples, seed)
         rows.append({"metric": name, "value": value, "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows)
@@ -120,7 +124,7 @@ def evaluate_external(
         probs, probs_cal = softmax(logits.astype(float), axis=1), C.apply_temperature(logits, fitted["temperature"])
         out = run_dir / EXTERNAL_DIR / ext.name
         clear_results(out)
-        metrics = V.metrics_table(y, probs, n_resamples, seed)
+        metrics = V.metrics_table(y, probs, n_resamples, seed, M.scored_classes(y))
         deployed = deployed_table(y, probs_cal, fitted, n_resamples, seed)
         metrics.to_csv(out / "metrics.csv", index=False)
         deployed.to_csv(out / "deployed.csv", index=False)
