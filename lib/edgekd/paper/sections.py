@@ -167,19 +167,24 @@ def kd_power_paragraph(src: Source) -> str:
 
 
 def kd_power_table(src: Source) -> str:
-    """The GPU study's paired comparisons: each setting against no KD, and KD against no KD trained twice as long."""
+    """The GPU study's paired comparisons: each setting against no KD, and KD against no KD trained twice as long;
+    the analysis plan's verdict where the study kept the per-seed deltas (its comparisons against no KD)."""
     df = _kd_power_pairs(src)
+    if src.has("paired_seeds.csv"):
+        found = ST.kd_verdicts(src.csv("paired_seeds.csv")).rename(columns={"label": "verdict_label"})
+        df = df.merge(found[["arch", "split", "setting", "verdict_label"]].assign(against="no KD"),
+                      on=["arch", "split", "setting", "against"], how="left")
     return md_table(df, {"Student": col("student", str),
                          "Setting": lambda r: KD_POWER_SETTINGS.get(r["setting"], r["setting"]),
                          "Against": col("against", str), "Pairs": col("pairs"),
                          "Δ macro-F1": ci_col("d_macro_f1", sign=True),
-                         "Δ balanced accuracy": ci_col("d_balanced_accuracy", sign=True), "p": col("mcnemar_p", pvalue)},
+                         "Δ balanced accuracy": ci_col("d_balanced_accuracy", sign=True), "Verdict": _verdict},
                     "The GPU study (`scripts/kd_power.py`): paired test-set differences, seeds paired as in the main "
-                    "comparison (mean Δ with its 95% t-interval across seeds; McNemar's p pooled over seeds, as that study "
-                    "reported them). Hinton KD "
+                    "comparison (mean Δ with its 95% t-interval across seeds; the verdict of the analysis plan, each "
+                    "setting a Holm family over its students, where the study kept each seed's Δ). Hinton KD "
                     "with the previous (`scratch`) profile's α and T; the best-val teacher is the ResNet-50 with the highest "
                     "validation macro-F1 among three recipes. Seeds that had not finished by the study's deadline are "
-                    "missing from both members of their pair.", text=("Setting", "Against"), label="kd-power")
+                    "missing from both members of their pair.", text=("Setting", "Against", "Verdict"), label="kd-power")
 
 
 def context(src: Source) -> str:
