@@ -282,3 +282,29 @@ def test_kd_verdicts_holm_within_each_setting_and_split_never_across():
         expected = stats.family_verdicts(family)
         assert [table.loc[(setting, a), "label"] for a in "abc"] == [expected[a]["label"] for a in "abc"]
     assert table.loc[("kd", "a"), "verdict"] == stats.GAIN and table.loc[("dkd", "b"), "verdict"] == stats.GAIN
+
+
+def test_capacity_gap_pairs_the_two_teachers_gains_by_seed_and_refuses_different_baselines(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("gap_script", info.REPO_ROOT / "scripts" / "capacity_gap.py")
+    gap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gap)
+    assert gap.main(["--out", str(tmp_path / "out")]) == 0
+    seeds = pd.read_csv(tmp_path / "out" / "gap_seeds.csv")
+    strong = pd.read_csv(gap.STRONG / "paired_kd_seeds.csv").query("setting == 'kd' and split == 'official'")
+    row = seeds.iloc[0]
+    mine = strong[(strong["arch"] == row["arch"]) & (strong["seed"] == row["seed"])]["d_macro_f1"].item()
+    assert row["gain_strong"] == mine and row["gap"] == pytest.approx(row["gain_strong"] - row["gain_weak"])
+    table = pd.read_csv(tmp_path / "out" / "gap.csv").set_index("student")
+    for student, g in seeds.groupby("student"):
+        assert table.loc[student, "gap"] == pytest.approx(g["gap"].mean())
+        assert table.loc[student, "verdict"] == stats.family_verdicts(
+            {s: h["gap"].to_numpy() for s, h in seeds.groupby("student")})[student]["label"]
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("paired_kd_seeds.csv", "performance.csv"):
+        (other / name).write_bytes((gap.WEAK / name).read_bytes())
+    perf = pd.read_csv(other / "performance.csv")
+    perf.loc[perf["model"].str.endswith("-nokd"), "macro_f1"] += 0.01  # another baseline: the gains do not pair
+    perf.to_csv(other / "performance.csv", index=False)
+    assert gap.main(["--out", str(tmp_path / "refused"), "--weak", str(other)]) == 2
+    assert "differ" in capsys.readouterr().err and not (tmp_path / "refused").exists()
