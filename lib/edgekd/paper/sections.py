@@ -539,7 +539,10 @@ def calibration(src: Source) -> str:
 
 def _kd_calibration_rows(src: Source) -> pd.DataFrame:
     """Per KD-vs-no-KD pair of the paired table: each arm's fitted temperature and ECE before and after scaling (means
-    over seeds, ``calibration.csv``) and the paired Δ ECE with its t-interval across seeds where the reference has it."""
+    over seeds, ``calibration.csv``) and the paired Δ ECE with its t-interval across seeds where the reference has it;
+    empty where the reference has no paired table (no valid KD pair, as in a smoke run whose students collapsed)."""
+    if not all(src.has(name) for name in ("calibration.csv", "runs.csv", "paired_kd.csv")):
+        return pd.DataFrame()
     cal = src.csv("calibration.csv").pivot_table(index="model", columns="stage", values=["ece", "temperature"], sort=False)
     cal.columns = [f"{m}_{s}" for m, s in cal.columns]
     runs = src.csv("runs.csv").drop_duplicates("model").set_index("model")[["arch", "setting", "split"]]
