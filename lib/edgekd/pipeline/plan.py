@@ -609,11 +609,11 @@ def _per_run_specs(prof: dict, stages: list[str], specs: list[RunSpec], outputs:
     return out
 
 
-def external_sets(prof: dict, check: bool = False) -> list[ExternalSet]:
-    """The profile's external test sets (relative paths from the repository root); with ``check``, a ConfigError
-    unless each folder and labels file exists (the runner's check before work: a plan expands without them)."""
+def external_sets(prof: dict) -> list[ExternalSet]:
+    """The profile's external test sets (relative paths from the repository root), not checked on disk: a plan
+    expands without them, and the runner checks each before work (``edgekd.stages.external.labelled_files``)."""
     try:
-        return parse_external(prof.get("external"), base=info.REPO_ROOT, check=check)
+        return parse_external(prof.get("external"), base=info.REPO_ROOT, check=False)
     except ValueError as exc:
         raise ConfigError(f"external: {exc}") from exc
 

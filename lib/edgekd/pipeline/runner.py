@@ -71,7 +71,7 @@ def check_inputs(prof: dict, outputs: Path, decode: bool = True) -> None:
     run) nothing is written."""
     cfg = DataConfig(**data_config(prof, Path(outputs).resolve()))
     source.check_source(cfg)
-    for ext in external_sets(prof, check=True):
+    for ext in external_sets(prof):  # labelled_files checks the folder and file first
         try:
             X.labelled_files(ext)
         except ValueError as exc:

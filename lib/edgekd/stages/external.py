@@ -50,12 +50,12 @@ def labelled_files(ext: ExternalSet) -> tuple[list[Path], np.ndarray]:
     """The set's image files (folder order) and their labels, without decoding an image: what the runner checks
     before any work. Raises ValueError (the set named) for a missing folder or file, a labels problem, an image
     without a label or a label without an image."""
+    ext.check()  # its own message names the set
     try:
-        ext.check()
         files, _ = find_images([ext.images])
         labels = match_labels([image_id(p.name) for p in files], read_labels(ext.labels), str(ext.labels))
     except ValueError as exc:
-        raise ValueError(f"external set {ext.name!r}: {exc}" if ext.name not in str(exc) else str(exc)) from None
+        raise ValueError(f"external set {ext.name!r}: {exc}") from None
     return files, labels
 
 
