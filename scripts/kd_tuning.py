@@ -3,7 +3,8 @@
 Reads the students of the pilot profile's folder (``params/kd_tuning.yaml``, run with ``edgekd-run kd_tuning``),
 builds ``edgekd.stages.tuning.pilot_table`` from their validation predictions (no test number is read) and applies
 ``edgekd.stages.tuning.choose``, the rule of ``paper/analysis_plan.md``. Writes ``pilot.csv``, ``choice.json``,
-``README.md`` and ``provenance.json``:
+``README.md`` and ``provenance.json``, and ``teacher_softness.csv``: the teacher's targets at the pilot's temperatures,
+from the logit cache its students read (the training views):
 
     .venv/bin/edgekd-run kd_tuning --executor dask --workers 2
     .venv/bin/python scripts/kd_tuning.py --runs outputs/kd_tuning --out paper/results/studies/kd_tuning
@@ -19,7 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
 from edgekd.core import provenance
 from edgekd.pipeline.plan import load_profile
@@ -28,7 +31,14 @@ from edgekd.stages import tuning as TU
 PROFILE = "kd_tuning"
 
 
-def readme(table: pd.DataFrame, choice: dict, missing: list[str], argv: list[str]) -> str:
+def teacher_logits(runs: Path) -> np.ndarray | None:
+    """The pilot teacher's cached logits on the training views (views x images x classes), or None before a
+    distilling student has built the cache."""
+    caches = sorted(runs.glob("teacher-*/teacher_cache_*.pt"))
+    return torch.load(caches[0], weights_only=True)["logits"].numpy() if caches else None
+
+
+def readme(table: pd.DataFrame, choice: dict, missing: list[str], argv: list[str], softness: pd.DataFrame | None) -> str:
     cols = ["setting", "mode", "temperature", "alpha", "beta", "standardize", "val_acc", "val_macro_f1",
             "delta_vs_nokd", "best_epoch", "collapsed"]
     lines = "\n".join(f"- {r}" for r in choice["reasons"])
@@ -50,6 +60,11 @@ Decisions:
 
 {lines}
 
+The teacher's targets at each temperature, over its logit cache (every training view and image): mean top-class
+probability and mean entropy as a share of the uniform distribution's.
+
+{softness.to_markdown(index=False, floatfmt=".4f") if softness is not None else "No cache was built (no distilling student ran)."}
+
 Main table: {", ".join(choice["main_table"])}.
 Missing (no finished run): {", ".join(missing) or "none"}. Excluded by the collapse guard: {", ".join(choice["excluded"]) or "none"}.
 """
@@ -69,10 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     planned = [k["name"] for k in load_profile(PROFILE)["students"]["kd"]]
     missing = [name for name in planned if name not in set(table["setting"])]
+    logits = teacher_logits(args.runs)
+    temperatures = sorted({float(t) for t in table.loc[table["mode"] != "none", "temperature"]})
+    softness = TU.teacher_softness(logits, temperatures) if logits is not None else None
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "pilot.csv", index=False)
+    if softness is not None:
+        softness.to_csv(args.out / "teacher_softness.csv", index=False)
     (args.out / "choice.json").write_text(json.dumps(choice, indent=2) + "\n")
-    (args.out / "README.md").write_text(readme(table, choice, missing, argv))
+    (args.out / "README.md").write_text(readme(table, choice, missing, argv, softness))
     prov = {"script": "scripts/kd_tuning.py", "argv": argv, "git": provenance.git_commit(),
             "machine": provenance.machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "margin": TU.MARGIN, "current": TU.CURRENT, "missing": missing}

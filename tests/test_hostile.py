@@ -76,6 +76,15 @@ def run_module(module: str, *args: str | Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
+def export_cli(capsys: pytest.CaptureFixture, *args: str | Path) -> tuple[int, str]:
+    """``edgekd-export args`` run by its ``main`` in this process: its exit code and stderr. The refusals below come
+    before any work, so a fresh interpreter would add only its imports (torch, timm, onnx: seconds) to each case;
+    the command itself as a process is tested where the synthetic bundle is made (:mod:`fake_bundle`)."""
+    capsys.readouterr()
+    rc = B.main([str(a) for a in args])
+    return rc, capsys.readouterr().err
+
+
 @pytest.fixture
 def bundle(tmp_path: Path, fake_bundle_dir: Path) -> Path:
     """A private copy of the synthetic-data bundle."""
@@ -195,15 +204,15 @@ def bundle_with_a_stranger(folder: Path, bundle: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("make", [unrelated_folder, bundle_with_a_stranger])
-def test_export_replaces_only_a_bundle_it_wrote(make, tmp_path, bundle, fake_bundle_dir):
+def test_export_replaces_only_a_bundle_it_wrote(make, tmp_path, bundle, fake_bundle_dir, capsys):
     """A folder holding anything but a complete bundle is refused (exit 2, the entries listed) and left as it was,
     and the check comes before the run is even read (a missing run gives the folder's message)."""
     out = tmp_path / "out"
     listed = make(out, bundle)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    res = run_module("edgekd.stages.export", fake_bundle_dir.parent / "run", "--out", out, "--no-int8", "--n-resamples", "20")
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert "Traceback" not in res.stderr and all(name in res.stderr for name in listed), res.stderr
+    rc, err = export_cli(capsys, fake_bundle_dir.parent / "run", "--out", out, "--no-int8", "--n-resamples", "20")
+    assert rc == 2, err
+    assert "Traceback" not in err and all(name in err for name in listed), err
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     with pytest.raises(ValueError, match=listed[-1]):
         B.run_export(tmp_path / "no-such-run", out)
@@ -1310,24 +1319,24 @@ def resealed_without_int8(folder: Path, bundle: Path) -> str:
 
 
 @pytest.mark.parametrize("make", [annotated_card, hand_written_manifest, resealed_without_int8])
-def test_export_replaces_only_a_bundle_whose_hashes_verify(make, tmp_path, fake_bundle_dir):
+def test_export_replaces_only_a_bundle_whose_hashes_verify(make, tmp_path, fake_bundle_dir, capsys):
     """A folder is replaced only when bundle.json's manifest_sha256 and every listed file's sha256 verify (the check
     edgekd-predict makes); otherwise exit 2, the reason named, and the folder left as it was."""
     out = tmp_path / "out"
     message = make(out, fake_bundle_dir)
     before = snapshot(out)
-    res = run_module("edgekd.stages.export", fake_bundle_dir.parent / "run", "--out", out, "--no-int8", "--n-resamples", "20")
-    assert_clean_refusal(res.returncode, res.stderr, message)
+    rc, err = export_cli(capsys, fake_bundle_dir.parent / "run", "--out", out, "--no-int8", "--n-resamples", "20")
+    assert_clean_refusal(rc, err, message)
     assert snapshot(out) == before
 
 
-def test_export_refuses_the_current_folder_before_any_work(tmp_path, fake_bundle_dir):
+def test_export_refuses_the_current_folder_before_any_work(tmp_path, fake_bundle_dir, capsys, monkeypatch):
     """``edgekd-export RUN --out .`` in an empty folder: exit 2 naming the current folder, nothing left behind."""
     here = tmp_path / "here"
     here.mkdir()
-    res = subprocess.run([sys.executable, "-m", "edgekd.stages.export", str(fake_bundle_dir.parent / "run"), "--out", ".",
-                          "--no-int8", "--n-resamples", "20"], cwd=here, capture_output=True, text=True, timeout=600)
-    assert_clean_refusal(res.returncode, res.stderr, "is the current folder or holds it")
+    monkeypatch.chdir(here)
+    rc, err = export_cli(capsys, fake_bundle_dir.parent / "run", "--out", ".", "--no-int8", "--n-resamples", "20")
+    assert_clean_refusal(rc, err, "is the current folder or holds it")
     assert list(here.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["here"]
 
 
@@ -1352,12 +1361,12 @@ def empty_config(run: Path) -> str:
 
 
 @pytest.mark.parametrize("damage", [planted_pickle, truncated_checkpoint, other_architecture, empty_config])
-def test_export_names_a_damaged_run(damage, tmp_path, fake_bundle_dir):
+def test_export_names_a_damaged_run(damage, tmp_path, fake_bundle_dir, capsys):
     run_dir = Path(shutil.copytree(fake_bundle_dir.parent / "run", tmp_path / "run", ignore=shutil.ignore_patterns("tb")))
     message = damage(run_dir)
-    res = run_module("edgekd.stages.export", run_dir, "--out", tmp_path / "bundle", "--no-int8", "--n-resamples", "20")
-    assert_clean_refusal(res.returncode, res.stderr, message)
-    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "bundle").exists()
+    rc, err = export_cli(capsys, run_dir, "--out", tmp_path / "bundle", "--no-int8", "--n-resamples", "20")
+    assert_clean_refusal(rc, err, message)
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bundle").exists()
     assert not (tmp_path / "code-ran").exists()
 
 

@@ -10,6 +10,8 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from scipy import special, stats
 from sklearn.metrics import f1_score
 
 from edgekd.core import info
@@ -114,3 +116,22 @@ def test_the_script_writes_the_study_and_refuses_an_empty_folder(tmp_path):
     assert sorted(pd.read_csv(out / "pilot.csv")["setting"]) == ["nokd", "t2_a05", "t4_a05"]
     readme = (out / "README.md").read_text()
     assert "Missing (no finished run): t1_a05, t8_a05" in readme and "dkd: no finished" in readme
+    assert not (out / "teacher_softness.csv").exists() and "No cache was built" in readme
+    logits = torch.from_numpy(np.random.default_rng(1).normal(0, 2, (8, 30, 7)).astype(np.float32))
+    (runs / "teacher-efficientnet_lite0-s0").mkdir()
+    torch.save({"fingerprint": "f", "logits": logits, "maps": []}, runs / "teacher-efficientnet_lite0-s0" / "teacher_cache_x.pt")
+    assert subprocess.run(script, capture_output=True, text=True).returncode == 0
+    softness = pd.read_csv(out / "teacher_softness.csv")
+    assert list(softness["temperature"]) == [2.0, 4.0] and (softness["n"] == 240).all()  # the KD students' T
+    pd.testing.assert_frame_equal(softness, TU.teacher_softness(logits.numpy(), [2.0, 4.0]), check_dtype=False)
+
+
+def test_teacher_softness_equals_scipy_entropy_and_softmax():
+    logits = np.random.default_rng(0).normal(0, 3, (8, 50, 7))  # views x images x classes, as the logit cache
+    table = TU.teacher_softness(logits, [1.0, 4.0])
+    for t, row in zip([1.0, 4.0], table.itertuples(), strict=True):
+        probs = special.softmax(logits.reshape(-1, 7) / t, axis=1)
+        assert row.mean_top_prob == pytest.approx(probs.max(1).mean(), rel=1e-12)
+        assert row.mean_entropy_nats == pytest.approx(stats.entropy(probs, axis=1).mean(), rel=1e-12)
+        assert row.entropy_share == pytest.approx(row.mean_entropy_nats / np.log(7)) and row.n == 400
+    assert table["mean_top_prob"].is_monotonic_decreasing and table["entropy_share"].between(0, 1).all()

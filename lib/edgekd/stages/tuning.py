@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from edgekd.core import calibration as C
 from edgekd.core import metrics as M
 from edgekd.core.stats import SESOI
 from edgekd.stages.runs import BASELINE, run_identity
@@ -103,3 +104,19 @@ def choose(table: pd.DataFrame) -> dict:
     return {"hinton": hinton["setting"], "temperature": float(hinton["temperature"]), "alpha": float(hinton["alpha"]),
             "main_table": chosen, "reasons": reasons,
             "excluded": table.loc[table["collapsed"].notna(), "setting"].tolist()}
+
+
+def teacher_softness(logits: np.ndarray, temperatures: list[float]) -> pd.DataFrame:
+    """How soft a teacher's targets are at each temperature: the mean top-class probability and the mean entropy
+    (in nats, and as a share of ``log C``, the uniform distribution's) of ``softmax(logits / T)`` over every view
+    and image of its logit cache (``logits``: views x images x classes, or images x classes). A stronger teacher is
+    more confident at the same T; the capacity-gap explanations (Cho & Hariharan 2019) turn on this number."""
+    flat = np.asarray(logits, dtype=float).reshape(-1, np.shape(logits)[-1])
+    rows = []
+    for t in temperatures:
+        probs = C.apply_temperature(flat, t)
+        entropy = -np.sum(probs * np.log(np.clip(probs, 1e-300, None)), axis=1)
+        rows.append({"temperature": float(t), "mean_top_prob": float(probs.max(1).mean()),
+                     "mean_entropy_nats": float(entropy.mean()),
+                     "entropy_share": float(entropy.mean() / np.log(flat.shape[1])), "n": len(flat)})
+    return pd.DataFrame(rows)
