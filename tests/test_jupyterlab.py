@@ -48,6 +48,10 @@ ORDER: dict[str, int] = {"01_data": 1, "02_teacher": 2, "03_student": 2, "04_eva
 #: Where JupyterLab renders text outputs, and what no cell may print alone.
 PLAIN = '.jp-OutputArea-output[data-mime-type="text/plain"]'
 BARE = {"None", "''", '""', "None None"}
+#: How often the page checks whether the notebook has finished (ms). Playwright's default polls on every animation
+#: frame, which re-queried the whole notebook's DOM 60 times a second for the minutes each notebook runs: CPU taken
+#: from the kernel under test and from the rest of the suite.
+POLL_MS: int = 500
 
 
 def seed_demo_runs(work: Path) -> list[str]:
@@ -149,7 +153,7 @@ def test_every_notebook_runs_in_jupyterlab_in_the_documented_order(lab):
             page.goto(f"{lab['url']}/lab/workspaces/{name}/tree/notebooks/{name}.ipynb?reset&token={lab['token']}",
                       timeout=90_000)
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-            page.wait_for_function(kernel_idle, timeout=90_000)  # a fresh kernel, connected
+            page.wait_for_function(kernel_idle, polling=POLL_MS, timeout=90_000)  # a fresh kernel, connected
             tick = time.time()
             page.click(".lm-MenuBar-itemLabel:text-is('Run')")
             page.click(".lm-Menu-item:has(.lm-Menu-itemLabel:text-is('Run All Cells'))")
@@ -158,8 +162,8 @@ def test_every_notebook_runs_in_jupyterlab_in_the_documented_order(lab):
                   const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(e => e.textContent);
                   const failed = [...document.querySelectorAll(stderr)].some(e => /Traceback|Error/.test(e.textContent));
                   return prompts.length > 0 && (prompts.every(t => /\\[\\d+\\]/.test(t)) || failed);
-                }""", arg=STDERR, timeout=600_000)
-            page.wait_for_function(kernel_idle, timeout=120_000)
+                }""", arg=STDERR, polling=POLL_MS, timeout=600_000)
+            page.wait_for_function(kernel_idle, polling=POLL_MS, timeout=120_000)
             seconds = time.time() - tick
             page.wait_for_timeout(500)  # the last images decode
             seen = page.evaluate(SEEN, [STDERR, PLAIN])
