@@ -27,6 +27,7 @@ from edgekd.core import weights as W
 from edgekd.core.inference import load_run
 from edgekd.pipeline import plan as PL
 from edgekd.pipeline import runner as R
+from edgekd.stages import export as E
 from edgekd.stages import train as T
 from fake_bundle import TRAIN, data_config
 
@@ -197,6 +198,17 @@ def test_an_empty_cache_offline_is_a_named_error(hf_home):
         MD.check_weights("resnet18", {"hub": "resnet18.zz"})
 
 
+def test_tables_and_the_model_card_name_each_source():
+    assert [config.init_label(p) for p in (None, "imagenet", {"hub": HUB_NAME}, {"file": "/w/r18.pth", "sha256": "0" * 64})] \
+        == ["scratch", "imagenet", f"hub:{HUB_NAME}", "file:r18.pth"]
+    hub = {"arch": "resnet18", "origin": "hub", "hub": HUB_NAME, "repo_id": f"timm/{HUB_NAME}", "revision": REVISION,
+           "file": "model.safetensors", "licence": "apache-2.0", "sha256": "ab" * 32, "timm_name": "resnet18",
+           "mean": list(info.MEAN), "std": list(info.STD)}
+    line = E._weights_line(E.initial_weights({"weights": hub}))
+    assert line.startswith(f"- Initial weights: ImageNet-1k, timm's `{HUB_NAME}` from the Hugging Face hub "
+                           f"(`timm/{HUB_NAME}`, `model.safetensors`) (sha256 `{'ab' * 8}...`, apache-2.0); ")
+
+
 # ------------------------------------------------------------------ the plan and the runner
 
 
@@ -241,7 +253,9 @@ def test_pretrained_students_dry_run_offline_names_what_is_missing(hf_home, tmp_
     assert err.startswith("edgekd-run: error: teacher-resnet50-s0: the weights resnet50.a1_in1k ")
     assert "HF_HUB_OFFLINE is set" in err and "set HF_HOME to a filled cache" in err
     assert "timm.create_model('resnet50.a1_in1k', pretrained=True)" in err and "Traceback" not in err
-    assert not outputs.exists()
+    for name in ("resnet18.a1_in1k", "mobilenetv2_100.ra_in1k", "efficientnet_b0.ra_in1k"):  # every one, in one line
+        assert f"the weights {name} (timm/{name}/model.safetensors) are not in the Hugging Face cache" in err
+    assert len(err.strip().splitlines()) == 1 and not outputs.exists()
 
 
 # ------------------------------------------------------------------ end to end

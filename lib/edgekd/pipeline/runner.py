@@ -86,10 +86,12 @@ def check_inputs(prof: dict, outputs: Path, decode: bool = True) -> None:
 
 def check_brought_weights(specs: list[RunSpec], download: bool = True) -> None:
     """Find, verify and fit the hub or file weights of every training run among ``specs`` that is not fresh
-    (:func:`edgekd.core.models.check_weights`), each source once, before any compute: a ConfigError names the run
-    and what is missing or wrong. ``download``: fetch hub weights missing from the cache (a dry run does not)."""
+    (:func:`edgekd.core.models.check_weights`), each source once, before any compute: one ConfigError names every
+    source that is missing or wrong, with its first run. ``download``: fetch hub weights missing from the cache (a dry
+    run does not)."""
     seen: set[str] = set()
     memo: dict = {}
+    errors = []
     for spec in specs:
         pretrained = spec.parameters["train"]["pretrained"] if spec.trains else None
         key = json.dumps([spec.parameters.get("arch"), pretrained], sort_keys=True)
@@ -99,7 +101,9 @@ def check_brought_weights(specs: list[RunSpec], download: bool = True) -> None:
         try:
             check_weights(spec.parameters["arch"], pretrained, download)
         except PretrainedUnavailable as exc:
-            raise ConfigError(f"{spec.run_id}: {exc}") from None
+            errors.append(f"{spec.run_id}: {exc}")
+    if errors:
+        raise ConfigError("; ".join(errors))
 
 
 @contextlib.contextmanager
