@@ -27,7 +27,7 @@ from edgekd.core import weights as W
 from edgekd.core.inference import load_run
 from edgekd.pipeline import plan as PL
 from edgekd.pipeline import runner as R
-from edgekd.stages import export as E
+from edgekd.stages import export as B
 from edgekd.stages import train as T
 from fake_bundle import TRAIN, data_config
 
@@ -204,7 +204,7 @@ def test_tables_and_the_model_card_name_each_source():
     hub = {"arch": "resnet18", "origin": "hub", "hub": HUB_NAME, "repo_id": f"timm/{HUB_NAME}", "revision": REVISION,
            "file": "model.safetensors", "licence": "apache-2.0", "sha256": "ab" * 32, "timm_name": "resnet18",
            "mean": list(info.MEAN), "std": list(info.STD)}
-    line = E._weights_line(E.initial_weights({"weights": hub}))
+    line = B._weights_line(B.initial_weights({"weights": hub}))
     assert line.startswith(f"- Initial weights: ImageNet-1k, timm's `{HUB_NAME}` from the Hugging Face hub "
                            f"(`timm/{HUB_NAME}`, `model.safetensors`) (sha256 `{'ab' * 8}...`, apache-2.0); ")
 
