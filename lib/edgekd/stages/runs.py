@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from edgekd.core import metrics as M
+from edgekd.core.config import init_label
 from edgekd.core.info import ARCH_LABELS, LESION_MARK
 from edgekd.stages.evaluate import model_name
 
@@ -55,7 +56,7 @@ def run_identity(run: Path) -> dict:
         "role": role, "arch": arch, "setting": setting, "seed": seed, "split": split,
         "size": int(cfg["data"]["size"]), "kd_mode": (kd or {}).get("mode", "teacher"), "standardize": bool((kd or {}).get("standardize", False)),
         "tta_views": int(metrics.get("tta_views", 1)), "collapsed": collapsed, "valid": collapsed is None,
-        "init": cfg["train"].get("pretrained") or "scratch", "val_macro_f1": val_macro_f1(run), "path": run,
+        "init": init_label(cfg["train"].get("pretrained")), "val_macro_f1": val_macro_f1(run), "path": run,
     }
 
 
