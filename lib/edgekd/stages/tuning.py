@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from edgekd.core import calibration as C
 from edgekd.core import metrics as M
@@ -115,7 +116,7 @@ def teacher_softness(logits: np.ndarray, temperatures: list[float]) -> pd.DataFr
     rows = []
     for t in temperatures:
         probs = C.apply_temperature(flat, t)
-        entropy = -np.sum(probs * np.log(np.clip(probs, 1e-300, None)), axis=1)
+        entropy = stats.entropy(probs, axis=1)
         rows.append({"temperature": float(t), "mean_top_prob": float(probs.max(1).mean()),
                      "mean_entropy_nats": float(entropy.mean()),
                      "entropy_share": float(entropy.mean() / np.log(flat.shape[1])), "n": len(flat)})
