@@ -9,6 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export MPLBACKEND=Agg HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE  # see tests/conftest.py
+export MPLBACKEND=Agg HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1  # see tests/conftest.py
 .venv/bin/python -m pytest -p no:cacheprovider -n "${EDGEKD_TEST_WORKERS:-2}" --dist loadscope \
   tests notebooks --nbval-lax --nbval-current-env --durations=25 "$@"

@@ -35,6 +35,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # work sleep instead of spinning: two 2-thread torch processes on 2 cores (the smoke profile in the background and
 # a test; two Dask workers) otherwise ran a training step 7-30x slower. Results are bitwise the same either way.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# One intra-op thread in every process that does not set its own (the notebooks' demo runs under nbval and in
+# JupyterLab, the tests' trainings): the suite keeps two or three torch processes busy on two cores, where a second
+# thread per process only adds synchronisation (a 64 px EfficientNet-Lite0 training step: 35 % more CPU time for
+# the same wall time beside other work). Runs that fix their threads (the profiles' `threads`) keep them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from edge_helpers import export_bundle, isic_folder, trained_run  # noqa: E402
 from edgekd.core import info  # noqa: E402

@@ -210,7 +210,7 @@ KILL_SCRIPT = textwrap.dedent(
     T.run_train(sys.argv[1], "resnet18", 0, D.DataConfig(**%r), cfg)
     """
 )
-CFG = dict(epochs=3, batch_size=32, lr=2e-3, stem_stride=2, progress=False, warmup_epochs=0.5, threads=2, collapse="warn")
+CFG = dict(epochs=3, batch_size=32, lr=2e-3, stem_stride=2, progress=False, warmup_epochs=0.5, threads=1, collapse="warn")
 DATA = dict(size=28, subset={"train": 96, "val": 48, "test": 48})
 
 

@@ -169,7 +169,7 @@ def test_pretrained_teacher_at_its_own_size_distils_exports_and_predicts(tmp_pat
     its cached logits (computed on the teacher's own 64 px views of the same images), and the teacher's bundle,
     whose ONNX models carry the weights' normalisation and whose provenance names the checkpoint."""
     subset = {"train": 140, "val": 70, "test": 70}
-    train = T.TrainConfig(epochs=1, batch_size=32, lr=1e-3, stem_stride=2, threads=2, progress=False, collapse="warn")
+    train = T.TrainConfig(epochs=1, batch_size=32, lr=1e-3, stem_stride=2, threads=1, progress=False, collapse="warn")
     teacher = tmp_path / "teacher-efficientnet_lite0-s0"
     T.run_train(teacher, "efficientnet_lite0", 0, D.DataConfig(size=64, subset=subset),
                 dataclasses.replace(train, pretrained="imagenet"))
