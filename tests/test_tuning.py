@@ -16,6 +16,8 @@ from sklearn.metrics import f1_score
 
 from edgekd.core import info
 from edgekd.core.config import KDConfig
+from edgekd.paper import sections as S
+from edgekd.paper import sources as SR
 from edgekd.stages import tuning as TU
 
 N_VAL = 70
@@ -124,6 +126,18 @@ def test_the_script_writes_the_study_and_refuses_an_empty_folder(tmp_path):
     softness = pd.read_csv(out / "teacher_softness.csv")
     assert list(softness["temperature"]) == [2.0, 4.0] and (softness["n"] == 240).all()  # the KD students' T
     pd.testing.assert_frame_equal(softness, TU.teacher_softness(logits.numpy(), [2.0, 4.0]), check_dtype=False)
+
+    # The paper's section reads what the script wrote, and names the settings in words, never by profile label.
+    pilot = SR.Source("kd_tuning", out, "published", {}, json.loads((out / "provenance.json").read_text()))
+    later = SR.Source("default", tmp_path, "published", {}, {"date": "2099-01-01T00:00:00Z"})
+    text = S.kd_pilot(pilot, later)
+    assert "{#tbl-kd-pilot}" in text and "{#tbl-teacher-softness}" in text
+    assert "| Hinton, T 2, α 0.5 |" in text and "| no KD |" in text
+    assert "keeps Hinton's loss at T 4 and α 0.5 unless" in text and "at least 0.01" in text
+    assert "It chose Hinton at T 2, α 0.5; the main table runs Hinton, T 2, α 0.5." in text
+    assert not any(label in text for label in ("t2_a05", "t4_a05", "nokd")) and "run before the pilot" not in text
+    earlier = SR.Source("default", tmp_path, "published", {}, {"date": "2026-11-27T23:52:23Z"})
+    assert "*The results below were run before the pilot (2026-11-27), with the KD settings" in S.kd_pilot(pilot, earlier)
 
 
 def test_teacher_softness_equals_scipy_entropy_and_softmax():

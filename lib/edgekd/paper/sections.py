@@ -894,6 +894,63 @@ def teacher_choice(src: Source) -> str:
               "loaded for this choice.\n")
 
 
+#: A KD loss in words, for the pilot's rows.
+KD_LOSS_NAMES: dict[str, str] = {"none": "no KD", "hinton": "Hinton", "dkd": "DKD", "dist": "DIST"}
+
+
+def kd_setting_words(row: pd.Series | dict) -> str:
+    """One KD setting of the pilot in words: its loss and the hyper-parameters that distinguish it."""
+    mode = row["mode"]
+    if mode == "none":
+        return "no KD"
+    words = f"{KD_LOSS_NAMES.get(mode, mode)}, T {row['temperature']:g}" + (f", α {row['alpha']:g}" if mode == "hinton" else "")
+    if row.get("standardize"):
+        words += ", standardised logits"
+    if row.get("beta"):
+        words += f", attention transfer β {row['beta']:g}"
+    return words
+
+
+def kd_pilot(src: Source, results: Source) -> str:
+    """The KD pilot (validation only): each setting's validation scores beside the no-KD student, the settings the
+    plan's rule chose for the main table, and how soft the teacher's targets are at the pilot's temperatures; a note
+    when ``results`` (the paper's runs) were run before the pilot, so with the settings it replaced."""
+    table = src.csv("pilot.csv")
+    choice = src.json("choice.json")
+    by_name = table.set_index("setting")
+    table = table.assign(words=[kd_setting_words(r) for _, r in table.iterrows()])
+    arch = ARCH_LABELS.get(table["arch"].iloc[0], table["arch"].iloc[0])
+    out = md_table(table, {"KD setting": col("words", str), "Val accuracy": col("val_acc"),
+                           "Val macro-F1": col("val_macro_f1"), "Δ vs no KD": col("delta_vs_nokd", signed),
+                           "Best epoch": col("best_epoch"),
+                           "Flagged": lambda r: "collapsed" if finite(r["collapsed"]) and r["collapsed"] else DASH},
+                   f"The KD pilot: {arch}, seed {int(table['seed'].iloc[0])}, scored on the validation split "
+                   "only (1,003 images; no test number was read). Δ is against the no-KD student of the same seed. "
+                   "α weighs the cross-entropy against the teacher's term.", text=("KD setting", "Flagged"),
+                   label="kd-pilot")
+    hinton, current = by_name.loc[choice["hinton"]], src.provenance["current"]
+    chosen = [kd_setting_words(by_name.loc[name]) for name in choice["main_table"] if name in by_name.index]
+    out += (f"\n\nThe analysis plan's rule, fixed before the pilot ran, keeps Hinton's loss at T {current['temperature']:g} "
+            f"and α {current['alpha']:g} unless another Hinton setting beats it on validation by at least "
+            f"{num(src.provenance['margin'], 2)}, half the smallest effect of interest, since one seed's validation "
+            f"macro-F1 moves by about that much. It chose Hinton at T {hinton['temperature']:g}, α "
+            f"{hinton['alpha']:g}; the main table runs {'; '.join(chosen)}. One seed cannot separate settings closer "
+            "than the seed spread, so the pilot chooses; it does not test.\n")
+    ran, piloted = (pd.to_datetime(x.provenance.get("date"), utc=True) for x in (results, src))
+    if finite(ran) and finite(piloted) and ran < piloted:
+        out += (f"\n*The results below were run before the pilot ({ran:%Y-%m-%d}), with the KD settings of the profile "
+                "at that time; the next reference runs the pilot's choice.*\n")
+    if src.has("teacher_softness.csv"):
+        soft = src.csv("teacher_softness.csv")
+        out += "\n" + md_table(soft, {"T": col("temperature", lambda x: f"{x:g}"),
+                                       "Mean top-class probability": col("mean_top_prob"),
+                                       "Entropy, share of uniform": col("entropy_share")},
+                              "How soft the teacher's targets are at each of the pilot's temperatures: over every "
+                              "training view and image its students distil (the logit cache).",
+                              label="teacher-softness")
+    return out
+
+
 def teacher_recipe(src: Source) -> str:
     df = src.csv("teacher_recipe.csv").set_index("label")
     rows = pd.DataFrame({"setting": [RECIPE_NAMES.get(k, k) for k in df.columns], "key": df.columns})

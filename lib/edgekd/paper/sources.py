@@ -33,6 +33,9 @@ class Source:
     def csv(self, name: str) -> pd.DataFrame:
         return pd.read_csv(self.path / name)
 
+    def json(self, name: str) -> dict:
+        return json.loads((self.path / name).read_text())
+
 
 def locate(profile: str) -> Source:
     """``outputs/<profile>/aggregate`` where it exists, else the published ``paper/results/<profile>``."""
@@ -105,6 +108,12 @@ def pretrained_study() -> Source | None:
     """The validation study that chose the pretrained teacher (``paper/results/studies/pretrained/``,
     ``scripts/pretrained_study.py``), if committed."""
     return _committed("pretrained", "studies/pretrained", "variants.csv")
+
+
+def kd_tuning() -> Source | None:
+    """The KD pilot on validation that chose the main job's KD setting (``paper/results/studies/kd_tuning/``,
+    ``scripts/kd_tuning.py``), if committed."""
+    return _committed("kd_tuning", "studies/kd_tuning", "pilot.csv")
 
 
 def int8_ops() -> Source | None:
