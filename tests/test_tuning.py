@@ -135,6 +135,7 @@ def test_the_script_writes_the_study_and_refuses_an_empty_folder(tmp_path):
     assert "| Hinton, T 2, α 0.5 |" in text and "| no KD |" in text
     assert "keeps Hinton's loss at T 4 and α 0.5 unless" in text and "at least 0.01" in text
     assert "It chose Hinton at T 2, α 0.5; the main table runs Hinton, T 2, α 0.5." in text
+    assert "On validation, all of the 2 KD settings scored above the no-KD student (Δ from +0.1" in text
     assert not any(label in text for label in ("t2_a05", "t4_a05", "nokd")) and "run before the pilot" not in text
     earlier = SR.Source("default", tmp_path, "published", {}, {"date": "2026-11-27T23:52:23Z"})
     assert "*The results below were run before the pilot (2026-11-27), with the KD settings" in S.kd_pilot(pilot, earlier)

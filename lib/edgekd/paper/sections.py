@@ -935,7 +935,15 @@ def kd_pilot(src: Source, results: Source) -> str:
             f"{num(src.provenance['margin'], 2)}, half the smallest effect of interest, since one seed's validation "
             f"macro-F1 moves by about that much. It chose Hinton at T {hinton['temperature']:g}, α "
             f"{hinton['alpha']:g}; the main table runs {'; '.join(chosen)}. One seed cannot separate settings closer "
-            "than the seed spread, so the pilot chooses; it does not test.\n")
+            "than the seed spread, so the pilot chooses; it does not test.")
+    kd = table[(table["mode"] != "none") & ~(table["collapsed"].map(finite) & table["collapsed"].astype(bool))]
+    if len(kd):
+        above, n = int((kd["delta_vs_nokd"] > 0).sum()), len(kd)
+        share = "none" if above == 0 else "all" if above == n else str(above)
+        out += (f" On validation, {share} of the {n} KD settings scored above the no-KD student (Δ from "
+                f"{signed(kd['delta_vs_nokd'].min())} to {signed(kd['delta_vs_nokd'].max())}); whether KD helps is the "
+                "main table's question, on test, over seeds.")
+    out += "\n"
     ran, piloted = (pd.to_datetime(x.provenance.get("date"), utc=True) for x in (results, src))
     if finite(ran) and finite(piloted) and ran < piloted:
         out += (f"\n*The results below were run before the pilot ({ran:%Y-%m-%d}), with the KD settings of the profile "
