@@ -918,12 +918,13 @@ def kd_pilot(src: Source, results: Source) -> str:
     table = src.csv("pilot.csv")
     choice = src.json("choice.json")
     by_name = table.set_index("setting")
-    table = table.assign(words=[kd_setting_words(r) for _, r in table.iterrows()])
+    table = table.assign(words=[kd_setting_words(r) for _, r in table.iterrows()],
+                         flagged=table["collapsed"].map(lambda c: finite(c) and bool(c)))
     arch = ARCH_LABELS.get(table["arch"].iloc[0], table["arch"].iloc[0])
     out = md_table(table, {"KD setting": col("words", str), "Val accuracy": col("val_acc"),
                            "Val macro-F1": col("val_macro_f1"), "Δ vs no KD": col("delta_vs_nokd", signed),
                            "Best epoch": col("best_epoch"),
-                           "Flagged": lambda r: "collapsed" if finite(r["collapsed"]) and r["collapsed"] else DASH},
+                           "Flagged": lambda r: "collapsed" if r["flagged"] else DASH},
                    f"The KD pilot: {arch}, seed {int(table['seed'].iloc[0])}, scored on the validation split "
                    "only (1,003 images; no test number was read). Δ is against the no-KD student of the same seed. "
                    "α weighs the cross-entropy against the teacher's term.", text=("KD setting", "Flagged"),
@@ -936,7 +937,7 @@ def kd_pilot(src: Source, results: Source) -> str:
             f"macro-F1 moves by about that much. It chose Hinton at T {hinton['temperature']:g}, α "
             f"{hinton['alpha']:g}; the main table runs {'; '.join(chosen)}. One seed cannot separate settings closer "
             "than the seed spread, so the pilot chooses; it does not test.")
-    kd = table[(table["mode"] != "none") & ~(table["collapsed"].map(finite) & table["collapsed"].astype(bool))]
+    kd = table[(table["mode"] != "none") & ~table["flagged"]]
     if len(kd):
         above, n = int((kd["delta_vs_nokd"] > 0).sum()), len(kd)
         share = "none" if above == 0 else "all" if above == n else str(above)
