@@ -40,6 +40,7 @@ from scipy.special import softmax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from edgekd.core import info, provenance
+from edgekd.core.words import BASELINE
 from edgekd.pipeline import plan
 from edgekd.stages import data as D  # noqa: E402
 from edgekd.stages import runs as RN
@@ -66,7 +67,7 @@ def recipes(profile: dict, quick: bool) -> tuple[dict, dict, dict, dict]:
     specs = [s for s in plan.expand(profile, info.outputs_dir()) if s.parameters.get("data", {}).get("split") == "official"]
     teacher = next(s.parameters for s in specs if s.stage == "teacher")
     students = [s for s in specs if s.stage == "student"]
-    per_arch = {s.parameters["arch"]: dict(s.parameters["train"]) for s in students if s.setting == RN.BASELINE}
+    per_arch = {s.parameters["arch"]: dict(s.parameters["train"]) for s in students if s.setting == BASELINE}
     kd = {s.setting: s.parameters["kd"] for s in students}
     data, teacher_train = dict(teacher["data"]), dict(teacher["train"])
     if quick:
@@ -211,9 +212,9 @@ def tables(root: Path, rows: list[dict]) -> dict[str, pd.DataFrame]:
     paired, per_seed = TB.paired_kd(runs)
     out |= {"paired": paired, "paired_seeds": per_seed}
     students = runs[runs["role"] == "student"]
-    long = students[students["setting"] != RN.BASELINE].copy()
-    long.loc[long["setting"] == LONG_BASELINE, "setting"] = RN.BASELINE
-    if (long["setting"] == RN.BASELINE).any():
+    long = students[students["setting"] != BASELINE].copy()
+    long.loc[long["setting"] == LONG_BASELINE, "setting"] = BASELINE
+    if (long["setting"] == BASELINE).any():
         out["paired_vs_nokd16"] = TB.paired_kd(long)[0]
     return out
 

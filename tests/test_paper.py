@@ -82,7 +82,7 @@ def test_run_identity_comes_from_run_config_and_the_folder(profile):
     lesion = RN.run_identity(root / "student-resnet18-kd-lesion-s0")
     assert (lesion["role"], lesion["arch"], lesion["setting"], lesion["split"], lesion["seed"]) == \
         ("student", "resnet18", "kd", "lesion", 0)
-    assert lesion["label"] == "ResNet-18 · kd (lesion split)" and lesion["model"] == "student-resnet18-kd-lesion"
+    assert lesion["label"] == "ResNet-18 · KD (lesion split)" and lesion["model"] == "student-resnet18-kd-lesion"
     teacher = RN.run_identity(root / "teacher-resnet50-s0")
     assert (teacher["role"], teacher["setting"], teacher["kd_mode"], teacher["valid"]) == ("teacher", "", "teacher", True)
     assert RN.run_identity(root / "student-resnet18-nokd-s2")["valid"] is False
@@ -189,7 +189,8 @@ def _perf_row(model, label, role, kd_mode, init="scratch", split="official", see
 
 
 def _pair(arch, setting, low, d=0.02, split="official", baseline="nokd"):
-    return {"arch": arch, "student": arch.upper(), "split": split, "setting": setting, "baseline": baseline,
+    return {"arch": arch, "student": arch.upper(), "split": split, "setting": setting, "method": setting.upper(),
+            "baseline": baseline,
             "d_macro_f1": d, "d_macro_f1_hb_low": low}
 
 
@@ -266,8 +267,8 @@ def test_lesion_split_is_set_beside_the_official_split(profile):
     runs = RN.discover(root)
     valid = runs[runs["valid"]]
     table = TB.split_comparison(valid, TB.seed_metrics(valid)).set_index("label")
-    assert list(table.index) == ["ResNet-50 teacher", "ResNet-18 · kd"]
-    row = table.loc["ResNet-18 · kd"]
+    assert list(table.index) == ["ResNet-50 teacher", "ResNet-18 · KD"]
+    row = table.loc["ResNet-18 · KD"]
     assert (row["official_seeds"], row["lesion_seeds"]) == (3, 1)
     assert row["delta_macro_f1"] == pytest.approx(row["lesion_macro_f1"] - row["official_macro_f1"])
 
@@ -275,7 +276,7 @@ def test_lesion_split_is_set_beside_the_official_split(profile):
 def test_cells_never_show_nan_or_booleans():
     assert [FM.num(x) for x in (float("nan"), None, True, False, -0.0001, 3)] == ["—", "—", "yes", "no", "0.000", "3"]
     assert FM.interval(0.5, float("nan"), float("nan")) == "0.500"
-    assert FM.interval(0.01, -0.02, 0.04, sign=True) == '+0.010<br><span class="ci">[-0.020, +0.040]</span>'
+    assert FM.interval(0.01, -0.02, 0.04, sign=True) == '+0.010<br><span class="ci">[-0.020,\u00a0+0.040]</span>'
     table = FM.md_table(pd.DataFrame({"a": ["x"], "b": [np.nan]}), {"A": FM.col("a", str), "B": FM.col("b")}, "Cap.")
     assert table.splitlines()[2] == "| x | — |"
 
@@ -397,10 +398,12 @@ def test_renderer_says_which_ran_and_why(monkeypatch, tmp_path, capsys):
     assert render.renderer() == (render.QUARTO, "/opt/conda/bin/quarto")
     assert render.renderer(force_fallback=True) == (render.FALLBACK, "--fallback was given")
     clean = {"images": 1, "images_loaded": 1, "tables": 1, "tables_filled": 1, "empty_cells": 0, "errors": 0,
-             **dict.fromkeys(("too_wide", "nan", "stray_words", "broken", "repeated_headings", "unresolved_refs"), [])}
+             **dict.fromkeys(("too_wide", "nan", "stray_words", "broken", "repeated_headings", "unresolved_refs",
+                              "broken_intervals", "code_in_prose", "undefined_abbreviations", "unknown_abbreviations"), [])}
     monkeypatch.setattr(render.shutil, "which", lambda name: None)
     monkeypatch.setattr(render, "render", lambda profile, force_fallback: tmp_path / "index.html")
     monkeypatch.setattr(render, "write_pdf", lambda html, pdf: pdf)
+    monkeypatch.setattr(render, "main_text_pages", lambda pdf: 1)
     monkeypatch.setattr(render, "check", lambda html: {"screen": clean})
     assert render.main(["--profile", "default"]) == 0
     out = capsys.readouterr().out
@@ -458,12 +461,11 @@ def test_student_recipe_is_read_from_the_profile_that_made_the_results():
     path = info.REPO_ROOT / "params" / "smoke.yaml"
     prov = {"profile_file": "params/smoke.yaml", "profile_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     text = S.student_recipe(SR.Source("smoke", info.REPO_ROOT, "outputs", {}, prov))
-    assert "| Setting | ResNet-18, MobileNetV2 (kdat, no KD) |" in text
-    assert RN.BASELINE in S.SETTING_NAMES  # the paper names the baseline as the model labels do
+    assert "| Setting | ResNet-18, MobileNetV2 (KD + attention transfer, no KD) |" in text  # words, as the labels
     prof = yaml.safe_load(path.read_text())
     assert f"| Epochs | {prof['train']['epochs']} |" in text and f"| Batch size | {prof['train']['batch_size']} |" in text
     assert f"| Peak learning rate | {prof['train']['lr']:g} |" in text and "| Optimiser | AdamW |" in text
-    assert "| Distillation | kdat: hinton (α 0.5, T 4, attention β 100); no KD: none |" in text
+    assert "| Distillation | Hinton, T 4, α 0.5, attention transfer β 100; no KD |" in text
     assert "{#tbl-student-recipe}" in text and "`params/smoke.yaml`" in text
     unknown = SR.Source("smoke", info.REPO_ROOT, "published", {}, {**prov, "profile_sha256": "0" * 64})
     assert SR.profile(unknown) is None and "cannot be stated" in S.student_recipe(unknown)
@@ -524,12 +526,14 @@ def test_smoke_paper_passes_the_browser_check_on_screen_and_in_print(rendered):
         assert render.problems(report) == [], media
         assert report["images"] >= 6 and report["tables"] >= 8
     headings = render.browser_check(html)["headings"]
-    for heading in ("Abstract", "Does distillation help? KD against no KD", "Performance with confidence intervals",
-                    "Leakage: official against lesion split", "Calibration and operating points", "Robustness",
-                    "Efficiency: INT8 against FP32", "Pareto front", "Grad-CAM", "Limitations", "Excluded runs",
-                    "Appendix A: robustness per corruption", "Appendix B: reproduction report",
-                    "Appendix C: provenance", "References"):
-        assert any(heading in h for h in headings), heading
+    main = ["Abstract", "Introduction", "Related work", "Methods", "Results", "Discussion", "Limitations", "Conclusion",
+            "References"]  # the venue paper's sections, in order, then the supplement
+    assert [h for h in headings if h in main] == main
+    supplement = [h for h in headings[headings.index("References") + 1:] if h.startswith("Supplement S")]
+    assert len(supplement) == 11, supplement
+    for heading in ("test performance", "calibration and operating points", "robustness", "efficiency",
+                    "Grad-CAM", "excluded runs", "reproduction and provenance"):
+        assert any(heading in h for h in supplement), heading
 
 
 def test_smoke_paper_numbers_and_exclusions_come_from_outputs(rendered, smoke_outputs):
@@ -559,11 +563,17 @@ def test_smoke_paper_numbers_its_figures_and_tables_and_lists_subsections(render
     html = " ".join(rendered[0].read_text().split())
     text = re.sub(r"<[^>]+>", "", html)
     assert "Figure 1: " in text and "Table 1: " in text and "?@" not in text and "{#" not in text
-    assert re.search(r'<a href="#tbl-arms">Table \d+</a> lists what every arm gets', html)
-    assert re.search(r'<a href="#fig-montage">Figure 1</a> shows some of them', html)
+    assert re.search(r'<a href="#tbl-arms">Table \d+</a> lists what each arm gets', html)
+    assert re.search(r'with examples in <a href="#fig-montage">Figure \d+</a>', html)
     toc = html[html.index('id="TOC"'):html.index("</nav>")]
-    for heading in ("The students’ training recipe", "Intended use and ethics", "Data and licences", "Code availability"):
+    for heading in ("Data, teacher and students", "Intended use and ethics", "Data, licences and code",
+                    "Supplement S2: training recipes"):
         assert heading in toc, heading
+    # every table and figure of the supplement is referred to from the main text (before the references)
+    body = html[html.index("</nav>"):]
+    main, supplement = body.split('id="refs"', 1)
+    for found in sorted(set(re.findall(r'id="((?:tbl|fig)-[\w-]+)"', supplement))):
+        assert f'href="#{found}"' in main, found
 
 
 def test_smoke_paper_cites_its_references(rendered):
@@ -593,31 +603,14 @@ def test_smoke_pdf_has_every_figure_on_a_page_with_content(rendered, tmp_path):
         assert (pixels < 200).mean() > 0.02, f"page {page} of {pdf} has a figure but is almost blank"
 
 
-def _strength_source(root, name, teacher, init, base_f1, gains):
-    path = root / name
-    path.mkdir()
-    pd.DataFrame([{"arch": "resnet18", "split": "official", "setting": "kd", "seed": s, "d_macro_f1": g}
-                  for s, g in enumerate(gains)]
-                 + [{"arch": "resnet18", "split": "lesion", "setting": "kd", "seed": 0, "d_macro_f1": 9.0}]
-                 ).to_csv(path / "paired_kd_seeds.csv", index=False)
-    pd.DataFrame([{"model": "teacher-x", "label": teacher, "role": "teacher", "split": "official", "init": init,
-                   "accuracy": 0.8, "macro_f1": 0.6},
-                  {"model": "student-resnet18-nokd", "label": "R18", "role": "student", "split": "official",
-                   "init": "scratch", "accuracy": 0.7, "macro_f1": base_f1}]).to_csv(path / "performance.csv", index=False)
-    return SR.Source(name, path, "published", {}, {})
-
-
-def test_teacher_strength_pairs_the_two_teachers_gains_by_seed(tmp_path):
-    old = _strength_source(tmp_path, "old", "ResNet-50 teacher", "scratch", 0.51, [0.02, 0.03, 0.01])
-    new = _strength_source(tmp_path, "new", "Lite0 teacher", "imagenet", 0.51, [0.05, 0.04, 0.06])
-    text = S.teacher_strength(new, old)
-    diff = np.array([0.03, 0.01, 0.05])
-    half = stats.t.ppf(0.975, 2) * diff.std(ddof=1) / np.sqrt(3)
-    assert "+0.030, +0.010, +0.050; mean +0.030" in text
-    assert f"[{diff.mean() - half:+.3f}, {diff.mean() + half:+.3f}]" in text and "3 of 3 seeds gain more" in text
-    assert "the same runs (mean macro-F1 identical" in text and "| Lite0 teacher | imagenet |" in text
-    other = _strength_source(tmp_path, "other", "Lite0 teacher", "imagenet", 0.52, [0.05, 0.04, 0.06])
-    assert "meant to be the same runs but differ" in S.teacher_strength(other, old)
+def test_capacity_gap_reads_the_committed_study_and_counts_the_seed_pairs():
+    gap = SR.capacity_gap()
+    assert gap is not None
+    table = gap.csv("gap.csv")
+    text = S.capacity_gap(gap)
+    assert f"in {int(table['seeds_smaller'].sum())} of {int(table['seeds'].sum())} seed pairs" in text
+    assert "{#tbl-capacity-gap}" in text and all(v in text for v in table["verdict"])
+    assert "@cho2019efficacy" in text  # the literature a reviewer expects
 
 
 def test_students_at_two_sizes_and_the_teacher_recipe_student(tmp_path):

@@ -10,6 +10,47 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from edgekd.core import info
+
+#: The paper's abbreviations and their words, in one place: the browser check
+#: (:func:`edgekd.paper.render.browser_check`) wants each one's first use to define it, "expected calibration error
+#: (ECE)" or "ECE (expected calibration error)". "F1" is left out: macro-F1 is the metric's name.
+ABBREVIATIONS: dict[str, str] = {
+    "KD": "knowledge distillation",
+    "DKD": "decoupled knowledge distillation",
+    "DIST": "distillation from a stronger teacher",
+    "ECE": "expected calibration error",
+    "NLL": "negative log-likelihood",
+    "MACs": "multiply–accumulate operations",
+    "FLOPs": "floating-point operations",
+    "ORT": "ONNX Runtime",
+    "ONNX": "Open Neural Network Exchange",
+    "INT8": "8-bit integer",
+    "FP32": "32-bit floating point",
+    "FP16": "16-bit floating point",
+    "EMA": "exponential moving average",
+    "BE": "balanced error",
+    "rBE": "relative balanced error",
+    "QDQ": "quantise–dequantise",
+    "TOST": "two one-sided tests",
+    "MDE": "minimum detectable effect",
+    "CPU": "central processing unit",
+    "GPU": "graphics processing unit",
+    "SD": "standard deviation",
+    "KL": "Kullback–Leibler",
+    "AUC": "area under the receiver operating characteristic curve",
+    **info.CLASS_LONG_NAMES,  # HAM10000's class codes
+}
+#: Tokens of capitals (and digits) that are names, not abbreviations to define: a data set and its archive
+#: (HAM10000, ISIC), hardware makers and products (NVIDIA, AMD, EPYC, HBM3), instruction sets (AVX2, AVX512), an image
+#: format (JPEG), units (MB, GB), licences (MIT; CC BY-NC, Creative Commons' own codes), a method's name
+#: (Grad-CAM) and a time zone (UTC). Mixed-case names (DermaMNIST, MedMNIST, ImageNet, PyTorch, PyPI) are no such token
+#: and need no entry.
+EXEMPT_CAPS: frozenset[str] = frozenset({
+    "HAM10000", "ISIC", "NVIDIA", "AMD", "EPYC", "HBM3", "AVX2", "AVX512", "JPEG", "MB", "GB", "MIT", "CC", "BY", "NC",
+    "CAM", "UTC", "ML",
+})
+
 #: A table column: header -> cell text of a row.
 Columns = dict[str, Callable[[pd.Series], str]]
 DASH: str = "—"
@@ -63,7 +104,7 @@ def interval(mean, low, high, digits: int = 3, sign: bool = False) -> str:
     if text == DASH or not (finite(low) and finite(high)):
         return text
     fmt = signed if sign else num
-    return f'{text}<br><span class="ci">[{fmt(low, digits)}, {fmt(high, digits)}]</span>'
+    return f'{text}<br><span class="ci">[{fmt(low, digits)},\u00a0{fmt(high, digits)}]</span>'  # never broken
 
 
 def ci_col(prefix: str, sign: bool = False, kind: str = "") -> Callable[[pd.Series], str]:

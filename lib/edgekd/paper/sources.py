@@ -120,3 +120,9 @@ def int8_ops() -> Source | None:
     """ORT's operator profile of the reference's FP32 and INT8 models (``paper/results/studies/int8_ops/``, written
     by ``edgekd-bench --ops``), if committed."""
     return _committed("int8_ops", "studies/int8_ops", "bench_int8_ops.csv", "machine.json")
+
+
+def capacity_gap() -> Source | None:
+    """The capacity-gap study: KD's gain under the stronger and the weaker teacher, paired by seed
+    (``paper/results/studies/capacity_gap/``, ``scripts/capacity_gap.py``), if committed."""
+    return _committed("capacity_gap", "studies/capacity_gap", "gap.csv")

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from edgekd.core import info, provenance
 from edgekd.core.files import clear_results
 from edgekd.core.info import ARCH_LABELS, INT8_DELTA_F1_TARGET, LESION_MARK
+from edgekd.core.words import BASELINE
 from edgekd.stages.figures import (
     confusion_figure,
     gradcam_panels,
@@ -31,7 +32,7 @@ from edgekd.stages.figures import (
     reliability_grid,
     training_curves_figure,
 )
-from edgekd.stages.runs import BASELINE, discover, eval_table, evaluated, excluded_runs, having
+from edgekd.stages.runs import discover, eval_table, evaluated, excluded_runs, having
 from edgekd.stages.tables import (
     ablation_table,
     arms,
@@ -161,7 +162,7 @@ def targets_table(perf: pd.DataFrame, paired: pd.DataFrame, equal_compute: pd.Da
     ec = equal_compute[equal_compute["split"] != LESION_MARK] if len(equal_compute) else equal_compute
     above = ec[_above(ec)] if len(ec) else ec
     add("kd_above_equal_compute", len(above) if len(ec) else None,
-        ", ".join(f"{r.student} · {r.setting} vs {r.baseline}" for r in above.itertuples()) or None,
+        ", ".join(f"{r.student} · {r.method} vs {r.baseline}" for r in above.itertuples()) or None,
         count=len(above), of=len(ec))
     edge = edge_int8(perf, int8)
     add("int8_edge_delta_macro_f1", None if edge is None else edge["delta_macro_f1"], None if edge is None else edge["label"])
@@ -313,7 +314,7 @@ def headline_numbers(profile: str, runs: pd.DataFrame, perf: pd.DataFrame, paire
                 "best_student_macro_f1_low": _float(best["macro_f1_hb_low"]),
                 "best_student_macro_f1_high": _float(best["macro_f1_hb_high"])}
     if top is not None:
-        out |= {"kd_best": f"{top['student']} · {top['setting']}", "kd_best_delta_macro_f1": _float(top["d_macro_f1"]),
+        out |= {"kd_best": f"{top['student']} · {top['method']}", "kd_best_delta_macro_f1": _float(top["d_macro_f1"]),
                 "kd_best_delta_low": _float(top["d_macro_f1_low"]), "kd_best_delta_high": _float(top["d_macro_f1_high"]),
                 "kd_best_pairs": int(top["pairs"]), "kd_best_seeds_positive": int(top["seeds_positive"]),
                 "kd_best_p": _float(top["t_p_holm"])}

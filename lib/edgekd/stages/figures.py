@@ -5,6 +5,8 @@ front and Grad-CAM panels. Error bars are t-intervals across seeds, clipped to t
 from __future__ import annotations
 
 import json
+import textwrap
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,6 +47,34 @@ def unit_interval(values: Sequence[float]) -> tuple[float, float]:
 def delta_interval(values: Sequence[float]) -> tuple[float, float]:
     """:func:`t_interval` clipped to [−1, 1], for differences of metrics bounded in [0, 1]."""
     return t_interval(values, (-1.0, 1.0))
+
+
+# ----------------------------------------------------------------------------- one colour per model
+
+
+#: The order of the KD settings' words within an architecture's colour family (others follow, lighter).
+SETTING_ORDER: tuple[str, ...] = ("no KD", "KD", "logit-standardised KD", "DKD", "DIST", "KD + attention transfer")
+
+
+def model_colour(label: str) -> tuple[float, float, float]:
+    """The colour of a model in every figure: teachers near-black; a student's architecture picks the hue
+    (colour-blind palette, in :data:`info.ARCH_LABELS` order) and its KD setting the shade (no KD darkest), so that
+    one model keeps one colour across figures and the students of one architecture read as one family."""
+    name, _, words = label.partition(" · ")
+    if not words:
+        return (0.15, 0.15, 0.15)
+    archs = list(info.ARCH_LABELS.values())
+    hue = archs.index(name) if name in archs else zlib.crc32(name.encode()) % 10
+    base = np.array(sns.color_palette("colorblind", 10)[hue])
+    setting = words.split(" (")[0].split(", ")[0]
+    shade = SETTING_ORDER.index(setting) if setting in SETTING_ORDER else len(SETTING_ORDER)
+    colour = base * 0.6 if shade == 0 else base + (1 - base) * min(0.5, 0.12 * (shade - 1))
+    return tuple(float(c) for c in colour)
+
+
+def palette(labels: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """:func:`model_colour` of each label, for seaborn's ``palette``."""
+    return {label: model_colour(label) for label in dict.fromkeys(labels)}
 
 
 # ----------------------------------------------------------------------------- KD, external sets, classes, curves
@@ -92,7 +122,7 @@ def per_class_figure(runs: pd.DataFrame, models: list[str]) -> tuple[pd.DataFram
         ax = fig.add_subplot()
     order = [runs[runs["model"] == m]["label"].iloc[0] for m in models]
     sns.barplot(df, x="class", y="f1", hue="label", hue_order=order, order=list(info.CLASS_NAMES),
-                errorbar=unit_interval, capsize=0.1, palette="colorblind", err_kws={"linewidth": 1}, ax=ax)
+                errorbar=unit_interval, capsize=0.1, palette=palette(order), err_kws={"linewidth": 1}, ax=ax)
     ax.set(xlabel="", ylabel="test F1", ylim=(0, 1))
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False, fontsize=8)
     table = df.groupby(["model", "label", "class"], sort=False)[["precision", "recall", "f1"]].mean().reset_index()
@@ -107,7 +137,7 @@ def per_class_delta_figure(runs: pd.DataFrame) -> tuple[pd.DataFrame, Figure]:
     with sns.axes_style("whitegrid"):
         ax = fig.add_subplot()
     sns.barplot(df, x="class", y="delta_f1", hue="label", order=list(info.CLASS_NAMES), errorbar=delta_interval,
-                capsize=0.1, palette="colorblind", err_kws={"linewidth": 1}, ax=ax)
+                capsize=0.1, palette=palette(df["label"]), err_kws={"linewidth": 1}, ax=ax)
     ax.axhline(0, color="black", lw=0.8)
     ax.set(xlabel="", ylabel="ΔF1 (student − teacher)")
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False, fontsize=8)
@@ -129,18 +159,28 @@ def confusion_figure(runs: pd.DataFrame, models: list[str]) -> Figure:
 
 
 def training_curves_figure(runs: pd.DataFrame) -> Figure:
-    """Train loss and val macro-F1 per epoch: seed mean with a t-interval band, one line per model."""
-    hist = pd.concat(pd.read_csv(r.path / "history.csv").assign(label=r.label, seed=r.seed) for r in runs.itertuples())
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    """Training cross-entropy and validation macro-F1 per epoch, one row of panels per architecture (the teacher's
+    first): seed mean with a t-interval band, one line per model. The cross-entropy is the label term alone, the
+    same quantity with and without KD (the KD term is left out: it is not comparable across losses)."""
+    hist = pd.concat(pd.read_csv(r.path / "history.csv").assign(label=r.label, seed=r.seed, role=r.role, arch=r.arch)
+                     for r in runs.itertuples())
+    hist["loss"] = hist["train_ce"] if "train_ce" in hist else hist["train_loss"]
+    rows = list(dict.fromkeys(zip(hist["role"], hist["arch"], strict=True)))
+    rows.sort(key=lambda ra: ra[0] != "teacher")
+    fig = Figure(figsize=(10, 2.1 * len(rows) + 0.4), layout="constrained")
     with sns.axes_style("whitegrid"):
-        ax1, ax2 = fig.subplots(1, 2)
-    for ax, col, name, band in ((ax1, "train_loss", "train loss", t_interval),
-                                (ax2, "val_macro_f1", "val macro-F1", unit_interval)):
-        sns.lineplot(hist, x="epoch", y=col, hue="label", errorbar=band, marker=".", palette="tab10", ax=ax,
-                     legend=ax is ax2)
-        ax.set(xlabel="epoch", ylabel=f"{name} (mean over seeds)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    sns.move_legend(ax2, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False, fontsize=8)
+        axes = fig.subplots(len(rows), 2, squeeze=False, sharex=True)
+    for (role, arch), (ax1, ax2) in zip(rows, axes, strict=True):
+        h = hist[(hist["role"] == role) & (hist["arch"] == arch)]
+        colours = palette(h["label"])
+        for ax, col, band in ((ax1, "loss", t_interval), (ax2, "val_macro_f1", unit_interval)):
+            sns.lineplot(h, x="epoch", y=col, hue="label", errorbar=band, marker=".", palette=colours, ax=ax,
+                         legend=ax is ax2)
+            ax.set(xlabel="epoch", ylabel="")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        sns.move_legend(ax2, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False, fontsize=8)
+    axes[0][0].set_title("training cross-entropy (mean over seeds)", fontsize=9)
+    axes[0][1].set_title("validation macro-F1 (mean over seeds)", fontsize=9)
     return fig
 
 
@@ -153,7 +193,7 @@ def reliability_grid(runs: pd.DataFrame) -> Figure:
         rel = pd.read_csv(r.path / "eval" / "reliability.csv")
         for ax, stage in zip(axes, ("before", "after"), strict=True):
             d = rel[(rel["stage"] == stage) & (rel["count"] > 0)]
-            ax.plot(d["confidence"], d["accuracy"], marker=".", label=r.label)
+            ax.plot(d["confidence"], d["accuracy"], marker=".", label=r.label, color=model_colour(r.label))
     for ax, stage in zip(axes, ("before", "after"), strict=True):
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
         ax.set(xlabel="confidence", title=f"{stage} temperature scaling", xlim=(0, 1), ylim=(0, 1))
@@ -168,7 +208,7 @@ def pareto_figure(pts: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(10, 5), layout="constrained")
     ax = fig.add_subplot()
     markers = dict(zip(["eager", "torchscript", "ort_fp32", "ort_int8"], "osD^", strict=True))
-    colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(pts["label"]))}
+    colours = palette(pts["label"])
     area = 20 + 400 * pts["file_bytes"] / pts["file_bytes"].max()
     for (label, backend), g in pts.groupby(["label", "backend"], sort=False):
         ax.scatter(g["p50_ms"], g["macro_f1"], s=area[g.index], marker=markers.get(backend, "o"),
@@ -177,8 +217,10 @@ def pareto_figure(pts: pd.DataFrame) -> Figure:
     ax.plot(front["p50_ms"], front["macro_f1"], color="black", lw=1, ls="--", label="Pareto front")
     for label, c in colours.items():
         ax.scatter([], [], color=c, label=label)
+    names = {"eager": "eager PyTorch", "torchscript": "TorchScript", "ort_fp32": "ONNX Runtime FP32",
+             "ort_int8": "ONNX Runtime INT8"}
     for backend, mk in markers.items():
-        ax.scatter([], [], marker=mk, color="grey", label=backend)
+        ax.scatter([], [], marker=mk, color="grey", label=names[backend])
     ax.set_xscale("log")
     ax.set(xlabel="CPU latency p50, batch 1 (ms, log scale)", ylabel="test macro-F1 (mean over seeds)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
@@ -214,12 +256,12 @@ def gradcam_panels(runs: pd.DataFrame, models: list[str]) -> tuple[Figure, pd.Da
         raise ValueError("the Grad-CAM models were tested on different test images (their input sizes' splits differ)")
     classes = [c for c in range(info.NUM_CLASSES) if (y == c).any()]
     pick = [int(np.flatnonzero(y == c)[0]) for c in classes]
-    fig = Figure(figsize=(1.25 * (len(first) + 1), 1.35 * len(pick) + 0.5), layout="constrained")
+    fig = Figure(figsize=(1.7 * (len(first) + 1), 1.7 * len(pick) + 0.9), layout="constrained")
     axes = fig.subplots(len(pick), len(first) + 1, squeeze=False)
     for i, img in enumerate(next(iter(arrays.values())).images["test"][pick]):
         axes[i][0].imshow(img)
-        axes[i][0].set_ylabel(info.CLASS_NAMES[y[pick[i]]], fontsize=8)
-    axes[0][0].set_title("image", fontsize=7)
+        axes[i][0].set_ylabel(info.CLASS_NAMES[y[pick[i]]], fontsize=9)
+    axes[0][0].set_title("image", fontsize=9)
     layers = []
     for j, (model, r) in enumerate(first.iterrows(), start=1):
         images = arrays[data[r["path"]]["size"]].images["test"][pick]
@@ -232,7 +274,8 @@ def gradcam_panels(runs: pd.DataFrame, models: list[str]) -> tuple[Figure, pd.Da
         for i in range(len(pick)):
             axes[i][j].imshow(show_cam_on_image(images[i].astype(np.float32) / 255, maps[i], use_rgb=True,
                                                 image_weight=0.5))
-        axes[0][j].set_title(r["label"].replace(" · ", "\n"), fontsize=6)
+        header = [line for part in r["label"].split(" · ") for line in textwrap.wrap(part, 18, break_long_words=False)]
+        axes[0][j].set_title("\n".join(header), fontsize=9)
     for ax in np.ravel(axes):
         ax.set_xticks([])
         ax.set_yticks([])

@@ -12,19 +12,15 @@ import pandas as pd
 from edgekd.core import metrics as M
 from edgekd.core.config import init_label
 from edgekd.core.info import ARCH_LABELS, LESION_MARK
+from edgekd.core.words import setting_words
 from edgekd.stages.evaluate import model_name
 
-#: Name of the no-distillation KD setting every KD setting is paired with.
-BASELINE: str = "nokd"
 
-
-def model_label(role: str, arch: str, setting: str, split: str) -> str:
-    """Human name of a model: ``ResNet-50 teacher``, ``ResNet-18 · no KD``, ``ResNet-18 · dkd (lesion split)``."""
+def model_label(role: str, arch: str, words: str, split: str) -> str:
+    """Human name of a model: ``ResNet-50 teacher``, ``ResNet-18 · no KD``, ``ResNet-18 · DKD (lesion split)``
+    (``words``: :func:`setting_words` for a student, empty for a teacher)."""
     name = ARCH_LABELS.get(arch, arch)
-    if role == "teacher":
-        text = f"{name} teacher" + (f" ({setting})" if setting else "")
-    else:
-        text = f"{name} · " + ("no KD" if setting == BASELINE else setting)
+    text = f"{name} teacher" if role == "teacher" else f"{name} · {words}"
     return text + (" (lesion split)" if split == LESION_MARK else "")
 
 
@@ -52,7 +48,8 @@ def run_identity(run: Path) -> dict:
         raise ValueError(f"{run.name}: a student folder names its KD setting (student-<arch>-<setting>-s<seed>)")
     collapsed = metrics.get("collapsed") or None
     return {
-        "run_id": run.name, "model": model_name(run.name), "label": model_label(role, arch, setting, split),
+        "run_id": run.name, "model": model_name(run.name),
+        "label": model_label(role, arch, setting_words(setting, kd, cfg["train"].get("epochs")), split),
         "role": role, "arch": arch, "setting": setting, "seed": seed, "split": split,
         "size": int(cfg["data"]["size"]), "kd_mode": (kd or {}).get("mode", "teacher"), "standardize": bool((kd or {}).get("standardize", False)),
         "tta_views": int(metrics.get("tta_views", 1)), "collapsed": collapsed, "valid": collapsed is None,
@@ -77,11 +74,22 @@ def discover(profile_dir: Path) -> pd.DataFrame:
     rows = [run_identity(run) for run in evaluated(profile_dir)]
     if not rows:
         raise FileNotFoundError(f"no evaluated runs under {profile_dir} (run the evaluate stage first)")
-    runs = pd.DataFrame(rows)
+    runs = distinct_labels(pd.DataFrame(rows))
     rank = {"role": {"teacher": 0, "student": 1}, "split": {LESION_MARK: 1}}
     return runs.sort_values(["split", "role", "arch", "setting", "seed"],
                             key=lambda col: col.map(rank[col.name]).fillna(0) if col.name in rank else col
                             ).reset_index(drop=True)
+
+
+def distinct_labels(runs: pd.DataFrame) -> pd.DataFrame:
+    """Names that tell models apart: where two models would share one (the same KD loss at two input sizes), each
+    adds its input size, and where that is not enough its KD setting's label."""
+    for extra in (lambda r: f", {r['size']} px", lambda r: f" ({r['setting']})"):
+        shared = runs.groupby("label")["model"].transform("nunique") > 1
+        if not shared.any():
+            break
+        runs.loc[shared, "label"] = [r["label"] + extra(r) for _, r in runs[shared].iterrows()]
+    return runs
 
 
 def excluded_runs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -21,8 +21,9 @@ from scipy.special import softmax
 from edgekd.core import metrics as M
 from edgekd.core import stats as ST
 from edgekd.core.info import ARCH_LABELS, INT8_DELTA_F1_TARGET, INT8_SPEEDUP_TARGET, LESION_MARK
+from edgekd.core.words import BASELINE
 from edgekd.stages.figures import external_gap_figure, pareto_figure
-from edgekd.stages.runs import BASELINE, eval_table
+from edgekd.stages.runs import eval_table
 
 HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "auc")
 #: Metrics whose values lie in [0, 1]: their across-seed intervals are clipped to it.
@@ -187,6 +188,7 @@ def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFram
                 ys.append(y), pred_kd.append(pk), pred_base.append(pb)
             seeds = pd.DataFrame(per_seed[-len(kept):])
             row = {"arch": arch, "student": ARCH_LABELS.get(arch, arch), "split": split, "setting": setting,
+                   "method": kept[0][0].label.removeprefix(f"{ARCH_LABELS.get(arch, arch)} · "),
                    "kd_mode": kept[0][0].kd_mode, "standardize": kept[0][0].standardize, "pairs": len(kept),
                    "pairs_dropped": len(pairs) - len(kept)}
             for m in PAIRED_METRICS + PAIRED_CALIBRATION:

@@ -19,7 +19,8 @@ from scipy import stats
 from edgekd.core import calibration as C
 from edgekd.core import metrics as M
 from edgekd.core.stats import SESOI
-from edgekd.stages.runs import BASELINE, run_identity
+from edgekd.core.words import BASELINE
+from edgekd.stages.runs import run_identity
 
 #: The KD setting the main job ran before the pilot (Hinton, alpha 0.5, T 4): kept unless another beats it by MARGIN.
 CURRENT: dict = {"mode": "hinton", "alpha": 0.5, "temperature": 4.0, "beta": 0.0, "standardize": False}
