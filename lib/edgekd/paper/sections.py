@@ -16,7 +16,7 @@ import pandas as pd
 from edgekd.core import info
 from edgekd.core import stats as ST
 from edgekd.core.info import ARCH_LABELS, INT8_DELTA_F1_TARGET, INT8_SPEEDUP_TARGET, LESION_MARK
-from edgekd.core.words import kd_setting_words, setting_words
+from edgekd.core.words import BASELINE, kd_setting_words, setting_words
 from edgekd.paper import sources
 from edgekd.paper.format import (
     DASH,
@@ -1191,7 +1191,8 @@ def abstract(src: Source, gap: Source | None = None) -> str:
     """The abstract, written from the results (``numbers.json`` and the paired verdicts) and, where committed, the
     capacity-gap study ``gap``."""
     n, sizes = src.numbers, student_sizes(src)
-    students = ", ".join(n.get("student_archs") or []) or "student"
+    archs = list(n.get("student_archs") or [])
+    students = (", ".join(archs[:-1]) + " and " + archs[-1]) if len(archs) > 1 else (archs[0] if archs else "student")
     at = (f"{n['size']} px" if len(sizes) < 2 else
           f"{sizes[0]} px (some also at {', '.join(str(z) for z in sizes[1:])} px)")
     teacher = f"an {n['teacher']}" if n["teacher"] and n["teacher"][0] in "AEIOU" else f"a {n['teacher'] or 'teacher'}"
@@ -1208,8 +1209,8 @@ def abstract(src: Source, gap: Source | None = None) -> str:
         parts.append(f"The teacher reaches test macro-F1 {num(n['teacher_macro_f1'])}{ci}.")
     if src.has("paired_kd.csv"):
         df = _verdicts(src)
-        parts.append(f"Against a smallest effect of interest of 0.02 macro-F1, the {count(len(df), 'comparison')} of "
-                     f"KD against no KD end in {_counted(df['verdict_label'])}.")
+        parts.append(f"Comparing KD with no KD against a smallest effect of interest of 0.02 macro-F1, "
+                     f"{_counted(df['verdict_label'])}.")
     else:
         parts.append("No KD run has a usable no-KD baseline of the same seed in this profile, so the effect of "
                      "distillation is not measured here.")
@@ -1395,12 +1396,22 @@ def _verdicts(src: Source) -> pd.DataFrame:
 
 
 def _counted(verdicts: pd.Series) -> str:
-    """How many comparisons ended in each verdict, in words ("2 gains, 1 loss and 4 inconclusive")."""
+    """The verdicts of a family of comparisons in one clause that reads at any count: "of the 7 comparisons, 2 show
+    a gain, 1 is equivalent within ±0.02 and 4 are inconclusive"; "all 4 are inconclusive"; "the 1 comparison shows
+    a gain"."""
     kinds = verdicts.map(lambda v: str(v).split(",")[0].split(" within")[0])
-    parts = [count(int((kinds == k).sum()), noun, plural) for k, noun, plural in
-             (("gain", "gain", None), ("loss", "loss", "losses"), ("equivalent", "equivalence", "equivalences"),
-              ("inconclusive", "inconclusive comparison", None)) if (kinds == k).any()]
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    one = {"gain": "shows a gain", "loss": "shows a loss", "equivalent": "is equivalent within ±0.02",
+           "inconclusive": "is inconclusive"}
+    many = {"gain": "show a gain", "loss": "show a loss", "equivalent": "are equivalent within ±0.02",
+            "inconclusive": "are inconclusive"}
+    n = len(kinds)
+    found = [(k, int((kinds == k).sum())) for k in one if (kinds == k).any()]
+    if n == 1:
+        return f"the 1 comparison {one[found[0][0]]}"
+    if len(found) == 1:
+        return f"all {n} comparisons {many[found[0][0]]}"
+    parts = [f"{k_n} {(one if k_n == 1 else many)[k]}" for k, k_n in found]
+    return f"of the {n} comparisons, " + ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def paired_summary(src: Source) -> str:
@@ -1412,7 +1423,7 @@ def paired_summary(src: Source) -> str:
 
     lines = [f"{r['student']}, {_method(r)}: {signed(r['d_macro_f1'])}{ci(r)} over {count(int(r['pairs']), 'seed')}, "
              f"{r['verdict_label'] if isinstance(r['verdict_label'], str) else DASH}" for _, r in df.iterrows()]
-    return (f"Of {count(len(df), 'comparison')} of KD against no KD, the pre-declared test gives {_counted(df['verdict_label'])} "
+    return (f"By the pre-declared test of KD against no KD, {_counted(df['verdict_label'])} "
             "(@fig-paired-kd, @tbl-paired-kd; with the seeds-and-images bootstrap and balanced accuracy in "
             "@tbl-paired-kd-full): " + "; ".join(lines) + ".\n")
 
@@ -1435,9 +1446,9 @@ def capacity_gap(gap: Source) -> str:
     return (f"The pretrained teacher is much stronger than the previous one trained from scratch, yet in "
             f"{smaller} of {int(df['seeds'].sum())} seed pairs the student gained less from it (@tbl-capacity-gap). "
             "The comparison uses the runs made before the KD pilot, where both teachers distilled at T 4, so that only "
-            "the teacher differs; it was planned after those runs, so it is exploratory. The stronger teacher's "
-            "targets are also the more confident ones on the training images (@tbl-teacher-softness), which is one "
-            "explanation the literature offers [@cho2019efficacy; @mirzadeh2020improved].\n\n" + table)
+            "the teacher differs; it was planned after those runs, so it is exploratory. A much stronger teacher "
+            "distilling worse is the capacity gap the literature reports [@cho2019efficacy; @mirzadeh2020improved]."
+            "\n\n" + table)
 
 
 def edge_summary(src: Source) -> str:
@@ -1486,6 +1497,36 @@ def robustness_intro() -> str:
             "(rBE).\n")
 
 
+def _teacher_margins(src: Source) -> str:
+    """How far the teacher is above each student's no-KD baseline on test macro-F1: the room KD has, in one sentence."""
+    perf = _official(src.csv("performance.csv"))
+    teacher = perf[perf["role"] == "teacher"]
+    base = perf[(perf["role"] == "student") & (perf["model"].str.endswith(f"-{BASELINE}"))]
+    if teacher.empty or base.empty:
+        return ""
+    margin = (teacher["macro_f1"].iloc[0] - base.set_index("label")["macro_f1"]).sort_values()
+    return (" The teacher's margin over each student without KD, the most KD could transfer, is "
+            + ", ".join(f"{signed(m)} for {label.split(' · ')[0]}" for label, m in margin.items())
+            + " (test macro-F1).")
+
+
+def _pilot_budget(pilot: Source, epochs: int) -> str:
+    """What the pilot says about the fixed budget: how many KD students had their best validation epoch at the last
+    epoch, against the no-KD student's best epoch."""
+    table = pilot.csv("pilot.csv")
+    kd, nokd = table[table["mode"] != "none"], table[table["mode"] == "none"]
+    last = int((kd["best_epoch"] == epochs).sum())
+    above = int((kd["delta_vs_nokd"] > 0).sum())
+    text = (f"**The budget.** In the pilot, {count(above, 'KD setting')} beat the "
+            f"no-KD student on validation, and {last} of the {len(kd)} KD students had their best epoch at the last "
+            f"of the {epochs}")
+    if len(nokd):
+        text += f", where the no-KD student peaked at epoch {int(nokd['best_epoch'].iloc[0])}"
+    return (text + ". At this fixed CPU budget distillation may not have had the epochs it needs; patient, consistent "
+            "training closes much of the gap on natural images [@beyer2022knowledge], and a longer run is the next "
+            "test of that.")
+
+
 def discussion(src: Source, gap: Source | None, pilot: Source | None) -> str:
     """What the results mean: the verdicts, when KD helped here, the capacity gap and the calibration effect."""
     paras = []
@@ -1496,22 +1537,24 @@ def discussion(src: Source, gap: Source | None, pilot: Source | None) -> str:
         where = ("KD helped " + "; ".join(f"{r['student']} with {_method(r)}" for _, r in gains.iterrows())
                  if len(gains) else "No KD setting showed a gain on any student")
         paras.append(
-            f"**What the verdicts say.** {where}. Of {count(len(df), 'comparison')}, {_counted(df['verdict_label'])}. "
+            f"**What the verdicts say.** {where}. "
             "A comparison that is inconclusive is not evidence of no effect: its minimum detectable effect says how "
-            "large a gain the seeds could have shown. Where the teacher is barely stronger than the student, as for "
-            "the pretrained EfficientNet-Lite0 student, which shares its teacher's network and weights, KD has little "
-            "to transfer; the from-scratch students are further from the teacher and have more to gain.")
+            "large a gain the seeds could have shown." + _teacher_margins(src))
     if pilot is not None:
-        paras.append("**The pilot foreshadowed this.** On validation no KD setting beat the no-KD student, and most KD "
-                     "students were still improving at the last of the 8 epochs while the no-KD student had peaked "
-                     "earlier: at this fixed CPU budget, distillation's soft targets may need more epochs to pay off, "
-                     "as patient, consistent training suggests [@beyer2022knowledge].")
+        paras.append(_pilot_budget(pilot, src.numbers["student_epochs"]))
     if gap is not None:
+        soft = ""
+        if pilot is not None and pilot.has("teacher_softness.csv"):
+            at4 = pilot.csv("teacher_softness.csv").set_index("temperature").loc[4.0]
+            soft = (f" Its targets are not simply too confident to teach: at T 4, where the two teachers were "
+                    f"compared, its mean top-class probability on the training views is {num(at4['mean_top_prob'], 2)} "
+                    f"(@tbl-teacher-softness).")
         paras.append("**A stronger teacher is not a better one here.** The students gained less from the pretrained "
-                     "teacher than from a weaker one trained from scratch. Fine-tuned from ImageNet at twice the "
-                     "students' input size, it fits the training images closely, so its targets at T 4 carry less "
-                     "information beyond the label than the weaker teacher's; and part of what it sees at 128 px is "
-                     "not visible at 64 px. This matches the capacity gap reported for natural images "
+                     f"teacher than from a weaker one trained from scratch.{soft} Two explanations remain untested: "
+                     "the pretrained teacher sees the images at twice the students' input size, so part of what it "
+                     "knows is not visible at 64 px; and its errors, the dark knowledge KD transfers, may differ in kind "
+                     "from those of a teacher trained like the students. A teacher at the students' input size would "
+                     "separate the two. The pattern matches the capacity gap reported for natural images "
                      "[@cho2019efficacy; @mirzadeh2020improved; @stanton2021does].")
     if src.has("calibration.csv") and not _kd_calibration_rows(src).empty:
         paras.append("**Calibration.** Distillation makes the students' raw probabilities less calibrated: the student "
@@ -1546,8 +1589,8 @@ def conclusion(src: Source) -> str:
     answer = ""
     if src.has("paired_kd.csv"):
         df = _verdicts(src)
-        answer = (f"At a fixed CPU budget on DermaMNIST, knowledge distillation from a pretrained teacher gave "
-                  f"{_counted(df['verdict_label'])} over {count(len(df), 'comparison')}, each with its interval. ")
+        answer = (f"At a fixed CPU budget on DermaMNIST, comparing students distilled from a pretrained teacher with "
+                  f"the same students trained without it, {_counted(df['verdict_label'])}, each with its interval. ")
     edge = (f"The edge model, {n['edge_model']} in 8-bit integers, keeps its accuracy within "
             f"{abs(n['edge_delta_macro_f1']):.3f} macro-F1 and runs {ratio(n['edge_speedup_median'])} as fast as in "
             "floating point. " if n.get("edge_model") and n.get("edge_delta_macro_f1") is not None else "")
