@@ -124,6 +124,10 @@ def label_of(caption: str, words: int = 5) -> str:
     return "-".join(re.findall(r"[a-z0-9]+", caption.lower())[:words])
 
 
+#: Table columns that hold a model's name: their cells never wrap (``.name`` in paper/paper.css).
+NAME_COLUMNS: frozenset[str] = frozenset({"Model", "Student"})
+
+
 def md_table(rows: pd.DataFrame, columns: Columns, caption: str, text: tuple[str, ...] = (),
              label: str | None = None) -> str:
     """A pipe table: the first column and the ``text`` columns left-aligned, numbers right-aligned; empty cells "—".
@@ -137,7 +141,10 @@ def md_table(rows: pd.DataFrame, columns: Columns, caption: str, text: tuple[str
 
     align = [":--" if i == 0 or name in text else "--:" for i, name in enumerate(columns)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(cell(f(r)) for f in columns.values()) + " |" for _, r in rows.iterrows()]
+    def named(name: str, value: str) -> str:
+        return f'<span class="name">{value}</span>' if name in NAME_COLUMNS and value != DASH else value
+
+    lines += ["| " + " | ".join(named(name, cell(f(r))) for name, f in columns.items()) + " |" for _, r in rows.iterrows()]
     return "\n".join(lines) + f"\n\n: {caption} {{#tbl-{label or label_of(caption)}}}\n"
 
 

@@ -126,8 +126,9 @@ def render_fallback(profile: str, paper_dir: Path = PAPER_DIR, out_dir: Path | N
         cmd += ["--citeproc", "--bibliography", str((paper_dir / meta["bibliography"]).resolve())]
         if meta.get("csl"):  # Chicago author-date with titles as written (pandoc's title case mangles "HAM10000")
             cmd += ["--csl", str((paper_dir / meta["csl"]).resolve())]
-    if (paper_dir / "fallback.css").exists():
-        cmd += ["--css", str((paper_dir / "fallback.css").resolve())]
+    for css in ("paper.css", "fallback.css"):  # what Quarto's html format also reads, then the fallback's own layout
+        if (paper_dir / css).exists():
+            cmd += ["--css", str((paper_dir / css).resolve())]
     subprocess.run(cmd, cwd=work, check=True, capture_output=True, text=True)
     return html
 
