@@ -20,9 +20,8 @@ from edgekd.core import calibration as C
 from edgekd.core import info
 from edgekd.core import metrics as M
 from edgekd.core import stats as ST
+from edgekd.paper import closing, render, results, shared, supplement
 from edgekd.paper import format as FM
-from edgekd.paper import render
-from edgekd.paper import sections as S
 from edgekd.paper import sources as SR
 from edgekd.stages import aggregate as A
 from edgekd.stages import figures as FG
@@ -245,7 +244,7 @@ def test_targets_text_says_why_and_never_shows_nan_where_a_target_has_no_usable_
     numbers = {"targets": len(table), "targets_met": 0, "teacher_epochs": 2, "student_epochs": 2, "size": 28,
                "n_excluded": 3, "n_seeds": 2}
     src = SR.Source("smoke", tmp_path, "published", numbers, {})
-    text = S.targets(src) + S.targets_paragraph(src)
+    text = supplement.targets(src) + supplement.targets_paragraph(src)
     assert "nan" not in text.lower() and "None" not in text
     assert "no teacher run is usable" in text and "no KD run has a usable no-KD partner" in text
     assert "no equal-compute control" in text and "no INT8 measurement of a pretrained KD student" in text
@@ -298,9 +297,9 @@ def test_gpu_benchmark_table_and_paragraph_come_from_its_csv(tmp_path, monkeypat
     pd.DataFrame(rows).to_csv(folder / "gpu_latency.csv", index=False)
     (folder / "environment.json").write_text(json.dumps({"gpu": "Some GPU", "torch": "2.x"}))
     src = SR.gpu()
-    text = S.gpu_paragraph(src)
+    text = supplement.gpu_paragraph(src)
     assert "teacher's (2.00 ms) is ResNet-18 0.50×" in text and "slower than FP32 for 1 of 2 models" in text
-    table = _plain(S.gpu_latency(src))
+    table = _plain(supplement.gpu_latency(src))
     assert "nan" not in table and "Some GPU" in table and "200 timed calls" in table
     assert "| ResNet-18 | 64 | 32 | 1.50 | 2.00 | 1.20 | 1.60 |" in table.splitlines()
 
@@ -327,7 +326,7 @@ def test_kd_power_paragraph_and_table_come_from_its_tables(tmp_path, monkeypatch
              for k, e, f in (("nokd", 8, 0.50), ("nokd16", 16, 0.58), ("nokd16", 16, 0.56))]
     pd.DataFrame(runs).to_csv(folder / "runs.csv", index=False)
     (folder / "provenance.json").write_text(json.dumps({"strong_teacher": "t1", "machine": {"gpu": "Some GPU"}}))
-    text = S.kd_power_paragraph(SR.kd_power())
+    text = supplement.kd_power_paragraph(SR.kd_power())
     assert "(Some GPU;" in text and "3 student runs, 4 seeds per setting" in text
     assert "same 8 epochs for 1 of 2 students" in text  # only A's interval lies above 0
     assert "gains more on average for 1 of 2 students (1 of 2 intervals above 0)" in text
@@ -338,13 +337,10 @@ def test_kd_power_paragraph_and_table_come_from_its_tables(tmp_path, monkeypatch
     assert not text.startswith("**")  # no bold lead repeating the section's heading
     (folder / "kd16").mkdir()
     pd.DataFrame([pair("A", "kd16", -0.001, -0.02, 0.015)]).to_csv(folder / "kd16" / "paired_vs_nokd16.csv", index=False)
-    text = S.kd_power_paragraph(SR.kd_power())
+    text = supplement.kd_power_paragraph(SR.kd_power())
     assert "At the same budget, KD for twice the epochs against no KD for twice the epochs: A Δ macro-F1 -0.001 " \
            "[-0.020, +0.015] over 4 seeds" in text
-    assert S.kd_power_sentence(SR.kd_power()) == (
-        "A GPU study with 4 seeds per setting finds KD above no KD at the same epochs for 1 of 2 students, but below "
-        "a no-KD student trained twice as long for 1 of 2 (above it for 0).")
-    table = _plain(S.kd_power_table(SR.kd_power()))
+    table = _plain(supplement.kd_power_table(SR.kd_power()))
     assert len([line for line in table.splitlines() if line.startswith("| A ")]) == 4 and "nan" not in table
     assert "| B | KD, the profile's teacher | no KD, 2× epochs | 4 |" in table
 
@@ -384,7 +380,7 @@ def test_crossref_numbers_figures_and_tables_in_order_and_links_each_reference()
     assert table.endswith(": What each arm gets. {#tbl-arms}\n")
     assert auto.endswith("{#tbl-images-per-split-and-class}\n")
     md = ("See @fig-paired-kd, @tbl-arms and @tbl-gone [@guo2017calibration]; mail a@tbl-arms.\n\n" + table + "\n"
-          + S.figure(SR.Source("p", info.REPO_ROOT, "published", {}, {}), "paired_kd.png", "Paired Δ, clipped to [−1, 1].")
+          + shared.figure(SR.Source("p", info.REPO_ROOT, "published", {}, {}), "paired_kd.png", "Paired Δ, clipped to [−1, 1].")
           + "\n" + auto)
     out = render.crossref(md)
     assert "See [Figure\u00a01](#fig-paired-kd), [Table\u00a01](#tbl-arms) and ?\\@tbl-gone [@guo2017calibration]" in out
@@ -421,9 +417,9 @@ def test_counts_read_in_words_with_thousands_separators():
                                                                  "1,006 intervals"]
     assert FM.count(1, "CPU thread") == "1 CPU thread" and FM.count(3, "analysis", "analyses") == "3 analyses"
     assert (FM.num(1006), FM.num(8113.4, 0), FM.num(1234.5678, 1)) == ("1,006", "8,113", "1,234.6")
-    assert S.bare_teacher("EfficientNet-Lite0 teacher") == "EfficientNet-Lite0"
+    assert supplement.bare_teacher("EfficientNet-Lite0 teacher") == "EfficientNet-Lite0"
     src = SR.Source("default", info.REPO_ROOT, "published", {}, {"machine": {"torch_threads": 1}})
-    assert "(1 CPU thread by default)" in S.source_note(src)
+    assert "(1 CPU thread by default)" in supplement.source_note(src)
 
 
 def _page(tmp_path, body: str):
@@ -465,7 +461,7 @@ def test_browser_check_finds_headings_repeated_within_their_section(tmp_path):
 def test_student_recipe_is_read_from_the_profile_that_made_the_results():
     path = info.REPO_ROOT / "params" / "smoke.yaml"
     prov = {"profile_file": "params/smoke.yaml", "profile_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    text = S.student_recipe(SR.Source("smoke", info.REPO_ROOT, "outputs", {}, prov))
+    text = supplement.student_recipe(SR.Source("smoke", info.REPO_ROOT, "outputs", {}, prov))
     assert "| Setting | ResNet-18, MobileNetV2 (KD + attention transfer, no KD) |" in text  # words, as the labels
     prof = yaml.safe_load(path.read_text())
     assert f"| Epochs | {prof['train']['epochs']} |" in text and f"| Batch size | {prof['train']['batch_size']} |" in text
@@ -473,7 +469,7 @@ def test_student_recipe_is_read_from_the_profile_that_made_the_results():
     assert "| Distillation | Hinton, T 4, α 0.5, attention transfer β 100; no KD |" in text
     assert "{#tbl-student-recipe}" in text and "`params/smoke.yaml`" in text
     unknown = SR.Source("smoke", info.REPO_ROOT, "published", {}, {**prov, "profile_sha256": "0" * 64})
-    assert SR.profile(unknown) is None and "cannot be stated" in S.student_recipe(unknown)
+    assert SR.profile(unknown) is None and "cannot be stated" in supplement.student_recipe(unknown)
 
 
 def test_ethics_licence_and_code_sections_come_from_the_results(tmp_path):
@@ -482,13 +478,13 @@ def test_ethics_licence_and_code_sections_come_from_the_results(tmp_path):
     pd.DataFrame([{"arch": "efficientnet_lite0", "init": "imagenet"}, {"arch": "resnet18", "init": "scratch"}]
                  ).to_csv(tmp_path / "runs.csv", index=False)
     src = SR.Source("smoke", tmp_path, "published", {}, {"git": {"commit": "a" * 40, "dirty": False}})
-    use = S.intended_use(src)
+    use = closing.intended_use(src)
     assert "not medical devices" in use and "(75% of the training images are melanocytic nevi)" in use
-    licence = S.data_licence(src)
+    licence = closing.data_licence(src)
     assert "HAM10000 (6 dermatoscopic images)" in licence and "CC BY-NC 4.0" in licence and "CC BY 4.0" in licence
     assert "[@tschandl2018dataverse]" in licence and "[@yang2023medmnist]" in licence
     assert info.PRETRAINED["efficientnet_lite0"].package in licence
-    code = S.code_availability(src)
+    code = closing.code_availability(src)
     assert f"commit `{'a' * 40}`" in code and "`PROFILE=smoke bash scripts/main.sh`" in code and "MIT licence" in code
 
 
@@ -496,7 +492,7 @@ def test_collapse_paragraph_is_the_historical_diagnosis_and_says_what_this_run_f
     studies = SR.studies()
     if studies is None or not studies.has("collapse_diagnosis.csv"):
         pytest.skip("no committed development studies")
-    none, some = S.collapse_paragraph(studies, 0), S.collapse_paragraph(studies, 2)
+    none, some = supplement.collapse_paragraph(studies, 0), supplement.collapse_paragraph(studies, 2)
     assert none.startswith("**Why the students' classifiers start small.** In an earlier profile")
     assert none.endswith("In this run the guard flagged no run.") and some.endswith("still flagged 2 runs, listed under "
                                                                                    "excluded runs.")
@@ -612,7 +608,7 @@ def test_capacity_gap_reads_the_committed_study_and_counts_the_seed_pairs():
     gap = SR.capacity_gap()
     assert gap is not None
     table = gap.csv("gap.csv")
-    text = S.capacity_gap(gap)
+    text = results.capacity_gap(gap)
     assert f"in {int(table['seeds_smaller'].sum())} of {int(table['seeds'].sum())} seed pairs" in text
     assert "{#tbl-capacity-gap}" in text and all(v in text for v in table["verdict"])
     assert "@cho2019efficacy" in text  # the literature a reviewer expects
@@ -640,22 +636,22 @@ def test_students_at_two_sizes_and_the_teacher_recipe_student(tmp_path):
                            for b in ("ort_fp32", "ort_int8")])
     pareto.to_csv(tmp_path / "pareto.csv", index=False)
     src = SR.Source("p", tmp_path, "published", {}, {})
-    table = _plain(S.input_sizes(src))
-    assert '<span class="name">Lite · kd</span>' in S.input_sizes(src)  # a model's name never wraps
+    table = _plain(supplement.input_sizes(src))
+    assert '<span class="name">Lite · kd</span>' in supplement.input_sizes(src)  # a model's name never wraps
     body = [line for line in table.splitlines() if line.startswith("| Lite")]
     assert [line.split("|")[1].strip() for line in body] == ["Lite · kd", "Lite · kd_128px"]  # no teacher, INT8 only
-    text = S.teacher_recipe_student(src)
+    text = supplement.teacher_recipe_student(src)
     assert text.startswith("Lite · kd_128px has its teacher's recipe") and "0.720 against 0.700" in text
     arms.loc[2, "lr"] = 0.002  # another recipe: no longer the teacher's
     arms.to_csv(tmp_path / "arms.csv", index=False)
-    assert S.teacher_recipe_student(src) is None
+    assert supplement.teacher_recipe_student(src) is None
 
 
 def test_kd_calibration_pairs_each_student_with_its_no_kd_twin_from_the_reference_tables():
     """Read from the published reference's own tables: each KD student's temperature and ECE beside its no-KD twin's,
     the Δ ECE before and after scaling, and a sentence whose numbers are those of the table."""
     src = SR.locate("default")
-    rows = S._kd_calibration_rows(src).set_index("student")
+    rows = shared.kd_calibration_rows(src).set_index("student")
     cal = src.csv("calibration.csv").set_index(["label", "stage"])
     for student, r in rows.iterrows():
         for stage in ("before", "after"):
@@ -663,5 +659,5 @@ def test_kd_calibration_pairs_each_student_with_its_no_kd_twin_from_the_referenc
             assert (r[f"ece_{stage}_kd"], r[f"ece_{stage}_nokd"]) == pytest.approx((kd, base))
             assert r[f"d_ece_{stage}"] == pytest.approx(kd - base, abs=1e-9)
         assert r["t_kd"] == pytest.approx(cal.loc[(f"{student} · kd", "after"), "temperature"])
-    text = S.kd_calibration(src)
+    text = results.kd_calibration(src)
     assert f"{FM.signed(rows['d_ece_before'].max())} before temperature scaling" in text and "{#tbl-kd-calibration}" in text

@@ -129,15 +129,15 @@ def test_paper_and_edge_work_without_torch_or_the_runner():
     from the published reference and open the edge CLI, with torch, the stages and the runner blocked."""
     res = _run_blocked("""
         import sys
-        from edgekd.paper import format, render, sections, sources
+        from edgekd.paper import closing, format, front, methods, render, results, shared, sources, supplement
         from edgekd.edge import predict
         from edgekd.pipeline import plan, publish, reproduce
         specs = plan.expand(plan.load_profile("smoke"), plan.info.REPO_ROOT / "outputs")
         assert {s.stage for s in specs} == set(plan.STAGES), sorted({s.stage for s in specs})
         src = sources.locate("default")
         assert src.numbers, src
-        tables = [fn(src) for fn in (sections.performance, sections.paired, sections.calibration, sections.robustness,
-                                     sections.int8, sections.pareto, sections.provenance_tables, sections.reproduction)]
+        tables = [fn(src) for fn in (supplement.performance, results.paired, supplement.calibration, supplement.robustness,
+                                     results.int8, supplement.pareto, supplement.provenance_tables, supplement.reproduction)]
         assert all(len(t) > 50 for t in tables), tables
         meta, nb = render.split_qmd((plan.info.REPO_ROOT / "paper" / "index.qmd").read_text())
         shown = []

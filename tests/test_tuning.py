@@ -16,8 +16,8 @@ from sklearn.metrics import f1_score
 
 from edgekd.core import info
 from edgekd.core.config import KDConfig
-from edgekd.paper import sections as S
 from edgekd.paper import sources as SR
+from edgekd.paper import supplement
 from edgekd.stages import tuning as TU
 
 N_VAL = 70
@@ -130,7 +130,7 @@ def test_the_script_writes_the_study_and_refuses_an_empty_folder(tmp_path):
     # The paper's section reads what the script wrote, and names the settings in words, never by profile label.
     pilot = SR.Source("kd_tuning", out, "published", {}, json.loads((out / "provenance.json").read_text()))
     later = SR.Source("default", tmp_path, "published", {}, {"date": "2099-01-01T00:00:00Z"})
-    text = S.kd_pilot(pilot, later)
+    text = supplement.kd_pilot(pilot, later)
     assert "{#tbl-kd-pilot}" in text and "{#tbl-teacher-softness}" in text
     assert "| Hinton, T 2, α 0.5 |" in text and "| no KD |" in text
     assert "keeps Hinton's loss at T 4 and α 0.5 unless" in text and "at least 0.01" in text
@@ -138,7 +138,7 @@ def test_the_script_writes_the_study_and_refuses_an_empty_folder(tmp_path):
     assert "On validation, all of the 2 KD settings scored above the no-KD student (Δ from +0.1" in text
     assert not any(label in text for label in ("t2_a05", "t4_a05", "nokd")) and "run before the pilot" not in text
     earlier = SR.Source("default", tmp_path, "published", {}, {"date": "2026-11-27T23:52:23Z"})
-    assert "*The results below were run before the pilot (2026-11-27), with the KD settings" in S.kd_pilot(pilot, earlier)
+    assert "*The results below were run before the pilot (2026-11-27), with the KD settings" in supplement.kd_pilot(pilot, earlier)
 
 
 def test_teacher_softness_equals_scipy_entropy_and_softmax():

