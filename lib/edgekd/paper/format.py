@@ -42,13 +42,13 @@ ABBREVIATIONS: dict[str, str] = {
     **info.CLASS_LONG_NAMES,  # HAM10000's class codes
 }
 #: Tokens of capitals (and digits) that are names, not abbreviations to define: a data set and its archive
-#: (HAM10000, ISIC), hardware makers and products (NVIDIA, AMD, EPYC, HBM3), instruction sets (AVX2, AVX512), an image
-#: format (JPEG), units (MB, GB), licences (MIT; CC BY-NC, Creative Commons' own codes), a method's name
-#: (Grad-CAM) and a time zone (UTC). Mixed-case names (DermaMNIST, MedMNIST, ImageNet, PyTorch, PyPI) are no such token
+#: (HAM10000, ISIC), hardware makers and products (NVIDIA, AMD, EPYC, HBM3), instruction sets (AVX, AVX2, AVX512,
+#: AVX512F, VNNI, AMX), an image format (JPEG), units (MB, GB), licences (MIT; CC BY-NC, Creative Commons' own codes), a
+#: method's name (Grad-CAM), a time zone (UTC) and a publisher (ML Illustrated, who converted the Lite0 weights). Mixed-case names (DermaMNIST, MedMNIST, ImageNet, PyTorch, PyPI) are no such token
 #: and need no entry.
 EXEMPT_CAPS: frozenset[str] = frozenset({
     "HAM10000", "ISIC", "NVIDIA", "AMD", "EPYC", "HBM3", "AVX2", "AVX512", "JPEG", "MB", "GB", "MIT", "CC", "BY", "NC",
-    "CAM", "UTC", "ML",
+    "CAM", "UTC", "ML", "AVX", "VNNI", "AMX", "AVX512F",
 })
 
 #: A table column: header -> cell text of a row.

@@ -188,16 +188,21 @@ def cpu_int8_support() -> dict:
     return {"cpu": provenance.cpu_model(), "int8_instructions": ", ".join(found), "simd": simd}
 
 
+#: The CPU's 8-bit instruction sets in words (the CPU flag names are code).
+INT8_INSTRUCTION_NAMES: dict[str, str] = {"avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI", "amx_int8": "AMX-INT8"}
+
+
 def int8_reason(cpu: dict) -> str:
-    """Why ORT INT8 may miss the speed-up target on this CPU, and what would help."""
+    """Why ORT INT8 may miss the speed-up target on this CPU, and what would help (in words: the paper quotes it)."""
     if not cpu["int8_instructions"]:
-        return (f"this CPU ({cpu['cpu']}, {cpu['simd']}) has no VNNI or AMX-INT8 instructions, so ONNX Runtime's "
-                "INT8 convolutions widen to 16 bits and gain little over FP32; a CPU with VNNI, per-channel weight "
-                "scales, QDQ placement that keeps whole blocks in INT8 and operator fusion would help")
-    return (f"this CPU ({cpu['cpu']}) has {cpu['int8_instructions']}, but at small inputs the 8-bit convolutions "
-            "save little per call, and activations that run as separate quantised element-wise operators (SiLU's "
-            "sigmoid and multiply, squeeze-and-excitation) can cost more than that; ORT's operator profile "
-            "(`edgekd-bench --ops`) shows where the time goes. Larger inputs and activations that fuse into the "
+        return (f"this CPU ({cpu['cpu']}) has no 8-bit dot-product instructions (VNNI or AMX-INT8), so ONNX Runtime's "
+                "INT8 convolutions widen to 16 bits and gain little over FP32; a CPU with them, per-channel weight "
+                "scales, quantisation nodes placed so that whole blocks stay in INT8, and operator fusion would help")
+    names = ", ".join(INT8_INSTRUCTION_NAMES.get(f, f) for f in cpu["int8_instructions"].split(", "))
+    return (f"this CPU ({cpu['cpu']}) has 8-bit dot-product instructions ({names}), but at small inputs the 8-bit "
+            "convolutions save little per call, and activations that run as separate quantised element-wise "
+            "operators (SiLU's sigmoid and multiply, squeeze-and-excitation) can cost more than that; ONNX Runtime's "
+            "operator profile shows where the time goes. Larger inputs and activations that fuse into the "
             "convolution (ReLU6, as in EfficientNet-Lite) would help")
 
 
