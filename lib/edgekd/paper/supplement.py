@@ -674,9 +674,9 @@ def robustness_caption(src: Source) -> str:
     """The corruption curves' caption, with what they rest on."""
     df = src.csv("robustness.csv")
     rests = f" ({_rests_on(df)})" if "seeds" in df else ""
-    return ("Balanced accuracy (top) and macro-F1 (bottom) against severity, averaged over the corruptions of each "
-            f"suite and over seeds{rests}. Accuracy alone would reward a model that drifts towards the majority class "
-            "as images degrade." if "seeds" in df else "Accuracy against severity, averaged over the corruptions of "
+    return ("Balanced accuracy against severity, one row per architecture, averaged over the corruptions of each "
+            f"suite and over seeds{rests} (macro-F1 is in the table). Accuracy alone would reward a model that drifts "
+            "towards the majority class as images degrade." if "seeds" in df else "Accuracy against severity, averaged over the corruptions of "
             "each suite and over seeds.")
 
 

@@ -130,17 +130,21 @@ def per_class_figure(runs: pd.DataFrame, models: list[str]) -> tuple[pd.DataFram
 
 
 def per_class_delta_figure(runs: pd.DataFrame) -> tuple[pd.DataFrame, Figure]:
-    """Per-class ΔF1 (student − teacher) of each official-split student: seed means with t-interval bars."""
+    """Per-class ΔF1 (student − teacher) of each official-split student: seed means with t-interval bars, one panel
+    per student architecture."""
     students = having(runs[(runs["role"] == "student") & (runs["split"] != LESION_MARK)], "eval/teacher_vs_student.csv")
     df = eval_table(students, "teacher_vs_student")
-    fig = Figure(figsize=(9, 3.8), layout="constrained")
+    archs = list(dict.fromkeys(students["arch"]))
+    fig = Figure(figsize=(9, 2.4 * len(archs) + 0.4), layout="constrained")
     with sns.axes_style("whitegrid"):
-        ax = fig.add_subplot()
-    sns.barplot(df, x="class", y="delta_f1", hue="label", order=list(info.CLASS_NAMES), errorbar=delta_interval,
-                capsize=0.1, palette=palette(df["label"]), err_kws={"linewidth": 1}, ax=ax)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set(xlabel="", ylabel="ΔF1 (student − teacher)")
-    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False, fontsize=8)
+        axes = np.atleast_1d(fig.subplots(len(archs), 1, sharex=True, sharey=True, squeeze=False)[:, 0])
+    for ax, arch in zip(axes, archs, strict=True):
+        d = df[df["arch"] == arch]
+        sns.barplot(d, x="class", y="delta_f1", hue="label", order=list(info.CLASS_NAMES), errorbar=delta_interval,
+                    capsize=0.1, palette=palette(d["label"]), err_kws={"linewidth": 1}, ax=ax)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set(xlabel="", ylabel="ΔF1 (student − teacher)")
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False, fontsize=8)
     table = df.groupby(["model", "label", "class"], sort=False)[["delta_f1", "delta_recall"]].mean().reset_index()
     return table, fig
 
@@ -158,6 +162,13 @@ def confusion_figure(runs: pd.DataFrame, models: list[str]) -> Figure:
     return fig
 
 
+def arch_rows(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (role, arch) groups of ``runs`` in order, the teacher's first: one row of small multiples each, so that no
+    panel holds more than one architecture's models (at most about 6 curves)."""
+    rows = list(dict.fromkeys(zip(runs["role"], runs["arch"], strict=True)))
+    return sorted(rows, key=lambda ra: ra[0] != "teacher")
+
+
 def training_curves_figure(runs: pd.DataFrame) -> Figure:
     """Training cross-entropy and validation macro-F1 per epoch, one row of panels per architecture (the teacher's
     first): seed mean with a t-interval band, one line per model. The cross-entropy is the label term alone, the
@@ -165,8 +176,7 @@ def training_curves_figure(runs: pd.DataFrame) -> Figure:
     hist = pd.concat(pd.read_csv(r.path / "history.csv").assign(label=r.label, seed=r.seed, role=r.role, arch=r.arch)
                      for r in runs.itertuples())
     hist["loss"] = hist["train_ce"] if "train_ce" in hist else hist["train_loss"]
-    rows = list(dict.fromkeys(zip(hist["role"], hist["arch"], strict=True)))
-    rows.sort(key=lambda ra: ra[0] != "teacher")
+    rows = arch_rows(hist)
     fig = Figure(figsize=(10, 2.1 * len(rows) + 0.4), layout="constrained")
     with sns.axes_style("whitegrid"):
         axes = fig.subplots(len(rows), 2, squeeze=False, sharex=True)
@@ -185,20 +195,50 @@ def training_curves_figure(runs: pd.DataFrame) -> Figure:
 
 
 def reliability_grid(runs: pd.DataFrame) -> Figure:
-    """Reliability curves (first seed of each model), before and after temperature scaling."""
+    """Reliability curves (first seed of each model), before and after temperature scaling: one row of panels per
+    architecture, the teacher's first."""
     first = runs.sort_values("seed").drop_duplicates("model")
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    for r in first.itertuples():
-        rel = pd.read_csv(r.path / "eval" / "reliability.csv")
-        for ax, stage in zip(axes, ("before", "after"), strict=True):
-            d = rel[(rel["stage"] == stage) & (rel["count"] > 0)]
-            ax.plot(d["confidence"], d["accuracy"], marker=".", label=r.label, color=model_colour(r.label))
-    for ax, stage in zip(axes, ("before", "after"), strict=True):
-        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
-        ax.set(xlabel="confidence", title=f"{stage} temperature scaling", xlim=(0, 1), ylim=(0, 1))
-    axes[0].set_ylabel("accuracy")
-    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    rows = arch_rows(first)
+    fig = Figure(figsize=(10, 2.6 * len(rows) + 0.4), layout="constrained")
+    axes = fig.subplots(len(rows), 2, sharex=True, sharey=True, squeeze=False)
+    for (role, arch), row in zip(rows, axes, strict=True):
+        for r in first[(first["role"] == role) & (first["arch"] == arch)].itertuples():
+            rel = pd.read_csv(r.path / "eval" / "reliability.csv")
+            for ax, stage in zip(row, ("before", "after"), strict=True):
+                d = rel[(rel["stage"] == stage) & (rel["count"] > 0)]
+                ax.plot(d["confidence"], d["accuracy"], marker=".", label=r.label, color=model_colour(r.label))
+        for ax in row:
+            ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
+            ax.set(xlim=(0, 1), ylim=(0, 1))
+        row[0].set_ylabel("accuracy")
+        row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    for ax, stage in zip(axes[0], ("before", "after"), strict=True):
+        ax.set_title(f"{stage} temperature scaling", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("confidence")
+    return fig
+
+
+def corruption_curves_figure(curves: pd.DataFrame) -> Figure:
+    """Balanced accuracy against corruption severity (means over each suite's corruptions and the seeds): one row of
+    panels per architecture, the teacher's first, one column per suite."""
+    suites = list(dict.fromkeys(curves["suite"]))
+    rows = arch_rows(curves)
+    fig = Figure(figsize=(4.6 * len(suites) + 2, 2.4 * len(rows) + 0.4), layout="constrained")
+    axes = fig.subplots(len(rows), len(suites), sharex=True, sharey=True, squeeze=False)
+    for (role, arch), row in zip(rows, axes, strict=True):
+        mine = curves[(curves["role"] == role) & (curves["arch"] == arch)]
+        for ax, suite in zip(row, suites, strict=True):
+            for label, g in mine[mine["suite"] == suite].groupby("label", sort=False):
+                ax.plot(g["level"], g["balanced_accuracy"], marker="o", label=label, color=model_colour(label))
+        row[0].set_ylabel("balanced accuracy")
+        row[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    names = {"source": "the source study's suite", "medmnistc": "MedMNIST-C"}
+    for ax, suite in zip(axes[0], suites, strict=True):
+        ax.set_title(names.get(suite, suite), fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("severity level (0 = clean)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
 

@@ -22,7 +22,7 @@ from edgekd.core import metrics as M
 from edgekd.core import stats as ST
 from edgekd.core.info import ARCH_LABELS, INT8_DELTA_F1_TARGET, INT8_SPEEDUP_TARGET, LESION_MARK
 from edgekd.core.words import BASELINE
-from edgekd.stages.figures import external_gap_figure, pareto_figure
+from edgekd.stages.figures import corruption_curves_figure, external_gap_figure, pareto_figure
 from edgekd.stages.runs import eval_table
 
 HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "auc")
@@ -312,12 +312,11 @@ def operating_summary(runs: pd.DataFrame) -> pd.DataFrame:
 
 #: Robustness metrics, primary first: balanced accuracy and macro-F1 do not reward predicting the majority class.
 ROBUSTNESS_METRICS: tuple[str, ...] = ("balanced_accuracy", "macro_f1", "accuracy")
-ROBUSTNESS_LABELS: dict[str, str] = {"balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1",
-                                     "accuracy": "accuracy"}
 
 
 def _corruption_rows(runs: pd.DataFrame) -> pd.DataFrame | None:
-    frames = [pd.read_csv(r.path / "robustness" / "corruptions.csv").assign(model=r.model, label=r.label, run=r.run_id)
+    frames = [pd.read_csv(r.path / "robustness" / "corruptions.csv").assign(model=r.model, label=r.label, run=r.run_id,
+                                                                             role=r.role, arch=r.arch)
               for r in runs.itertuples() if (r.path / "robustness" / "corruptions.csv").exists()]
     if not frames:
         return None
@@ -335,17 +334,8 @@ def robustness_summary(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, 
     if df is None:
         return None
     metrics = list(ROBUSTNESS_METRICS)
-    curves = df.groupby(["suite", "label", "level"], sort=False)[metrics].mean().reset_index()
-    suites = list(dict.fromkeys(curves["suite"]))
-    shown = metrics[:2]
-    fig = Figure(figsize=(5 * len(suites), 3.2 * len(shown)), layout="constrained")
-    axes = np.asarray(fig.subplots(len(shown), len(suites), squeeze=False))
-    for j, suite in enumerate(suites):
-        for i, metric in enumerate(shown):
-            for label, g in curves[curves["suite"] == suite].groupby("label", sort=False):
-                axes[i, j].plot(g["level"], g[metric], marker="o", label=label)
-            axes[i, j].set(title=f"{suite} suite", xlabel="severity level (0 = clean)", ylabel=ROBUSTNESS_LABELS[metric])
-    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig = corruption_curves_figure(df.groupby(["suite", "role", "arch", "label", "level"], sort=False)[metrics]
+                                   .mean().reset_index())
     keys = ["model", "label", "suite"]
     corrupted = df[df["level"] > 0]
     table = corrupted.groupby(keys, sort=False)[metrics].mean().reset_index()
