@@ -75,7 +75,8 @@ def test_robustness_summary_reports_balanced_accuracy_and_what_it_rests_on(tmp_p
         rows += [{"suite": "source", "corruption": c, "severity": s, "level": s, "n": 300, "accuracy": 0.7,
                   "macro_f1": 0.4 + 0.1 * seed, "balanced_error": 0.5} for c in ("noise", "jpeg") for s in (1, 2)]
         _write(run / "robustness" / "corruptions.csv", rows)
-        runs.append({"path": run, "model": "student", "label": "Student", "run_id": run.name})
+        runs.append({"path": run, "model": "student", "label": "Student", "run_id": run.name, "role": "student",
+                     "arch": "resnet18"})
     table, per_corruption, _ = TB.robustness_summary(pd.DataFrame(runs))
     row = table.iloc[0]
     assert (row["seeds"], row["images"]) == (2, 300)
