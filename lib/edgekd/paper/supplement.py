@@ -83,20 +83,22 @@ def _value(x, digits: int | None = None) -> str:
 
 
 def arms(src: Source) -> str:
-    """What each arm of the study gets: weights, input size, epochs, learning rate, KD loss and seeds."""
+    """What each arm of the study gets that the shared recipe (:func:`student_recipe`) does not say once for all:
+    its starting weights, its loss and its seeds."""
     df = official(src.csv("arms.csv"))
 
     def loss(r: pd.Series) -> str:
         if r["kd_mode"] in ("teacher", "none"):
             return "cross-entropy"
-        return f"{r['kd_mode']} KD (α {r['alpha']:g}, T {r['temperature']:g})"
+        return "cross-entropy and " + kd_setting_words({"mode": r["kd_mode"], "alpha": r["alpha"],
+                                                         "temperature": r["temperature"]})
 
     return md_table(df, {"Model": col("label", str), "Starts from": lambda r: INIT_NAMES.get(r["init"], r["init"]),
-                         "Input (px)": col("img_size", _value), "Epochs": col("epochs", _value), "lr": col("lr", _value),
                          "Loss": loss, "Seeds": col("seeds", _value)},
-                    "What each arm gets (its first seed's configuration). Students distil the teacher's logits cached on "
-                    "the same augmented views at the teacher's own input size; the equal-compute control trains the "
-                    "student alone for its KD epochs plus its share of the teacher's cost.",
+                    "What each arm gets beyond the shared recipe (@tbl-student-recipe"
+                    + ("; the teacher's in @tbl-teacher-recipe" if src.has("teacher_recipe.csv") else "")
+                    + "). Students distil the teacher's logits cached on the same augmented views at the teacher's "
+                    "own input size.",
                     text=("Starts from", "Loss"), label="arms")
 
 
