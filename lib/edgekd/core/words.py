@@ -39,3 +39,23 @@ def kd_setting_words(kd: Mapping) -> str:
     if kd.get("beta"):
         words += f", attention transfer β {kd['beta']:g}"
     return words
+
+
+def kd_weights(kd: Mapping) -> str:
+    """Every weight of a KD setting that its mode uses ("α 0.5, T 4, DKD α 1, DKD β 8"), for the KD-mode ablation's
+    table; "—" without KD."""
+    mode = kd["mode"]
+    if mode == "none":
+        return "—"
+    parts = [f"α {kd['alpha']:g}"]
+    if mode == "hinton":
+        parts.append(f"T {kd['temperature']:g}")
+    elif mode == "dkd":
+        parts += [f"T {kd['temperature']:g}", f"DKD α {kd['dkd_alpha']:g}", f"DKD β {kd['dkd_beta']:g}"]
+    elif mode == "dist":
+        parts += [f"T {kd['temperature']:g}", f"DIST β {kd['dist_beta']:g}", f"γ {kd['dist_gamma']:g}"]
+    if kd.get("beta"):
+        parts.append(f"attention transfer β {kd['beta']:g}")
+    if kd.get("standardize"):
+        parts.append("logits standardised")
+    return ", ".join(parts)

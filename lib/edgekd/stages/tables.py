@@ -21,7 +21,7 @@ from scipy.special import softmax
 from edgekd.core import metrics as M
 from edgekd.core import stats as ST
 from edgekd.core.info import ARCH_LABELS, INT8_DELTA_F1_TARGET, INT8_SPEEDUP_TARGET, LESION_MARK
-from edgekd.core.words import BASELINE
+from edgekd.core.words import BASELINE, kd_weights
 from edgekd.stages.figures import corruption_curves_figure, external_gap_figure, pareto_figure
 from edgekd.stages.runs import eval_table
 
@@ -209,25 +209,6 @@ def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFram
     return table, pd.DataFrame(per_seed)
 
 
-def kd_hyperparameters(kd: dict) -> str:
-    """The weights of a KD setting in words (only those its mode uses)."""
-    mode = kd["mode"]
-    if mode == "none":
-        return "—"
-    parts = [f"α {kd['alpha']:g}"]
-    if mode == "hinton":
-        parts.append(f"T {kd['temperature']:g}")
-    elif mode == "dkd":
-        parts += [f"T {kd['temperature']:g}", f"DKD α {kd['dkd_alpha']:g}", f"DKD β {kd['dkd_beta']:g}"]
-    elif mode == "dist":
-        parts += [f"T {kd['temperature']:g}", f"DIST β {kd['dist_beta']:g}", f"γ {kd['dist_gamma']:g}"]
-    if kd.get("beta"):
-        parts.append(f"AT β {kd['beta']:g}")
-    if kd.get("standardize"):
-        parts.append("logits standardised")
-    return ", ".join(parts)
-
-
 def ablation_table(runs: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
     """KD settings of the student arch with the most settings (official split), each paired against no KD."""
     if paired.empty:
@@ -240,7 +221,7 @@ def ablation_table(runs: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
     table = official[official["arch"] == arch].copy()
     cfg = {r.setting: json.loads((r.path / "run_config.json").read_text())["kd"]
            for r in runs[(runs["arch"] == arch) & (runs["role"] == "student")].itertuples()}
-    table.insert(4, "weights", [kd_hyperparameters(cfg[s]) for s in table["setting"]])
+    table.insert(4, "weights", [kd_weights(cfg[s]) for s in table["setting"]])
     return table.reset_index(drop=True)
 
 
