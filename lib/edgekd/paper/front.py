@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import metadata
 
 from edgekd.paper.format import num, ratio, signed
-from edgekd.paper.shared import counted, verdicts
+from edgekd.paper.shared import counted, external_macro_f1, verdicts
 from edgekd.paper.sources import Source
 
 
@@ -62,11 +62,9 @@ def abstract(src: Source, gap: Source | None = None) -> str:
         parts.append(f"A weaker teacher trained from scratch gave larger gains than the pretrained one in "
                      f"{int(g['seeds_smaller'].sum())} of {int(g['seeds'].sum())} seed pairs.")
     if src.has("external.csv"):
-        ext = src.csv("external.csv").query("metric == 'macro_f1'")
-        gap_ext = ext.pivot_table(index="model", columns="test_set", values="mean")
-        outside = [c for c in gap_ext.columns if c != "in-distribution"]
-        if outside and "in-distribution" in gap_ext:
-            d = (gap_ext[outside[0]] - gap_ext["in-distribution"]).dropna()
+        wide, sets = external_macro_f1(src)
+        if sets:
+            d = wide[[f"gap|{s}" for s in sets]].stack()
             parts.append(f"On external ISIC 2018 test images, macro-F1 changes by {signed(d.min())} to "
                          f"{signed(d.max())} against the official test set.")
     if n["edge_model"] and n["edge_speedup_low"] is not None:

@@ -28,7 +28,7 @@ from edgekd.paper.format import (
     ratio,
     signed,
 )
-from edgekd.paper.shared import PAIRED_NOTE, counted, kd_calibration_rows, method, paired_columns, verdicts
+from edgekd.paper.shared import PAIRED_NOTE, counted, external_macro_f1, kd_calibration_rows, method, paired_columns, verdicts
 from edgekd.paper.sources import Source
 from edgekd.paper.supplement import corruption_refs, input_sizes
 
@@ -94,17 +94,11 @@ TEST_SET_NAMES: dict[str, str] = {"isic2018_test_half": "ISIC 2018 test, 759 ima
 def external(src: Source) -> str:
     """Macro-F1 on the official test set and on each external set, per model (means over seeds with the t-interval
     across seeds), and the change; a sentence on the range of the change."""
-    df = src.csv("external.csv").query("metric == 'macro_f1'")
-    sets = [s for s in dict.fromkeys(df["test_set"]) if s != "in-distribution"]
-    wide = df.pivot_table(index=["model", "label"], columns="test_set", values=["mean", "ci_low", "ci_high"],
-                          sort=False)
-    wide.columns = [f"{stat}|{test_set}" for stat, test_set in wide.columns]
-    wide = wide.reset_index()
+    wide, sets = external_macro_f1(src)
     columns: Columns = {"Model": col("label", str),
                         "Official test": lambda r: interval(r["mean|in-distribution"], r["ci_low|in-distribution"],
                                                             r["ci_high|in-distribution"])}
     for name in sets:
-        wide[f"gap|{name}"] = wide[f"mean|{name}"] - wide["mean|in-distribution"]
         columns |= {TEST_SET_NAMES.get(name, name): lambda r, s=name: interval(r[f"mean|{s}"], r[f"ci_low|{s}"],
                                                                                r[f"ci_high|{s}"]),
                     f"Δ, {TEST_SET_NAMES.get(name, name)}": col(f"gap|{name}", signed)}

@@ -148,3 +148,18 @@ def kd_calibration_rows(src: Source) -> pd.DataFrame:
 def shown(path: Path) -> str:
     path = Path(path).resolve()
     return str(path.relative_to(info.REPO_ROOT)) if path.is_relative_to(info.REPO_ROOT) else str(path)
+
+
+def external_macro_f1(src: Source) -> tuple[pd.DataFrame, list[str]]:
+    """Macro-F1 per model on the official test set and on each external set (``external.csv``): one row per model with
+    ``mean|<set>``, ``ci_low|<set>``, ``ci_high|<set>`` and, for each external set, ``gap|<set>`` (external minus
+    official); and the external sets' names. The abstract and the results read the same numbers from here."""
+    df = src.csv("external.csv").query("metric == 'macro_f1'")
+    sets = [s for s in dict.fromkeys(df["test_set"]) if s != "in-distribution"]
+    wide = df.pivot_table(index=["model", "label"], columns="test_set", values=["mean", "ci_low", "ci_high"],
+                          sort=False)
+    wide.columns = [f"{stat}|{test_set}" for stat, test_set in wide.columns]
+    wide = wide.reset_index()
+    for name in sets:
+        wide[f"gap|{name}"] = wide[f"mean|{name}"] - wide["mean|in-distribution"]
+    return wide, sets
