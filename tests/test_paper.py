@@ -647,17 +647,37 @@ def test_students_at_two_sizes_and_the_teacher_recipe_student(tmp_path):
     assert supplement.teacher_recipe_student(src) is None
 
 
-def test_kd_calibration_pairs_each_student_with_its_no_kd_twin_from_the_reference_tables():
-    """Read from the published reference's own tables: each KD student's temperature and ECE beside its no-KD twin's,
-    the Δ ECE before and after scaling, and a sentence whose numbers are those of the table."""
-    src = SR.locate("default")
-    rows = shared.kd_calibration_rows(src).set_index("student")
-    cal = src.csv("calibration.csv").set_index(["label", "stage"])
-    for student, r in rows.iterrows():
-        for stage in ("before", "after"):
-            kd, base = cal.loc[(f"{student} · kd", stage), "ece"], cal.loc[(f"{student} · no KD", stage), "ece"]
-            assert (r[f"ece_{stage}_kd"], r[f"ece_{stage}_nokd"]) == pytest.approx((kd, base))
-            assert r[f"d_ece_{stage}"] == pytest.approx(kd - base, abs=1e-9)
-        assert r["t_kd"] == pytest.approx(cal.loc[(f"{student} · kd", "after"), "temperature"])
+def test_kd_calibration_formats_the_aggregates_paired_columns(tmp_path):
+    """The calibration table and its sentence only format what the aggregate wrote (``paired_kd.csv``: each arm's
+    seed means beside the paired Δ ECE); a reference without those columns has no such table."""
+    calibration = {"temperature_kd": 1.61, "temperature_nokd": 1.04, "ece_before_kd": 0.071, "ece_before_nokd": 0.018,
+                   "ece_after_kd": 0.021, "ece_after_nokd": 0.019, "d_ece_before": 0.053, "d_ece_before_low": 0.031,
+                   "d_ece_before_high": 0.075, "d_ece_after": 0.002, "d_ece_after_low": -0.004,
+                   "d_ece_after_high": 0.008}
+    row = {"arch": "resnet18", "student": "ResNet-18", "split": "official", "setting": "kd", "method": "KD",
+           "pairs": 3, **calibration}
+    pd.DataFrame([row, {**row, "split": "lesion", "d_ece_before": 0.5}]).to_csv(tmp_path / "paired_kd.csv", index=False)
+    pd.DataFrame([{"model": "teacher-efficientnet_lite0", "stage": "after", "temperature": 1.4}]).to_csv(
+        tmp_path / "calibration.csv", index=False)
+    src = SR.Source("default", tmp_path, "published", {}, {})
+    rows = shared.kd_calibration_rows(src)
+    assert len(rows) == 1 and rows.loc[0, "t_kd"] == 1.61 and rows.loc[0, "d_ece_before"] == 0.053  # official only
     text = results.kd_calibration(src)
-    assert f"{FM.signed(rows['d_ece_before'].max())} before temperature scaling" in text and "{#tbl-kd-calibration}" in text
+    assert "by +0.053 before temperature scaling" in text and "{#tbl-kd-calibration}" in text  # one pair: no range
+    assert "1.61 for the KD student and 1.04 for its no-KD twin (1.40 for the teacher)" in text
+    assert "its interval lies above 0" in text and "made the student's raw probabilities more confident" in text
+    assert "shrinks the difference in the pair" in text
+    assert "0.071 / 0.018" in text and "[+0.031,\u00a0+0.075]" in text
+
+    assert closing.calibration_paragraph(src).startswith("**Calibration.** Distillation made the raw probabilities "
+                                                         "less calibrated in 1 of 1 pair")
+    better = {"d_ece_before": -0.05, "d_ece_before_low": -0.07, "d_ece_before_high": -0.03}
+    pd.DataFrame([{**row, **better}]).to_csv(tmp_path / "paired_kd.csv", index=False)
+    assert "better calibrated in 1 of 1 pair" in closing.calibration_paragraph(src)
+    assert "its interval lies below 0" in results.kd_calibration(src)
+
+    pd.DataFrame([{k: v for k, v in row.items() if k not in calibration}]).to_csv(tmp_path / "paired_kd.csv", index=False)
+    assert shared.kd_calibration_rows(src).empty and results.kd_calibration(src) is None
+    assert closing.calibration_paragraph(src) is None
+
+

@@ -133,3 +133,42 @@ def test_a_kd_student_at_another_input_size_has_no_no_kd_pair():
                          {**base, "setting": "kd_128px", "kd_mode": "hinton", "size": 128}])
     per_seed, table = TB.paired_kd(runs)
     assert per_seed.empty and table.empty
+
+
+def _evaluated_run(folder: Path, y: np.ndarray, logits: np.ndarray, macro_f1: float, ece: tuple[float, float],
+                   temperature: float) -> Path:
+    """A run folder with what :func:`TB.paired_kd` reads: test predictions, test metrics and calibration."""
+    (folder / "eval").mkdir(parents=True)
+    np.savez(folder / "predictions.npz", test_labels=y, test_logits=logits)
+    pd.DataFrame({"metric": ["macro_f1", "balanced_accuracy", "accuracy"],
+                  "value": [macro_f1, macro_f1 + 0.01, macro_f1 + 0.02]}).to_csv(folder / "eval" / "metrics.csv", index=False)
+    pd.DataFrame({"stage": ["before", "after"], "ece": list(ece), "temperature": [1.0, temperature]}).to_csv(
+        folder / "eval" / "calibration.csv", index=False)
+    return folder
+
+
+def test_paired_kd_carries_each_arms_calibration_over_the_kept_seeds(tmp_path):
+    """The paper's calibration table only formats: each arm's ECE and fitted temperature are seed means over the
+    pairs that enter the Δ (a pair with a collapsed member enters neither), and Δ ECE is their difference."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, NUM_CLASSES, 60)
+    base = {"role": "student", "arch": "resnet18", "split": "official", "size": 64, "standardize": False}
+    rows = []
+    arms = {"kd": ("hinton", [(0.30, 0.05, 1.6), (0.20, 0.03, 1.4), (0.90, 0.50, 9.0)]),
+            "nokd": ("none", [(0.10, 0.04, 1.1), (0.12, 0.02, 1.0), (0.11, 0.02, 1.0)])}
+    for setting, (mode, values) in arms.items():
+        for seed, (before, after, temperature) in enumerate(values):
+            path = _evaluated_run(tmp_path / f"{setting}-s{seed}", y, rng.normal(size=(60, NUM_CLASSES)),
+                                  0.5 + 0.01 * seed, (before, after), temperature)
+            label = "ResNet-18 · " + ("KD" if setting == "kd" else "no KD")
+            rows.append({**base, "setting": setting, "kd_mode": mode, "seed": seed, "path": path, "label": label,
+                         "run_id": path.name, "val_macro_f1": 0.5, "valid": seed < 2 or setting == "nokd"})
+    table, per_seed = TB.paired_kd(pd.DataFrame(rows))
+    row = table.set_index("setting").loc["kd"]
+    assert row["pairs"] == 2 and row["pairs_dropped"] == 1  # seed 2's KD run collapsed: out of every mean
+    assert (row["temperature_kd"], row["temperature_nokd"]) == pytest.approx((1.5, 1.05))
+    assert (row["ece_before_kd"], row["ece_before_nokd"]) == pytest.approx((0.25, 0.11))
+    assert (row["ece_after_kd"], row["ece_after_nokd"]) == pytest.approx((0.04, 0.03))
+    assert row["d_ece_before"] == pytest.approx(row["ece_before_kd"] - row["ece_before_nokd"])
+    assert row["d_ece_after"] == pytest.approx(row["ece_after_kd"] - row["ece_after_nokd"])
+    assert list(per_seed["seed"]) == [0, 1]

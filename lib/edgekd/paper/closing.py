@@ -18,6 +18,7 @@ from edgekd.paper.format import count, num, ratio, signed
 from edgekd.paper.shared import (
     counted,
     image_counts,
+    kd_calibration_facts,
     kd_calibration_rows,
     method,
     official,
@@ -60,6 +61,27 @@ def _pilot_budget(pilot: Source, epochs: int) -> str:
             "test of that.")
 
 
+def calibration_paragraph(src: Source) -> str | None:
+    """The Discussion's word on calibration, in the direction the paired Δ ECE intervals show; None without them."""
+    calibration = kd_calibration_rows(src) if src.has("calibration.csv") else pd.DataFrame()
+    if calibration.empty:
+        return None
+    facts = kd_calibration_facts(calibration)
+    pairs = count(facts["pairs"], "pair")
+    if facts["worse"] > facts["better"]:
+        what = (f"Distillation made the raw probabilities less calibrated in {facts['worse']} of {pairs}: a student "
+                "can learn the teacher's confidence along with its ranking of the classes.")
+    elif facts["better"] > facts["worse"]:
+        what = f"Distillation made the raw probabilities better calibrated in {facts['better']} of {pairs}."
+    else:
+        what = "Distillation did not move calibration one way across the pairs."
+    scaled = ("One temperature fitted on validation shrinks the difference in every pair, so a deployed KD model "
+              "should ship with it, as the exported bundles do." if facts["shrinks"] else
+              "Temperature scaling fitted on validation, which the exported bundles carry, does not remove the "
+              "difference in every pair.")
+    return f"**Calibration.** {what} {scaled}"
+
+
 def discussion(src: Source, gap: Source | None, pilot: Source | None) -> str:
     """What the results mean: the verdicts, when KD helped here, the capacity gap and the calibration effect."""
     paras = []
@@ -89,11 +111,8 @@ def discussion(src: Source, gap: Source | None, pilot: Source | None) -> str:
                      "from those of a teacher trained like the students. A teacher at the students' input size would "
                      "separate the two. The pattern matches the capacity gap reported for natural images "
                      "[@cho2019efficacy; @mirzadeh2020improved; @stanton2021does].")
-    if src.has("calibration.csv") and not kd_calibration_rows(src).empty:
-        paras.append("**Calibration.** Distillation makes the students' raw probabilities less calibrated: the student "
-                     "learns the teacher's confidence along with its ranking of the classes. One temperature fitted on "
-                     "validation removes most of the difference, so a deployed KD model should ship with it, as the "
-                     "exported bundles do.")
+    if (calibration := calibration_paragraph(src)) is not None:
+        paras.append(calibration)
     return "\n\n".join(paras) + "\n"
 
 

@@ -88,6 +88,12 @@ def signed(x, digits: int = 3) -> str:
     return num(0.0, digits) if round(float(x), digits) == 0 else f"{float(x):+.{digits}f}"
 
 
+def span(values: pd.Series, fmt: Callable = num, sep: str = "–") -> str:
+    """The range of ``values`` as printed ("0.71–0.78"), or the one value where both ends print alike."""
+    low, high = fmt(values.min()), fmt(values.max())
+    return low if low == high else f"{low}{sep}{high}"
+
+
 def pvalue(p) -> str:
     if not finite(p):
         return DASH

@@ -27,8 +27,18 @@ from edgekd.paper.format import (
     pvalue,
     ratio,
     signed,
+    span,
 )
-from edgekd.paper.shared import PAIRED_NOTE, counted, external_macro_f1, kd_calibration_rows, method, paired_columns, verdicts
+from edgekd.paper.shared import (
+    PAIRED_NOTE,
+    counted,
+    external_macro_f1,
+    kd_calibration_facts,
+    kd_calibration_rows,
+    method,
+    paired_columns,
+    verdicts,
+)
 from edgekd.paper.sources import Source
 from edgekd.paper.supplement import corruption_refs, input_sizes
 
@@ -113,6 +123,15 @@ def external(src: Source) -> str:
 # ----------------------------------------------------------------------------- Calibration
 
 
+def _interval_sides(facts: dict) -> str:
+    """Where the pairs' Δ ECE intervals lie relative to 0, in words at any number of pairs."""
+    worse, better, n = facts["worse"], facts["better"], facts["pairs"]
+    if n == 1:
+        return f"its interval lies {'above' if worse else 'below' if better else 'across'} 0"
+    sides = [f"above 0 for {worse}"] * bool(worse) + [f"below 0 for {better}"] * bool(better)
+    return f"the interval lies {' and '.join(sides)} of the {n} pairs" if sides else "every interval includes 0"
+
+
 def kd_calibration(src: Source) -> str | None:
     """KD's effect on calibration, before and after temperature scaling, and what the fitted temperatures say of it;
     None where the reference has no KD pair with calibration tables."""
@@ -121,17 +140,25 @@ def kd_calibration(src: Source) -> str | None:
         return None
     teacher = src.csv("calibration.csv").query("stage == 'after'")
     teacher = teacher[teacher["model"].str.startswith("teacher-")]["temperature"]
-    over = "over-confident (a temperature above 1 softens them)" if df["t_kd"].mean() > 1 else \
-        "under-confident (a temperature below 1 sharpens them)"
-    text = (f"Paired by seed, KD changes test ECE by {signed(df['d_ece_before'].min())} to "
-            f"{signed(df['d_ece_before'].max())} before temperature scaling and by {signed(df['d_ece_after'].min())} to "
-            f"{signed(df['d_ece_after'].max())} after it (@tbl-kd-calibration). The temperatures fitted on validation "
-            f"say why: {num(df['t_kd'].min(), 2)}–{num(df['t_kd'].max(), 2)} for the KD students against "
-            f"{num(df['t_nokd'].min(), 2)}–{num(df['t_nokd'].max(), 2)} for their no-KD twins"
-            + (f" and {num(teacher.mean(), 2)} for the teacher" if len(teacher) else "")
-            + f", so the KD students' raw probabilities are {over}. The distillation term matches the student's "
-            "softened outputs to the teacher's, so the student can take on the teacher's confidence as well as its "
-            "ranking of the classes; one temperature fitted on validation removes most of the difference.")
+    facts, one = kd_calibration_facts(df), len(df) == 1
+    students, twins = ("student", "its no-KD twin") if one else ("students", "their no-KD twins")
+    whose = "student's" if one else "students'"
+    text = (f"Paired by seed, KD changes test ECE by {span(df['d_ece_before'], signed, ' to ')} before temperature "
+            f"scaling and by {span(df['d_ece_after'], signed, ' to ')} after it (@tbl-kd-calibration); "
+            f"{_interval_sides(facts)}. The temperatures fitted on validation are "
+            f"{span(df['t_kd'], lambda x: num(x, 2))} for the KD {students} and "
+            f"{span(df['t_nokd'], lambda x: num(x, 2))} for {twins}"
+            + (f" ({num(teacher.mean(), 2)} for the teacher)" if len(teacher) else ""))
+    if facts["hotter"] or facts["cooler"]:
+        text += (f". A higher fitted temperature means raw probabilities more confident than validation supports, so "
+                 f"distillation made the {whose} raw probabilities {'more' if facts['hotter'] else 'less'} "
+                 "confident than without it. The distillation term matches the student's softened outputs to the "
+                 "teacher's, so a student can take on the teacher's confidence as well as its ranking of the classes.")
+    else:
+        text += ", neither consistently higher nor lower with KD."
+    pairs = "the pair" if one else "every pair"
+    text += (f" One temperature fitted on validation shrinks the difference in {pairs}." if facts["shrinks"] else
+             f" Temperature scaling does not shrink the difference in {pairs}.")
     table = md_table(df, {"Student": col("student", str), "KD method": method, "Pairs": col("pairs"),
                           "Temperature, KD / no KD": lambda r: f"{num(r['t_kd'], 2)} / {num(r['t_nokd'], 2)}",
                           "ECE before, KD / no KD": lambda r: f"{num(r['ece_before_kd'])} / {num(r['ece_before_nokd'])}",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from edgekd.core import info
@@ -119,30 +118,36 @@ def paired_columns(against: bool = False, full: bool = True) -> Columns:
     return columns
 
 
+#: The aggregate's per-pair calibration columns (``edgekd.stages.tables.paired_kd``): each arm's seed means and the
+#: paired Δ ECE with its t-interval; the fitted temperatures are renamed ``t_kd`` and ``t_nokd``.
+KD_CALIBRATION_COLUMNS: tuple[str, ...] = (
+    "temperature_kd", "temperature_nokd", "ece_before_kd", "ece_before_nokd", "ece_after_kd", "ece_after_nokd",
+    "d_ece_before", "d_ece_before_low", "d_ece_before_high", "d_ece_after", "d_ece_after_low", "d_ece_after_high")
+
+
 def kd_calibration_rows(src: Source) -> pd.DataFrame:
-    """Per KD-vs-no-KD pair of the paired table: each arm's fitted temperature and ECE before and after scaling (means
-    over seeds, ``calibration.csv``) and the paired Δ ECE with its t-interval across seeds where the reference has it;
-    empty where the reference has no paired table (no valid KD pair, as in a smoke run whose students collapsed)."""
-    if not all(src.has(name) for name in ("calibration.csv", "runs.csv", "paired_kd.csv")):
+    """Per KD-vs-no-KD pair on the official split: each arm's fitted temperature and ECE before and after scaling
+    (means over the paired seeds) and the paired Δ ECE with its t-interval, as the aggregate wrote them in
+    ``paired_kd.csv``; empty where the reference has no such columns (no valid KD pair, as in a smoke run whose
+    students collapsed, or a reference published before the aggregate tabulated them)."""
+    if not src.has("paired_kd.csv"):
         return pd.DataFrame()
-    cal = src.csv("calibration.csv").pivot_table(index="model", columns="stage", values=["ece", "temperature"], sort=False)
-    cal.columns = [f"{m}_{s}" for m, s in cal.columns]
-    runs = src.csv("runs.csv").drop_duplicates("model").set_index("model")[["arch", "setting", "split"]]
-    arms = cal.join(runs, how="inner").reset_index().set_index(["arch", "setting", "split"])
-    rows = []
-    for r in official(src.csv("paired_kd.csv")).to_dict("records"):
-        kd, base = (r["arch"], r["setting"], r["split"]), (r["arch"], "nokd", r["split"])
-        if kd not in arms.index or base not in arms.index:
-            continue
-        row = {"student": r["student"], "setting": r["setting"], "method": r.get("method"), "pairs": r["pairs"],
-               "t_kd": arms.loc[kd, "temperature_after"], "t_nokd": arms.loc[base, "temperature_after"]}
-        for stage in ("before", "after"):
-            name = f"d_ece_{stage}"
-            row |= {f"ece_{stage}_kd": arms.loc[kd, f"ece_{stage}"], f"ece_{stage}_nokd": arms.loc[base, f"ece_{stage}"],
-                    name: r.get(name, arms.loc[kd, f"ece_{stage}"] - arms.loc[base, f"ece_{stage}"]),
-                    f"{name}_low": r.get(f"{name}_low", np.nan), f"{name}_high": r.get(f"{name}_high", np.nan)}
-        rows.append(row)
-    return pd.DataFrame(rows)
+    df = official(src.csv("paired_kd.csv"))
+    if df.empty or not set(KD_CALIBRATION_COLUMNS) <= set(df.columns):
+        return pd.DataFrame()
+    return df[["student", "setting", "method", "pairs", *KD_CALIBRATION_COLUMNS]].rename(
+        columns={"temperature_kd": "t_kd", "temperature_nokd": "t_nokd"}).reset_index(drop=True)
+
+
+def kd_calibration_facts(df: pd.DataFrame) -> dict[str, int | bool]:
+    """What the calibration rows (:func:`kd_calibration_rows`) say, for the sentences that state it: the pairs whose
+    Δ ECE before scaling lies above 0 (KD less calibrated) or below 0 (interval excluding 0), whether every KD
+    student's fitted temperature is above (or below) its no-KD twin's, and whether scaling shrinks |Δ ECE| in every
+    pair."""
+    return {"pairs": len(df), "worse": int((df["d_ece_before_low"] > 0).sum()),
+            "better": int((df["d_ece_before_high"] < 0).sum()),
+            "hotter": bool((df["t_kd"] > df["t_nokd"]).all()), "cooler": bool((df["t_kd"] < df["t_nokd"]).all()),
+            "shrinks": bool((df["d_ece_after"].abs() < df["d_ece_before"].abs()).all())}
 
 
 def shown(path: Path) -> str:

@@ -137,13 +137,19 @@ PAIRED_METRICS: tuple[str, ...] = ("macro_f1", "balanced_accuracy", "accuracy")
 VERDICT_COLUMNS: tuple[str, ...] = ("t_p", "t_p_holm", "tost_p", "tost_p_holm", "mde", "verdict", "label")
 #: Calibration paired by seed: ECE before and after temperature scaling (fitted on each run's validation split).
 PAIRED_CALIBRATION: tuple[str, ...] = ("ece_before", "ece_after")
+#: Each arm's own calibration, averaged over the kept pairs' seeds (``<value>_kd`` and ``<value>_nokd``): what the
+#: paper's calibration table shows beside the paired Δ ECE.
+ARM_CALIBRATION: tuple[str, ...] = (*PAIRED_CALIBRATION, "temperature")
 
 
 def _metric_values(run: Path) -> dict[str, float]:
-    """The run's test metrics (``eval/metrics.csv``) and its ECE before and after temperature scaling."""
+    """The run's test metrics (``eval/metrics.csv``), its ECE before and after temperature scaling, and the
+    temperature fitted on validation."""
     df = pd.read_csv(Path(run) / "eval" / "metrics.csv")
-    cal = pd.read_csv(Path(run) / "eval" / "calibration.csv").set_index("stage")["ece"]
-    return dict(zip(df["metric"], df["value"], strict=True)) | {"ece_before": cal["before"], "ece_after": cal["after"]}
+    cal = pd.read_csv(Path(run) / "eval" / "calibration.csv").set_index("stage")
+    return dict(zip(df["metric"], df["value"], strict=True)) | {
+        "ece_before": cal.loc["before", "ece"], "ece_after": cal.loc["after", "ece"],
+        "temperature": cal.loc["after", "temperature"]}
 
 
 def controls(runs: pd.DataFrame) -> list[str]:
@@ -162,8 +168,10 @@ def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFram
     ±SESOI, each Holm-adjusted over the students of one setting and split, the family; ``t_p``, ``t_p_holm``,
     ``tost_p``, ``tost_p_holm``, ``mde``, ``verdict``, ``verdict_label``); and, beside it, the hierarchical bootstrap
     interval over seeds and test images (:func:`metrics.hierarchical_delta`, ``*_hb_*``, ``hb_p``, ``hb_p_holm``),
-    which also carries the test set's noise, with the seeds whose own Δ is above 0 (``seeds_positive``). Pairs with
-    a collapsed member are dropped and counted in ``pairs_dropped``.
+    which also carries the test set's noise, with the seeds whose own Δ is above 0 (``seeds_positive``); and each
+    arm's own ECE before and after scaling and fitted temperature, averaged over the kept seeds
+    (:data:`ARM_CALIBRATION`, ``*_kd`` and ``*_nokd``). Pairs with a collapsed member are dropped and counted in
+    ``pairs_dropped``.
     """
     students = runs[runs["role"] == "student"]
     per_seed, rows = [], []
@@ -180,7 +188,9 @@ def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFram
                 per_seed.append({"arch": arch, "split": split, "setting": setting, "kd_mode": r.kd_mode,
                                  "student": ARCH_LABELS.get(arch, arch), "seed": r.seed,
                                  **{f"d_{m}": mine[m] - theirs[m] for m in PAIRED_METRICS + PAIRED_CALIBRATION},
-                                 "d_val_macro_f1": r.val_macro_f1 - b["val_macro_f1"]})
+                                 "d_val_macro_f1": r.val_macro_f1 - b["val_macro_f1"],
+                                 **{f"{m}_kd": mine[m] for m in ARM_CALIBRATION},
+                                 **{f"{m}_nokd": theirs[m] for m in ARM_CALIBRATION}})
                 (y, lk), (yb, lb) = _test_logits(r.path), _test_logits(b["path"])
                 pk, pb = lk.argmax(1), lb.argmax(1)
                 if not np.array_equal(y, yb):
@@ -195,6 +205,7 @@ def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFram
                 s = seed_interval(seeds[f"d_{m}"], (-1.0, 1.0))  # a difference of two values in [0, 1]
                 row |= {f"d_{m}": s["mean"], f"d_{m}_low": s["ci_low"], f"d_{m}_high": s["ci_high"]}
             row["d_val_macro_f1"] = seeds["d_val_macro_f1"].mean()  # what a "largest gain" is chosen on
+            row |= {f"{m}_{arm}": seeds[f"{m}_{arm}"].mean() for m in ARM_CALIBRATION for arm in ("kd", "nokd")}
             hb = M.hierarchical_delta(ys[0], pred_base, pred_kd, HB_RESAMPLES, HB_SEED)
             row |= {"d_macro_f1_hb_low": hb["low"], "d_macro_f1_hb_high": hb["high"], "hb_p": hb["p_value"],
                     "seeds_positive": hb["positive"]}
