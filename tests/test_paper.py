@@ -681,3 +681,22 @@ def test_kd_calibration_formats_the_aggregates_paired_columns(tmp_path):
     assert closing.calibration_paragraph(src) is None
 
 
+
+
+def test_verdicts_are_read_from_the_aggregate_and_made_only_for_an_older_reference(tmp_path):
+    """A reference whose paired table carries the aggregate's verdicts is only formatted; one published before the
+    aggregate tabulated them gets them from its per-seed deltas by the same function."""
+    deltas = pd.DataFrame({"arch": "resnet18", "split": "official", "setting": "kd", "seed": [0, 1, 2],
+                           "d_macro_f1": [0.030, 0.041, 0.052]})
+    row = {"arch": "resnet18", "student": "ResNet-18", "split": "official", "setting": "kd", "pairs": 3}
+    src = SR.Source("default", tmp_path, "published", {}, {})
+    pd.DataFrame([row]).to_csv(tmp_path / "paired_kd.csv", index=False)
+    deltas.to_csv(tmp_path / "paired_kd_seeds.csv", index=False)
+    made = shared.verdicts(src).iloc[0]
+    expected = ST.kd_verdicts(deltas).iloc[0]
+    assert made["verdict_label"] == expected["label"] == "gain" and made["mde"] == pytest.approx(expected["mde"])
+
+    (tmp_path / "paired_kd_seeds.csv").unlink()  # not read when the aggregate wrote the verdicts
+    written = {"t_p_holm": 0.2, "tost_p_holm": 0.9, "mde": 0.08, "verdict_label": "inconclusive, MDE = 0.080"}
+    pd.DataFrame([{**row, **written}]).to_csv(tmp_path / "paired_kd.csv", index=False)
+    assert shared.verdicts(src).iloc[0]["verdict_label"] == "inconclusive, MDE = 0.080"

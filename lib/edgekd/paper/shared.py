@@ -28,11 +28,13 @@ def official(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _with_verdicts(df: pd.DataFrame, src: Source) -> pd.DataFrame:
-    """Paired rows (one per student, split and KD setting against no KD) with the analysis plan's verdict, made from
-    the per-seed deltas (``paired_kd_seeds.csv``) by the one function that defines it, so that a reference published
-    before the verdicts were tabulated reads the same as a new one."""
-    found = ST.kd_verdicts(src.csv("paired_kd_seeds.csv")).rename(columns={"label": "verdict_label"})
+    """Paired rows (one per student, split and KD setting against no KD) with the analysis plan's verdict: as the
+    aggregate tabulated it (``verdict_label`` and the p's in ``paired_kd.csv``), or, for a reference published before
+    it did, made from the per-seed deltas (``paired_kd_seeds.csv``) by the same function (``stats.kd_verdicts``)."""
     keep = ["arch", "split", "setting", "t_p_holm", "tost_p_holm", "mde", "verdict_label"]
+    if set(keep) <= set(df.columns):
+        return df
+    found = ST.kd_verdicts(src.csv("paired_kd_seeds.csv")).rename(columns={"label": "verdict_label"})
     return df.drop(columns=[c for c in keep[3:] if c in df]).merge(found[keep], on=keep[:3], how="left")
 
 
