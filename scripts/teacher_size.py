@@ -27,8 +27,6 @@ from edgekd.core.files import atomic_write, file_digest
 ARCH, SETTING, BASELINE = "resnet18", "kd", "nokd"
 #: What this script writes into ``--out``; a folder holding anything else is refused.
 WRITES: tuple[str, ...] = ("teacher_size_seeds.csv", "teacher_size.csv", "README.md", "provenance.json")
-#: run_config keys that may differ between the two students of a seed: the teacher they distil and where caches live.
-TEACHER_KEYS: tuple[str, ...] = ("teacher_dir",)
 
 
 def _run(folder: Path) -> tuple[dict, dict]:
@@ -45,7 +43,7 @@ def _run(folder: Path) -> tuple[dict, dict]:
 def _recipe(config: dict) -> dict:
     """A run's recipe without the teacher it distils and its cache folder: equal for the two students of a seed."""
     data = {k: v for k, v in config.get("data", {}).items() if k != "cache_dir"}
-    return {**{k: v for k, v in config.items() if k not in TEACHER_KEYS}, "data": data}
+    return {**{k: v for k, v in config.items() if k != "teacher_dir"}, "data": data}
 
 
 def pairs(default: Path, test: Path) -> pd.DataFrame:

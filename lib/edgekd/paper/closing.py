@@ -63,7 +63,7 @@ def _pilot_budget(pilot: Source, epochs: int) -> str:
 
 def calibration_paragraph(src: Source) -> str | None:
     """The Discussion's word on calibration, in the direction the paired Δ ECE intervals show; None without them."""
-    calibration = kd_calibration_rows(src) if src.has("calibration.csv") else pd.DataFrame()
+    calibration = kd_calibration_rows(src)
     if calibration.empty:
         return None
     facts = kd_calibration_facts(calibration)
