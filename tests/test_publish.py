@@ -102,14 +102,23 @@ def test_publish_copies_only_small_files_with_provenance(published, smoke_output
     assert prov["elapsed_wall_time_s"] == pytest.approx(segments["elapsed_s"].sum()) and prov["elapsed_wall_time_s"] > 0
 
 
-def test_elapsed_wall_time_sums_the_segments_of_a_resumed_job(tmp_path):
-    """A main job stopped and resumed is two runner invocations: the reference's elapsed time is their sum."""
+def test_elapsed_wall_time_sums_the_segments_of_a_resumed_job(tmp_path, monkeypatch):
+    """A main job killed and resumed is two runner invocations: the killed one's row holds its time up to its last
+    finished step (written as it goes), and the reference's elapsed time is the sum of both."""
     assert publish.elapsed(tmp_path) == {"elapsed_wall_time_s": None, "invocations": None}
-    for seconds, statuses in ((3600.0, ["ran", "ran", "failed"]), (1800.4, ["fresh", "fresh", "ran"])):
-        frame = pd.DataFrame({"status": statuses})
-        R._record_invocation(tmp_path, "2026-12-06T10:00:00Z", seconds, "dask", 2, frame)
+    # Each invocation reads the clock when it starts and at every write (its first row, each step, the finish).
+    clock = iter([100.0, 100.0, 2000.0, 3700.0,  # the killed one: one step ran, one failed; it never finishes
+                  0.0, 0.0, 900.0, 1800.4])  # the resumed one: one step ran, then it finishes
+    monkeypatch.setattr(R.time, "monotonic", lambda: next(clock))
+    killed = R.Invocation(tmp_path, "dask", 2)
+    killed.step(12.0)
+    killed.step(RuntimeError("kernel died"))
+    resumed = R.Invocation(tmp_path, "dask", 2)
+    resumed.step(30.0)
+    resumed.finish(pd.DataFrame({"status": ["fresh", "fresh", "ran"]}))
     segments = pd.read_csv(tmp_path / "invocations.csv")
-    assert list(segments["ran"]) == [2, 1] and list(segments["failed"]) == [1, 0] and list(segments["workers"]) == [2, 2]
+    assert list(segments["ran"]) == [1, 1] and list(segments["failed"]) == [1, 0] and list(segments["workers"]) == [2, 2]
+    assert list(segments["finished"]) == [False, True] and list(segments["elapsed_s"]) == [3600.0, 1800.4]
     assert publish.elapsed(tmp_path) == {"elapsed_wall_time_s": 5400.4, "invocations": 2}
 
 

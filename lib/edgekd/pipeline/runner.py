@@ -356,16 +356,21 @@ def _execute_todo(name: str, outputs: Path, specs: list[RunSpec], table: pd.Data
         if row.status == "fresh":
             log(f"[fresh] {row.run_id} ({row.stage})")
     root = outputs.resolve() / name
-    started, tick = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
+    invocation = Invocation(root, executor, workers) if todo else None
     plan = progress.Plan(todo, measure=estimate)
     parallel = executor == "dask" and bool(todo)
     exclusive = _exclusive(todo) if parallel else set()
     log(plan.describe(workers if executor == "dask" else 1, frozenset(exclusive)))
     tracker = progress.Tracker(plan, log, workers if parallel else 1, frozenset(exclusive))
+
+    def done(spec: RunSpec, result: float | Exception) -> None:
+        tracker.done(spec, result)
+        invocation.step(result)
+
     results: dict[str, float | Exception] = {}
     sequential = todo
     if parallel:
-        results = run_dask([s for s in todo if s.key not in exclusive], scheduler, workers, gpu, on_done=tracker.done,
+        results = run_dask([s for s in todo if s.key not in exclusive], scheduler, workers, gpu, on_done=done,
                            seconds=plan.seconds, log=log)
         sequential = [s for s in todo if s.key in exclusive]
     if sequential:
@@ -375,7 +380,7 @@ def _execute_todo(name: str, outputs: Path, specs: list[RunSpec], table: pd.Data
             if blocked:
                 results[spec.key] = Blocked(f"upstream {_some(blocked)} failed")
                 failed.add(spec.key)
-                tracker.done(spec, results[spec.key])
+                done(spec, results[spec.key])
                 continue
             tracker.start(spec)
             try:
@@ -383,7 +388,7 @@ def _execute_todo(name: str, outputs: Path, specs: list[RunSpec], table: pd.Data
             except Exception as exc:  # noqa: BLE001 - a failed run is reported; independent runs go on
                 results[spec.key] = exc
                 failed.add(spec.key)
-            tracker.done(spec, results[spec.key])
+            done(spec, results[spec.key])
     summary = []
     for s, row in zip(specs, table.itertuples(), strict=True):
         res = results.get(s.key)
@@ -400,7 +405,7 @@ def _execute_todo(name: str, outputs: Path, specs: list[RunSpec], table: pd.Data
         frame = pd.DataFrame(summary)
         root.mkdir(parents=True, exist_ok=True)
         frame.assign(estimate_s=[plan.seconds.get(s.key, 0.0) for s in specs]).to_csv(root / "timings.csv", index=False)
-        _record_invocation(root, started, time.monotonic() - tick, executor, workers, frame)
+        invocation.finish(frame)
         log(progress.stage_table(frame))
     report = publish.reproduction_report(name, outputs)
     if report:
@@ -408,15 +413,36 @@ def _execute_todo(name: str, outputs: Path, specs: list[RunSpec], table: pd.Data
     return summary
 
 
-def _record_invocation(root: Path, started: str, elapsed_s: float, executor: str, workers: int,
-                       frame: pd.DataFrame) -> None:
-    """Append this invocation's row to the profile's :data:`edgekd.pipeline.plan.INVOCATIONS_FILE` (it only grows:
-    every segment of a resumed main job counts)."""
-    row = pd.DataFrame([{"started": started, "elapsed_s": round(elapsed_s, 1), "executor": executor,
-                         "workers": workers if executor == "dask" else 1, "ran": int((frame["status"] == "ran").sum()),
-                         "failed": int(frame["status"].isin(["failed", "blocked"]).sum())}])
-    path = root / INVOCATIONS_FILE
-    row.to_csv(path, mode="a", header=not path.exists(), index=False)
+class Invocation:
+    """This runner invocation's row of the profile's :data:`edgekd.pipeline.plan.INVOCATIONS_FILE` (the file only
+    grows: every segment of a resumed main job counts). The row is written when the work starts and rewritten after
+    every finished step, so a segment that is killed (a session that ends) still counts up to its last step."""
+
+    def __init__(self, root: Path, executor: str, workers: int) -> None:
+        self.path, self.tick = root / INVOCATIONS_FILE, time.monotonic()
+        earlier = pd.read_csv(self.path) if self.path.exists() else pd.DataFrame()
+        self.index = len(earlier)
+        self.row = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "elapsed_s": 0.0,
+                    "executor": executor, "workers": workers if executor == "dask" else 1, "ran": 0, "failed": 0,
+                    "finished": False}
+        self._write()
+
+    def step(self, result: float | Exception) -> None:
+        """Count one finished step (a failure or a blocked run as failed) and the time so far."""
+        self.row["failed" if isinstance(result, Exception) else "ran"] += 1
+        self._write()
+
+    def finish(self, frame: pd.DataFrame) -> None:
+        """The final row, with the counts of the summary ``frame``."""
+        self.row.update(ran=int((frame["status"] == "ran").sum()),
+                        failed=int(frame["status"].isin(["failed", "blocked"]).sum()), finished=True)
+        self._write()
+
+    def _write(self) -> None:
+        self.row["elapsed_s"] = round(time.monotonic() - self.tick, 1)
+        rows = pd.read_csv(self.path).to_dict("records")[: self.index] if self.path.exists() else []
+        frame = pd.DataFrame([*rows, self.row])
+        atomic_write(self.path, lambda fh: frame.to_csv(fh, index=False))
 
 
 def main(argv: list[str] | None = None) -> int:
