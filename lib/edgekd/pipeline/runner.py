@@ -420,8 +420,7 @@ class Invocation:
 
     def __init__(self, root: Path, executor: str, workers: int) -> None:
         self.path, self.tick = root / INVOCATIONS_FILE, time.monotonic()
-        earlier = pd.read_csv(self.path) if self.path.exists() else pd.DataFrame()
-        self.index = len(earlier)
+        self.earlier = pd.read_csv(self.path).to_dict("records") if self.path.exists() else []
         self.row = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "elapsed_s": 0.0,
                     "executor": executor, "workers": workers if executor == "dask" else 1, "ran": 0, "failed": 0,
                     "finished": False}
@@ -440,8 +439,7 @@ class Invocation:
 
     def _write(self) -> None:
         self.row["elapsed_s"] = round(time.monotonic() - self.tick, 1)
-        rows = pd.read_csv(self.path).to_dict("records")[: self.index] if self.path.exists() else []
-        frame = pd.DataFrame([*rows, self.row])
+        frame = pd.DataFrame([*self.earlier, self.row])
         atomic_write(self.path, lambda fh: frame.to_csv(fh, index=False))
 
 
