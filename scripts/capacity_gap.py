@@ -2,7 +2,8 @@
 
 Two published references trained the same from-scratch students with the same recipe and seeds (their no-KD
 students are the same runs: the script checks that their test macro-F1 agree) and differ in the teacher: the
-default's ImageNet-pretrained EfficientNet-Lite0 and the previous default's ResNet-50 from scratch
+ImageNet-pretrained EfficientNet-Lite0 of the reference before the KD pilot (students distilled at T 4,
+``paper/results/studies/pretrained_teacher_t4``) and the ResNet-50 from scratch of the one before it
 (``paper/results/studies/scratch_teacher``). For each student and seed, the difference of the two KD gains
 (Δ macro-F1 with the strong teacher minus Δ with the weak one, both against the same no-KD run) is the paired
 unit; ``edgekd.core.stats.family_verdicts`` gives the paired t, the TOST against ±SESOI and the verdict, Holm over
@@ -26,7 +27,7 @@ from edgekd.core import info, provenance, stats
 from edgekd.core.files import file_digest
 
 RESULTS = info.REPO_ROOT / "paper" / "results"
-STRONG, WEAK = RESULTS / "default", RESULTS / "studies" / "scratch_teacher"
+STRONG, WEAK = RESULTS / "studies" / "pretrained_teacher_t4", RESULTS / "studies" / "scratch_teacher"
 SETTING, SPLIT = "kd", "official"
 
 

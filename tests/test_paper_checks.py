@@ -3,8 +3,11 @@ the same page without it. Two page loads serve the browser's checks; one PDF ser
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from edgekd.core import info
 from edgekd.paper import format as FM
 from edgekd.paper import render
 
@@ -43,15 +46,27 @@ FIXED = {
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory) -> tuple[dict, dict]:
+def results(tmp_path_factory) -> Path:
+    """A published results root whose only ``runs.csv`` holds settings no profile names any more (``kd_128px``,
+    ``nokd_eq``), so the checks do not depend on what today's reference happens to contain."""
+    root = tmp_path_factory.mktemp("results")
+    (root / "old").mkdir()
+    (root / "old" / "runs.csv").write_text("run_id,setting\na,kd_128px\nb,nokd_eq\nc,kd\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory, results) -> tuple[dict, dict]:
     """:func:`render.browser_check` of the page with its faults and without them."""
     out = tmp_path_factory.mktemp("checks")
     found = []
-    for name, parts in (("bad", FAULTS), ("good", FIXED)):
-        html = out / f"{name}.html"
-        html.write_text('<html><head><meta charset="utf-8"></head><body style="max-width:600px;padding:0 10px">'
-                        + PAGE.format(**parts) + "</body></html>")
-        found.append(render.browser_check(html))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(info.RESULTS_ENV, str(results))
+        for name, parts in (("bad", FAULTS), ("good", FIXED)):
+            html = out / f"{name}.html"
+            html.write_text('<html><head><meta charset="utf-8"></head><body style="max-width:600px;padding:0 10px">'
+                            + PAGE.format(**parts) + "</body></html>")
+            found.append(render.browser_check(html))
     return found[0], found[1]
 
 
@@ -68,7 +83,8 @@ def test_an_interval_broken_after_its_comma_is_found(reports):
     assert good["broken_intervals"] == []
 
 
-def test_setting_labels_code_names_paths_run_ids_and_issue_numbers_in_the_prose_are_found(reports):
+def test_setting_labels_code_names_paths_run_ids_and_issue_numbers_in_the_prose_are_found(reports, results, monkeypatch):
+    monkeypatch.setenv(info.RESULTS_ENV, str(results))
     labels = render.setting_labels()
     assert {"nokd", "lskd", "kdat", "kd_128px", "nokd_eq"} <= set(labels)  # profiles' and published runs' settings
     assert not {"kd", "dkd", "dist", "at"} & set(labels)  # the prose's KD, DKD, DIST and the word "at"
