@@ -247,7 +247,11 @@ def test_targets_text_says_why_and_never_shows_nan_where_a_target_has_no_usable_
     text = supplement.targets(src) + supplement.targets_paragraph(src)
     assert "nan" not in text.lower() and "None" not in text
     assert "no teacher run is usable" in text and "no KD run has a usable no-KD partner" in text
-    assert "no equal-compute control" in text and "no INT8 measurement of a pretrained KD student" in text
+    assert "no INT8 measurement of a pretrained KD student" in text
+    # a target no run measures is "not measured", not missed, and the count leaves it out
+    assert "This run meets 0 of the 3 targets it measures (of the study's 9; no run of this profile measures " in text
+    assert ("| students whose KD Δ macro-F1 against the equal-compute no-KD control has a seeds-and-images interval "
+            "above 0 | ≥\u00a0100% of them | — | — | not measured |") in text
     assert "**The weakest student**, A · kd, reaches macro-F1 0.150 in 2 epochs; 3 collapsed runs are excluded." in text
     assert "| macro-F1 of that student | ≥\u00a00.70 | 0.150 | A · kd | no |" in text
 
@@ -555,8 +559,11 @@ def test_smoke_paper_numbers_and_exclusions_come_from_outputs(rendered, smoke_ou
         assert not gone & set(perf["model"])  # a model whose every run collapsed is in no table
     if numbers["best_student"]:
         assert f"{numbers['best_student_macro_f1']:.3f}" in html
-    assert f"meets {numbers['targets_met']} of the study’s {numbers['targets']} targets" in html
     targets = pd.read_csv(agg / "targets.csv")
+    measured = int(sum(bool(r["of"]) if pd.notna(r["of"]) else pd.notna(r["value"]) for _, r in targets.iterrows()))
+    assert (f"meets {numbers['targets_met']} of the study’s {numbers['targets']} targets" if measured == len(targets)
+            else f"meets {numbers['targets_met']} of the {measured} targets it measures (of the study’s "
+                 f"{numbers['targets']};") in html
     assert html.count("What each missed one reached") == int(not targets["met"].all())
 
 
@@ -700,3 +707,27 @@ def test_verdicts_are_read_from_the_aggregate_and_made_only_for_an_older_referen
     written = {"t_p_holm": 0.2, "tost_p_holm": 0.9, "mde": 0.08, "verdict_label": "inconclusive, MDE = 0.080"}
     pd.DataFrame([{**row, **written}]).to_csv(tmp_path / "paired_kd.csv", index=False)
     assert shared.verdicts(src).iloc[0]["verdict_label"] == "inconclusive, MDE = 0.080"
+
+
+def test_discussion_names_the_comparisons_whose_two_intervals_disagree_or_that_holm_left_inconclusive():
+    base = {"student": "ResNet-18", "setting": "kd", "method": "KD", "pairs": 3, "t_p_holm": 0.2,
+            "verdict_label": "inconclusive, MDE = 0.05"}
+    rows = pd.DataFrame([
+        {**base, "d_macro_f1_low": -0.023, "d_macro_f1_high": -0.021, "d_macro_f1_hb_low": -0.053,
+         "d_macro_f1_hb_high": 0.004, "verdict_label": "loss"},                      # only the t-interval excludes 0
+        {**base, "student": "EfficientNet-B0", "d_macro_f1_low": -0.025, "d_macro_f1_high": 0.09,
+         "d_macro_f1_hb_low": 0.001, "d_macro_f1_hb_high": 0.067},                  # only the bootstrap excludes 0
+        {**base, "student": "MobileNetV2", "pairs": 5, "t_p_holm": 0.108, "d_macro_f1_low": 0.003,
+         "d_macro_f1_high": 0.045, "d_macro_f1_hb_low": 0.002, "d_macro_f1_hb_high": 0.05},  # both; Holm undoes it
+        {**base, "student": "Lite0", "d_macro_f1_low": -0.05, "d_macro_f1_high": 0.05, "d_macro_f1_hb_low": -0.04,
+         "d_macro_f1_hb_high": 0.04},                                                 # settled: both include 0
+    ])
+    text = closing.intervals_disagree(rows)
+    assert text.startswith("**Where the verdicts are least settled.** For ResNet-18 with KD (3 seeds), only the "
+                           "t-interval across seeds, [-0.023,\u00a0-0.021], excludes 0; the bootstrap over seeds and "
+                           "test images gives [-0.053,\u00a0+0.004].")
+    assert ("For EfficientNet-B0 with KD (3 seeds), only the bootstrap over seeds and test images, "
+            "[+0.001,\u00a0+0.067], excludes 0") in text
+    assert "For MobileNetV2 with KD (5 seeds), the unadjusted t-interval" in text and "raises p to 0.108" in text
+    assert "Lite0" not in text
+    assert closing.intervals_disagree(rows.iloc[[3]]) == ""

@@ -46,7 +46,7 @@ def test_compare_gives_one_verdict_per_number(tmp_path):
     assert "same machine" in table.loc[("m", "auc"), "verdict"]
     write_results(tmp_path / "other", rep, {**MACHINE, "cpu": "CPU B", "torch_threads": 4})
     other = reproduce.compare(tmp_path / "ref", tmp_path / "other")
-    assert other.attrs["machine_differences"] == ["cpu: CPU A → CPU B", "torch_threads: 2 → 4"]
+    assert other.attrs["machine_differences"] == ["CPU: CPU A → CPU B", "PyTorch threads: 2 → 4"]
     assert other.set_index(["model", "metric"]).loc[("m", "auc"), "verdict"].endswith("likely hardware or thread differences")
     line = reproduce.summary(other)
     assert line.startswith("5 numbers: 1 bitwise identical, 1 within seed noise, 1 outside") and "CPU B" in line

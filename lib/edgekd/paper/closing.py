@@ -44,6 +44,39 @@ def _teacher_margins(src: Source) -> str:
             + " (test macro-F1).")
 
 
+def _span(low: float, high: float) -> str:
+    return f"[{signed(low)},\u00a0{signed(high)}]"
+
+
+def _excludes_zero(low: float, high: float) -> bool:
+    return bool(low > 0 or high < 0)
+
+
+def intervals_disagree(df: pd.DataFrame) -> str:
+    """Where the pre-declared t-interval across seeds and the bootstrap over seeds and test images disagree on 0, or
+    where an unadjusted t-interval excludes 0 but Holm's correction leaves the verdict inconclusive: the comparisons
+    whose verdict is least settled, in one paragraph ("" where there is none). With 3 seeds the seed SD is itself
+    uncertain, and the t-interval carries no test-image noise, so a loss or gain that only it shows is fragile."""
+    notes = []
+    for _, r in df.iterrows():
+        t_low, t_high = r["d_macro_f1_low"], r["d_macro_f1_high"]
+        hb_low, hb_high = r.get("d_macro_f1_hb_low"), r.get("d_macro_f1_hb_high")
+        name = f"{r['student']} with {method(r)} ({count(int(r['pairs']), 'seed')})"
+        if pd.notna(hb_low) and _excludes_zero(t_low, t_high) != _excludes_zero(hb_low, hb_high):
+            (only, a), (other, b) = (("t-interval across seeds", _span(t_low, t_high)),
+                                     ("bootstrap over seeds and test images", _span(hb_low, hb_high)))[
+                                        :: 1 if _excludes_zero(t_low, t_high) else -1]
+            notes.append(f"For {name}, only the {only}, {a}, excludes 0; the {other} gives {b}.")
+        elif _excludes_zero(t_low, t_high) and str(r["verdict_label"]).startswith("inconclusive"):
+            notes.append(f"For {name}, the unadjusted t-interval {_span(t_low, t_high)} excludes 0, but Holm's "
+                         f"correction over its family raises p to {num(r['t_p_holm'])}.")
+    if not notes:
+        return ""
+    return ("**Where the verdicts are least settled.** " + " ".join(notes) + " The verdicts follow the pre-declared "
+            "test, but a t-interval from three to five seeds rests on a seed standard deviation that is itself "
+            "uncertain and carries no test-image noise, while a bootstrap over so few seeds understates their spread: these are the comparisons to confirm with more seeds.")
+
+
 def _pilot_budget(pilot: Source, epochs: int) -> str:
     """What the pilot says about the fixed budget: how many KD students had their best validation epoch at the last
     epoch, against the no-KD student's best epoch."""
@@ -95,6 +128,8 @@ def discussion(src: Source, gap: Source | None, pilot: Source | None) -> str:
             f"**What the verdicts say.** {where}. "
             "A comparison that is inconclusive is not evidence of no effect: its minimum detectable effect says how "
             "large a gain the seeds could have shown." + _teacher_margins(src))
+        if unsettled := intervals_disagree(df):
+            paras.append(unsettled)
     if pilot is not None:
         paras.append(_pilot_budget(pilot, src.numbers["student_epochs"]))
     if gap is not None:
@@ -200,14 +235,16 @@ def data_licence(src: Source) -> str:
 
 
 def code_availability(src: Source) -> str:
-    """Where the code is, the commit that produced the results, and the one command that reruns the study."""
+    """Where the code is, the commit the results were published at (publishing refuses a run whose code or parameters
+    differ from that commit's, so the runs may have been trained at an earlier commit with the same code), and the one
+    command that reruns the study."""
     git = src.provenance.get("git") or {}
     commit = (f"commit `{git['commit']}`" + (" with uncommitted changes" if git.get("dirty") else "")
               if git.get("commit") else "an unrecorded commit")
     command = "bash scripts/main.sh" if src.profile == "default" else f"PROFILE={src.profile} bash scripts/main.sh"
     where = "committed in" if src.kind == "published" else "this checkout's run in"
     return (f"The code is the `edgekd` repository ({metadata.metadata('edgekd')['License']} licence); these results "
-            f"were produced at {commit}. On a Debian machine with a copy of the HAM10000 images, `{command}` reruns the whole "
+            f"were published at {commit}, whose code and parameters every run matches. On a Debian machine with a copy of the HAM10000 images, `{command}` reruns the whole "
             "study in one command: it installs the pinned packages (`requirements.txt`), trains and evaluates every "
             "run, measures latency and renders this paper (with the pandoc fallback where Quarto is absent); "
             f"`bash scripts/test.sh` runs the tests. The results this paper reads are {where} `{shown(src.path)}` with "

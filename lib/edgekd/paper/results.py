@@ -116,7 +116,7 @@ def external(src: Source) -> str:
     text = (f"On the external test set, no image of which is in HAM10000, macro-F1 changes by {signed(gaps.min())} to "
             f"{signed(gaps.max())} against the official test set (@tbl-external; per seed in @fig-external-gap). It "
             "was scored once, after every choice was made.\n\n")
-    return text + md_table(wide, columns, "Test macro-F1 on the official test set and on the external set: mean over "
+    return text + md_table(wide, columns, "Each model's macro-F1 on HAM10000's official split and on ISIC 2018 images: mean over "
                            "seeds with the 95% t-interval across seeds (none for a model with 1 seed).", label="external")
 
 

@@ -425,8 +425,25 @@ def equal_compute(src: Source) -> str:
                     text=("KD method", "Against", "Verdict"), label="equal-compute")
 
 
+def _measured(r: pd.Series) -> bool:
+    """Whether a run measures the target: a counted target needs something to count, any other a value."""
+    return bool(r["of"]) if finite(r.get("of")) else finite(r.get("value"))
+
+
+def _by(src: Source, r: pd.Series) -> str:
+    """Who reached a target, in words: a model's label, or for a counted KD row the KD method of its setting."""
+    if not isinstance(r.get("model"), str):
+        return DASH
+    if finite(r.get("of")) and src.has("paired_kd.csv"):
+        methods = official(src.csv("paired_kd.csv")).drop_duplicates("setting").set_index("setting")
+        if r["model"] in methods.index and "method" in methods.columns:
+            return str(methods.loc[r["model"], "method"])
+    return str(r["model"])
+
+
 def targets(src: Source) -> str:
-    """The study's targets (:data:`edgekd.stages.aggregate.TARGETS`) against what this run reached."""
+    """The study's targets (:data:`edgekd.stages.aggregate.TARGETS`) against what this run reached; a target no run
+    measures (a control the profile does not train) is "not measured", not missed."""
     df = src.csv("targets.csv")
 
     def counted(r: pd.Series) -> bool:  # the KD row counts students
@@ -445,8 +462,11 @@ def targets(src: Source) -> str:
             return num(r["value"])
         return f"{int(r['count'])} of {int(r['of'])}" if r["of"] else DASH
 
+    def met(r: pd.Series) -> str:
+        return ("yes" if r["met"] else "no") if _measured(r) else "not measured"
+
     return md_table(df, {"Target": col("what", str), "Required": need, "Reached": got,
-                         "By": lambda r: str(r["model"]) if isinstance(r["model"], str) else DASH, "Met": col("met")},
+                         "By": lambda r: _by(src, r), "Met": met},
                     "The study's targets (official test set; means over seeds, 1 seed where a model has one), set "
                     "on 2026-11-27, before this profile was run, against what this run reached. "
                     "The best student is the one of any kind with the highest validation macro-F1; KD rows count "
@@ -490,22 +510,22 @@ def targets_paragraph(src: Source) -> str:
     kd = t.loc["kd_scratch_students_above_zero"]
     if not kd["met"]:
         why.append("**KD against no KD**: no KD run has a usable no-KD partner of the same seed." if not kd["of"] else
-                   f"**KD against no KD** (equal epochs): under {kd['model']}, {int(kd['count'])} of {int(kd['of'])} "
-                   f"from-scratch students {'has' if kd['count'] == 1 else 'have'} a seeds-and-images interval above 0 "
-                   f"({n['n_seeds']} seeds).")
+                   f"**KD against no KD** (equal epochs): with {_by(src, kd)}, {int(kd['count'])} of {int(kd['of'])} "
+                   f"from-scratch students {'has' if kd['count'] == 1 else 'have'} a seeds-and-images interval above 0.")
     ec = t.loc["kd_above_equal_compute"]
-    if not ec["met"]:
-        why.append("**KD against the equal-compute control**: this profile has no equal-compute control." if not ec["of"]
-                   else f"**KD against the equal-compute control**: KD is not above no KD trained for the same compute: "
-                        f"0 of {int(ec['of'])} students have a seeds-and-images interval above 0.")
+    if not ec["met"] and _measured(ec):
+        why.append(f"**KD against the equal-compute control**: KD is not above no KD trained for the same compute: "
+                   f"0 of {int(ec['of'])} students have a seeds-and-images interval above 0.")
     d8, s8 = t.loc["int8_edge_delta_macro_f1"], t.loc["int8_edge_speedup_low"]
     if not (d8["met"] and s8["met"]):
         why.append("**INT8**: this profile has no INT8 measurement of a pretrained KD student." if not finite(d8["value"])
                    else f"**INT8** ({d8['model']}): Δ macro-F1 {signed(d8['value'])} against ORT FP32 (required ≥ "
                         f"{d8['threshold']:g}); the lower end of its speed-up interval is "
                         + (f"{s8['value']:.2f}× (required above 1)." if finite(s8["value"]) else "not measured."))
-    return (f"This run meets {n['targets_met']} of the study's {n['targets']} targets (@tbl-targets). What each "
-            "missed one reached:\n\n"
+    measured = sum(_measured(r) for _, r in t.iterrows())
+    scope = (f"the {measured} targets it measures (of the study's {n['targets']}; no run of this profile measures the "
+             + ("other)" if n["targets"] - measured == 1 else "others)") if measured < n["targets"] else f"the study's {n['targets']} targets")
+    return (f"This run meets {n['targets_met']} of {scope} (@tbl-targets). What each missed one reached:\n\n"
             + "\n".join(f"- {w}" for w in why) + "\n")
 
 
@@ -795,7 +815,8 @@ def int8_ops(src: Source) -> str:
                else "so quantise/dequantise overhead is not the main cost")
     largest = (f" The largest other INT8 cost is {other['op_type']} in the {_run_words(other['model'])}: {other['share']:.0%} of its "
                "kernel time, element-wise work that the FP32 graph fuses or does not have." if other is not None else "")
-    text = (f"In ONNX Runtime's profile, QuantizeLinear / DequantizeLinear nodes take {qdq.min():.0%}–{qdq.max():.0%} "
+    text = ("In ONNX Runtime's profile of an earlier reference's seed-0 models (the same architectures, so the same "
+            f"exported graphs), QuantizeLinear / DequantizeLinear nodes take {qdq.min():.0%}–{qdq.max():.0%} "
             f"of the INT8 models' kernel time, and the INT8 convolutions run {conv_speedup.min():.2f}–"
             f"{conv_speedup.max():.2f}× as fast as the FP32 ones, {verdict}.{largest} The profiler adds its own cost "
             "to every node, so a graph with more nodes looks slower than it is: read the shares within a graph, not "
@@ -811,13 +832,18 @@ def int8_ops(src: Source) -> str:
 
 
 def cost(src: Source) -> str:
+    """Each model's parameters, MACs and file sizes, at the input size it was trained and measured at (the teacher's
+    and the students' differ, and MACs scale with the input's area)."""
     df = src.csv("efficiency.csv")
-    return md_table(df, {"Model": col("label", str), "Parameters (M)": col("params_M", lambda x: num(x, 2)),
+    sizes = sorted({int(x) for x in df["img_size"]})
+    at = f"at {sizes[0]} px" if len(sizes) == 1 else "at each model's own input size"
+    return md_table(df, {"Model": col("label", str), "Input (px)": col("img_size", lambda x: f"{int(x)}"),
+                         "Parameters (M)": col("params_M", lambda x: num(x, 2)),
                          "MACs (M)": col("MMACs", lambda x: num(x, 1)),
                          "ONNX FP32 (MB)": col("onnx_MB", lambda x: num(x, 1)),
                          "ONNX INT8 (MB)": col("onnx_int8_MB", lambda x: num(x, 1))},
-                    f"Model cost at {int(df['img_size'].iloc[0])} px (MACs per image at batch 1; two "
-                    "floating-point operations per multiply–accumulate).", label="cost")
+                    f"Model cost {at} (MACs per image at batch 1; two floating-point operations per "
+                    "multiply–accumulate).", label="cost")
 
 
 #: The latency backends in words.

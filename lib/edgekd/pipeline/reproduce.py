@@ -20,8 +20,11 @@ from edgekd.core import provenance
 
 #: Metrics compared (the paper's headline metrics).
 METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
-#: Machine facts (``provenance.machine()`` keys) that change floating-point results when they differ.
-MACHINE_KEYS: tuple[str, ...] = ("cpu", "cpu_capability", "gpu", "torch_threads", "torch", "timm", "numpy", "onnxruntime")
+#: Machine facts (``provenance.machine()`` keys) that change floating-point results when they differ, in the words the
+#: reproduction report (and the paper's provenance section) shows them.
+MACHINE_KEYS: dict[str, str] = {"cpu": "CPU", "cpu_capability": "instruction set", "gpu": "GPU",
+                                "torch_threads": "PyTorch threads", "torch": "PyTorch", "timm": "timm", "numpy": "NumPy",
+                                "onnxruntime": "ONNX Runtime"}
 VERDICTS: dict[str, str] = {
     "identical": "bitwise identical",
     "within": "within seed noise",
@@ -42,10 +45,11 @@ def read_machine(folder: Path) -> dict | None:
 
 
 def machine_differences(reference: dict | None, reproduced: dict | None) -> list[str]:
-    """``key: reference → reproduced`` for each :data:`MACHINE_KEYS` entry that differs."""
+    """``fact: reference → reproduced`` for each :data:`MACHINE_KEYS` entry that differs, the fact in words."""
     if reference is None or reproduced is None:
         return []
-    return [f"{k}: {reference.get(k)} → {reproduced.get(k)}" for k in MACHINE_KEYS if reference.get(k) != reproduced.get(k)]
+    return [f"{words}: {reference.get(k)} → {reproduced.get(k)}" for k, words in MACHINE_KEYS.items()
+            if reference.get(k) != reproduced.get(k)]
 
 
 def compare(reference_dir: Path, reproduced_dir: Path, reproduced_machine: dict | None = None) -> pd.DataFrame:
