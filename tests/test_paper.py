@@ -690,23 +690,19 @@ def test_kd_calibration_formats_the_aggregates_paired_columns(tmp_path):
 
 
 
-def test_verdicts_are_read_from_the_aggregate_and_made_only_for_an_older_reference(tmp_path):
-    """A reference whose paired table carries the aggregate's verdicts is only formatted; one published before the
-    aggregate tabulated them gets them from its per-seed deltas by the same function."""
-    deltas = pd.DataFrame({"arch": "resnet18", "split": "official", "setting": "kd", "seed": [0, 1, 2],
-                           "d_macro_f1": [0.030, 0.041, 0.052]})
+def test_verdicts_are_read_from_the_aggregate_and_a_table_without_them_is_refused(tmp_path):
+    """The paper formats the aggregate's verdicts and never makes one; a paired table without them is refused by
+    name rather than shown without its verdicts."""
     row = {"arch": "resnet18", "student": "ResNet-18", "split": "official", "setting": "kd", "pairs": 3}
     src = SR.Source("default", tmp_path, "published", {}, {})
-    pd.DataFrame([row]).to_csv(tmp_path / "paired_kd.csv", index=False)
-    deltas.to_csv(tmp_path / "paired_kd_seeds.csv", index=False)
-    made = shared.verdicts(src).iloc[0]
-    expected = ST.kd_verdicts(deltas).iloc[0]
-    assert made["verdict_label"] == expected["label"] == "gain" and made["mde"] == pytest.approx(expected["mde"])
-
-    (tmp_path / "paired_kd_seeds.csv").unlink()  # not read when the aggregate wrote the verdicts
     written = {"t_p_holm": 0.2, "tost_p_holm": 0.9, "mde": 0.08, "verdict_label": "inconclusive, MDE = 0.080"}
-    pd.DataFrame([{**row, **written}]).to_csv(tmp_path / "paired_kd.csv", index=False)
-    assert shared.verdicts(src).iloc[0]["verdict_label"] == "inconclusive, MDE = 0.080"
+    pd.DataFrame([{**row, **written}, {**row, "split": "lesion", **written}]).to_csv(tmp_path / "paired_kd.csv",
+                                                                                      index=False)
+    found = shared.verdicts(src)
+    assert len(found) == 1 and found.iloc[0]["verdict_label"] == "inconclusive, MDE = 0.080"  # official only
+    pd.DataFrame([row]).to_csv(tmp_path / "paired_kd.csv", index=False)
+    with pytest.raises(ValueError, match="has no t_p_holm, tost_p_holm, mde, verdict_label: it predates"):
+        shared.verdicts(src)
 
 
 def test_discussion_names_the_comparisons_whose_two_intervals_disagree_or_that_holm_left_inconclusive():
@@ -731,3 +727,20 @@ def test_discussion_names_the_comparisons_whose_two_intervals_disagree_or_that_h
     assert "For MobileNetV2 with KD (5 seeds), the unadjusted t-interval" in text and "raises p to 0.108" in text
     assert "Lite0" not in text
     assert closing.intervals_disagree(rows.iloc[[3]]) == ""
+
+
+def test_captions_say_what_their_rows_rest_on_one_seed_and_each_models_input_size(tmp_path):
+    rows = [{"model": m, "label": m, "suite": "source", "seeds": 1, "images": 300, "macro_f1": 0.5,
+             "balanced_error": 0.4, "balanced_accuracy": 0.6, "clean_balanced_accuracy": 0.7} for m in ("a", "b")]
+    pd.DataFrame(rows).to_csv(tmp_path / "robustness.csv", index=False)
+    pd.DataFrame([{"label": "Teacher", "img_size": 128, "params_M": 3.4, "MMACs": 125.4, "onnx_MB": 12.9,
+                   "onnx_int8_MB": 3.6}, {"label": "Student", "img_size": 64, "params_M": 3.4, "MMACs": 31.3,
+                                          "onnx_MB": 12.9, "onnx_int8_MB": 3.6}]).to_csv(tmp_path / "efficiency.csv",
+                                                                                      index=False)
+    src = SR.Source("default", tmp_path, "published", {}, {})
+    one = supplement.robustness_caption(src) + supplement.robustness(src)
+    assert "over seeds" not in one and "(1 seed and 300 class-stratified test images per model)" in one
+    pd.DataFrame([{**rows[0], "seeds": 3}, rows[1]]).to_csv(tmp_path / "robustness.csv", index=False)
+    assert "suite and over seeds (1–3 seeds" in supplement.robustness_caption(src)
+    cost = supplement.cost(src)
+    assert "Model cost at each model's own input size" in cost and "Teacher</span> | 128 |" in cost and "Student</span> | 64 |" in cost

@@ -17,7 +17,6 @@ from pathlib import Path
 import pandas as pd
 
 from edgekd.core import info
-from edgekd.core import stats as ST
 from edgekd.core.info import LESION_MARK
 from edgekd.paper.format import DASH, Columns, ci_col, col, pvalue, signed
 from edgekd.paper.sources import Source
@@ -27,20 +26,18 @@ def official(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["split"] != LESION_MARK] if "split" in df else df
 
 
-def _with_verdicts(df: pd.DataFrame, src: Source) -> pd.DataFrame:
-    """Paired rows (one per student, split and KD setting against no KD) with the analysis plan's verdict: as the
-    aggregate tabulated it (``verdict_label`` and the p's in ``paired_kd.csv``), or, for a reference published before
-    it did, made from the per-seed deltas (``paired_kd_seeds.csv``) by the same function (``stats.kd_verdicts``)."""
-    keep = ["arch", "split", "setting", "t_p_holm", "tost_p_holm", "mde", "verdict_label"]
-    if set(keep) <= set(df.columns):
-        return df
-    found = ST.kd_verdicts(src.csv("paired_kd_seeds.csv")).rename(columns={"label": "verdict_label"})
-    return df.drop(columns=[c for c in keep[3:] if c in df]).merge(found[keep], on=keep[:3], how="left")
+#: The analysis plan's verdict columns, which the aggregate writes into ``paired_kd.csv``.
+VERDICT_COLUMNS: tuple[str, ...] = ("t_p_holm", "tost_p_holm", "mde", "verdict_label")
 
 
 def verdicts(src: Source) -> pd.DataFrame:
-    """The official-split paired rows with the analysis plan's verdicts (:func:`_with_verdicts`)."""
-    return _with_verdicts(official(src.csv("paired_kd.csv")), src)
+    """The official-split paired rows with the analysis plan's verdicts, as the aggregate tabulated them: the paper
+    formats them and never recomputes one. A paired table without them (an aggregate older than the plan) is refused."""
+    df = official(src.csv("paired_kd.csv"))
+    if missing := [c for c in VERDICT_COLUMNS if c not in df.columns]:
+        raise ValueError(f"{src.path / 'paired_kd.csv'} has no {', '.join(missing)}: it predates the analysis plan's "
+                         f"verdicts; rerun the aggregate stage of profile {src.profile}")
+    return df
 
 
 def counted(verdicts: pd.Series) -> str:

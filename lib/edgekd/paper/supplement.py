@@ -692,12 +692,17 @@ def _rests_on(df: pd.DataFrame) -> str:
     return f"{span(seeds, 'seed')} and {span(images, 'class-stratified test image')} per model"
 
 
+def _over_seeds(df: pd.DataFrame) -> str:
+    """" and over seeds" where some model has more than one, else nothing: a caption never averages over 1 seed."""
+    return " and over seeds" if "seeds" not in df or (df["seeds"].fillna(1) > 1).any() else ""
+
+
 def robustness_caption(src: Source) -> str:
     """The corruption curves' caption, with what they rest on."""
     df = src.csv("robustness.csv")
     rests = f" ({_rests_on(df)})" if "seeds" in df else ""
     return ("Balanced accuracy against severity, one row per architecture, averaged over the corruptions of each "
-            f"suite and over seeds{rests} (macro-F1 is in the table). Accuracy alone would reward a model that drifts "
+            f"suite{_over_seeds(df)}{rests} (macro-F1 is in the table). Accuracy alone would reward a model that drifts "
             "towards the majority class as images degrade." if "seeds" in df else "Accuracy against severity, averaged over the corruptions of "
             "each suite and over seeds.")
 
@@ -718,7 +723,7 @@ def robustness(src: Source) -> str:
                     f"Macro-F1, {name}": col(f"macro_f1_{suite}")}
     rests = f"; {_rests_on(df)}" if df["seeds"].notna().all() else ""
     return md_table(wide, columns, "Balanced accuracy and macro-F1 under corruption: mean over the corruptions and "
-                    f"severities of each suite and over seeds{rests}.", label="robustness")
+                    f"severities of each suite{_over_seeds(df)}{rests}.", label="robustness")
 
 
 def be_rbe(src: Source) -> str:
