@@ -26,15 +26,16 @@ def official(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["split"] != LESION_MARK] if "split" in df else df
 
 
-#: The analysis plan's verdict columns, which the aggregate writes into ``paired_kd.csv``.
-VERDICT_COLUMNS: tuple[str, ...] = ("t_p_holm", "tost_p_holm", "mde", "verdict_label")
+#: The verdict columns of ``paired_kd.csv`` that the paper formats (of ``edgekd.stages.tables.VERDICT_COLUMNS``, its
+#: ``label`` as ``verdict_label``).
+_FORMATTED_VERDICTS: tuple[str, ...] = ("t_p_holm", "tost_p_holm", "mde", "verdict_label")
 
 
 def verdicts(src: Source) -> pd.DataFrame:
     """The official-split paired rows with the analysis plan's verdicts, as the aggregate tabulated them: the paper
     formats them and never recomputes one. A paired table without them (an aggregate older than the plan) is refused."""
     df = official(src.csv("paired_kd.csv"))
-    if missing := [c for c in VERDICT_COLUMNS if c not in df.columns]:
+    if len(df) and (missing := [c for c in _FORMATTED_VERDICTS if c not in df.columns]):
         raise ValueError(f"{src.path / 'paired_kd.csv'} has no {', '.join(missing)}: it predates the analysis plan's "
                          f"verdicts; rerun the aggregate stage of profile {src.profile}")
     return df
