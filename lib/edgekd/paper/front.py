@@ -59,8 +59,9 @@ def abstract(src: Source, gap: Source | None = None) -> str:
                      "distillation is not measured here.")
     if gap is not None:
         g = gap.csv("gap.csv")
-        parts.append(f"A weaker teacher trained from scratch gave larger gains than the pretrained one in "
-                     f"{int(g['seeds_smaller'].sum())} of {int(g['seeds'].sum())} seed pairs.")
+        parts.append(f"In an exploratory comparison at an earlier KD setting, a weaker teacher trained from scratch gave "
+                     f"larger gains than the pretrained one in {int(g['seeds_smaller'].sum())} of "
+                     f"{int(g['seeds'].sum())} seed pairs.")
     if src.has("external.csv"):
         wide, sets = external_macro_f1(src)
         if sets:
