@@ -14,7 +14,7 @@ import pandas as pd
 from edgekd.core import info
 from edgekd.core.info import ARCH_LABELS
 from edgekd.core.words import BASELINE
-from edgekd.paper.format import count, num, ratio, signed
+from edgekd.paper.format import bracket, count, num, ratio, signed
 from edgekd.paper.shared import (
     counted,
     image_counts,
@@ -44,10 +44,6 @@ def _teacher_margins(src: Source) -> str:
             + " (test macro-F1).")
 
 
-def _span(low: float, high: float) -> str:
-    return f"[{signed(low)},\u00a0{signed(high)}]"
-
-
 def _excludes_zero(low: float, high: float) -> bool:
     return bool(low > 0 or high < 0)
 
@@ -63,18 +59,19 @@ def intervals_disagree(df: pd.DataFrame) -> str:
         hb_low, hb_high = r.get("d_macro_f1_hb_low"), r.get("d_macro_f1_hb_high")
         name = f"{r['student']} with {method(r)} ({count(int(r['pairs']), 'seed')})"
         if pd.notna(hb_low) and _excludes_zero(t_low, t_high) != _excludes_zero(hb_low, hb_high):
-            (only, a), (other, b) = (("t-interval across seeds", _span(t_low, t_high)),
-                                     ("bootstrap over seeds and test images", _span(hb_low, hb_high)))[
-                                        :: 1 if _excludes_zero(t_low, t_high) else -1]
+            t = ("t-interval across seeds", bracket(t_low, t_high))
+            hb = ("bootstrap over seeds and test images", bracket(hb_low, hb_high))
+            (only, a), (other, b) = (t, hb) if _excludes_zero(t_low, t_high) else (hb, t)
             notes.append(f"For {name}, only the {only}, {a}, excludes 0; the {other} gives {b}.")
         elif _excludes_zero(t_low, t_high) and str(r["verdict_label"]).startswith("inconclusive"):
-            notes.append(f"For {name}, the unadjusted t-interval {_span(t_low, t_high)} excludes 0, but Holm's "
+            notes.append(f"For {name}, the unadjusted t-interval {bracket(t_low, t_high)} excludes 0, but Holm's "
                          f"correction over its family raises p to {num(r['t_p_holm'])}.")
     if not notes:
         return ""
     return ("**Where the verdicts are least settled.** " + " ".join(notes) + " The verdicts follow the pre-declared "
             "test, but a t-interval from three to five seeds rests on a seed standard deviation that is itself "
-            "uncertain and carries no test-image noise, while a bootstrap over so few seeds understates their spread: these are the comparisons to confirm with more seeds.")
+            "uncertain and carries no test-image noise, while a bootstrap over so few seeds understates their spread: "
+            "these are the comparisons to confirm with more seeds.")
 
 
 def _pilot_budget(pilot: Source, epochs: int) -> str:
@@ -244,8 +241,8 @@ def code_availability(src: Source) -> str:
     command = "bash scripts/main.sh" if src.profile == "default" else f"PROFILE={src.profile} bash scripts/main.sh"
     where = "committed in" if src.kind == "published" else "this checkout's run in"
     return (f"The code is the `edgekd` repository ({metadata.metadata('edgekd')['License']} licence); these results "
-            f"were published at {commit}, whose code and parameters every run matches. On a Debian machine with a copy of the HAM10000 images, `{command}` reruns the whole "
-            "study in one command: it installs the pinned packages (`requirements.txt`), trains and evaluates every "
+            f"were published at {commit}, whose code and parameters every run matches. On a Debian machine with a "
+            f"copy of the HAM10000 images, `{command}` reruns the whole study in one command: it installs the pinned packages (`requirements.txt`), trains and evaluates every "
             "run, measures latency and renders this paper (with the pandoc fallback where Quarto is absent); "
             f"`bash scripts/test.sh` runs the tests. The results this paper reads are {where} `{shown(src.path)}` with "
             "their provenance (profile digest, machine, library versions, stage wall times; see the provenance "

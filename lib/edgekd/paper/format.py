@@ -104,6 +104,11 @@ def ratio(x) -> str:
     return f"{x:.2f}×" if finite(x) else DASH
 
 
+def bracket(low, high, digits: int = 3) -> str:
+    """A signed interval ``[low, high]`` in running text, never broken at its comma."""
+    return f"[{signed(low, digits)},\u00a0{signed(high, digits)}]"
+
+
 def interval(mean, low, high, digits: int = 3, sign: bool = False) -> str:
     """``mean`` with ``[low, high]`` on a second, smaller line (the mean alone where no interval exists)."""
     text = signed(mean, digits) if sign else num(mean, digits)

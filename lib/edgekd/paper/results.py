@@ -17,6 +17,7 @@ from edgekd.paper import sources
 from edgekd.paper.format import (
     DASH,
     Columns,
+    bracket,
     ci_col,
     col,
     count,
@@ -50,7 +51,7 @@ def paired_summary(src: Source) -> str:
     df = verdicts(src)
     def ci(r: pd.Series) -> str:
         low, high = r["d_macro_f1_low"], r["d_macro_f1_high"]
-        return f" [{signed(low)},\u00a0{signed(high)}]" if finite(low) and finite(high) else ""
+        return f" {bracket(low, high)}" if finite(low) and finite(high) else ""
 
     lines = [f"{r['student']}, {method(r)}: {signed(r['d_macro_f1'])}{ci(r)} over {count(int(r['pairs']), 'seed')}, "
              f"{r['verdict_label'] if isinstance(r['verdict_label'], str) else DASH}" for _, r in df.iterrows()]
@@ -78,7 +79,7 @@ def capacity_gap(gap: Source) -> str:
     table = md_table(df, {"Student": col("student", str), "Seeds": col("seeds"),
                           "Gain, stronger teacher": col("gain_strong", signed),
                           "Gain, weaker teacher": col("gain_weak", signed),
-                          "Difference [95% t]": lambda r: f"{signed(r['gap'])} [{signed(r['ci_low'])},\u00a0{signed(r['ci_high'])}]",
+                          "Difference [95% t]": lambda r: f"{signed(r['gap'])} {bracket(r['ci_low'], r['ci_high'])}",
                           "p (Holm)": col("p_holm", pvalue), "Verdict": col("verdict", str),
                           "Seeds with the smaller gain": lambda r: f"{int(r['seeds_smaller'])} of {int(r['seeds'])}"},
                      "KD's gain (Δ test macro-F1 against the same no-KD run) under the pretrained EfficientNet-Lite0 "
@@ -116,8 +117,8 @@ def external(src: Source) -> str:
     text = (f"On the external test set, no image of which is in HAM10000, macro-F1 changes by {signed(gaps.min())} to "
             f"{signed(gaps.max())} against the official test set (@tbl-external; per seed in @fig-external-gap). It "
             "was scored once, after every choice was made.\n\n")
-    return text + md_table(wide, columns, "Each model's macro-F1 on HAM10000's official split and on ISIC 2018 images: mean over "
-                           "seeds with the 95% t-interval across seeds (none for a model with 1 seed).", label="external")
+    return text + md_table(wide, columns, "Each model's macro-F1 on HAM10000's official split and on ISIC 2018 "
+                           "images: mean over seeds with the 95% t-interval across seeds (none for a model with 1 seed).", label="external")
 
 
 # ----------------------------------------------------------------------------- Calibration

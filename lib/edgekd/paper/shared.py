@@ -18,7 +18,7 @@ import pandas as pd
 
 from edgekd.core import info
 from edgekd.core.info import LESION_MARK
-from edgekd.paper.format import DASH, Columns, ci_col, col, pvalue, signed
+from edgekd.paper.format import DASH, Columns, bracket, ci_col, col, pvalue, signed
 from edgekd.paper.sources import Source
 
 
@@ -90,7 +90,7 @@ def method(r: pd.Series) -> str:
 
 
 def _hb(r: pd.Series) -> str:
-    return f"{signed(r['d_macro_f1'])} [{signed(r['d_macro_f1_hb_low'])},\u00a0{signed(r['d_macro_f1_hb_high'])}]"
+    return f"{signed(r['d_macro_f1'])} {bracket(r['d_macro_f1_hb_low'], r['d_macro_f1_hb_high'])}"
 
 
 def verdict_cell(r: pd.Series) -> str:

@@ -523,8 +523,9 @@ def targets_paragraph(src: Source) -> str:
                         f"{d8['threshold']:g}); the lower end of its speed-up interval is "
                         + (f"{s8['value']:.2f}× (required above 1)." if finite(s8["value"]) else "not measured."))
     measured = sum(_measured(r) for _, r in t.iterrows())
+    others = "other" if n["targets"] - measured == 1 else "others"
     scope = (f"the {measured} targets it measures (of the study's {n['targets']}; no run of this profile measures the "
-             + ("other)" if n["targets"] - measured == 1 else "others)") if measured < n["targets"] else f"the study's {n['targets']} targets")
+             f"{others})" if measured < n["targets"] else f"the study's {n['targets']} targets")
     return (f"This run meets {n['targets_met']} of {scope} (@tbl-targets). What each missed one reached:\n\n"
             + "\n".join(f"- {w}" for w in why) + "\n")
 
