@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from edgekd.core import augment as AU
 from edgekd.core.inference import load_run, predict
 from edgekd.core.models import create_model
 from edgekd.stages import data as D
@@ -133,17 +134,35 @@ def _teacher(tiny, tmp_path):
     return tdir
 
 
-def test_cached_teacher_equals_live_teacher(tiny, tmp_path):
+def test_cached_teacher_gives_the_live_teachers_loss(tiny, tmp_path):
+    """The cache, read by view and image, gives each batch the loss the live teacher gives, to float32 rounding (the
+    cache runs the teacher in eval batches, the live one per training batch: 5e-5 in the attention term); a wrong
+    view is caught. Over an epoch the two runs then drift apart as training amplifies that rounding (0.11 % in the KD
+    term on an AVX-512 machine, against a 0.1 % bound that failed there), so the epoch means are held to 1 %."""
     tdir = _teacher(tiny, tmp_path)
     kd = dict(mode="hinton", alpha=0.3, temperature=2.0, beta=50.0)
-    m1, h1 = _fit(tiny, tmp_path / "cached", kd=T.KDConfig(**kd, teacher_cache=True), teacher_dir=tdir, epochs=1)
-    m2, h2 = _fit(tiny, tmp_path / "live", kd=T.KDConfig(**kd, teacher_cache=False), teacher_dir=tdir, epochs=1)
+    cfg, cpu = T.TrainConfig(**CFG), torch.device("cpu")
+    cached = T._batch_loss(torch.nn.CrossEntropyLoss(), tiny, cfg, T.KDConfig(**kd, teacher_cache=True), tdir, cpu)
+    live = T._batch_loss(torch.nn.CrossEntropyLoss(), tiny, cfg, T.KDConfig(**kd, teacher_cache=False), tdir, cpu)
+    assert cached.cache is not None and live.teacher is not None
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(tiny.labels["train"]), generator=gen)[:32]
+    v = AU.sample_views(32, cfg.augment, gen)
+    x, y = AU.apply_views(AU.normalise(tiny.images["train"][idx.numpy()]), v), torch.as_tensor(tiny.labels["train"][idx.numpy()])
+    student = create_model("resnet18", 28, stem_stride=2).eval()
+    with torch.no_grad():
+        _, loss_cached, parts_cached = cached(student, x, y, v, idx, cpu)
+        _, loss_live, parts_live = live(student, x, y, v, idx, cpu)
+        _, _, parts_wrong = cached(student, x, y, (v + 1) % 8, idx, cpu)
+    assert loss_cached.item() == pytest.approx(loss_live.item(), rel=1e-4)
+    assert parts_cached == pytest.approx(parts_live, rel=1e-4) and parts_cached["at"] > 0
+    assert parts_wrong["at"] != pytest.approx(parts_live["at"], rel=1e-2)
+
+    _, h1 = _fit(tiny, tmp_path / "cached", kd=T.KDConfig(**kd, teacher_cache=True), teacher_dir=tdir, epochs=1)
+    _, h2 = _fit(tiny, tmp_path / "live", kd=T.KDConfig(**kd, teacher_cache=False), teacher_dir=tdir, epochs=1)
     assert len(list(tdir.glob("teacher_cache_*_dihedral_at_*.pt"))) == 1
-    # The cache is computed in eval batches, the live teacher per training batch: on CUDA under
-    # bf16 autocast (8-bit mantissa) the two differ in the third digit, on CPU (float32) far less.
-    rel = 1e-2 if torch.cuda.is_available() else 1e-3
     for col in ("train_loss", "train_ce", "train_kd", "train_at"):
-        assert h1[col].iloc[0] == pytest.approx(h2[col].iloc[0], rel=rel), col
+        assert h1[col].iloc[0] == pytest.approx(h2[col].iloc[0], rel=1e-2), col
     assert h1["train_kd"].iloc[0] > 0 and h1["train_at"].iloc[0] > 0
 
 
