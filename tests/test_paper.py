@@ -744,3 +744,17 @@ def test_captions_say_what_their_rows_rest_on_one_seed_and_each_models_input_siz
     assert "suite and over seeds (1–3 seeds" in supplement.robustness_caption(src)
     cost = supplement.cost(src)
     assert "Model cost at each model's own input size" in cost and "Teacher</span> | 128 |" in cost and "Student</span> | 64 |" in cost
+
+
+@pytest.mark.parametrize(("delta", "low", "high", "label", "reading"), [
+    (0.03, 0.01, 0.05, "gain", "supports the input-size explanation"),
+    (0.002, -0.01, 0.014, "equivalent within ±0.02", "speaks against the input-size explanation"),
+    (0.01, -0.05, 0.07, "inconclusive, MDE = 0.080", "settles neither explanation"),
+])
+def test_teacher_size_sentence_reads_the_verdict_as_the_plan_fixed(tmp_path, delta, low, high, label, reading):
+    pd.DataFrame([{"seeds": 3, "delta": delta, "ci_low": low, "ci_high": high, "mde": 0.08, "verdict": label,
+                   "teacher_val_64px": 0.679, "teacher_val_128px": 0.723}]).to_csv(tmp_path / "teacher_size.csv")
+    text = closing.teacher_size(SR.Source("teacher_size", tmp_path, "published", {}, {}))
+    assert f"by {FM.signed(delta)} {FM.bracket(low, high)} over 3 seeds, {label}" in text and reading in text
+    assert "0.679" in text and "0.723" in text
+    assert ("minimum detectable Δ 0.080" in text) == label.startswith("inconclusive")

@@ -112,8 +112,32 @@ def calibration_paragraph(src: Source) -> str | None:
     return f"**Calibration.** {what} {scaled}"
 
 
-def discussion(src: Source, gap: Source | None, pilot: Source | None) -> str:
-    """What the results mean: the verdicts, when KD helped here, the capacity gap and the calibration effect."""
+#: The analysis plan's reading of the teacher-size test, fixed before its runs ("The teacher's input size").
+TEACHER_SIZE_READING: dict[str, str] = {
+    "gain": "which supports the input-size explanation, though a weaker teacher teaching better is also what the "
+            "capacity-gap literature predicts",
+    "equivalent": "which speaks against the input-size explanation, and so for the kind of errors",
+    "loss": "which settles neither explanation",
+    "inconclusive": "which settles neither explanation",
+}
+
+
+def teacher_size(size: Source) -> str:
+    """The teacher-size test in two sentences: Δ validation macro-F1 of the ResNet-18 students distilled from a 64 px
+    rather than the 128 px teacher, with its interval, and the plan's reading of its verdict."""
+    r = size.csv("teacher_size.csv").iloc[0]
+    kind = str(r["verdict"]).split(",")[0].split(" within")[0]
+    mde = f" (minimum detectable Δ {num(r['mde'])})" if kind in ("loss", "inconclusive") else ""
+    return (f"A test declared before its runs separates them: the same pretrained teacher fine-tuned at the students' "
+            f"64 px (validation macro-F1 {num(r['teacher_val_64px'])}, against {num(r['teacher_val_128px'])} at "
+            f"128 px) changed the ResNet-18 students' validation macro-F1 by {signed(r['delta'])} "
+            f"{bracket(r['ci_low'], r['ci_high'])} over {int(r['seeds'])} seeds, {r['verdict']}{mde}, "
+            f"{TEACHER_SIZE_READING[kind]}.")
+
+
+def discussion(src: Source, gap: Source | None, pilot: Source | None, size: Source | None) -> str:
+    """What the results mean: the verdicts, when KD helped here, the capacity gap (with the teacher-size test where
+    it is committed) and the calibration effect."""
     paras = []
     if src.has("paired_kd.csv"):
         df = verdicts(src)
@@ -137,11 +161,13 @@ def discussion(src: Source, gap: Source | None, pilot: Source | None) -> str:
                     f"compared, its mean top-class probability on the training views is {num(at4['mean_top_prob'], 2)} "
                     f"(@tbl-teacher-softness).")
         paras.append("**A stronger teacher is not a better one here.** The students gained less from the pretrained "
-                     f"teacher than from a weaker one trained from scratch.{soft} Two explanations remain untested: "
-                     "the pretrained teacher sees the images at twice the students' input size, so part of what it "
-                     "knows is not visible at 64 px; and its errors, the dark knowledge KD transfers, may differ in kind "
-                     "from those of a teacher trained like the students. A teacher at the students' input size would "
-                     "separate the two. The pattern matches the capacity gap reported for natural images "
+                     f"teacher than from a weaker one trained from scratch.{soft} Two explanations remain: the "
+                     "pretrained teacher sees the images at twice the students' input size, so part of what it knows "
+                     "is not visible at 64 px; and its errors, the dark knowledge KD transfers, may differ in kind "
+                     "from those of a teacher trained like the students. "
+                     + (teacher_size(size) if size is not None else
+                        "A teacher at the students' input size would separate the two.")
+                     + " The pattern matches the capacity gap reported for natural images "
                      "[@cho2019efficacy; @mirzadeh2020improved; @stanton2021does].")
     if (calibration := calibration_paragraph(src)) is not None:
         paras.append(calibration)

@@ -122,6 +122,12 @@ def int8_ops() -> Source | None:
     return _committed("int8_ops", "studies/int8_ops", "bench_int8_ops.csv", "machine.json")
 
 
+def teacher_size() -> Source | None:
+    """The teacher-size test: the ResNet-18 students distilled from the pretrained teacher at 64 px and at 128 px,
+    paired by seed on validation (``paper/results/studies/teacher_size/``, ``scripts/teacher_size.py``), if committed."""
+    return _committed("teacher_size", "studies/teacher_size", "teacher_size.csv")
+
+
 def capacity_gap() -> Source | None:
     """The capacity-gap study: KD's gain under the stronger and the weaker teacher, paired by seed
     (``paper/results/studies/capacity_gap/``, ``scripts/capacity_gap.py``), if committed."""
