@@ -758,3 +758,15 @@ def test_teacher_size_sentence_reads_the_verdict_as_the_plan_fixed(tmp_path, del
     assert f"by {FM.signed(delta)} {FM.bracket(low, high)} over 3 seeds, {label}" in text and reading in text
     assert "0.679" in text and "0.723" in text
     assert ("minimum detectable Δ 0.080" in text) == label.startswith("inconclusive")
+
+
+def test_arms_table_names_logit_standardisation_from_the_runs(tmp_path):
+    """arms.csv has no standardisation column: the table reads it from runs.csv, so the two Hinton arms differ."""
+    arm = {"role": "student", "split": "official", "init": "imagenet", "kd_mode": "hinton", "alpha": 0.5,
+           "temperature": 2.0, "seeds": 3}
+    pd.DataFrame([{**arm, "model": "student-l0-kd", "label": "L0 · KD"},
+                  {**arm, "model": "student-l0-lskd", "label": "L0 · LSKD"}]).to_csv(tmp_path / "arms.csv", index=False)
+    pd.DataFrame({"model": ["student-l0-kd", "student-l0-lskd"], "standardize": [False, True]}).to_csv(
+        tmp_path / "runs.csv", index=False)
+    rows = [line for line in supplement.arms(SR.Source("x", tmp_path, "published", {}, {})).splitlines() if "· " in line]
+    assert ["standardised logits" in line for line in rows] == [False, True]

@@ -86,12 +86,15 @@ def arms(src: Source) -> str:
     """What each arm of the study gets that the shared recipe (:func:`student_recipe`) does not say once for all:
     its starting weights, its loss and its seeds."""
     df = official(src.csv("arms.csv"))
+    runs = src.csv("runs.csv")  # arms.csv has no column for logit standardisation; each run records it
+    standardised = set(runs.loc[runs["standardize"].astype(str) == "True", "model"])
 
     def loss(r: pd.Series) -> str:
         if r["kd_mode"] in ("teacher", "none"):
             return "cross-entropy"
         return "cross-entropy and " + kd_setting_words({"mode": r["kd_mode"], "alpha": r["alpha"],
-                                                         "temperature": r["temperature"]})
+                                                         "temperature": r["temperature"],
+                                                         "standardize": r["model"] in standardised})
 
     return md_table(df, {"Model": col("label", str), "Starts from": lambda r: INIT_NAMES.get(r["init"], r["init"]),
                          "Loss": loss, "Seeds": col("seeds", _value)},
