@@ -8,7 +8,7 @@ seed, Δ = validation macro-F1 with the 64 px teacher minus that with the 128 px
 of the same seed gives the gains beside it); ``edgekd.core.stats.verdict`` reads Δ with the plan's three-way rule,
 one comparison in its own family. The 128 px side's runs are also set beside the published default reference's
 (``reproduction.csv``): training is bitwise reproducible within one kind of CPU, and this shows whether across
-kinds too. Only validation numbers are read. No training, no torch: seconds on any machine, after both profiles.
+kinds too. Only validation numbers are read. No training: seconds on any machine, after both profiles.
 
     .venv/bin/python scripts/teacher_size.py --out paper/results/studies/teacher_size
 """
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch  # noqa: F401  (provenance.machine() reads the CPU's instruction set from a loaded torch)
 
 from edgekd.core import info, provenance, stats
 from edgekd.core.files import atomic_write, file_digest
