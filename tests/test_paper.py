@@ -753,11 +753,12 @@ def test_captions_say_what_their_rows_rest_on_one_seed_and_each_models_input_siz
 ])
 def test_teacher_size_sentence_reads_the_verdict_as_the_plan_fixed(tmp_path, delta, low, high, label, reading):
     pd.DataFrame([{"seeds": 3, "delta": delta, "ci_low": low, "ci_high": high, "mde": 0.08, "verdict": label,
-                   "teacher_val_64px": 0.679, "teacher_val_128px": 0.723}]).to_csv(tmp_path / "teacher_size.csv")
+                   "tost_p": 0.044, "teacher_val_64px": 0.679, "teacher_val_128px": 0.723}]).to_csv(
+        tmp_path / "teacher_size.csv")
     text = closing.teacher_size(SR.Source("teacher_size", tmp_path, "published", {}, {}))
     assert f"by {FM.signed(delta)} {FM.bracket(low, high)} over 3 seeds, {label}" in text and reading in text
-    assert "0.679" in text and "0.723" in text
-    assert ("minimum detectable Δ 0.080" in text) == label.startswith("inconclusive")
+    assert "0.679" in text and "0.723" in text and "exploratory" in text
+    assert ("two one-sided tests (p 0.044" in text) == label.startswith("equivalent")
 
 
 def test_arms_table_names_logit_standardisation_from_the_runs(tmp_path):

@@ -14,7 +14,7 @@ import pandas as pd
 from edgekd.core import info
 from edgekd.core.info import ARCH_LABELS
 from edgekd.core.words import BASELINE
-from edgekd.paper.format import bracket, count, num, ratio, signed
+from edgekd.paper.format import bracket, count, num, pvalue, ratio, signed
 from edgekd.paper.shared import (
     counted,
     image_counts,
@@ -127,12 +127,14 @@ def teacher_size(size: Source) -> str:
     rather than the 128 px teacher, with its interval, and the plan's reading of its verdict."""
     r = size.csv("teacher_size.csv").iloc[0]
     kind = str(r["verdict"]).split(",")[0].split(" within")[0]
-    mde = f" (minimum detectable Δ {num(r['mde'])})" if kind in ("loss", "inconclusive") else ""
-    return (f"A test declared before its runs separates them: the same pretrained teacher fine-tuned at the students' "
-            f"64 px (validation macro-F1 {num(r['teacher_val_64px'])}, against {num(r['teacher_val_128px'])} at "
-            f"128 px) changed the ResNet-18 students' validation macro-F1 by {signed(r['delta'])} "
-            f"{bracket(r['ci_low'], r['ci_high'])} over {int(r['seeds'])} seeds, {r['verdict']}{mde}, "
-            f"{TEACHER_SIZE_READING[kind]}.")
+    why = {"equivalent": f" by the two one-sided tests (p {pvalue(r['tost_p'])}, whose 90% interval lies within the "
+                         "margin)", "loss": f" (minimum detectable Δ {num(r['mde'])})",
+           "inconclusive": ""}.get(kind, "")
+    return (f"An exploratory test on validation, declared before its runs, separates them: the same pretrained teacher "
+            f"fine-tuned at the students' 64 px (validation macro-F1 {num(r['teacher_val_64px'])}, against "
+            f"{num(r['teacher_val_128px'])} at 128 px) changed the ResNet-18 students' validation macro-F1 by "
+            f"{signed(r['delta'])} {bracket(r['ci_low'], r['ci_high'])} over {int(r['seeds'])} seeds, "
+            f"{r['verdict']}{why}, {TEACHER_SIZE_READING[kind]}.")
 
 
 def discussion(src: Source, gap: Source | None, pilot: Source | None, size: Source | None) -> str:
