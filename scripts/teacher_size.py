@@ -16,7 +16,6 @@ kinds too. Only validation numbers are read. No training: seconds on any machine
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -27,7 +26,7 @@ import torch  # noqa: F401  (provenance.machine() reads the CPU's instruction se
 
 from edgekd.core import info, provenance, stats
 from edgekd.core.files import atomic_write, file_digest
-from edgekd.pipeline import plan
+from edgekd.pipeline import plan, reproduce
 
 ARCH, SETTING, BASELINE = "resnet18", "kd", "nokd"
 #: What this script writes into ``--out``; a folder holding anything else is refused.
@@ -79,7 +78,7 @@ def reproduction(large: Path, reference: Path) -> pd.DataFrame:
     here and there, and whether the two are bitwise equal; refuses a reference made from another default profile."""
     prov = json.loads((reference / "provenance.json").read_text())
     profile = plan.PARAMS_DIR / "default.yaml"
-    if prov.get("profile_sha256") != hashlib.sha256(profile.read_bytes()).hexdigest():
+    if prov.get("profile_sha256") != file_digest(profile):
         raise ValueError(f"{reference} was not made from this {profile}: its runs are not the same runs")
     published = pd.read_csv(reference / "runs.csv").set_index("run_id")["val_macro_f1"]
     rows = []
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         per_seed = pairs(args.large, args.small)
         teachers = {"64px": _teacher_val(args.small), "128px": _teacher_val(args.large)}
         reproduced = reproduction(args.large, args.reference)
-        reference_machine = json.loads((args.reference / "provenance.json").read_text())["machine"]
+        reference_machine = reproduce.read_machine(args.reference) or {}
     except (OSError, ValueError, KeyError) as exc:
         print(f"teacher_size: error: {exc}", file=sys.stderr)
         return 2
@@ -160,7 +159,7 @@ family).
 `teacher_size_seeds.csv` holds every seed's scores and gains against the no-KD student of the same seed.
 
 The 128 px side's runs have the published default reference's run parameters; that reference was trained on
-another machine ({reference_machine["cpu"]}, {reference_machine["cpu_capability"]}). Its validation macro-F1 beside
+another machine ({reference_machine.get("cpu")}, {reference_machine.get("cpu_capability")}). Its validation macro-F1 beside
 theirs (`reproduction.csv`), bitwise equal in {int(reproduced["bitwise"].sum())} of {len(reproduced)} runs:
 
 {reproduced.to_markdown(index=False, floatfmt=".4f")}

@@ -4,7 +4,6 @@ before anything is written."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -13,6 +12,7 @@ import pandas as pd
 import pytest
 
 from edgekd.core import info, stats
+from edgekd.core.files import file_digest
 from edgekd.pipeline import plan
 
 spec = importlib.util.spec_from_file_location("teacher_size", info.REPO_ROOT / "scripts" / "teacher_size.py")
@@ -44,7 +44,7 @@ def _profiles(root: Path, small: list[float], large: list[float], nokd: list[flo
         published += [(f"student-resnet18-kd-s{seed}", lg), (f"student-resnet18-nokd-s{seed}", n + 0.01 * (seed == 0))]
     reference.mkdir()
     pd.DataFrame(published, columns=["run_id", "val_macro_f1"]).to_csv(reference / "runs.csv", index=False)
-    sha = hashlib.sha256((plan.PARAMS_DIR / "default.yaml").read_bytes()).hexdigest()
+    sha = file_digest(plan.PARAMS_DIR / "default.yaml")
     (reference / "provenance.json").write_text(json.dumps({"profile_sha256": sha, "machine": {"cpu": "AMD EPYC",
                                                                                                "cpu_capability": "AVX2"}}))
     return ["--large", str(default), "--small", str(test), "--reference", str(reference)]
