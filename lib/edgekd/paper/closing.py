@@ -24,6 +24,7 @@ from edgekd.paper.shared import (
     official,
     resolution_note,
     shown,
+    verdict_kind,
     verdicts,
 )
 from edgekd.paper.sources import Source
@@ -126,7 +127,7 @@ def teacher_size(size: Source) -> str:
     """The teacher-size test in two sentences: Δ validation macro-F1 of the ResNet-18 students distilled from a 64 px
     rather than the 128 px teacher, with its interval, and the plan's reading of its verdict."""
     r = size.csv("teacher_size.csv").iloc[0]
-    kind = str(r["verdict"]).split(",")[0].split(" within")[0]
+    kind = verdict_kind(r["verdict"])
     why = {"equivalent": f" by the two one-sided tests (p {pvalue(r['tost_p'])}, whose 90% interval lies within the "
                          "margin)", "loss": f" (minimum detectable Δ {num(r['mde'])})",
            "inconclusive": ""}.get(kind, "")
@@ -143,7 +144,7 @@ def discussion(src: Source, gap: Source | None, pilot: Source | None, size: Sour
     paras = []
     if src.has("paired_kd.csv"):
         df = verdicts(src)
-        kinds = df["verdict_label"].map(lambda v: str(v).split(",")[0].split(" within")[0])
+        kinds = df["verdict_label"].map(verdict_kind)
         gains = df[kinds == "gain"]
         where = ("KD helped " + "; ".join(f"{r['student']} with {method(r)}" for _, r in gains.iterrows())
                  if len(gains) else "No KD setting showed a gain on any student")

@@ -41,11 +41,17 @@ def verdicts(src: Source) -> pd.DataFrame:
     return df
 
 
+def verdict_kind(label) -> str:
+    """The plan's verdict (gain, loss, equivalent, inconclusive) of a verdict label as tables show it
+    ("equivalent within ±0.02", "inconclusive, MDE = 0.076")."""
+    return str(label).split(",")[0].split(" within")[0]
+
+
 def counted(verdicts: pd.Series) -> str:
     """The verdicts of a family of comparisons in one clause that reads at any count: "of the 7 comparisons, 2 show
     a gain, 1 is equivalent within ±0.02 and 4 are inconclusive"; "all 4 are inconclusive"; "the 1 comparison shows
     a gain"."""
-    kinds = verdicts.map(lambda v: str(v).split(",")[0].split(" within")[0])
+    kinds = verdicts.map(verdict_kind)
     one = {"gain": "shows a gain", "loss": "shows a loss", "equivalent": "is equivalent within ±0.02",
            "inconclusive": "is inconclusive"}
     many = {"gain": "show a gain", "loss": "show a loss", "equivalent": "are equivalent within ±0.02",
