@@ -249,9 +249,9 @@ def test_targets_text_says_why_and_never_shows_nan_where_a_target_has_no_usable_
     assert "no teacher run is usable" in text and "no KD run has a usable no-KD partner" in text
     assert "no INT8 measurement of a pretrained KD student" in text
     # a target no run measures is "not measured", not missed, and the count leaves it out
-    assert "This run meets 0 of the 3 targets it measures (of the study's 9; no run of this profile measures " in text
+    assert "This run meets 0 of the 3 targets it can measure (@tbl-targets); of the study's 9, 6 targets had no run " in text
     assert ("| students whose KD Δ macro-F1 against the equal-compute no-KD control has a seeds-and-images interval "
-            "above 0 | ≥\u00a0100% of them | — | — | not measured |") in text
+            "above 0 | all of them | — | — | not measured |") in text
     assert "**The weakest student**, A · kd, reaches macro-F1 0.150 in 2 epochs; 3 collapsed runs are excluded." in text
     assert "| macro-F1 of that student | ≥\u00a00.70 | 0.150 | A · kd | no |" in text
 
@@ -302,7 +302,8 @@ def test_gpu_benchmark_table_and_paragraph_come_from_its_csv(tmp_path, monkeypat
     (folder / "environment.json").write_text(json.dumps({"gpu": "Some GPU", "torch": "2.x"}))
     src = SR.gpu()
     text = supplement.gpu_paragraph(src)
-    assert "teacher's (2.00 ms) is ResNet-18 0.50×" in text and "slower than FP32 for 1 of 2 models" in text
+    assert "relative to ResNet-50's, the earlier teacher trained from scratch (2.00 ms), is ResNet-18 0.50×" in text
+    assert "slower than FP32 for 1 of 2 models" in text and "neither is among the models timed" in text
     table = _plain(supplement.gpu_latency(src))
     assert "nan" not in table and "Some GPU" in table and "200 timed calls" in table
     assert "| ResNet-18 | 64 | 32 | 1.50 | 2.00 | 1.20 | 1.60 |" in table.splitlines()
@@ -334,8 +335,9 @@ def test_kd_power_paragraph_and_table_come_from_its_tables(tmp_path, monkeypatch
     assert "(Some GPU;" in text and "3 student runs, 4 seeds per setting" in text
     assert "same 8 epochs for 1 of 2 students" in text  # only A's interval lies above 0
     assert "gains more on average for 1 of 2 students (1 of 2 intervals above 0)" in text
-    assert "below it for 1 of 2 students and above for 0: much of KD's gain" in text
-    assert "validation macro-F1 t2 0.550, t1 0.600: the best on validation (t1) is +0.050" in text
+    assert "is below it for 1 of 2 students: much of KD's gain" in text  # no "and above for 0"
+    assert ("2 ResNet-50 teachers reached validation macro-F1 stride-2 stem (the recipe's), 0.550; stride-1 stem, "
+            "0.600: the best on validation (stride-1 stem) is +0.050") in text
     assert "test macro-F1 is 0.610, against 0.570 for a no-KD ResNet-18 trained 16 epochs" in text
     assert "At the same budget" not in text  # no run of KD for twice the epochs yet
     assert not text.startswith("**")  # no bold lead repeating the section's heading
@@ -346,7 +348,7 @@ def test_kd_power_paragraph_and_table_come_from_its_tables(tmp_path, monkeypatch
            "[-0.020, +0.015] over 4 seeds" in text
     table = _plain(supplement.kd_power_table(SR.kd_power()))
     assert len([line for line in table.splitlines() if line.startswith("| A ")]) == 4 and "nan" not in table
-    assert "| B | KD, the profile's teacher | no KD, 2× epochs | 4 |" in table
+    assert "| B | KD, the recipe's teacher | no KD, 2× epochs | 4 |" in table
 
 
 # ----------------------------------------------------------------------------- qmd and the browser check
@@ -471,7 +473,7 @@ def test_student_recipe_is_read_from_the_profile_that_made_the_results():
     assert f"| Epochs | {prof['train']['epochs']} |" in text and f"| Batch size | {prof['train']['batch_size']} |" in text
     assert f"| Peak learning rate | {prof['train']['lr']:g} |" in text and "| Optimiser | AdamW |" in text
     assert "| Distillation | Hinton, T 4, α 0.5, attention transfer β 100; no KD |" in text
-    assert "{#tbl-student-recipe}" in text and "`params/smoke.yaml`" in text
+    assert "{#tbl-student-recipe}" in text and "params/" not in text  # the file is the provenance's, not the prose's
     unknown = SR.Source("smoke", info.REPO_ROOT, "published", {}, {**prov, "profile_sha256": "0" * 64})
     assert SR.profile(unknown) is None and "cannot be stated" in supplement.student_recipe(unknown)
 
@@ -497,9 +499,9 @@ def test_collapse_paragraph_is_the_historical_diagnosis_and_says_what_this_run_f
     if studies is None or not studies.has("collapse_diagnosis.csv"):
         pytest.skip("no committed development studies")
     none, some = supplement.collapse_paragraph(studies, 0), supplement.collapse_paragraph(studies, 2)
-    assert none.startswith("**Why the students' classifiers start small.** In an earlier profile")
-    assert none.endswith("In this run the guard flagged no run.") and some.endswith("still flagged 2 runs, listed under "
-                                                                                   "excluded runs.")
+    assert none.startswith("**Why the students' classifiers start small.** In an earlier configuration")
+    assert none.endswith("any run that still collapses.") and some.endswith("still flagged 2 runs, listed under "
+                                                                            "excluded runs.")
     assert "collapsed.**" not in none
 
 
@@ -673,14 +675,14 @@ def test_kd_calibration_formats_the_aggregates_paired_columns(tmp_path):
     assert "by +0.053 before temperature scaling" in text and "{#tbl-kd-calibration}" in text  # one pair: no range
     assert "1.61 for the KD student and 1.04 for its no-KD twin (1.40 for the teacher)" in text
     assert "its interval lies above 0" in text and "made the student's raw probabilities more confident" in text
-    assert "shrinks the difference in the pair" in text
+    assert "shrinks the difference in the comparison" in text
     assert "0.071 / 0.018" in text and "[+0.031,\u00a0+0.075]" in text
 
     assert closing.calibration_paragraph(src).startswith("**Calibration.** Distillation made the raw probabilities "
-                                                         "less calibrated in 1 of 1 pair")
+                                                         "less calibrated in 1 of 1 comparison")
     better = {"d_ece_before": -0.05, "d_ece_before_low": -0.07, "d_ece_before_high": -0.03}
     pd.DataFrame([{**row, **better}]).to_csv(tmp_path / "paired_kd.csv", index=False)
-    assert "better calibrated in 1 of 1 pair" in closing.calibration_paragraph(src)
+    assert "better calibrated in 1 of 1 comparison" in closing.calibration_paragraph(src)
     assert "its interval lies below 0" in results.kd_calibration(src)
 
     pd.DataFrame([{k: v for k, v in row.items() if k not in calibration}]).to_csv(tmp_path / "paired_kd.csv", index=False)
@@ -758,7 +760,7 @@ def test_teacher_size_sentence_reads_the_verdict_as_the_plan_fixed(tmp_path, del
     text = closing.teacher_size(SR.Source("teacher_size", tmp_path, "published", {}, {}))
     assert f"by {FM.signed(delta)} {FM.bracket(low, high)} over 3 seeds, {label}" in text and reading in text
     assert "0.679" in text and "0.723" in text and "exploratory" in text
-    assert ("two one-sided tests (p 0.044" in text) == label.startswith("equivalent")
+    assert ("two one-sided tests (p = 0.044" in text) == label.startswith("equivalent")
 
 
 def test_arms_table_names_logit_standardisation_from_the_runs(tmp_path):

@@ -131,3 +131,17 @@ def test_main_text_pages_count_up_to_the_references_heading_and_the_limit_fails_
     assert render.main(["--profile", "default"]) == 1
     assert "main text: 4 pages up to the References heading; problem: over the limit of 3 pages" in \
         capsys.readouterr().out
+
+
+def test_glue_keeps_names_and_symbol_values_whole_outside_code():
+    """A hyphenated model or method name goes in the no-wrap span and a symbol is tied to its value by no-break
+    spaces, in prose and cells; code spans, labels and a symbol glued to a word stay as they are."""
+    text = ("EfficientNet-Lite0 · logit-standardised KD, Hinton, T 2, α 0.5, β 1000: inconclusive, MDE = 0.076 "
+            "(p = 0.044), ECE 0.479 → 0.437; see @tbl-paired-kd, `ResNet-18 T 2` and ResNet-50's T4 or MT 2.")
+    got = FM.glue(text)
+    nb = "\u00a0"
+    assert got == (f'<span class="name">EfficientNet-Lite0</span> · <span class="name">logit-standardised</span> KD, '
+                   f"Hinton, T{nb}2, α{nb}0.5, β{nb}1000: inconclusive, MDE{nb}={nb}0.076 (p{nb}={nb}0.044), ECE "
+                   f"0.479 →{nb}0.437; see @tbl-paired-kd, `ResNet-18 T 2` and <span class=\"name\">ResNet-50</span>'s "
+                   "T4 or MT 2.")
+    assert FM.glue(got).count("\u00a0") == got.count("\u00a0")  # glued text has no plain space left to join

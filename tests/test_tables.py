@@ -127,6 +127,19 @@ def test_one_latency_per_architecture_and_input_size(tmp_path):
     assert out["int8"].set_index("model").loc["student", "ort_int8_ms"] == pytest.approx(1.0)
 
 
+def test_int8_target_and_median_read_the_interleaved_passes_where_they_ran(tmp_path):
+    """The separately timed p50s give FP32/INT8 = 1.6 for both models; one of them also has interleaved passes with a
+    median of 2.2: its target (>= 2x) and the study's median speed-up must follow the passes, the other's the p50s."""
+    runs = pd.DataFrame([_efficiency_run(tmp_path, "passed", 1.0, 0.0), _efficiency_run(tmp_path, "timed", 1.0, 0.0)])
+    _write(tmp_path / "passed" / "efficiency" / "int8_passes.csv", [{"speedup": v} for v in (2.1, 2.2, 2.3)])
+    perf = pd.DataFrame([{"model": m, "role": "student", "seeds": 1, "val_macro_f1": 0.5, "macro_f1": 0.5}
+                         for m in ("passed", "timed")])
+    int8 = TB.efficiency_summary(runs, perf)["int8"].set_index("model")
+    assert int8["speedup_vs_ort_fp32"].tolist() == pytest.approx([1.6, 1.6])
+    assert int8.loc["passed", "speedup"] == pytest.approx(2.2) and int8.loc["timed", "speedup"] == pytest.approx(1.6)
+    assert int8["target_met"].tolist() == [True, False]
+
+
 def test_a_kd_student_at_another_input_size_has_no_no_kd_pair():
     base = {"role": "student", "arch": "lite0", "split": "official", "seed": 0, "path": Path("/nonexistent")}
     runs = pd.DataFrame([{**base, "setting": "nokd", "kd_mode": "none", "size": 64},

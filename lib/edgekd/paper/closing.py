@@ -22,7 +22,6 @@ from edgekd.paper.shared import (
     kd_calibration_rows,
     method,
     official,
-    resolution_note,
     shown,
     verdict_kind,
     verdicts,
@@ -83,8 +82,8 @@ def _pilot_budget(pilot: Source, epochs: int) -> str:
     last = int((kd["best_epoch"] == epochs).sum())
     above = int((kd["delta_vs_nokd"] > 0).sum())
     text = (f"**The budget.** In the pilot, {count(above, 'KD setting')} beat the "
-            f"no-KD student on validation, and {last} of the {len(kd)} KD students had their best epoch at the last "
-            f"of the {epochs}")
+            f"no-KD student on validation, and {last} of the {len(kd)} KD students had their best validation epoch in "
+            f"the last of the {epochs} epochs")
     if len(nokd):
         text += f", where the no-KD student peaked at epoch {int(nokd['best_epoch'].iloc[0])}"
     return (text + ". At this fixed CPU budget distillation may not have had the epochs it needs; patient, consistent "
@@ -98,18 +97,18 @@ def calibration_paragraph(src: Source) -> str | None:
     if calibration.empty:
         return None
     facts = kd_calibration_facts(calibration)
-    pairs = count(facts["pairs"], "pair")
+    pairs = count(facts["pairs"], "comparison")
     if facts["worse"] > facts["better"]:
         what = (f"Distillation made the raw probabilities less calibrated in {facts['worse']} of {pairs}: a student "
                 "can learn the teacher's confidence along with its ranking of the classes.")
     elif facts["better"] > facts["worse"]:
         what = f"Distillation made the raw probabilities better calibrated in {facts['better']} of {pairs}."
     else:
-        what = "Distillation did not move calibration one way across the pairs."
-    scaled = ("One temperature fitted on validation shrinks the difference in every pair, so a deployed KD model "
+        what = "Distillation did not move calibration one way across the comparisons."
+    scaled = ("One temperature fitted on validation shrinks the difference in every comparison, so a deployed KD model "
               "should ship with it, as the exported bundles do." if facts["shrinks"] else
               "Temperature scaling fitted on validation, which the exported bundles carry, does not remove the "
-              "difference in every pair.")
+              "difference in every comparison.")
     return f"**Calibration.** {what} {scaled}"
 
 
@@ -128,12 +127,12 @@ def teacher_size(size: Source) -> str:
     rather than the 128 px teacher, with its interval, and the plan's reading of its verdict."""
     r = size.csv("teacher_size.csv").iloc[0]
     kind = verdict_kind(r["verdict"])
-    why = {"equivalent": f" by the two one-sided tests (p {pvalue(r['tost_p'])}, whose 90% interval lies within the "
+    why = {"equivalent": f" by the two one-sided tests (p = {pvalue(r['tost_p'])}, whose 90% interval lies within the "
                          "margin)", "loss": f" (minimum detectable Δ {num(r['mde'])})",
            "inconclusive": ""}.get(kind, "")
     return (f"An exploratory test on validation, declared before its runs, separates them: the same pretrained teacher "
             f"fine-tuned at the students' 64 px (validation macro-F1 {num(r['teacher_val_64px'])}, against "
-            f"{num(r['teacher_val_128px'])} at 128 px) changed the ResNet-18 students' validation macro-F1 by "
+            f"{num(r['teacher_val_128px'])} for the 128 px teacher retrained beside it) changed the ResNet-18 students' validation macro-F1 by "
             f"{signed(r['delta'])} {bracket(r['ci_low'], r['ci_high'])} over {int(r['seeds'])} seeds, "
             f"{r['verdict']}{why}, {TEACHER_SIZE_READING[kind]}.")
 
@@ -182,15 +181,17 @@ def discussion(src: Source, gap: Source | None, pilot: Source | None, size: Sour
 
 def limitations(src: Source) -> str:
     """What limits the study: the source images, the leaky split, the budget, one CPU type and no phone processor."""
-    n = src.numbers
+    n, (w, h) = src.numbers, info.RAW_FRAME
     return "\n".join([
-        f"- **Images.** {resolution_note(n['size'])} Small inputs limit every model, the teacher included.",
+        f"- **Images.** The {n['size']} px inputs come from {w}×{h} px copies of HAM10000's 600×450 images (Methods); "
+        "small inputs limit every model, the teacher included.",
         "- **Split.** DermaMNIST's official split is by image; lesions shared across splits inflate absolute scores. "
         "The KD verdicts compare models on the same split and hold within it; the lesion-grouped comparison did not fit "
         "the budget (Supplement S1).",
         f"- **Budget.** Students train {n['student_epochs']} epochs on a 2-core CPU, a fixed budget rather than a "
-        f"plateau; seeds (at most {n['n_seeds']}) go where the power analysis asked for them, and the teacher has 1 "
-        "seed, so its interval covers test images only.",
+        f"plateau (a GPU study of the earlier recipe trained students twice as long: Supplement S5); seeds (at most "
+        f"{n['n_seeds']}) go where the power analysis asked for them, and the teacher has 1 seed, so its interval "
+        "covers test images only.",
         "- **Hardware.** Latency is measured on one x86 CPU type with ONNX Runtime, without a graphics processing "
         "unit (GPU); no phone or microcontroller processor was measured, so the speed-ups are indicative of, not "
         "equal to, those on a device.",
@@ -230,8 +231,8 @@ def intended_use(src: Source) -> str:
         "treatment of any patient; the model cards of the exported bundles say the same. HAM10000 comes from two sites, "
         "a dermatology department in Vienna, Austria, and a skin cancer practice in Queensland, Australia "
         "[@tschandl2018ham10000]. Its metadata record age, sex and body site but not skin type or ethnicity; skin tone "
-        "estimated from the images (the individual typology angle of the ISIC 2018 challenge data, which are HAM10000's "
-        "images) puts most of them in the lighter categories [@kinyanjui2019skintone], so nothing here says how the "
+        "estimated from the images (the individual typology angle of the ISIC 2018 challenge's training data, which are "
+        "HAM10000's images) puts most of them in the lighter categories [@kinyanjui2019skintone], so nothing here says how the "
         f"models perform on darker skin. Its classes are imbalanced{nv}, its seven classes leave out other skin diseases, and its images "
         "are dermatoscopic, not the clinical photographs a phone takes. The images are public and de-identified; this "
         "study collected no data from people.\n"
@@ -247,10 +248,13 @@ def data_licence(src: Source) -> str:
     size = f" ({num(images[0])} dermatoscopic images)" if images else ""
     text = (f"HAM10000{size} is distributed through the Harvard Dataverse [@tschandl2018dataverse] under the "
             "Creative Commons Attribution-NonCommercial 4.0 licence (CC BY-NC 4.0) [@tschandl2018ham10000]. DermaMNIST "
-            "is derived from it [@yang2023medmnist] and keeps its terms: the `medmnist` package (3.0.1, its dataset "
-            "table `INFO`) lists DermaMNIST under CC BY-NC 4.0, where most MedMNIST datasets are CC BY 4.0. The images, the models "
+            "is derived from it [@yang2023medmnist] and keeps its terms: the medmnist package (version 3.0.1) lists "
+            "DermaMNIST under CC BY-NC 4.0, where most MedMNIST datasets are CC BY 4.0. The images, the models "
             "trained on them and the published results derived from them may therefore be used for non-commercial "
             "purposes only, with attribution to both sources.")
+    if src.has("external.csv"):
+        text += (" The external test images of the ISIC 2018 challenge are licensed CC BY-NC 4.0 as well "
+                 "[@codella2019skin].")
     runs = src.csv("runs.csv") if src.has("runs.csv") else pd.DataFrame()
     pretrained = sorted(set(runs.loc[runs["init"] == "imagenet", "arch"])) if "init" in runs else []
     for arch in (a for a in pretrained if a in info.PRETRAINED):

@@ -138,6 +138,23 @@ def label_of(caption: str, words: int = 5) -> str:
 #: Table columns that hold a model's name: their cells never wrap (``.name`` in paper/paper.css).
 NAME_COLUMNS: frozenset[str] = frozenset({"Model", "Student"})
 
+#: Hyphenated names a line must not break inside (a browser breaks after a hyphen): the architectures' and one method's.
+_HYPHENATED = re.compile("|".join(re.escape(n) for n in sorted(
+    {n for n in (*info.ARCH_LABELS.values(), "logit-standardised") if "-" in n}, key=len, reverse=True)))
+#: A symbol and its value ("T 2", "α 0.5", "MDE = 0.076", "p = 0.044"), which a line must not split.
+_SYMBOL_VALUE = re.compile(r"(?<![\w\u00a0])(T|α|β|MDE =|p =|→) (?=[−+\-]?\d)")
+
+
+def glue(text: str) -> str:
+    """``text`` with its hyphenated names in the no-wrap ``.name`` span and each symbol joined to its value by
+    no-break spaces, so that neither is split at a line's end (a table cell or generated prose)."""
+    def prose(part: str) -> str:
+        part = _SYMBOL_VALUE.sub(lambda m: m.group(1).replace(" ", "\u00a0") + "\u00a0", part)
+        return _HYPHENATED.sub(lambda m: f'<span class="name">{m.group(0)}</span>', part)
+
+    parts = text.split("`")  # code spans (odd parts) stay as they are
+    return "`".join(prose(p) if i % 2 == 0 else p for i, p in enumerate(parts))
+
 
 def md_table(rows: pd.DataFrame, columns: Columns, caption: str, text: tuple[str, ...] = (),
              label: str | None = None) -> str:

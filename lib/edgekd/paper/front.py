@@ -55,7 +55,7 @@ def abstract(src: Source, gap: Source | None = None) -> str:
         parts.append(f"Comparing KD with no KD against a smallest effect of interest of 0.02 macro-F1, "
                      f"{counted(df['verdict_label'])}.")
     else:
-        parts.append("No KD run has a usable no-KD baseline of the same seed in this profile, so the effect of "
+        parts.append("No KD run has a usable no-KD baseline of the same seed in this study, so the effect of "
                      "distillation is not measured here.")
     if gap is not None:
         g = gap.csv("gap.csv")

@@ -9,6 +9,7 @@ keeping them here, in the paper's order, lets a reader find the code behind each
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -51,15 +52,18 @@ def leakage(src: Source) -> str:
                     "Lesions (and their images) with images in more than one split.", label="leakage")
 
 
-def split_table(src: Source) -> str:
+def split_table(src: Source, earlier: bool = False) -> str:
+    """The official against the lesion-grouped split (``earlier``: the table is an earlier reference's, not this
+    study's runs, and its caption says so)."""
     df = src.csv("split_comparison.csv")
     return md_table(df, {"Model": col("label", str), "Seeds (official / lesion)":
                          lambda r: f"{int(r['official_seeds'])} / {int(r['lesion_seeds'])}",
                          "Macro-F1, official": ci_col("official_macro_f1"), "Macro-F1, lesion": ci_col("lesion_macro_f1"),
                          "Δ macro-F1": col("delta_macro_f1", signed), "Accuracy, official": ci_col("official_accuracy"),
                          "Accuracy, lesion": ci_col("lesion_accuracy"), "Δ accuracy": col("delta_accuracy", signed)},
-                    "The same models trained and tested on the official split and on the lesion-grouped split "
-                    "(Δ = lesion − official).", label="split")
+                    ("From the previous reference (a ResNet-50 teacher trained from scratch), not this study's runs: "
+                     if earlier else "") + "the same models trained and tested on the official split and on the "
+                    "lesion-grouped split (Δ = lesion − official).", label="split")
 
 
 # ----------------------------------------------------------------------------- S2: training recipes
@@ -112,7 +116,8 @@ RECIPE_NAMES: dict[str, str] = {
     "crop_scale": "Random-resized-crop minimum scale", "jitter": "Colour/brightness jitter", "ema": "Exponential moving average (EMA) of the weights: decay",
     "tta": "Test-time augmentation", "stem_stride": "Stem stride", "tta_views": "Views averaged at test time",
     "pretrained": "Initial weights", "warmup_epochs": "Linear warm-up (epochs)", "drop_rate": "Dropout before the classifier",
-    "head_init_std": "Classifier initialisation (std)", "cpu_amp": "bf16 autocast on the CPU",
+    "head_init_std": "Classifier initialisation (standard deviation)",
+    "cpu_amp": "bfloat16 (bf16) autocast on the CPU",
     "threads": "CPU threads per run", "kd": "Distillation",
 }
 
@@ -155,7 +160,7 @@ def student_recipe(src: Source) -> str:
         return (f"*The profile that produced these results (sha256 `{str(src.provenance.get('profile_sha256'))[:12]}`) "
                 "is neither this checkout's file nor in its git history, so the students' full recipe cannot be stated "
                 "here; @tbl-arms gives each arm's epochs, learning rate and KD loss.*\n")
-    prof, where = found
+    prof = found[0]
     groups: dict[tuple, dict] = {}
     for spec in plan.expand(prof, info.outputs_dir()):
         par = spec.parameters
@@ -176,13 +181,12 @@ def student_recipe(src: Source) -> str:
     columns: Columns = {"Setting": col("setting", str)}
     for head, group in zip(heads, groups.values(), strict=True):
         columns[head] = lambda r, group=group: _recipe_value(r["key"], group[r["key"]])
-    table = md_table(rows, columns, f"Every student run's settings, from {where} expanded by the runner's "
-                     "configuration code, which writes each run's configuration; one column "
-                     "per group of arms that train alike.", text=tuple(heads), label="student-recipe")
+    table = md_table(rows, columns, "Every student run's settings, from the study's configuration as the pipeline "
+                     "expands it into each run's; one column per group of arms that train alike.", text=tuple(heads),
+                     label="student-recipe")
     return ("@tbl-student-recipe gives the students' full training recipe. The learning rate rises linearly to its peak "
             "over the warm-up epochs and then decays to zero along a half cosine, step by step; weight decay applies to "
-            "the weights of convolutions and linear layers, not to biases or normalisation parameters. Each run keeps "
-            "its best epoch on validation macro-F1.\n\n" + table)
+            "the weights of convolutions and linear layers, not to biases or normalisation parameters.\n\n" + table)
 
 
 def collapse_paragraph(src: Source, n_excluded: int) -> str:
@@ -194,23 +198,24 @@ def collapse_paragraph(src: Source, n_excluded: int) -> str:
     def f1(name: str, col: str = "val_macro_f1") -> str:
         return num(df.loc[name, col])
 
-    now = ("In this run the guard flagged no run." if not n_excluded else
-           f"In this run it still flagged {count(n_excluded, 'run')}, listed under excluded runs.")
+    now = ("" if not n_excluded else
+           f" In this study it still flagged {count(n_excluded, 'run')}, listed under excluded runs.")
     return (
-        "**Why the students' classifiers start small.** In an earlier profile, before this initialisation was set, "
-        "MobileNetV2 and EfficientNet-B0 trained from scratch collapsed to the *nv* prior, and the development study "
+        "**Why the students' classifiers start small.** In an earlier configuration, before this initialisation was "
+        "set, MobileNetV2 and EfficientNet-B0 trained from scratch collapsed to the *nv* prior, and a development study "
         "traced the cause. timm initialises their classifiers uniformly in ±1/√(classes): for 7 "
-        "classes a weight std of 0.22, against 0.026 for ResNet-18's, so their first logits are large and the early "
-        "loss several times that of a uniform guess; with few steps at lr 3·10⁻³ on data that is 67% *nv* they ended "
+        "classes a weight standard deviation of 0.22, against 0.026 for ResNet-18's, so their first logits are large "
+        "and the early loss several times that of a uniform guess; with few steps at a learning rate of 3·10⁻³ on data "
+        "that is 67% *nv* they ended "
         "near the *nv* prior. Trained 6 epochs at 64 px (seed 0, validation macro-F1), "
         f"MobileNetV2 reached {f1('base-mobilenetv2_100')} with timm's initialisation and {f1('mb-head')} with a "
-        f"classifier initialised at std 0.01; EfficientNet-B0 {f1('base-efficientnet_b0')} and {f1('eb-head')}. "
+        f"classifier initialised at standard deviation 0.01; EfficientNet-B0 {f1('base-efficientnet_b0')} and {f1('eb-head')}. "
         f"A lower learning rate (10⁻³) did not help ({f1('mb-lr1')} and {f1('eb-lr1')}). Eval-mode BatchNorm was not "
         f"the cause: for MobileNetV2 with timm's initialisation, batch statistics give {f1('base-mobilenetv2_100', 'val_macro_f1_batch_bn')} "
         f"and running statistics re-estimated on the training images {f1('base-mobilenetv2_100', 'val_macro_f1_reestimated_bn')}, "
         f"against {f1('base-mobilenetv2_100', 'val_macro_f1_eval_bn')} in eval mode. Since then every student's "
-        "classifier is initialised at std 0.01 (`head_init_std`), the inputs are 64 px (at 28 px with a stride-2 stem "
-        "the last stages ran on 1×1 maps), and the collapse guard stops any run that still collapses. " + now
+        "classifier is initialised at standard deviation 0.01, the inputs are 64 px (at 28 px with a stride-2 stem "
+        "the last stages ran on 1×1 maps), and the collapse guard stops any run that still collapses." + now
     )
 
 
@@ -234,7 +239,7 @@ def teacher_choice(src: Source) -> str:
                      ignore_index=True)
     best = df.iloc[0]
     return (md_table(rows, {"Variant": col("name", str), "Input (px)": col("size", _value), "Epochs": col("epochs", _value),
-                            "lr": col("lr", _value),
+                            "Learning rate": col("lr", _value),
                             "Device": lambda r: {"cpu": "CPU"}.get(r["device"], r["device"]) if isinstance(r["device"], str) else DASH,
                             "Val accuracy": col("val_acc"),
                             "Val macro-F1": col("val_macro_f1"), "Val macro-F1, 8 views": col("val_macro_f1_tta")},
@@ -243,7 +248,8 @@ def teacher_choice(src: Source) -> str:
                     text=("Variant", "Device"), label="teacher-choice")
             + f"\n\nThe chosen teacher is the variant with the highest validation macro-F1: "
               f"{ARCH_LABELS.get(best['arch'], best['arch'])} from ImageNet at {int(best['size'])} px, {int(best['epochs'])} "
-              f"epochs, lr {best['lr']:g} (validation macro-F1 {num(best['val_macro_f1'])}); the test set was not "
+              f"epochs, learning rate {best['lr']:g} (validation macro-F1 {num(best['val_macro_f1'])} in this selection "
+              "run; the teacher retrained with this recipe for the study is in @tbl-performance); the test set was not "
               "loaded for this choice.\n")
 
 
@@ -304,7 +310,7 @@ def kd_pilot(src: Source, results: Source) -> str:
                                        "Mean top-class probability": col("mean_top_prob"),
                                        "Entropy, share of uniform": col("entropy_share")},
                               "How soft the teacher's targets are at each of the pilot's temperatures: over every "
-                              "training view and image its students distil (the logit cache).",
+                              "training view and image its students distil.",
                               label="teacher-softness")
     return out
 
@@ -339,16 +345,6 @@ def bare_teacher(label: str) -> str:
     """A teacher's label without its role (``EfficientNet-Lite0 teacher`` -> ``EfficientNet-Lite0``), for text that
     already says "the teacher"."""
     return label.removesuffix(" teacher")
-
-
-def best_student(n: dict) -> str:
-    """The best student chosen on validation and the teacher, in one sentence each."""
-    teacher = (f"The teacher ({bare_teacher(n['teacher'])}, 1 seed) reaches macro-F1 {num(n['teacher_macro_f1'])} and "
-               f"accuracy {num(n['teacher_accuracy'])}." if n["teacher"] else "No teacher run is usable in this profile.")
-    if not n["best_student"]:
-        return teacher + "\n"
-    return (f"The best student, chosen by mean validation macro-F1 among all students, is {n['best_student']}: test "
-            f"macro-F1 {num(n['best_student_macro_f1'])} and accuracy {num(n['best_student_accuracy'])}. {teacher}\n")
 
 
 #: Published test accuracy on DermaMNIST at 64 px (MedMNIST+, Doerrich et al. 2024; ImageNet-pretrained).
@@ -398,9 +394,9 @@ def context(src: Source) -> str:
                                          "Pretrained": col("pretrained", str), "Test accuracy": col("acc"),
                                          "Test macro-F1": col("f1"), "Note": col("note", str)},
                     "Published DermaMNIST / HAM10000 numbers beside ours (test set; — where not published). † The source "
-                    "study split HAM10000 by image, so images of one lesion sit in training and test (leakage that "
-                    "inflates scores; see the leakage section), reported one seed and applied a flipped temperature "
-                    "scaling; its numbers are not comparable with any other row.",
+                    "study drew its own random image split and test set (by image, so with the lesion leakage of "
+                    "@tbl-leakage, on other images), reported one seed and applied a flipped temperature scaling; its "
+                    "numbers are not comparable with any other row.",
                     text=("Model", "Split", "Pretrained", "Note"), label="field")
 
 
@@ -424,7 +420,7 @@ def equal_compute(src: Source) -> str:
     df = official(src.csv("equal_compute.csv"))
     return md_table(df, paired_columns(against=True),
                     "KD minus the equal-compute control: no KD trained for the KD student's epochs plus its share of "
-                    "the teacher's training (the profile's `nokd_eq`), paired by seed. " + PAIRED_NOTE,
+                    "the teacher's training, paired by seed. " + PAIRED_NOTE,
                     text=("KD method", "Against", "Verdict"), label="equal-compute")
 
 
@@ -457,8 +453,9 @@ def targets(src: Source) -> str:
             return f">\u00a0{r['threshold']:g}"
         if not counted(r):
             return f"≥\u00a0{r['threshold']:.2f}"
-        return (f"≥\u00a0{round(r['threshold'] * r['of'])} of {int(r['of'])}" if r["of"]
-                else f"≥\u00a0{r['threshold']:.0%} of them")
+        if not r["of"]:
+            return "all of them" if r["threshold"] >= 1 else f"≥\u00a0{r['threshold']:.0%} of them"
+        return f"≥\u00a0{round(r['threshold'] * r['of'])} of {int(r['of'])}"
 
     def got(r: pd.Series) -> str:
         if not counted(r):
@@ -471,7 +468,7 @@ def targets(src: Source) -> str:
     return md_table(df, {"Target": col("what", str), "Required": need, "Reached": got,
                          "By": lambda r: _by(src, r), "Met": met},
                     "The study's targets (official test set; means over seeds, 1 seed where a model has one), set "
-                    "on 2026-11-27, before this profile was run, against what this run reached. "
+                    "on 2026-11-27, before these runs, against what they reached. "
                     "The best student is the one of any kind with the highest validation macro-F1; KD rows count "
                     "students whose hierarchical interval (seeds, then test images) lies above 0; — where no usable "
                     "run measures the target.", text=("By", "Met"), label="targets")
@@ -486,7 +483,7 @@ def targets_paragraph(src: Source) -> str:
     why = []
     if not (row["teacher_accuracy", "met"] and row["teacher_macro_f1", "met"]):
         if not finite(row["teacher_macro_f1", "value"]):
-            why.append("**The teacher**: no teacher run is usable in this profile.")
+            why.append("**The teacher**: no teacher run is usable in this study.")
         else:
             why.append(f"**The teacher**, {bare_teacher(row['teacher_macro_f1', 'model'])} (1 seed), reaches accuracy "
                        f"{num(row['teacher_accuracy', 'value'])} and macro-F1 {num(row['teacher_macro_f1', 'value'])}, "
@@ -495,7 +492,7 @@ def targets_paragraph(src: Source) -> str:
                        f"ImageNet-pretrained, reaches accuracy {MEDMNIST_PLUS_224PX_ACC['best']:.3f} [@doerrich2024rethinking].")
     if not (row["student_accuracy", "met"] and row["student_macro_f1", "met"]):
         if not finite(row["student_macro_f1", "value"]):
-            why.append("**The best student**: no student run is usable in this profile.")
+            why.append("**The best student**: no student run is usable in this study.")
         else:
             why.append(f"**The best student**, chosen on validation macro-F1, is {row['student_macro_f1', 'model']}: "
                        f"accuracy {num(row['student_accuracy', 'value'])} and macro-F1 "
@@ -506,7 +503,7 @@ def targets_paragraph(src: Source) -> str:
                        "result at that input size.")
     if not row["every_student_macro_f1", "met"]:
         worst = t.loc["every_student_macro_f1"]
-        why.append("**Every student**: no student run is usable in this profile." if not finite(worst["value"]) else
+        why.append("**Every student**: no student run is usable in this study." if not finite(worst["value"]) else
                    f"**The weakest student**, {worst['model']}, reaches macro-F1 {num(worst['value'])} in "
                    f"{n['student_epochs']} epochs; "
                    + ("no run collapsed." if not n["n_excluded"] else f"{n['n_excluded']} collapsed runs are excluded."))
@@ -521,15 +518,15 @@ def targets_paragraph(src: Source) -> str:
                    f"0 of {int(ec['of'])} students have a seeds-and-images interval above 0.")
     d8, s8 = t.loc["int8_edge_delta_macro_f1"], t.loc["int8_edge_speedup_low"]
     if not (d8["met"] and s8["met"]):
-        why.append("**INT8**: this profile has no INT8 measurement of a pretrained KD student." if not finite(d8["value"])
+        why.append("**INT8**: this study has no INT8 measurement of a pretrained KD student." if not finite(d8["value"])
                    else f"**INT8** ({d8['model']}): Δ macro-F1 {signed(d8['value'])} against ORT FP32 (required ≥ "
                         f"{d8['threshold']:g}); the lower end of its speed-up interval is "
                         + (f"{s8['value']:.2f}× (required above 1)." if finite(s8["value"]) else "not measured."))
-    measured = sum(_measured(r) for _, r in t.iterrows())
-    others = "other" if n["targets"] - measured == 1 else "others"
-    scope = (f"the {measured} targets it measures (of the study's {n['targets']}; no run of this profile measures the "
-             f"{others})" if measured < n["targets"] else f"the study's {n['targets']} targets")
-    return (f"This run meets {n['targets_met']} of {scope} (@tbl-targets). What each missed one reached:\n\n"
+    unmeasured = [str(r["what"]) for _, r in t.iterrows() if not _measured(r)]
+    scope = (f"the {n['targets'] - len(unmeasured)} targets it can measure (@tbl-targets); of the study's "
+             f"{n['targets']}, {count(len(unmeasured), 'target')} had no run here ({'; '.join(unmeasured)})"
+             if unmeasured else f"the study's {n['targets']} targets (@tbl-targets)")
+    return (f"This run meets {n['targets_met']} of {scope}. What each missed one reached:\n\n"
             + "\n".join(f"- {w}" for w in why) + "\n")
 
 
@@ -538,8 +535,11 @@ PROFILE_TEACHER = "t2"
 
 
 #: the settings of ``scripts/kd_power.py`` in words
-KD_POWER_SETTINGS: dict[str, str] = {"kd_t2": "KD, the profile's teacher", "kd_strong": "KD, best-val teacher",
-                                     "nokd16": "no KD, 2× epochs", "kd16": "KD, the profile's teacher, 2× epochs"}
+KD_POWER_SETTINGS: dict[str, str] = {"kd_t2": "KD, the recipe's teacher", "kd_strong": "KD, best teacher on validation",
+                                     "nokd16": "no KD, 2× epochs", "kd16": "KD, the recipe's teacher, 2× epochs"}
+#: the GPU study's ResNet-50 teacher variants in words
+KD_POWER_TEACHERS: dict[str, str] = {"t2": "stride-2 stem (the recipe's)", "t1": "stride-1 stem",
+                                     "t1long": "stride-1 stem, 2× epochs"}
 
 
 def _kd_power_pairs(src: Source) -> pd.DataFrame:
@@ -595,22 +595,25 @@ def kd_power_paragraph(src: Source) -> str:
                     + "; ".join(f"{r.student} Δ macro-F1 {signed(r.d_macro_f1)} [{signed(r.d_macro_f1_low)}, "
                                 f"{signed(r.d_macro_f1_high)}] over {int(r.pairs)} seeds" for r in same.itertuples()))
     gain = teachers.loc[strong, "val_macro_f1"] - teachers.loc[PROFILE_TEACHER, "val_macro_f1"]
-    tv = ", ".join(f"{k} {num(v)}" for k, v in teachers["val_macro_f1"].items())
+    tv = "; ".join(f"{KD_POWER_TEACHERS.get(k, k)}, {num(v)}" for k, v in teachers["val_macro_f1"].items())
     machine = src.provenance.get("machine") or {}
+    sides = [f"below it for {_below(vs_long)} of {n} students"] * bool(_below(vs_long)) + [
+        f"above it for {_above(vs_long)} of {n}"] * bool(_above(vs_long))
+    versus = " and ".join(sides) if sides else "neither above nor below it for any student"
     return (
         f"A larger study on a borrowed GPU ({machine.get('gpu', 'GPU')}; "
         f"the pipeline's own training and pairing code on the previous, from-scratch recipe at 64 px) trained "
-        f"{len(students)} student runs, {pairs} seeds per setting. With that profile's teacher, KD beats the no-KD student at the "
-        f"same {epochs} epochs for {_above(kd)} of {n} students (Δ macro-F1 interval above 0). But training the "
-        f"no-KD student for twice the epochs gains more on average for {bigger} of {n} students "
-        f"({_above(longer)} of {n} intervals above 0), and against "
-        f"that longer baseline KD at {epochs} epochs is below it for {_below(vs_long)} of {n} students and above "
-        f"for {_above(vs_long)}{reading}. ResNet-50 teachers with a stride-2 (t2, that profile's) and a "
-        f"stride-1 stem (t1; t1long with twice the epochs) reached validation macro-F1 {tv}: the best on validation "
-        f"({strong}) is {signed(gain)} over that profile's, and its test macro-F1 is "
+        f"{len(students)} student runs, {pairs} seeds per setting, Hinton KD at T 4, α 0.5. With that recipe's "
+        f"teacher, KD beats the no-KD student at the same {epochs} epochs for {_above(kd)} of {n} students (Δ macro-F1 "
+        f"interval above 0). But training the no-KD student for twice the epochs gains more on average for {bigger} "
+        f"of {n} students ({_above(longer)} of {n} intervals above 0), and against that longer baseline KD at "
+        f"{epochs} epochs is {versus}{reading}. Its {count(len(teachers), 'ResNet-50 teacher')} reached validation "
+        f"macro-F1 {tv}: the best on "
+        f"validation ({KD_POWER_TEACHERS.get(strong, strong)}) is {signed(gain)} over the recipe's, and its test macro-F1 is "
         f"{num(teachers.loc[strong, 'test_macro_f1'])}, against {num(r18_long)} for a no-KD ResNet-18 trained "
-        f"{2 * epochs} epochs. A stronger teacher was the lever that study left open, and this reference pulls it. GPU training uses bf16 "
-        "autocast, so these runs are not the CPU runs above; they answer the design question, not the headline numbers."
+        f"{2 * epochs} epochs. A stronger teacher was the lever that study left open, and this study's pretrained teacher "
+        "pulls it. GPU training runs other kernels, in bf16 for every model, so these runs are not the CPU runs above; "
+        "they answer the design question, not the headline numbers."
     )
 
 
@@ -629,9 +632,10 @@ def kd_power_table(src: Source) -> str:
                          "Δ balanced accuracy": ci_col("d_balanced_accuracy", sign=True), "Verdict": verdict_cell},
                     "The GPU study: paired test-set differences, seeds paired as in the main "
                     "comparison (mean Δ with its 95% t-interval across seeds; the verdict of the analysis plan, each "
-                    "setting a Holm family over its students, where the study kept each seed's Δ). Hinton KD "
-                    "with the previous (`scratch`) profile's α and T; the best-val teacher is the ResNet-50 with the highest "
-                    "validation macro-F1 among three recipes. Seeds that had not finished by the study's deadline are "
+                    "setting a Holm family over its students, where the study kept each seed's Δ; the comparisons "
+                    "against the 2× baseline kept no per-seed Δ, so they have no verdict). Hinton KD at T 4, α 0.5; "
+                    "the best teacher on validation is the ResNet-50 with the highest validation macro-F1 among three "
+                    "recipes. Seeds that had not finished by the study's deadline are "
                     "missing from both members of their pair.", text=("Setting", "Against", "Verdict"), label="kd-power")
 
 
@@ -678,8 +682,9 @@ def operating(src: Source) -> str:
 def robustness_intro() -> str:
     return ("Corruptions act on the 8-bit image at the model's input size before normalisation, deterministically per "
             "image and seed: the source study's suite (additive Gaussian noise, JPEG, contrast) and MedMNIST-C's "
-            "dermatoscopy suite [@disalvo2024medmnistc], scored by balanced error (BE) and relative balanced error "
-            "(rBE).\n")
+            "dermatoscopy suite [@disalvo2024medmnistc], scored by balanced error and, as MedMNIST-C scores it, by "
+            "balanced error normalised by the package's AlexNet baseline (BE) and its relative form (rBE). Only the "
+            "teacher and the students with and without Hinton's KD were run under corruption.\n")
 
 
 SUITE_NAMES: dict[str, str] = {"source": "source suite", "medmnistc": "MedMNIST-C"}
@@ -706,7 +711,7 @@ def robustness_caption(src: Source) -> str:
     df = src.csv("robustness.csv")
     rests = f" ({_rests_on(df)})" if "seeds" in df else ""
     return ("Balanced accuracy against severity, one row per architecture, averaged over the corruptions of each "
-            f"suite{_over_seeds(df)}{rests} (macro-F1 is in the table). Accuracy alone would reward a model that drifts "
+            f"suite{_over_seeds(df)}{rests}; macro-F1 is in @tbl-robustness. Accuracy alone would reward a model that drifts "
             "towards the majority class as images degrade." if "seeds" in df else "Accuracy against severity, averaged over the corruptions of "
             "each suite and over seeds.")
 
@@ -720,14 +725,26 @@ def robustness(src: Source) -> str:
     wide.columns = [f"{m}_{s}" for m, s in wide.columns]
     first = df.drop_duplicates("model").set_index("model")
     wide = wide.reset_index().join(first[["clean_balanced_accuracy", "seeds", "images"]], on="model")
-    columns: Columns = {"Model": col("label", str), "Clean balanced accuracy": col("clean_balanced_accuracy")}
+    columns: Columns = {"Model": col("label", str), "Clean balanced accuracy, same images": col("clean_balanced_accuracy")}
     for suite in suites:
         name = SUITE_NAMES.get(suite, suite)
         columns |= {f"Balanced accuracy, {name}": col(f"balanced_accuracy_{suite}"),
                     f"Macro-F1, {name}": col(f"macro_f1_{suite}")}
     rests = f"; {_rests_on(df)}" if df["seeds"].notna().all() else ""
-    return md_table(wide, columns, "Balanced accuracy and macro-F1 under corruption: mean over the corruptions and "
-                    f"severities of each suite{_over_seeds(df)}{rests}.", label="robustness")
+    return md_table(wide, columns, "Balanced accuracy and macro-F1 under corruption: mean over every corruption and "
+                    f"severity of each suite (a corruption run at more severities weighs more){_over_seeds(df)}{rests}.",
+                    label="robustness")
+
+
+def _coverage(note: str) -> str:
+    """The robustness stage's coverage note in words: "partial: levels [1, 3, 5] of [1, 2, 3, 4, 5], ..." ->
+    "severities 1, 3 and 5 of 5 were run, ..."."""
+    found = re.match(r"partial: levels \[([\d, ]+)\] of \[([\d, ]+)\](.*)", note)
+    if not found:
+        return note
+    done, every = found.group(1).split(", "), found.group(2).split(", ")
+    run = done[0] if len(done) == 1 else f"{', '.join(done[:-1])} and {done[-1]}"
+    return f"severities {run} of {len(every)} were run{found.group(3)}"
 
 
 def be_rbe(src: Source) -> str:
@@ -739,10 +756,10 @@ def be_rbe(src: Source) -> str:
         return ci_col(name, kind="boot") if one and boot else ci_col(name)
 
     columns: Columns = {"Model": col("label", str), "Seeds": col("seeds"),
-                        "Balanced error": ci("balanced_error"), "BE": ci("be"), "rBE": ci("rbe")}
+                        "Balanced error": ci("balanced_error"), "BE (÷ AlexNet)": ci("be"), "rBE (÷ AlexNet)": ci("rbe")}
     if boot and not one:
         columns["rBE, bootstrap"] = lambda r: f"[{num(r['rbe_boot_low'])},\u00a0{num(r['rbe_boot_high'])}]"
-    note = df["note"].dropna().iloc[0] if df["note"].notna().any() else ""
+    note = _coverage(df["note"].dropna().iloc[0]) if df["note"].notna().any() else ""
     how = ("1 seed per model, with the 95% percentile bootstrap interval over its test images" if one and boot else
            "mean over seeds with its t-interval" + (" and the mean per-run bootstrap interval over test images"
                                                    if boot else ""))
@@ -766,7 +783,7 @@ def per_corruption(src: Source) -> str:
     df = src.csv("robustness_corruptions.csv")
     kd = _teacher_or_kd(df)
     tables = []
-    for part, what, label in ((df[kd], "the teacher and the KD students", "corruptions-kd"),
+    for part, what, label in ((df[kd], "the teacher and the students with Hinton's KD", "corruptions-kd"),
                               (df[~kd], "the no-KD students", "corruptions-nokd")):
         if part.empty:
             continue
@@ -874,7 +891,8 @@ def pareto(src: Source) -> str:
                             "Validation macro-F1": col("val_macro_f1"), "Test macro-F1": col("macro_f1"),
                             "File (MB)": lambda r: num(r["file_bytes"] / 2**20, 1)},
                     "The Pareto-optimal models and backends, chosen on validation: no other point is both faster and "
-                    "better on mean validation macro-F1. Test macro-F1 is the mean over the model's seeds plus the "
+                    "better on mean validation macro-F1. p50 and p99 are the median and the 99th-percentile latency "
+                    "over repeated calls at batch 1, each backend timed on its own (not interleaved). Test macro-F1 is the mean over the model's seeds plus the "
                     "backend's change against eager PyTorch, measured on seed 0 (INT8 is not run on validation)."
                     + (" Each point runs at its model's input size; its latency is the median over the runs that "
                        "timed that architecture at that size (the same graph whatever the weights)." if sized else ""),
@@ -930,16 +948,18 @@ def gpu_paragraph(src: Source) -> str:
     """What the GPU latencies say, computed from ``gpu_latency.csv`` (batch 1, FP32, against the ResNet-50 teacher)."""
     df = src.csv("gpu_latency.csv")
     parts = []
-    for size, g in df[(df["batch"] == 1)].groupby("size"):
+    for i, (size, g) in enumerate(df[(df["batch"] == 1)].groupby("size")):
         p50 = g.pivot_table(index="arch", columns="precision", values="p50_ms")
-        teacher = p50.loc["resnet50", "fp32"]
-        rel = ", ".join(f"{ARCH_LABELS.get(a, a)} {p50.loc[a, 'fp32'] / teacher:.2f}×" for a in p50.index if a != "resnet50")
+        reference = p50.loc["resnet50", "fp32"]
+        rel = ", ".join(f"{ARCH_LABELS.get(a, a)} {p50.loc[a, 'fp32'] / reference:.2f}×" for a in p50.index if a != "resnet50")
         slower = int((p50["amp_fp16"] > p50["fp32"]).sum())
-        parts.append(f"at {size} px, batch 1, the students' median latency relative to the teacher's "
-                     f"({teacher:.2f} ms) is {rel}; 16-bit floating point (FP16) autocast is slower than FP32 for {slower} of "
-                     f"{len(p50)} models")
-    return ("On a GPU every model answers in a few milliseconds, bound by kernel launches more than arithmetic: "
-            + "; ".join(parts) + ". This was measured once on a borrowed GPU, not by the run above.")
+        fp16 = "16-bit floating point (FP16)" if i == 0 else "FP16"
+        parts.append(f"at {size} px, batch 1, the students' median latency relative to ResNet-50's, the earlier "
+                     f"teacher trained from scratch ({reference:.2f} ms), is {rel}; {fp16} autocast is slower than FP32 "
+                     f"for {slower} of {len(p50)} models")
+    return ("On a GPU every model timed answers in a few milliseconds, bound by kernel launches more than arithmetic: "
+            + "; ".join(parts) + ". This was measured once on a borrowed GPU, not by the run above, and before the "
+            "EfficientNet-Lite0 teacher and edge student were chosen, so neither is among the models timed.")
 
 
 def gpu_latency(src: Source) -> str:
@@ -959,7 +979,7 @@ def gpu_latency(src: Source) -> str:
                     f"GPU latency on one {src.provenance.get('gpu', 'GPU')} (torch {src.provenance.get('torch', '?')}): "
                     f"eager PyTorch, inputs already on the GPU, logits copied back, {calls} timed calls after warming up "
                     "until steady (random weights, which do not change a convolutional network's latency). "
-                    "64 px as in the default profile, 224 px as in the paper profile; the stem stride is 2 in both.",
+                    "64 px as in this study and 224 px, ImageNet's usual size; the stem stride is 2 in both.",
                     label="gpu-latency")
 
 
@@ -1020,7 +1040,7 @@ def source_note(src: Source) -> str:
     commit = (git.get("commit") or "unknown")[:10] + (" with uncommitted changes" if git.get("dirty") else "")
     gpu = machine.get("gpu") or "no GPU"
     where = (f"this checkout's own run in `{shown(src.path)}`" if src.kind == "outputs" else
-             f"the published reference in `{shown(src.path)}` (no `outputs/{src.profile}/aggregate` here)")
+             f"the published reference in `{shown(src.path)}`")
     when = src.numbers.get("generated", "")
     threads = count(machine["torch_threads"], "CPU thread") if finite(machine.get("torch_threads")) else "? CPU threads"
     return (f"**Results** of profile `{src.profile}`: {where}, aggregated {when}. Code at commit `{commit}`; "

@@ -429,12 +429,15 @@ def efficiency_summary(runs: pd.DataFrame, perf: pd.DataFrame) -> dict[str, pd.D
     int8["speedup_vs_ort_fp32"] = int8["ort_fp32_ms"] / int8["ort_int8_ms"]
     int8["speedup_vs_eager"] = int8["eager_ms"] / int8["ort_int8_ms"]
     int8["delta_macro_f1"] = int8["model"].map(f1["ort_int8"] - f1["ort_fp32"])
-    int8["target_met"] = (int8["speedup_vs_ort_fp32"] >= INT8_SPEEDUP_TARGET) & (int8["delta_macro_f1"] >= INT8_DELTA_F1_TARGET)
     passes = {r.model: pd.read_csv(r.path / "efficiency" / "int8_passes.csv")["speedup"]
               for r in have if (r.path / "efficiency" / "int8_passes.csv").exists()}
     interval = pd.DataFrame([{"model": m, **speedup_interval(v)} for m, v in passes.items()],
                             columns=["model", "passes", "speedup_median", "speedup_low", "speedup_high", "confidence"])
     int8 = int8.merge(interval, on="model", how="left")
+    # The speed-up the study reports: the interleaved passes' median where they ran (FP32 and INT8 alternate, so drift
+    # in the machine's speed hits both), else the ratio of the two separately timed p50s.
+    int8["speedup"] = int8["speedup_median"].fillna(int8["speedup_vs_ort_fp32"])
+    int8["target_met"] = (int8["speedup"] >= INT8_SPEEDUP_TARGET) & (int8["delta_macro_f1"] >= INT8_DELTA_F1_TARGET)
     int8["faster"] = int8["speedup_low"] > 1  # the interval of the interleaved passes' median excludes 1
     result |= {"int8": int8, "latency": lat}
     pts = b1.merge(acc, on=["model", "label", "backend"], suffixes=("_latency", ""))[
