@@ -145,3 +145,11 @@ def test_glue_keeps_names_and_symbol_values_whole_outside_code():
                    f"0.479 →{nb}0.437; see @tbl-paired-kd, `ResNet-18 T 2` and <span class=\"name\">ResNet-50</span>'s "
                    "T4 or MT 2.")
     assert FM.glue(got).count("\u00a0") == got.count("\u00a0")  # glued text has no plain space left to join
+
+
+def test_glue_leaves_a_tables_header_row_free_to_wrap():
+    """A header names a narrow column ("EfficientNet-Lite0 · KD: precision"): kept wrappable, while its cells are glued."""
+    table = "| Class | EfficientNet-Lite0: precision |\n|:--|--:|\n| EfficientNet-Lite0 T 2 | 0.5 |"
+    got = FM.glue(table).split("\n")
+    assert got[0] == "| Class | EfficientNet-Lite0: precision |" and got[1] == "|:--|--:|"
+    assert got[2] == '| <span class="name">EfficientNet-Lite0</span> T\u00a02 | 0.5 |'

@@ -189,11 +189,11 @@ def limitations(src: Source) -> str:
         "The KD verdicts compare models on the same split and hold within it; the lesion-grouped comparison did not fit "
         "the budget (Supplement S1).",
         f"- **Budget.** Students train {n['student_epochs']} epochs on a 2-core CPU, a fixed budget rather than a "
-        f"plateau (a GPU study of the earlier recipe trained students twice as long: Supplement S5); seeds (at most "
+        f"plateau (a study of the earlier recipe on a graphics processing unit (GPU) trained students twice as long: "
+        f"Supplement S5); seeds (at most "
         f"{n['n_seeds']}) go where the power analysis asked for them, and the teacher has 1 seed, so its interval "
         "covers test images only.",
-        "- **Hardware.** Latency is measured on one x86 CPU type with ONNX Runtime, without a graphics processing "
-        "unit (GPU); no phone or microcontroller processor was measured, so the speed-ups are indicative of, not "
+        "- **Hardware.** Latency is measured on one x86 CPU type with ONNX Runtime, without a GPU; no phone or microcontroller processor was measured, so the speed-ups are indicative of, not "
         "equal to, those on a device.",
         "- **Population.** HAM10000 comes from two sites and mostly lighter skin; the external set is another sample "
         "of the same challenge data, not a different population.",

@@ -152,8 +152,14 @@ def glue(text: str) -> str:
         part = _SYMBOL_VALUE.sub(lambda m: m.group(1).replace(" ", "\u00a0") + "\u00a0", part)
         return _HYPHENATED.sub(lambda m: f'<span class="name">{m.group(0)}</span>', part)
 
-    parts = text.split("`")  # code spans (odd parts) stay as they are
-    return "`".join(prose(p) if i % 2 == 0 else p for i, p in enumerate(parts))
+    def line(text: str) -> str:
+        parts = text.split("`")  # code spans (odd parts) stay as they are
+        return "`".join(prose(p) if i % 2 == 0 else p for i, p in enumerate(parts))
+
+    # A table's header row (the line above its alignment row) may wrap: its names head narrow columns.
+    lines = text.split("\n")
+    header = {i - 1 for i, s in enumerate(lines) if re.match(r"\|[:-]+\|", s)}
+    return "\n".join(s if i in header else line(s) for i, s in enumerate(lines))
 
 
 def md_table(rows: pd.DataFrame, columns: Columns, caption: str, text: tuple[str, ...] = (),

@@ -683,7 +683,8 @@ def robustness_intro() -> str:
     return ("Corruptions act on the 8-bit image at the model's input size before normalisation, deterministically per "
             "image and seed: the source study's suite (additive Gaussian noise, JPEG, contrast) and MedMNIST-C's "
             "dermatoscopy suite [@disalvo2024medmnistc], scored by balanced error and, as MedMNIST-C scores it, by "
-            "balanced error normalised by the package's AlexNet baseline (BE) and its relative form (rBE). Only the "
+            "balanced error (BE) and relative balanced error (rBE), both normalised by the package's AlexNet "
+            "baseline. Only the "
             "teacher and the students with and without Hinton's KD were run under corruption.\n")
 
 
