@@ -109,7 +109,8 @@ def calibration_paragraph(src: Source) -> str | None:
               "should ship with it, as the exported bundles do." if facts["shrinks"] else
               "Temperature scaling fitted on validation, which the exported bundles carry, does not remove the "
               "difference in every comparison.")
-    return f"**Calibration.** {what} {scaled}"
+    refs = "@tbl-kd-calibration" + ("; every model's in @tbl-calibration" if src.has("calibration.csv") else "")
+    return f"**Calibration.** {what} {scaled.removesuffix('.')} ({refs})."
 
 
 #: The analysis plan's reading of the teacher-size test, fixed before its runs ("The teacher's input size").

@@ -20,7 +20,7 @@ from edgekd.core import stats as ST
 from edgekd.core.info import ARCH_LABELS
 from edgekd.core.words import kd_setting_words, setting_words
 from edgekd.paper import sources
-from edgekd.paper.format import DASH, Columns, ci_col, col, count, finite, human, md_table, num, pvalue, signed
+from edgekd.paper.format import DASH, Columns, ci_col, col, count, finite, human, md_table, num, signed, span
 from edgekd.paper.shared import PAIRED_NOTE, official, paired_columns, shown, verdict_cell
 from edgekd.paper.sources import Source
 from edgekd.pipeline import plan, reproduce
@@ -843,7 +843,8 @@ def int8_ops(src: Source) -> str:
     largest = (f" The largest other INT8 cost is {other['op_type']} in the {_run_words(other['model'])}: {other['share']:.0%} of its "
                "kernel time, element-wise work that the FP32 graph fuses or does not have." if other is not None else "")
     text = ("In ONNX Runtime's profile of an earlier reference's seed-0 models (the same architectures, so the same "
-            f"exported graphs), QuantizeLinear / DequantizeLinear nodes take {qdq.min():.0%}–{qdq.max():.0%} "
+            f"exported graphs), the nodes that quantise activations to INT8 and back (QuantizeLinear and "
+            f"DequantizeLinear) take {qdq.min():.0%}–{qdq.max():.0%} "
             f"of the INT8 models' kernel time, and the INT8 convolutions run {conv_speedup.min():.2f}–"
             f"{conv_speedup.max():.2f}× as fast as the FP32 ones, {verdict}.{largest} The profiler adds its own cost "
             "to every node, so a graph with more nodes looks slower than it is: read the shares within a graph, not "
@@ -852,10 +853,10 @@ def int8_ops(src: Source) -> str:
                             "INT8 kernels (ms)": col("int8_ms", ms), "Convolutions, FP32 (ms)": col("conv_fp32_ms", ms),
                             "Convolutions, INT8 (ms)": col("conv_int8_ms", ms),
                             "Quantise / dequantise share of INT8": col("qdq_share", lambda x: f"{x:.0%}")},
-                    f"ONNX Runtime's own profiler: kernel time per batch-1 call ({threads} threads; each node's median "
-                    f"over {calls:,} profiled calls, summed) of each model's FP32 and INT8 graphs, the convolutions' "
-                    "part of it, and the share of the "
-                    "INT8 kernel time spent in QuantizeLinear / DequantizeLinear nodes.", label="int8-ops")
+                    f"ONNX Runtime's own profiler on an earlier reference's seed-0 models: kernel time per batch-1 call "
+                    f"({threads} threads; each node's median over {calls:,} profiled "
+                    "calls, summed) of each model's FP32 and INT8 graphs, the convolutions' part of it, and the share "
+                    "of the INT8 kernel time spent quantising and dequantising.", label="int8-ops")
 
 
 def cost(src: Source) -> str:
@@ -988,12 +989,14 @@ def gpu_latency(src: Source) -> str:
 
 
 def teacher_agreement(src: Source) -> str:
+    """How often each student predicts what the teacher predicts on test (means over seeds). The per-seed McNemar p
+    the aggregate also keeps is left out: a mean of p-values is not a test."""
     df = src.csv("paired.csv")
+    teacher = span(df["teacher_accuracy"], num, " to ")
     return md_table(df, {"Student": col("label", str), "Agreement with the teacher": col("agreement"),
-                         "Student accuracy": col("student_accuracy"), "Teacher accuracy": col("teacher_accuracy"),
-                         "McNemar p (mean over seeds)": col("p_value", pvalue)},
-                    "Top-1 agreement with the teacher on test, and McNemar's test of student against teacher.",
-                    label="teacher-agreement")
+                         "Student accuracy": col("student_accuracy")},
+                    f"Top-1 agreement with the teacher on test, and the student's accuracy (means over seeds); the "
+                    f"teacher's test accuracy is {teacher}.", label="teacher-agreement")
 
 
 def gradcam_note(src: Source) -> str:
