@@ -406,7 +406,8 @@ def test_renderer_says_which_ran_and_why(monkeypatch, tmp_path, capsys):
     assert render.renderer(force_fallback=True) == (render.FALLBACK, "--fallback was given")
     clean = {"images": 1, "images_loaded": 1, "tables": 1, "tables_filled": 1, "empty_cells": 0, "errors": 0,
              **dict.fromkeys(("too_wide", "nan", "stray_words", "broken", "repeated_headings", "unresolved_refs",
-                              "broken_intervals", "code_in_prose", "undefined_abbreviations", "unknown_abbreviations"), [])}
+                              "broken_intervals", "broken_names", "code_in_prose", "undefined_abbreviations",
+                              "unknown_abbreviations"), [])}
     monkeypatch.setattr(render.shutil, "which", lambda name: None)
     monkeypatch.setattr(render, "render", lambda profile, force_fallback: tmp_path / "index.html")
     monkeypatch.setattr(render, "write_pdf", lambda html, pdf: pdf)
@@ -468,7 +469,7 @@ def test_student_recipe_is_read_from_the_profile_that_made_the_results():
     path = info.REPO_ROOT / "params" / "smoke.yaml"
     prov = {"profile_file": "params/smoke.yaml", "profile_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     text = supplement.student_recipe(SR.Source("smoke", info.REPO_ROOT, "outputs", {}, prov))
-    assert "| Setting | ResNet-18, MobileNetV2 (KD + attention transfer, no KD) |" in text  # words, as the labels
+    assert "| Setting | ResNet\u201118, MobileNetV2 (KD + attention transfer, no KD) |" in text  # words, as the labels
     prof = yaml.safe_load(path.read_text())
     assert f"| Epochs | {prof['train']['epochs']} |" in text and f"| Batch size | {prof['train']['batch_size']} |" in text
     assert f"| Peak learning rate | {prof['train']['lr']:g} |" in text and "| Optimiser | AdamW |" in text

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from edgekd.core import info
 from edgekd.paper import format as FM
 from edgekd.paper import render
 
-NEW_KEYS: tuple[str, ...] = ("broken_intervals", "code_in_prose", "undefined_abbreviations", "unknown_abbreviations")
+NEW_KEYS: tuple[str, ...] = ("broken_intervals", "broken_names", "code_in_prose", "undefined_abbreviations",
+                             "unknown_abbreviations")
 
 #: One page, {0} with its faults and {1} without: in code, links, the title block and the table of contents nothing is
 #: looked for, so the same text there must never fire.
@@ -28,7 +30,8 @@ PAGE = """<header id="title-block-header"><h1 class="title">KD for the edge on H
 FAULTS = {
     "intervals": 'Gain <span style="display:inline-block;width:5em">[−0.010, +0.041]</span>, speed-up '
                  '<span style="display:inline-block;width:4em">[1.88×, 1.99×]</span>, share '
-                 '<span style="display:inline-block;width:5em">[12.5&nbsp;%, 14.0&nbsp;%]</span>.',
+                 '<span style="display:inline-block;width:5em">[12.5&nbsp;%, 14.0&nbsp;%]</span>. Model '
+                 '<span style="display:inline-block;width:5em">ResNet ResNet-18 here</span>.',
     "abbreviations": "KD students first. Expected calibration error (ECE) and NLL (negative log-likelihood) fall, "
                      "DIST (distillation from a stronger teacher; Huang et al. 2022) too, by the FOO score. Melanocytic "
                      "nevi (nv) dominate and mel is rare.",
@@ -36,7 +39,8 @@ FAULTS = {
              "paper/index.qmd, outputs/default/aggregate and run student-resnet18-kd-s0, as issue 34 asked.",
 }
 FIXED = {
-    "intervals": FAULTS["intervals"].replace("width:5em", "width:12em").replace("width:4em", "width:12em"),
+    "intervals": FAULTS["intervals"].replace("width:5em", "width:12em").replace("width:4em", "width:12em").replace(
+        "ResNet ResNet-18", 'ResNet <span class="name" style="white-space:nowrap">ResNet-18</span>'),
     "abbreviations": "Students first. Expected calibration error (ECE) and NLL (negative log-likelihood) fall, DIST "
                      "(distillation from a stronger teacher; Huang et al. 2022) too, by the score. Melanocytic nevi (nv) "
                      "dominate and melanoma (mel) is rare.",
@@ -96,6 +100,11 @@ def test_setting_labels_code_names_paths_run_ids_and_issue_numbers_in_the_prose_
     assert good["code_in_prose"] == []
 
 
+def test_a_model_name_broken_at_its_hyphen_is_found(reports):
+    bad, good = reports
+    assert bad["broken_names"] == ["span: ResNet-18"] and good["broken_names"] == []
+
+
 def test_abbreviations_are_defined_at_their_first_use_and_unknown_capitals_are_found(reports):
     assert {"KD", "ECE", "MACs", "INT8", "rBE", "TOST", "akiec", "vasc"} <= set(FM.ABBREVIATIONS)
     assert "F1" not in FM.ABBREVIATIONS and not set(FM.ABBREVIATIONS) & FM.EXEMPT_CAPS
@@ -153,3 +162,8 @@ def test_glue_leaves_a_tables_header_row_free_to_wrap():
     got = FM.glue(table).split("\n")
     assert got[0] == "| Class | EfficientNet-Lite0: precision |" and got[1] == "|:--|--:|"
     assert got[2] == '| <span class="name">EfficientNet-Lite0</span> T\u00a02 | 0.5 |'
+
+
+def test_a_table_header_wraps_at_its_spaces_but_not_inside_a_model_name():
+    table = FM.md_table(pd.DataFrame([{"x": 0.5}]), {"Class": FM.col("x"), "EfficientNet-Lite0 · KD": FM.col("x")}, "C.")
+    assert table.splitlines()[0] == "| Class | EfficientNet\u2011Lite0 · KD |"

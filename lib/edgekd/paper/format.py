@@ -138,9 +138,11 @@ def label_of(caption: str, words: int = 5) -> str:
 #: Table columns that hold a model's name: their cells never wrap (``.name`` in paper/paper.css).
 NAME_COLUMNS: frozenset[str] = frozenset({"Model", "Student"})
 
-#: Hyphenated names a line must not break inside (a browser breaks after a hyphen): the architectures' and one method's.
-_HYPHENATED = re.compile("|".join(re.escape(n) for n in sorted(
-    {n for n in (*info.ARCH_LABELS.values(), "logit-standardised") if "-" in n}, key=len, reverse=True)))
+#: Hyphenated names a line must not break inside (a browser breaks after a hyphen): the architectures' and one method's;
+#: :func:`glue` keeps them whole and the paper's browser check looks for any that broke.
+HYPHENATED_NAMES: tuple[str, ...] = tuple(sorted({n for n in (*info.ARCH_LABELS.values(), "logit-standardised")
+                                                  if "-" in n}, key=len, reverse=True))
+_HYPHENATED = re.compile("|".join(re.escape(n) for n in HYPHENATED_NAMES))
 #: A symbol and its value ("T 2", "α 0.5", "MDE = 0.076", "p = 0.044"), which a line must not split.
 _SYMBOL_VALUE = re.compile(r"(?<![\w\u00a0])(T|α|β|MDE =|p =|→) (?=[−+\-]?\d)")
 
@@ -174,7 +176,9 @@ def md_table(rows: pd.DataFrame, columns: Columns, caption: str, text: tuple[str
         return value or DASH
 
     align = [":--" if i == 0 or name in text else "--:" for i, name in enumerate(columns)]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|"]
+    # A header may wrap at its spaces (it heads a narrow column) but not inside a hyphenated name: a no-break hyphen
+    heads = [_HYPHENATED.sub(lambda m: m.group(0).replace("-", "\u2011"), name) for name in columns]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join(align) + "|"]
     def named(name: str, value: str) -> str:
         return f'<span class="name">{value}</span>' if name in NAME_COLUMNS and value != DASH else value
 

@@ -199,7 +199,7 @@ def setting_labels() -> list[str]:
     return sorted(n for n in names if n.lower() not in abbreviations and n not in WORD_SETTINGS)
 
 
-_CHECK_JS = r"""({stray, labels, abbreviations, exempt}) => {
+_CHECK_JS = r"""({stray, labels, abbreviations, exempt, names}) => {
   const body = document.body, style = getComputedStyle(body);
   const box = body.getBoundingClientRect();
   const left = box.left + parseFloat(style.paddingLeft), right = box.right - parseFloat(style.paddingRight);
@@ -245,6 +245,12 @@ _CHECK_JS = r"""({stray, labels, abbreviations, exempt}) => {
   for (const node of textNodes('code, pre, script, style'))
     for (const m of node.data.matchAll(interval))
       if (spansLines(node, m.index, m.index + m[0].length)) brokenIntervals.push(tag(node) + m[0]);
+  // a hyphenated model or method name ("EfficientNet-Lite0") that the layout split at its hyphen: the word check above
+  // sees its halves as two words
+  const brokenNames = [], name = new RegExp(names.map(n => n.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('|'), 'gu');
+  for (const node of textNodes('code, pre, script, style'))
+    for (const m of names.length ? node.data.matchAll(name) : [])
+      if (spansLines(node, m.index, m.index + m[0].length)) brokenNames.push(tag(node) + m[0]);
   // the code's words in the prose: a profile's KD setting ("nokd"), a snake_case name ("efficientnet_lite0"), a file
   // path ("paper/index.qmd"), a run ID ("student-resnet18-kd-s0") or an issue number; code, links and the
   // bibliography may carry them
@@ -335,6 +341,7 @@ _CHECK_JS = r"""({stray, labels, abbreviations, exempt}) => {
     stray_words: leaves.filter(e => stray.includes(e.textContent.trim())).map(describe),
     broken: broken,
     broken_intervals: brokenIntervals,
+    broken_names: brokenNames,
     code_in_prose: codeInProse,
     undefined_abbreviations: undefinedAbbreviations,
     unknown_abbreviations: [...unknown.values()],
@@ -360,7 +367,8 @@ def browser_check(html: Path, width: int = 1100, media: str = "screen", timeout_
         page.emulate_media(media=media)
         page.goto(Path(html).resolve().as_uri(), wait_until="load", timeout=timeout_ms)
         report = page.evaluate(_CHECK_JS, {"stray": list(STRAY_WORDS), "labels": setting_labels(),
-                                           "abbreviations": FM.ABBREVIATIONS, "exempt": sorted(FM.EXEMPT_CAPS)})
+                                           "abbreviations": FM.ABBREVIATIONS, "exempt": sorted(FM.EXEMPT_CAPS),
+                                           "names": list(FM.HYPHENATED_NAMES)})
         browser.close()
     return report
 
@@ -377,6 +385,7 @@ def problems(report: dict) -> list[str]:
     for key, what in (("too_wide", "wider than the text column"), ("nan", "literal nan"), ("stray_words", "stray words"),
                       ("broken", "numbers or words broken across lines"),
                       ("broken_intervals", "intervals broken across lines"),
+                      ("broken_names", "model or method names broken at a hyphen"),
                       ("repeated_headings", "headings repeated within their section"),
                       ("unresolved_refs", "unresolved cross-references"),
                       ("code_in_prose", "code labels, paths, run IDs or issue numbers in the prose"),

@@ -401,16 +401,16 @@ def context(src: Source) -> str:
 
 
 def per_class_table(src: Source) -> str:
-    """Per-class test precision and recall of the models in the per-class figure (means over seeds)."""
+    """Per-class test precision and recall of the models in the per-class figure (means over seeds): a row per model
+    and metric, a column per class, so that the models' names sit in rows, not in narrow headers."""
     df = src.csv("per_class.csv")
-    wide = df.pivot_table(index="class", columns="label", values=["precision", "recall"], sort=False)
-    wide = wide.reindex(list(info.CLASS_NAMES)).reset_index()
-    wide.columns = ["class", *(f"{metric}|{label}" for metric, label in wide.columns[1:])]
-    columns: Columns = {"Class": col("class", str)}
-    for label in dict.fromkeys(df["label"]):
-        columns |= {f"{label}: precision": col(f"precision|{label}"), f"{label}: recall": col(f"recall|{label}")}
+    long = df.melt(id_vars=["label", "class"], value_vars=["precision", "recall"], var_name="metric")
+    wide = long.pivot_table(index=["label", "metric"], columns="class", values="value", sort=False).reset_index()
+    columns: Columns = {"Model": col("label", str), "Metric": col("metric", human)}
+    columns |= {c: col(c) for c in info.CLASS_NAMES if c in wide}
     return md_table(wide, columns, "Per-class test precision and recall of the teacher, the best student (chosen on "
-                    "validation) and its no-KD baseline: means over each model's seeds.", label="per-class")
+                    "validation) and its no-KD baseline: means over each model's seeds.", text=("Metric",),
+                    label="per-class")
 
 
 # ----------------------------------------------------------------------------- S5: the paired comparisons in full
@@ -783,6 +783,13 @@ def per_corruption(src: Source) -> str:
     teacher and the KD students, one for the no-KD students (so that each fits the page)."""
     df = src.csv("robustness_corruptions.csv")
     kd = _teacher_or_kd(df)
+    shared = {c for c, suites in df.groupby("corruption")["suite"].nunique().items() if suites > 1}  # in two suites
+
+    def name(r: pd.Series) -> str:  # the suite only where two suites share the corruption's name
+        what = _corruption_name(r["corruption"])
+        return f"{what} ({SUITE_NAMES.get(r['suite'], r['suite'])})" if r["corruption"] in shared else what
+
+    suites = " and ".join(SUITE_NAMES.get(s, s) for s in dict.fromkeys(df["suite"]))
     tables = []
     for part, what, label in ((df[kd], "the teacher and the students with Hinton's KD", "corruptions-kd"),
                               (df[~kd], "the no-KD students", "corruptions-nokd")):
@@ -790,11 +797,11 @@ def per_corruption(src: Source) -> str:
             continue
         wide = part.pivot_table(index=["suite", "corruption"], columns="label", values="balanced_accuracy",
                                 sort=False).reset_index()
-        columns: Columns = {"Suite": lambda r: SUITE_NAMES.get(r["suite"], r["suite"]),
-                            "Corruption": lambda r: _corruption_name(r["corruption"])}
+        columns: Columns = {"Corruption": name}
         columns |= {label: col(label, lambda x: num(x, 2)) for label in dict.fromkeys(part["label"])}
-        tables.append(md_table(wide, columns, f"Balanced accuracy of {what} under each corruption, averaged over its "
-                               f"severity levels ({_rests_on(part)}).", text=("Corruption",), label=label))
+        tables.append(md_table(wide, columns, f"Balanced accuracy of {what} under each corruption of the {suites} "
+                               f"(in that order), averaged over its severity levels ({_rests_on(part)}).",
+                               text=("Corruption",), label=label))
     return "\n\n".join(tables)
 
 
