@@ -279,5 +279,4 @@ def code_availability(src: Source) -> str:
             f"copy of the HAM10000 images, `{command}` reruns the whole study in one command: it installs the pinned packages (`requirements.txt`), trains and evaluates every "
             "run, measures latency and renders this paper (with the pandoc fallback where Quarto is absent); "
             f"`bash scripts/test.sh` runs the tests. The results this paper reads are {where} `{shown(src.path)}` with "
-            "their provenance (profile digest, machine, library versions, stage wall times; see the provenance "
-            "appendix).\n")
+            "their provenance (profile digest, machine, library versions, stage wall times; Supplement S11).\n")

@@ -20,7 +20,7 @@ from edgekd.core import stats as ST
 from edgekd.core.info import ARCH_LABELS
 from edgekd.core.words import kd_setting_words, setting_words
 from edgekd.paper import sources
-from edgekd.paper.format import DASH, Columns, ci_col, col, count, finite, human, md_table, num, signed, span
+from edgekd.paper.format import DASH, Columns, ci_col, col, count, finite, human, md_table, num, ratio, signed, span
 from edgekd.paper.shared import PAIRED_NOTE, official, paired_columns, shown, verdict_cell
 from edgekd.paper.sources import Source
 from edgekd.pipeline import plan, reproduce
@@ -125,7 +125,7 @@ RECIPE_NAMES: dict[str, str] = {
 #: Recipe values in words (the teacher's and the students' recipe tables).
 VALUE_NAMES: dict[str, str] = {
     "adamw": "AdamW", "sgd": "SGD (Nesterov momentum 0.9)", "ce": "cross-entropy", "focal": "focal loss",
-    "dihedral": "random dihedral view (1 of 8)", "flip": "random horizontal flip", "weights": "class-balanced loss weights",
+    "dihedral": "random dihedral view (1\u00a0of\u00a08)", "flip": "random horizontal flip", "weights": "class-balanced loss weights",
     "sampler": "class-balanced sampling",
 }
 
@@ -459,7 +459,7 @@ def targets(src: Source) -> str:
 
     def got(r: pd.Series) -> str:
         if not counted(r):
-            return num(r["value"])
+            return ratio(r["value"]) if "speedup" in str(r["target"]) else num(r["value"])
         return f"{int(r['count'])} of {int(r['of'])}" if r["of"] else DASH
 
     def met(r: pd.Series) -> str:
