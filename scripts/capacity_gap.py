@@ -25,10 +25,13 @@ import pandas as pd
 
 from edgekd.core import info, provenance, stats
 from edgekd.core.files import file_digest
+from edgekd.pipeline import publish
 
 RESULTS = info.REPO_ROOT / "paper" / "results"
 STRONG, WEAK = RESULTS / "studies" / "pretrained_teacher_t4", RESULTS / "studies" / "scratch_teacher"
 SETTING, SPLIT = "kd", "official"
+#: What this script writes into ``--out``; a folder holding any other file is refused.
+WRITES: tuple[str, ...] = ("gap_seeds.csv", "gap.csv", "README.md", "provenance.json")
 
 
 def _teacher(reference: Path) -> tuple[str, float]:
@@ -59,12 +62,14 @@ def same_baselines(strong: Path, weak: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="folder for gap.csv, README.md and provenance.json")
+    ap.add_argument("--out", type=Path, required=True, help="folder for " + ", ".join(WRITES))
     ap.add_argument("--strong", type=Path, default=STRONG, help="reference with the stronger teacher")
     ap.add_argument("--weak", type=Path, default=WEAK, help="reference with the weaker teacher")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if refusal := publish.foreign_files(args.out, WRITES):
+            raise ValueError(refusal)
         same_baselines(args.strong, args.weak)
     except (OSError, ValueError) as exc:
         print(f"capacity_gap: error: {exc}", file=sys.stderr)

@@ -25,10 +25,13 @@ import pandas as pd
 import torch
 
 from edgekd.core import provenance
+from edgekd.pipeline import publish
 from edgekd.pipeline.plan import load_profile
 from edgekd.stages import tuning as TU
 
 PROFILE = "kd_tuning"
+#: What this script writes into ``--out``; a folder holding any other file is refused.
+WRITES: tuple[str, ...] = ("pilot.csv", "teacher_softness.csv", "choice.json", "README.md", "provenance.json")
 
 
 def teacher_logits(runs: Path) -> np.ndarray | None:
@@ -73,10 +76,12 @@ Missing (no finished run): {", ".join(missing) or "none"}. Excluded by the colla
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, required=True, help="the pilot profile's folder (outputs/kd_tuning)")
-    ap.add_argument("--out", type=Path, required=True, help="folder for pilot.csv, choice.json, README.md, provenance.json")
+    ap.add_argument("--out", type=Path, required=True, help="folder for " + ", ".join(WRITES))
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if refusal := publish.foreign_files(args.out, WRITES):
+            raise ValueError(refusal)
         table = TU.pilot_table(args.runs)
         choice = TU.choose(table)
     except (FileNotFoundError, ValueError) as exc:

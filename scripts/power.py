@@ -30,12 +30,15 @@ from scipy import stats as sps
 
 from edgekd.core import info, provenance, stats
 from edgekd.core.files import file_digest
+from edgekd.pipeline import publish
 
 ALPHA, POWER, SESOI = 0.05, 0.8, stats.SESOI
 #: the reference the plan's numbers come from
 DEFAULT_REFERENCE = info.REPO_ROOT / "paper" / "results" / "default"
 BASELINE = "nokd"
 METRIC = "macro_f1"
+#: What this script writes into ``--out``; a folder holding any other file is refused.
+WRITES: tuple[str, ...] = ("power.csv", "README.md", "provenance.json")
 
 
 def _int(value: float | int) -> int | None:
@@ -189,14 +192,22 @@ Columns of `power.csv` (Δ is macro-F1, KD minus no-KD):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="folder for power.csv, README.md and provenance.json")
+    ap.add_argument("--out", type=Path, required=True, help="folder for " + ", ".join(WRITES))
     ap.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE, help="a published reference's folder")
     ap.add_argument("--seeds-file", default="paired_kd_seeds.csv", help="its per-seed paired deltas")
     ap.add_argument("--margin", type=float, default=SESOI, help="the SESOI of the equivalence test")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
-    deltas = pd.read_csv(args.reference / args.seeds_file)
-    df = table(deltas, arm_sd(args.reference), args.margin)
+    if refusal := publish.foreign_files(args.out, WRITES):
+        print(f"power: error: {refusal}", file=sys.stderr)
+        return 2
+    try:
+        deltas, sd = pd.read_csv(args.reference / args.seeds_file), arm_sd(args.reference)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"power: error: {args.reference} is not a published reference with {args.seeds_file}: {exc}",
+              file=sys.stderr)
+        return 2
+    df = table(deltas, sd, args.margin)
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "power.csv", index=False)
     (args.out / "README.md").write_text(readme(df, argv, args.reference, args.seeds_file))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -30,10 +31,13 @@ from edgekd.core import augment as AU
 from edgekd.core import metrics as M
 from edgekd.core import provenance
 from edgekd.core.inference import load_run, predict
+from edgekd.pipeline import publish
 from edgekd.stages import data as D
 from edgekd.stages import train as T
 
 #: The recipe every lever changes one thing of (the default profile's student recipe at 64 px).
+#: What this script writes into ``--out`` (the studies' own tables); a folder holding any other file is refused.
+WRITES: tuple[str, ...] = ("teacher_levers.csv", "collapse_diagnosis.csv", "provenance.json")
 BASE: dict = {"epochs": 12, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.05, "warmup_epochs": 1,
               "augment": "dihedral", "stem_stride": 2, "cpu_amp": True, "progress": False, "collapse": "warn"}
 #: name -> (arch, what changes, train overrides), the teacher-recipe levers
@@ -108,9 +112,12 @@ def study(runs: Path, variants: dict, base: dict, arrays: D.DermaArrays, data: D
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, required=True, help="folder of the study runs (created or reused)")
-    ap.add_argument("--out", type=Path, required=True, help="folder for teacher_levers.csv, collapse_diagnosis.csv")
+    ap.add_argument("--out", type=Path, required=True, help="folder for " + ", ".join(WRITES))
     ap.add_argument("--threads", type=int, default=None, help="torch threads for training")
     args = ap.parse_args(argv)
+    if refusal := publish.foreign_files(args.out, WRITES):
+        print(f"studies: error: {refusal}", file=sys.stderr)
+        return 2
     data = D.DataConfig(size=64)
     arrays = D.load(data)
     args.out.mkdir(parents=True, exist_ok=True)

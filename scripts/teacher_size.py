@@ -26,10 +26,10 @@ import torch  # noqa: F401  (provenance.machine() reads the CPU's instruction se
 
 from edgekd.core import info, provenance, stats
 from edgekd.core.files import atomic_write, file_digest
-from edgekd.pipeline import plan, reproduce
+from edgekd.pipeline import plan, publish, reproduce
 
 ARCH, SETTING, BASELINE = "resnet18", "kd", "nokd"
-#: What this script writes into ``--out``; a folder holding anything else is refused.
+#: What this script writes into ``--out``; a folder holding any other file is refused.
 WRITES: tuple[str, ...] = ("teacher_size_seeds.csv", "teacher_size.csv", "reproduction.csv", "README.md",
                            "provenance.json")
 
@@ -99,14 +99,6 @@ def _teacher_val(profile_dir: Path) -> float:
     return _run(profile_dir / "teacher-efficientnet_lite0-s0")[0]["val_macro_f1"]
 
 
-def out_refusal(out: Path) -> str | None:
-    """Why ``out`` must not be written: it is not a folder, or it holds a file this script does not write."""
-    if out.exists() and not out.is_dir():
-        return f"{out} exists and is not a folder"
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in WRITES) if out.is_dir() else []
-    return f"{out} holds files this script did not write ({', '.join(foreign)}): refusing to write there" if foreign else None
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for " + ", ".join(WRITES))
@@ -119,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        refusal = out_refusal(args.out)
-        if refusal:
+        if refusal := publish.foreign_files(args.out, WRITES):
             raise ValueError(refusal)
         per_seed = pairs(args.large, args.small)
         teachers = {"64px": _teacher_val(args.small), "128px": _teacher_val(args.large)}

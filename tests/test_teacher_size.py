@@ -82,7 +82,7 @@ def test_refuses_students_that_differ_in_more_than_the_teacher_and_a_folder_it_d
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     assert TS.main(["--out", str(out), *sides]) == 2
-    assert "did not write (notes.txt)" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert "does not write (notes.txt)" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
     prov = reference / "provenance.json"
     prov.write_text(json.dumps({**json.loads(prov.read_text()), "profile_sha256": "0" * 64}))

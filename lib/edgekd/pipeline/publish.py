@@ -144,6 +144,18 @@ def check_replaceable(dest: Path, profile: str, results: Path) -> None:
                              "with --results elsewhere; nothing was changed")
 
 
+def foreign_files(out: Path, writes: tuple[str, ...]) -> str | None:
+    """Why a study script must not write its files ``writes`` into ``out``: ``out`` is not a folder, or it holds a file
+    the script does not write (a published reference, another study's table, an input), which an overwrite of a
+    same-named file would destroy; None where it may. Subfolders (other studies) are never written, so they may stay."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        return f"{out} exists and is not a folder"
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in writes and not (p.is_dir() and not p.is_symlink())
+                     ) if out.is_dir() else []
+    return (f"{out} holds files this script does not write ({listed(foreign)}): refusing to write there; choose "
+            "another --out" if foreign else None)
+
+
 def _swap_in(files: list[Path], provenance_record: dict, dest: Path, results: Path) -> None:
     """Copy ``files`` and ``provenance.json`` into a fresh temporary folder beside ``dest``, then swap it in; the
     earlier publication (if any) is moved aside first and put back if the swap fails."""
