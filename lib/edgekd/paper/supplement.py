@@ -1089,12 +1089,21 @@ def _code(value) -> str:
     return f"`{value}`" if value not in (None, DASH) else DASH
 
 
+#: The provenance's machine facts in words (a library's version is in the versions table, not here).
+MACHINE_NAMES: dict[str, str] = {"cpu": "CPU", "cpu_capability": "CPU instruction set", "cores": "CPU cores",
+                                 "gpu": "GPU", "os": "Operating system", "python": "Python",
+                                 "torch": "PyTorch build", "torch_threads": "PyTorch threads by default"}
+
+
 def provenance_tables(src: Source) -> str:
-    machine = pd.DataFrame([(k, DASH if v is None else str(v)) for k, v in (src.provenance.get("machine") or {}).items()],
-                           columns=["k", "v"])
-    versions = pd.DataFrame([(k, v or DASH) for k, v in (src.provenance.get("versions") or {}).items()], columns=["k", "v"])
+    """The machine (in words; libraries once, in the versions table), the library versions and the stage times."""
+    versions = src.provenance.get("versions") or {}
+    machine = pd.DataFrame([(MACHINE_NAMES.get(k, k), DASH if v is None else str(v))
+                            for k, v in (src.provenance.get("machine") or {}).items()
+                            if k not in versions or str(v) != str(versions[k])], columns=["k", "v"])  # a build tag stays
+    versions = pd.DataFrame([(k, v or DASH) for k, v in versions.items()], columns=["k", "v"])
     times = pd.DataFrame([{"stage": k, **v} for k, v in (src.provenance.get("stage_wall_time_s") or {}).items()])
-    out = [md_table(machine, {"Machine": col("k", _code), "Value": col("v", _code)}, "The machine that produced the results.",
+    out = [md_table(machine, {"Machine": col("k", str), "Value": col("v", _code)}, "The machine that produced the results.",
                     text=("Value",), label="machine"),
            md_table(versions, {"Library": col("k", _code), "Version": col("v", str)}, "Library versions.", text=("Version",),
                     label="versions")]
