@@ -319,10 +319,9 @@ def kd_pilot(src: Source, results: Source) -> str:
 
 
 #: How the performance table's intervals are made (the Methods say the same).
-PERFORMANCE_NOTE: str = ("95% interval from a hierarchical percentile bootstrap (2,000 resamples): the model's seeds are "
-                         "drawn with replacement, then the test images, once per resample and shared by the drawn "
-                         "seeds; so it covers training seeds and test-set sampling. With 1 seed it is the test-image "
-                         "bootstrap alone, and the model is marked *1 seed*.")
+PERFORMANCE_NOTE: str = ("95% interval from the seeds-and-images bootstrap of Statistics, which covers training seeds "
+                         "and test-set sampling; with 1 seed it is the test-image bootstrap alone, and the model is "
+                         "marked *1 seed*.")
 
 
 def performance(src: Source) -> str:
