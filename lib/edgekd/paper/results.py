@@ -236,8 +236,9 @@ def int8(src: Source) -> str:
                     "one-pass speed-up divides the two p50 columns, timed one after the other; the interleaved passes "
                     "alternate ORT FP32 and INT8 (the median per pass; the median over passes with its "
                     "distribution-free 95% interval), so a drift in the machine's speed reaches both. The last column "
-                    f"is the older ≥ {INT8_SPEEDUP_TARGET:g}× target with Δ macro-F1 ≥\u00a0{INT8_DELTA_F1_TARGET:g}, "
-                    "read from the interleaved passes where they ran.", label="int8")
+                    f"is the older ≥ {INT8_SPEEDUP_TARGET:g}× target with Δ macro-F1 ≥\u00a0{INT8_DELTA_F1_TARGET:g}"
+                    + (", read from the interleaved passes where they ran." if "speedup" in df else
+                       ", read from the one-pass speed-up."), label="int8")
 
 
 def supplement_pointer(src: Source) -> str:
