@@ -265,6 +265,20 @@ def test_intervals_respect_the_metric_range():
     assert FG.unit_interval([0.0, 0.02]) == (0.0, pytest.approx(0.01 + half))
 
 
+def test_figures_name_kd_methods_in_words_and_tell_one_architectures_settings_apart_by_line():
+    """The paired figure's legend is the methods' names, not the profile's labels; within one architecture, whose
+    shades are close, every KD setting has its own line pattern and no KD and the teacher are solid."""
+    per_seed = pd.DataFrame([{"student": "EfficientNet-Lite0", "setting": s, "method": m, "seed": k,
+                              "d_macro_f1": 0.01 * k, "d_balanced_accuracy": 0.0}
+                             for s, m in (("kd", "KD"), ("lskd", "logit-standardised KD"), ("dkd", "DKD")) for k in (0, 1)])
+    fig = FG.paired_kd_figure(per_seed)
+    legend = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert legend == ["KD", "logit-standardised KD", "DKD"]
+    labels = [f"EfficientNet-Lite0 · {s}" for s in ("no KD", "KD", "logit-standardised KD", "DKD", "DIST")]
+    dashes = [FG.model_dashes(label) for label in labels]
+    assert dashes[0] == "" == FG.model_dashes("EfficientNet-Lite0 teacher") and len(set(map(str, dashes))) == 5
+
+
 def test_lesion_split_is_set_beside_the_official_split(profile):
     root, _, _ = profile
     runs = RN.discover(root)

@@ -72,6 +72,18 @@ def model_colour(label: str) -> tuple[float, float, float]:
     return tuple(float(c) for c in colour)
 
 
+#: A KD setting's line pattern (matplotlib dashes, "" solid), in :data:`SETTING_ORDER`: the shades of one architecture's
+#: students are close, so the line tells the settings apart (colour-blind and greyscale readers included).
+SETTING_DASHES: tuple[tuple[float, ...] | str, ...] = ("", (5, 2), (1, 1.5), (4, 1.5, 1, 1.5), (8, 2.5), (2, 2))
+
+
+def model_dashes(label: str) -> tuple[float, ...] | str:
+    """The line pattern of a model in every line figure: solid for the teacher and no KD, one pattern per KD setting."""
+    _, _, words = label.partition(" · ")
+    setting = words.split(" (")[0].split(", ")[0]
+    return SETTING_DASHES[SETTING_ORDER.index(setting)] if setting in SETTING_ORDER else ""
+
+
 def palette(labels: Sequence[str]) -> dict[str, tuple[float, float, float]]:
     """:func:`model_colour` of each label, for seaborn's ``palette``."""
     return {label: model_colour(label) for label in dict.fromkeys(labels)}
@@ -81,7 +93,9 @@ def palette(labels: Sequence[str]) -> dict[str, tuple[float, float, float]]:
 
 
 def paired_kd_figure(per_seed: pd.DataFrame) -> Figure:
-    """Paired Δ (KD − no KD) per student and KD setting: mean with its t-interval across seeds, seeds as dots."""
+    """Paired Δ (KD − no KD) per student and KD method (its name in words): mean with its t-interval across seeds,
+    seeds as dots."""
+    per_seed = per_seed.assign(setting=per_seed["method"]) if "method" in per_seed else per_seed
     hue_order = list(dict.fromkeys(per_seed["setting"]))
     fig = Figure(figsize=(9, 1.2 + 0.55 * per_seed["student"].nunique() * max(1, len(hue_order)) ** 0.5),
                  layout="constrained")
@@ -98,7 +112,7 @@ def paired_kd_figure(per_seed: pd.DataFrame) -> Figure:
                       err_kws={"linewidth": 1.4})
         ax.set(xlabel=title, ylabel="")
     axes[0].get_legend().remove()
-    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), title="KD setting", frameon=False)
+    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), title="KD method", frameon=False)
     return fig
 
 
@@ -184,8 +198,8 @@ def training_curves_figure(runs: pd.DataFrame) -> Figure:
         h = hist[(hist["role"] == role) & (hist["arch"] == arch)]
         colours = palette(h["label"])
         for ax, col, band in ((ax1, "loss", t_interval), (ax2, "val_macro_f1", unit_interval)):
-            sns.lineplot(h, x="epoch", y=col, hue="label", errorbar=band, marker=".", palette=colours, ax=ax,
-                         legend=ax is ax2)
+            sns.lineplot(h, x="epoch", y=col, hue="label", style="label", dashes={k: model_dashes(k) for k in colours},
+                         errorbar=band, markers=False, palette=colours, ax=ax, legend=ax is ax2)
             ax.set(xlabel="epoch", ylabel="")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         sns.move_legend(ax2, "upper left", bbox_to_anchor=(1.01, 1), title=None, frameon=False, fontsize=8)
@@ -206,7 +220,9 @@ def reliability_grid(runs: pd.DataFrame) -> Figure:
             rel = pd.read_csv(r.path / "eval" / "reliability.csv")
             for ax, stage in zip(row, ("before", "after"), strict=True):
                 d = rel[(rel["stage"] == stage) & (rel["count"] > 0)]
-                ax.plot(d["confidence"], d["accuracy"], marker=".", label=r.label, color=model_colour(r.label))
+                dashes = model_dashes(r.label)
+                ax.plot(d["confidence"], d["accuracy"], marker=".", label=r.label, color=model_colour(r.label),
+                        **({"dashes": dashes} if dashes else {}))
         for ax in row:
             ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
             ax.set(xlim=(0, 1), ylim=(0, 1))

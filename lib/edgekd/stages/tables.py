@@ -186,6 +186,7 @@ def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFram
             for r, b in kept:
                 mine, theirs = _metric_values(r.path), _metric_values(b["path"])
                 per_seed.append({"arch": arch, "split": split, "setting": setting, "kd_mode": r.kd_mode,
+                                 "method": r.label.removeprefix(f"{ARCH_LABELS.get(arch, arch)} · "),
                                  "student": ARCH_LABELS.get(arch, arch), "seed": r.seed,
                                  **{f"d_{m}": mine[m] - theirs[m] for m in PAIRED_METRICS + PAIRED_CALIBRATION},
                                  "d_val_macro_f1": r.val_macro_f1 - b["val_macro_f1"],
