@@ -277,6 +277,10 @@ def test_figures_name_kd_methods_in_words_and_tell_one_architectures_settings_ap
     labels = [f"EfficientNet-Lite0 · {s}" for s in ("no KD", "KD", "logit-standardised KD", "DKD", "DIST")]
     dashes = [FG.model_dashes(label) for label in labels]
     assert dashes[0] == "" == FG.model_dashes("EfficientNet-Lite0 teacher") and len(set(map(str, dashes))) == 5
+    scores = pd.DataFrame([{"label": "ResNet-18 · KD", "test_set": t, "value": v} for t in ("in-distribution",
+                           "isic2018_test_half") for v in (0.5, 0.6)])
+    legend = [t.get_text() for t in FG.external_gap_figure(scores).axes[0].get_legend().get_texts()]
+    assert legend == ["official test split", "ISIC 2018 test, 759 images"]
 
 
 def test_lesion_split_is_set_beside_the_official_split(profile):

@@ -1,5 +1,5 @@
-"""KD settings in words, for what a reader meets: model names in every table and figure, and the paper's
-descriptions of a setting. A reader never meets a profile's label (``kd``, ``lskd``, ``nokd_eq``)."""
+"""KD settings and test sets in words, for what a reader meets: model names in every table and figure, and the paper's
+descriptions of a setting. A reader never meets a profile's label (``kd``, ``lskd``, ``nokd_eq``) or folder name."""
 
 from __future__ import annotations
 
@@ -59,3 +59,7 @@ def kd_weights(kd: Mapping) -> str:
     if kd.get("standardize"):
         parts.append("logits standardised")
     return ", ".join(parts)
+
+
+#: The test sets in words, for the figures and the paper (a profile names an external set by its folder).
+TEST_SET_NAMES: dict[str, str] = {"in-distribution": "official test split", "isic2018_test_half": "ISIC 2018 test, 759 images"}

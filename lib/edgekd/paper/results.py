@@ -13,6 +13,7 @@ import pandas as pd
 
 from edgekd.core import info
 from edgekd.core.info import INT8_DELTA_F1_TARGET, INT8_SPEEDUP_TARGET
+from edgekd.core.words import TEST_SET_NAMES
 from edgekd.paper import sources
 from edgekd.paper.format import (
     DASH,
@@ -107,8 +108,6 @@ def capacity_gap(gap: Source) -> str:
 # ----------------------------------------------------------------------------- The external test set
 
 
-#: The external test sets in words (the profile names them for the runner).
-TEST_SET_NAMES: dict[str, str] = {"isic2018_test_half": "ISIC 2018 test, 759 images"}
 
 
 def external(src: Source) -> str:

@@ -24,6 +24,7 @@ from edgekd.core import info
 from edgekd.core import metrics as M
 from edgekd.core.inference import load_run
 from edgekd.core.info import LESION_MARK
+from edgekd.core.words import TEST_SET_NAMES
 from edgekd.stages import data as D
 from edgekd.stages.runs import eval_table, having
 
@@ -121,6 +122,7 @@ def external_gap_figure(per_seed: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(8, 1.5 + 0.45 * per_seed["label"].nunique()), layout="constrained")
     with sns.axes_style("whitegrid"):
         ax = fig.add_subplot()
+    per_seed = per_seed.assign(test_set=per_seed["test_set"].map(lambda s: TEST_SET_NAMES.get(s, s)))
     sns.pointplot(per_seed, x="value", y="label", hue="test_set", errorbar=unit_interval, dodge=0.4, linestyle="none",
                   palette="colorblind", capsize=0.15, ax=ax)
     ax.set(xlabel="test macro-F1", ylabel="", xlim=(0, 1))
