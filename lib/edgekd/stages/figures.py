@@ -248,7 +248,9 @@ def corruption_curves_figure(curves: pd.DataFrame) -> Figure:
         mine = curves[(curves["role"] == role) & (curves["arch"] == arch)]
         for ax, suite in zip(row, suites, strict=True):
             for label, g in mine[mine["suite"] == suite].groupby("label", sort=False):
-                ax.plot(g["level"], g["balanced_accuracy"], marker="o", label=label, color=model_colour(label))
+                dashes = model_dashes(label)
+                ax.plot(g["level"], g["balanced_accuracy"], marker="o", label=label, color=model_colour(label),
+                        **({"dashes": dashes} if dashes else {}))
         row[0].set_ylabel("balanced accuracy")
         row[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     names = {"source": "the source study's suite", "medmnistc": "MedMNIST-C"}
