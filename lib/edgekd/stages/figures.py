@@ -85,6 +85,12 @@ def model_dashes(label: str) -> tuple[float, ...] | str:
     return SETTING_DASHES[SETTING_ORDER.index(setting)] if setting in SETTING_ORDER else ""
 
 
+def line_style(label: str) -> dict:
+    """``ax.plot`` keywords for a model's line: its colour and, for a KD setting, its dashes."""
+    dashes = model_dashes(label)
+    return {"color": model_colour(label), **({"dashes": dashes} if dashes else {})}
+
+
 def palette(labels: Sequence[str]) -> dict[str, tuple[float, float, float]]:
     """:func:`model_colour` of each label, for seaborn's ``palette``."""
     return {label: model_colour(label) for label in dict.fromkeys(labels)}
@@ -222,9 +228,7 @@ def reliability_grid(runs: pd.DataFrame) -> Figure:
             rel = pd.read_csv(r.path / "eval" / "reliability.csv")
             for ax, stage in zip(row, ("before", "after"), strict=True):
                 d = rel[(rel["stage"] == stage) & (rel["count"] > 0)]
-                dashes = model_dashes(r.label)
-                ax.plot(d["confidence"], d["accuracy"], marker=".", label=r.label, color=model_colour(r.label),
-                        **({"dashes": dashes} if dashes else {}))
+                ax.plot(d["confidence"], d["accuracy"], marker=".", label=r.label, **line_style(r.label))
         for ax in row:
             ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
             ax.set(xlim=(0, 1), ylim=(0, 1))
@@ -248,9 +252,7 @@ def corruption_curves_figure(curves: pd.DataFrame) -> Figure:
         mine = curves[(curves["role"] == role) & (curves["arch"] == arch)]
         for ax, suite in zip(row, suites, strict=True):
             for label, g in mine[mine["suite"] == suite].groupby("label", sort=False):
-                dashes = model_dashes(label)
-                ax.plot(g["level"], g["balanced_accuracy"], marker="o", label=label, color=model_colour(label),
-                        **({"dashes": dashes} if dashes else {}))
+                ax.plot(g["level"], g["balanced_accuracy"], marker="o", label=label, **line_style(label))
         row[0].set_ylabel("balanced accuracy")
         row[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     names = {"source": "the source study's suite", "medmnistc": "MedMNIST-C"}
