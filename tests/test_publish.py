@@ -7,12 +7,13 @@ import hashlib
 import json
 import shutil
 import time
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from edgekd.core import info
-from edgekd.paper import render
+from edgekd.paper import render, supplement
 from edgekd.pipeline import publish, reproduce
 from edgekd.pipeline import runner as R
 from edgekd.pipeline.plan import PARAMS_DIR
@@ -145,3 +146,35 @@ def test_clean_clone_renders_the_paper_from_published_results(published, tmp_pat
     text = " ".join(html.read_text().split())
     assert "the published reference in <code>" in text and "reads the published reference itself" in text
     assert render.problems(render.browser_check(html)) == []
+
+
+def test_each_step_records_the_machine_it_ran_on_and_publish_counts_them(tmp_path, monkeypatch):
+    """A marker records the CPU kind its step ran on (results are bitwise only within one kind), outside the digest;
+    the provenance lists the machines a reference's steps ran on, a resumed job on another kind included."""
+    stage = tmp_path / "outputs" / "run" / "student"
+    spec = SimpleNamespace(outputs_root=tmp_path / "outputs", stage_dir=stage, trains=True, key="run:student",
+                           marker=stage / ".done-student.json", output_notebook=stage / "student.ipynb",
+                           notebook=tmp_path / "nb.ipynb", parameters={}, notebooks_dir=tmp_path,
+                           recorded=lambda: None, components=lambda: {"params": "p"})
+    monkeypatch.setattr(R.pm, "execute_notebook", lambda *a, **k: None)
+    R.execute(spec)
+    mark = json.loads(spec.marker.read_text())
+    assert set(mark["machine"]) == {"cpu", "cpu_capability", "gpu"} and mark["machine"]["cpu"]
+    assert mark["digest"] == R._sha(json.dumps(mark["components"], sort_keys=True).encode())  # the machine is not in it
+
+    def done(machine: dict | None) -> SimpleNamespace:
+        return SimpleNamespace(recorded=lambda: {"digest": "d", **({"machine": machine} if machine else {})})
+    avx2, avx512 = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "gpu": None}, {"cpu": "Xeon", "cpu_capability": "AVX512",
+                                                                                  "gpu": None}
+    specs = [done(avx512), done(avx2), done(avx512), done(None), SimpleNamespace(recorded=lambda: None)]
+    assert publish.run_machines(specs) == [{**avx512, "steps": 2}, {**avx2, "steps": 1},
+                                           {"cpu": None, "cpu_capability": None, "gpu": None, "steps": 1}]
+
+
+def test_the_paper_names_the_machines_only_when_the_steps_ran_on_more_than_one():
+    one = [{"cpu": "Xeon", "cpu_capability": "AVX512", "gpu": None, "steps": 9},
+           {"cpu": None, "cpu_capability": None, "gpu": None, "steps": 4}]  # markers written before the record
+    two = one + [{"cpu": "AMD EPYC", "cpu_capability": "AVX2", "gpu": None, "steps": 1}]
+    assert supplement._machines({"run_machines": one}) == supplement._machines({}) == ""
+    assert supplement._machines({"run_machines": two}) == (" Its steps ran on 2 kinds of machine: 9 steps on Xeon "
+                                                           "(AVX512); 1 step on AMD EPYC (AVX2).")

@@ -1057,7 +1057,19 @@ def source_note(src: Source) -> str:
             f"machine {machine.get('cpu', 'unknown CPU')} ({machine.get('cores', '?')} cores, {gpu}), "
             f"torch {machine.get('torch', '?')} ({threads} by default); profile sha256 "
             f"`{str(prov.get('profile_sha256', ''))[:12]}`; {prov.get('total_wall_time_s', 0):,.0f} s of stage wall "
-            "time summed over the workers" + _elapsed(prov) + ". The tables below have the details.")
+            "time summed over the workers" + _elapsed(prov) + "." + _machines(prov) + " The tables below have the "
+            "details.")
+
+
+def _machines(prov: dict) -> str:
+    """Where the steps ran on more than one kind of machine, which and how many steps each (results are bitwise the
+    same within one kind of CPU only); nothing where the markers that record it name one (older markers do not)."""
+    machines = [m for m in prov.get("run_machines") or [] if m.get("cpu")]
+    if len(machines) < 2:
+        return ""
+    kinds = "; ".join(f"{count(m['steps'], 'step')} on {m['cpu']}"
+                      + (f" ({m['cpu_capability']})" if m.get("cpu_capability") else "") for m in machines)
+    return f" Its steps ran on {len(machines)} kinds of machine: {kinds}."
 
 
 def reproduction(src: Source) -> str:

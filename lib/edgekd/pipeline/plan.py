@@ -110,6 +110,9 @@ INVOCATIONS_FILE: str = "invocations.csv"
 ROOT_TOKEN: str = "<outputs>"
 #: ... and the repository root (an external set's folder is named from it), so that a clone elsewhere stays fresh.
 REPO_TOKEN: str = "<repo>"
+#: What a marker records of the machine a step ran on, outside its digest: results are bitwise the same within one kind
+#: of CPU and differ across kinds as another seed would, so a reference made on two kinds must be able to say so.
+RAN_ON: tuple[str, ...] = ("cpu", "cpu_capability", "gpu")
 
 
 class ConfigError(ValueError):
@@ -133,6 +136,12 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 class Blocked(RuntimeError):
     """A run not executed because a run it depends on failed."""
+
+
+def ran_on() -> dict:
+    """:data:`RAN_ON` of this machine, for the marker of a step that ran here."""
+    facts = provenance.machine()
+    return {k: facts[k] for k in RAN_ON}
 
 
 def _sha(data: bytes) -> str:

@@ -73,12 +73,26 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+def run_machines(specs: list) -> list[dict]:
+    """The machines the finished steps ran on (:data:`edgekd.pipeline.plan.RAN_ON`, from their markers), each with its
+    number of steps, most first; steps whose marker predates the record count under ``None`` values."""
+    found: dict[tuple, int] = {}
+    for spec in specs:
+        mark = spec.recorded()
+        if mark is not None:
+            key = tuple((mark.get("machine") or {}).get(k) for k in plan.RAN_ON)
+            found[key] = found.get(key, 0) + 1
+    return [{**dict(zip(plan.RAN_ON, key, strict=True)), "steps": n}
+            for key, n in sorted(found.items(), key=lambda kv: -kv[1])]
+
+
 def collect_provenance(profile: str, outputs_root: Path | None = None) -> dict:
     """What produced ``outputs/<profile>``: commit, profile digest, machine (the aggregate's ``machine.json``,
     else this one), versions, date, stage wall times."""
     outputs_root = Path(outputs_root) if outputs_root is not None else info.outputs_dir()
     path = plan.profile_path(profile)
-    times = stage_times(_specs(profile, outputs_root), outputs_root / profile)
+    specs = _specs(profile, outputs_root)
+    times = stage_times(specs, outputs_root / profile)
     ran_on = reproduce.read_machine(outputs_root / profile / "aggregate")
     return {
         "profile": profile,
@@ -91,6 +105,7 @@ def collect_provenance(profile: str, outputs_root: Path | None = None) -> dict:
         "versions": versions(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "stage_wall_time_s": times,
+        "run_machines": run_machines(specs),
         "total_wall_time_s": round(sum(t["wall_time_s"] for t in times.values()), 1),
         **elapsed(outputs_root / profile),
     }

@@ -55,6 +55,7 @@ from edgekd.pipeline.plan import (
     expand,
     external_sets,
     load_profile,
+    ran_on,
     status_table,
 )
 from edgekd.pipeline.progress import critical_paths
@@ -172,7 +173,7 @@ def execute(spec: RunSpec, log=print) -> float:
     )
     wall = time.time() - t0
     mark = {"digest": None, "components": spec.components(), "wall_time_s": wall,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": ran_on()}
     mark["digest"] = _sha(json.dumps(mark["components"], sort_keys=True).encode())
     text = json.dumps(mark, indent=1).encode()
     atomic_write(spec.marker, lambda fh: fh.write(text))
