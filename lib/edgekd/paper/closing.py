@@ -133,8 +133,9 @@ def teacher_size(size: Source) -> str:
            "inconclusive": ""}.get(kind, "")
     return (f"An exploratory test on validation, declared before its runs, separates them: the same pretrained teacher "
             f"fine-tuned at the students' 64 px (validation macro-F1 {num(r['teacher_val_64px'])}, against "
-            f"{num(r['teacher_val_128px'])} for the 128 px teacher retrained beside it) changed the ResNet-18 students' validation macro-F1 by "
-            f"{signed(r['delta'])} {bracket(r['ci_low'], r['ci_high'])} over {int(r['seeds'])} seeds, "
+            f"{num(r['teacher_val_128px'])} for the 128 px teacher retrained beside it) changed the ResNet-18 "
+            f"students' validation macro-F1 by {signed(r['delta'])} {bracket(r['ci_low'], r['ci_high'])} over "
+            f"{int(r['seeds'])} seeds, "
             f"{r['verdict']}{why}, {TEACHER_SIZE_READING[kind]}.")
 
 
@@ -190,12 +191,11 @@ def limitations(src: Source) -> str:
         "The KD verdicts compare models on the same split and hold within it; the lesion-grouped comparison did not fit "
         "the budget (Supplement S1).",
         f"- **Budget.** Students train {n['student_epochs']} epochs on a 2-core CPU, a fixed budget rather than a "
-        f"plateau (a study of the earlier recipe on a graphics processing unit (GPU) trained students twice as long: "
-        f"Supplement S5); seeds (at most "
-        f"{n['n_seeds']}) go where the power analysis asked for them, and the teacher has 1 seed, so its interval "
-        "covers test images only.",
-        "- **Hardware.** Latency is measured on one x86 CPU type with ONNX Runtime, without a GPU; no phone or microcontroller processor was measured, so the speed-ups are indicative of, not "
-        "equal to, those on a device.",
+        "plateau (a study of the earlier recipe on a graphics processing unit (GPU) trained students twice as long: "
+        f"Supplement S5); seeds (at most {n['n_seeds']}) go where the power analysis asked for them, and the teacher "
+        "has 1 seed, so its interval covers test images only.",
+        "- **Hardware.** Latency is measured on one x86 CPU type with ONNX Runtime, without a GPU; no phone or "
+        "microcontroller processor was measured, so the speed-ups are indicative of, not equal to, those on a device.",
         "- **Population.** HAM10000 comes from two sites and mostly lighter skin; the external set is another sample "
         "of the same challenge data, not a different population.",
     ]) + "\n"

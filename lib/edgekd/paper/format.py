@@ -5,7 +5,7 @@ no ``nan`` or ``True``/``False`` reaches the page."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -145,6 +145,12 @@ HYPHENATED_NAMES: tuple[str, ...] = tuple(sorted({n for n in (*info.ARCH_LABELS.
 _HYPHENATED = re.compile("|".join(re.escape(n) for n in HYPHENATED_NAMES))
 #: A symbol and its value ("T 2", "α 0.5", "MDE = 0.076", "p = 0.044"), which a line must not split.
 _SYMBOL_VALUE = re.compile(r"(?<![\w\u00a0])(T|α|β|MDE =|p =|→) (?=[−+\-]?\d)")
+
+
+def and_list(items: Sequence[str]) -> str:
+    """Items in a sentence: "a", "a and b", "a, b and c"."""
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def glue(text: str) -> str:

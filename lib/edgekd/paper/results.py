@@ -108,8 +108,6 @@ def capacity_gap(gap: Source) -> str:
 # ----------------------------------------------------------------------------- The external test set
 
 
-
-
 def external(src: Source) -> str:
     """Macro-F1 on the official test set and on each external set, per model (means over seeds with the t-interval
     across seeds), and the change; a sentence on the range of the change."""

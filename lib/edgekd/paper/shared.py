@@ -18,7 +18,7 @@ import pandas as pd
 
 from edgekd.core import info
 from edgekd.core.info import LESION_MARK
-from edgekd.paper.format import DASH, Columns, bracket, ci_col, col, pvalue, signed
+from edgekd.paper.format import DASH, Columns, and_list, bracket, ci_col, col, pvalue, signed
 from edgekd.paper.sources import Source
 
 
@@ -63,7 +63,7 @@ def counted(verdicts: pd.Series) -> str:
     if len(found) == 1:
         return f"all {n} comparisons {many[found[0][0]]}"
     parts = [f"{k_n} {(one if k_n == 1 else many)[k]}" for k, k_n in found]
-    return f"of the {n} comparisons, " + ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"of the {n} comparisons, " + and_list(parts)
 
 
 def image_counts(src: Source) -> tuple[int, float] | None:

@@ -20,7 +20,7 @@ from edgekd.core import stats as ST
 from edgekd.core.info import ARCH_LABELS
 from edgekd.core.words import kd_setting_words, setting_words
 from edgekd.paper import sources
-from edgekd.paper.format import DASH, Columns, ci_col, col, count, finite, human, md_table, num, ratio, signed, span
+from edgekd.paper.format import DASH, Columns, and_list, ci_col, col, count, finite, human, md_table, num, ratio, signed, span
 from edgekd.paper.shared import PAIRED_NOTE, official, paired_columns, shown, verdict_cell
 from edgekd.paper.sources import Source
 from edgekd.pipeline import plan, reproduce
@@ -743,8 +743,7 @@ def _coverage(note: str) -> str:
     if not found:
         return note
     done, every = found.group(1).split(", "), found.group(2).split(", ")
-    run = done[0] if len(done) == 1 else f"{', '.join(done[:-1])} and {done[-1]}"
-    return f"severities {run} of {len(every)} were run{found.group(3)}"
+    return f"severities {and_list(done)} of {len(every)} were run{found.group(3)}"
 
 
 def be_rbe(src: Source) -> str:

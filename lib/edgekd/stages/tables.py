@@ -199,7 +199,7 @@ def paired_kd(runs: pd.DataFrame, baseline: str = BASELINE) -> tuple[pd.DataFram
                 ys.append(y), pred_kd.append(pk), pred_base.append(pb)
             seeds = pd.DataFrame(per_seed[-len(kept):])
             row = {"arch": arch, "student": ARCH_LABELS.get(arch, arch), "split": split, "setting": setting,
-                   "method": kept[0][0].label.removeprefix(f"{ARCH_LABELS.get(arch, arch)} · "),
+                   "method": seeds["method"].iloc[0],
                    "kd_mode": kept[0][0].kd_mode, "standardize": kept[0][0].standardize, "pairs": len(kept),
                    "pairs_dropped": len(pairs) - len(kept)}
             for m in PAIRED_METRICS + PAIRED_CALIBRATION:
