@@ -185,3 +185,16 @@ def test_paired_kd_carries_each_arms_calibration_over_the_kept_seeds(tmp_path):
     assert row["d_ece_before"] == pytest.approx(row["ece_before_kd"] - row["ece_before_nokd"])
     assert row["d_ece_after"] == pytest.approx(row["ece_after_kd"] - row["ece_after_nokd"])
     assert list(per_seed["seed"]) == [0, 1]
+
+
+def test_int8_op_summary_sums_kernels_and_names_the_largest_other_int8_operator() -> None:
+    """Per model: kernel and convolution sums per variant, the QDQ share of INT8 only, and the largest INT8 operator
+    that is neither a convolution nor a quantise/dequantise node."""
+    rows = [("m", "ort_fp32", "Conv", 2.0, 0.8, False), ("m", "ort_fp32", "Add", 0.5, 0.2, False),
+            ("m", "ort_int8", "QLinearConv", 0.5, 0.5, False), ("m", "ort_int8", "QuantizeLinear", 0.1, 0.1, True),
+            ("m", "ort_int8", "QLinearMul", 0.3, 0.3, False), ("m", "ort_int8", "QLinearAdd", 0.1, 0.1, False)]
+    ops = pd.DataFrame(rows, columns=["model", "variant", "op_type", "ms_per_call", "share", "qdq"])
+    got = TB.int8_op_summary(ops).iloc[0]
+    assert (got["fp32_ms"], got["int8_ms"], got["conv_fp32_ms"], got["conv_int8_ms"]) == pytest.approx((2.5, 1.0, 2.0, 0.5))
+    assert got["qdq_share"] == pytest.approx(0.1) and got["conv_speedup"] == pytest.approx(4.0)
+    assert (got["other_op"], got["other_share"]) == ("QLinearMul", pytest.approx(0.3))

@@ -24,6 +24,7 @@ from edgekd.paper.format import DASH, Columns, and_list, ci_col, col, count, fin
 from edgekd.paper.shared import PAIRED_NOTE, official, paired_columns, shown, verdict_cell
 from edgekd.paper.sources import Source
 from edgekd.pipeline import plan, reproduce
+from edgekd.stages import tables as T
 
 
 def missing(src: Source, what: str) -> str:
@@ -822,30 +823,21 @@ def _run_words(run_id: str) -> str:
 
 
 def int8_ops(src: Source) -> str:
-    """What ORT's profiler says about INT8 against FP32: kernel time per call and the quantise/dequantise share."""
+    """What ORT's profiler says about INT8 against FP32 (:func:`tables.int8_op_summary`): kernel time per call and
+    the quantise/dequantise share."""
     ops = src.csv("bench_int8_ops.csv")
-    rows = []
-    for model, g in ops.groupby("model", sort=False):
-        kernel = g.groupby("variant")["ms_per_call"].sum()
-        int8 = g[g["variant"] == "ort_int8"]
-        conv = g[g["op_type"].str.contains("Conv")].groupby("variant")["ms_per_call"].sum()
-        rows.append({"model": _run_words(model), "fp32_ms": kernel.get("ort_fp32"), "int8_ms": kernel.get("ort_int8"),
-                     "qdq_share": int8.loc[int8["qdq"].astype(str).str.lower() == "true", "share"].sum(),
-                     "conv_fp32_ms": conv.get("ort_fp32"), "conv_int8_ms": conv.get("ort_int8")})
-    table = pd.DataFrame(rows)
+    table = T.int8_op_summary(ops)
+    table["model"] = table["model"].map(_run_words)
     calls, threads = int(ops["calls"].iloc[0]), int(ops["threads"].iloc[0])
 
     def ms(x: float) -> str:
         return num(x, 3)
 
-    conv_speedup = table["conv_fp32_ms"] / table["conv_int8_ms"]
-    qdq = table["qdq_share"]
-    int8_ops = ops[(ops["variant"] == "ort_int8") & (ops["qdq"].astype(str).str.lower() != "true")
-                   & ~ops["op_type"].str.contains("Conv")]
-    other = int8_ops.loc[int8_ops["share"].idxmax()] if len(int8_ops) else None
+    conv_speedup, qdq = table["conv_speedup"], table["qdq_share"]
+    other = table.loc[table["other_share"].idxmax()] if table["other_share"].notna().any() else None
     verdict = ("so quantise/dequantise overhead explains a large part of what INT8 does not gain" if qdq.max() >= 0.2
                else "so quantise/dequantise overhead is not the main cost")
-    largest = (f" The largest other INT8 cost is {other['op_type']} in the {_run_words(other['model'])}: {other['share']:.0%} of its "
+    largest = (f" The largest other INT8 cost is {other['other_op']} in the {other['model']}: {other['other_share']:.0%} of its "
                "kernel time, element-wise work that the FP32 graph fuses or does not have." if other is not None else "")
     text = ("In ONNX Runtime's profile of an earlier reference's seed-0 models (the same architectures, so the same "
             f"exported graphs), the nodes that quantise activations to INT8 and back (QuantizeLinear and "

@@ -383,6 +383,29 @@ def speedup_interval(speedups: Sequence[float], confidence: float = 0.95) -> dic
             "speedup_high": float(ci.high), "confidence": confidence}
 
 
+def int8_op_summary(ops: pd.DataFrame) -> pd.DataFrame:
+    """Per model of an operator profile (``edgekd-bench --ops``, one row per model, variant and operator type): the
+    FP32 and INT8 kernel time per call, the convolutions' part of each, the share of the INT8 kernel time spent
+    quantising and dequantising, and the largest other INT8 operator (type and share), the cost quantisation adds
+    outside the convolutions. Shares compare within one graph; the profiler's per-node cost inflates the sums."""
+    rows = []
+    for model, g in ops.groupby("model", sort=False):
+        qdq = g["qdq"].astype(str).str.lower() == "true"
+        conv = g["op_type"].str.contains("Conv")
+        kernel = g.groupby("variant")["ms_per_call"].sum()
+        conv_ms = g[conv].groupby("variant")["ms_per_call"].sum()
+        int8 = g["variant"] == "ort_int8"
+        other = g[int8 & ~qdq & ~conv]
+        top = other.loc[other["share"].idxmax()] if len(other) else None
+        rows.append({"model": model, "fp32_ms": kernel.get("ort_fp32", np.nan), "int8_ms": kernel.get("ort_int8", np.nan),
+                     "conv_fp32_ms": conv_ms.get("ort_fp32", np.nan), "conv_int8_ms": conv_ms.get("ort_int8", np.nan),
+                     "qdq_share": g.loc[int8 & qdq, "share"].sum(),
+                     "other_op": None if top is None else top["op_type"],
+                     "other_share": np.nan if top is None else top["share"]})
+    table = pd.DataFrame(rows)
+    return table.assign(conv_speedup=table["conv_fp32_ms"] / table["conv_int8_ms"])
+
+
 def efficiency_summary(runs: pd.DataFrame, perf: pd.DataFrame) -> dict[str, pd.DataFrame | Figure] | None:
     """Model cost, the INT8 speed-up (ORT INT8 against ORT FP32 and eager FP32), backend accuracy and the Pareto front.
 
