@@ -793,3 +793,25 @@ def test_arms_table_names_logit_standardisation_from_the_runs(tmp_path):
         tmp_path / "runs.csv", index=False)
     rows = [line for line in supplement.arms(SR.Source("x", tmp_path, "published", {}, {})).splitlines() if "· " in line]
     assert ["standardised logits" in line for line in rows] == [False, True]
+
+
+def test_a_signed_bound_that_rounds_to_zero_keeps_its_side_of_zero() -> None:
+    """An interval counted as below 0 must not print as reaching 0: [-0.013, -0.000], not [-0.013, 0.000]."""
+    assert FM.signed(-0.00028) == "-0.000" and FM.signed(0.0004) == "+0.000" and FM.signed(0.0) == "0.000"
+    assert FM.bracket(-0.013361, -0.000278) == "[-0.013,\u00a0-0.000]"
+
+
+def test_the_seeds_needed_are_shown_only_for_the_reference_the_power_study_read(tmp_path) -> None:
+    """The committed power study describes the published reference; a reference with other per-seed differences gets
+    neither its table nor the Discussion's sentence."""
+    published = info.results_root() / "default"
+    src = SR.Source("default", published, "published", {}, {})
+    power = SR.power(src)
+    assert power is not None
+    assert "would take" in closing._seeds_needed(power, src)
+    assert "{#tbl-seeds-needed}" in supplement.seeds_needed(power, src)
+    for name in ("paired_kd.csv", "paired_kd_seeds.csv"):
+        shutil.copy(published / name, tmp_path / name)
+    with open(tmp_path / "paired_kd_seeds.csv", "a") as f:
+        f.write("\n")
+    assert SR.power(SR.Source("default", tmp_path, "published", {}, {})) is None

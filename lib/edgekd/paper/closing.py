@@ -14,7 +14,7 @@ import pandas as pd
 from edgekd.core import info
 from edgekd.core.info import ARCH_LABELS
 from edgekd.core.words import BASELINE
-from edgekd.paper.format import bracket, count, num, pvalue, ratio, signed
+from edgekd.paper.format import bracket, count, num, pvalue, ratio, signed, span
 from edgekd.paper.shared import (
     counted,
     image_counts,
@@ -139,9 +139,23 @@ def teacher_size(size: Source) -> str:
             f"{r['verdict']}{why}, {TEACHER_SIZE_READING[kind]}.")
 
 
-def discussion(src: Source, gap: Source | None, pilot: Source | None, size: Source | None) -> str:
-    """What the results mean: the verdicts, when KD helped here, the capacity gap (with the teacher-size test where
-    it is committed) and the calibration effect."""
+def _seeds_needed(power: Source, src: Source) -> str:
+    """One sentence: how many seeds the inconclusive comparisons would need for 80% power at the smallest effect."""
+    names = verdicts(src)[["arch", "split", "setting"]]
+    df = power.csv("power.csv").merge(names, on=["arch", "split", "setting"], how="inner")
+    open_ = df[df["label"].map(verdict_kind) == "inconclusive"]
+    if open_.empty:
+        return ""
+    need, have = open_["seeds_power_0.02"], open_["n"]
+    return (f" Settling the inconclusive ones with 80% power at Δ = {num(power.provenance['margin'], 2)} would take {span(need, lambda x: f'{int(x)}')} "
+            f"seeds each, against the {span(have, lambda x: f'{int(x)}')} this CPU budget ran (@tbl-seeds-needed).")
+
+
+def discussion(src: Source, gap: Source | None, pilot: Source | None, size: Source | None,
+               power: Source | None = None) -> str:
+    """What the results mean: the verdicts (with the seeds the inconclusive ones would need, where the power study of
+    this reference is committed), when KD helped here, the capacity gap (with the teacher-size test where it is
+    committed) and the calibration effect."""
     paras = []
     if src.has("paired_kd.csv"):
         df = verdicts(src)
@@ -152,7 +166,8 @@ def discussion(src: Source, gap: Source | None, pilot: Source | None, size: Sour
         paras.append(
             f"**What the verdicts say.** {where}. "
             "A comparison that is inconclusive is not evidence of no effect: its minimum detectable effect says how "
-            "large a gain the seeds could have shown." + _teacher_margins(src))
+            "large a gain the seeds could have shown." + (_seeds_needed(power, src) if power is not None else "")
+            + _teacher_margins(src))
         if unsettled := intervals_disagree(df):
             paras.append(unsettled)
     if pilot is not None:

@@ -82,10 +82,11 @@ def count(n: int, noun: str, plural: str | None = None) -> str:
 
 
 def signed(x, digits: int = 3) -> str:
-    """A difference with its sign (zero without one)."""
+    """A difference with its sign; only an exact zero goes without one, so that an interval bound that rounds to zero
+    ("-0.000") still shows on which side of 0 it lies."""
     if not finite(x):
         return DASH
-    return num(0.0, digits) if round(float(x), digits) == 0 else f"{float(x):+.{digits}f}"
+    return num(0.0, digits) if float(x) == 0 else f"{float(x):+.{digits}f}"
 
 
 def span(values: pd.Series, fmt: Callable = num, sep: str = "–") -> str:

@@ -253,6 +253,7 @@ def supplement_pointer(src: Source) -> str:
          + (["@fig-external-gap"] if has("external_gap.png") else [])),
         ("S5", "the paired comparisons in full", (["@tbl-paired-kd-full"] if has("paired_kd.csv") else [])
          + (["@tbl-equal-compute"] if has("equal_compute.csv") else []) + (["@tbl-targets"] if has("targets.csv") else [])
+         + (["@tbl-seeds-needed"] if sources.power(src) is not None else [])
          + (["@tbl-kd-power"] if sources.kd_power() is not None else [])),
         ("S6", "calibration", ["@tbl-calibration", "@fig-reliability", "@tbl-operating-points"] if has("calibration.csv") else []),
         ("S7", "robustness", (["@fig-corruption-curves", "@tbl-robustness"] if has("robustness.csv") else [])

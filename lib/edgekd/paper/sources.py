@@ -132,3 +132,15 @@ def capacity_gap() -> Source | None:
     """The capacity-gap study: KD's gain under the stronger and the weaker teacher, paired by seed
     (``paper/results/studies/capacity_gap/``, ``scripts/capacity_gap.py``), if committed."""
     return _committed("capacity_gap", "studies/capacity_gap", "gap.csv")
+
+
+def power(src: Source) -> Source | None:
+    """The seeds-and-power study of ``src``'s KD comparisons (``paper/results/studies/power/``, ``scripts/power.py``),
+    only when it was computed from ``src``'s own per-seed differences (the digest it recorded), so that it never
+    describes another reference; else None."""
+    study = _committed("power", "studies/power", "power.csv")
+    if study is None or not src.has("paired_kd_seeds.csv"):
+        return None
+    recorded = {Path(k).name: v for k, v in (study.provenance.get("inputs") or {}).items()}
+    actual = hashlib.sha256((src.path / "paired_kd_seeds.csv").read_bytes()).hexdigest()
+    return study if recorded.get("paired_kd_seeds.csv") == actual else None

@@ -21,10 +21,9 @@ from edgekd.core.info import ARCH_LABELS
 from edgekd.core.words import kd_setting_words, setting_words
 from edgekd.paper import sources
 from edgekd.paper.format import DASH, Columns, and_list, ci_col, col, count, finite, human, md_table, num, ratio, signed, span
-from edgekd.paper.shared import PAIRED_NOTE, official, paired_columns, shown, verdict_cell
+from edgekd.paper.shared import PAIRED_NOTE, official, paired_columns, shown, verdict_cell, verdicts
 from edgekd.paper.sources import Source
 from edgekd.pipeline import plan, reproduce
-from edgekd.stages import tables as T
 
 
 def missing(src: Source, what: str) -> str:
@@ -639,6 +638,26 @@ def kd_power_table(src: Source) -> str:
                     "missing from both members of their pair.", text=("Setting", "Against", "Verdict"), label="kd-power")
 
 
+def seeds_needed(power: Source, src: Source) -> str:
+    """How many seeds each KD comparison would need (``scripts/power.py`` on this reference's per-seed differences):
+    the MDE today, and the seeds for 80% power at the smallest effect of interest and for a half-width within it."""
+    names = verdicts(src)[["arch", "split", "setting", "student", "method"]]
+    df = names.merge(power.csv("power.csv").drop(columns="student"), on=["arch", "split", "setting"], how="inner")
+    margin = num(power.provenance["margin"], 2)
+    return md_table(df, {"Student": col("student", str), "KD method": col("method", str), "Seeds": col("n"),
+                         "Standard deviation of Δ across seeds": col("sd", lambda x: num(x, 3)),
+                         "MDE at these seeds": col("mde_now", lambda x: num(x, 3)),
+                         f"Seeds for 80% power at Δ {margin}": col("seeds_power_0.02"),
+                         "Same, Holm's strictest step": col("seeds_power_0.02_alpha_m"),
+                         f"Seeds for a half-width ≤ {margin}": col("seeds_hw_0.02"), "Verdict": col("label", str)},
+                    "Seeds and power for each KD comparison, from this reference's per-seed differences: the "
+                    "standard deviation of the paired Δ macro-F1, the minimum detectable effect (MDE) of the paired t "
+                    "at 80% power with today's seeds, and the seeds that 80% power at the smallest effect of interest "
+                    "would need (at α 0.05, and at Holm's strictest step of the method's family), or that a 95% "
+                    "t-interval no wider than ± that effect would need (the sample standard deviation taken as the true one).",
+                    text=("KD method", "Verdict"), label="seeds-needed")
+
+
 # ----------------------------------------------------------------------------- S6: calibration and operating points
 
 
@@ -823,21 +842,30 @@ def _run_words(run_id: str) -> str:
 
 
 def int8_ops(src: Source) -> str:
-    """What ORT's profiler says about INT8 against FP32 (:func:`tables.int8_op_summary`): kernel time per call and
-    the quantise/dequantise share."""
+    """What ORT's profiler says about INT8 against FP32: kernel time per call and the quantise/dequantise share."""
     ops = src.csv("bench_int8_ops.csv")
-    table = T.int8_op_summary(ops)
-    table["model"] = table["model"].map(_run_words)
+    rows = []
+    for model, g in ops.groupby("model", sort=False):
+        kernel = g.groupby("variant")["ms_per_call"].sum()
+        int8 = g[g["variant"] == "ort_int8"]
+        conv = g[g["op_type"].str.contains("Conv")].groupby("variant")["ms_per_call"].sum()
+        rows.append({"model": _run_words(model), "fp32_ms": kernel.get("ort_fp32"), "int8_ms": kernel.get("ort_int8"),
+                     "qdq_share": int8.loc[int8["qdq"].astype(str).str.lower() == "true", "share"].sum(),
+                     "conv_fp32_ms": conv.get("ort_fp32"), "conv_int8_ms": conv.get("ort_int8")})
+    table = pd.DataFrame(rows)
     calls, threads = int(ops["calls"].iloc[0]), int(ops["threads"].iloc[0])
 
     def ms(x: float) -> str:
         return num(x, 3)
 
-    conv_speedup, qdq = table["conv_speedup"], table["qdq_share"]
-    other = table.loc[table["other_share"].idxmax()] if table["other_share"].notna().any() else None
+    conv_speedup = table["conv_fp32_ms"] / table["conv_int8_ms"]
+    qdq = table["qdq_share"]
+    int8_ops = ops[(ops["variant"] == "ort_int8") & (ops["qdq"].astype(str).str.lower() != "true")
+                   & ~ops["op_type"].str.contains("Conv")]
+    other = int8_ops.loc[int8_ops["share"].idxmax()] if len(int8_ops) else None
     verdict = ("so quantise/dequantise overhead explains a large part of what INT8 does not gain" if qdq.max() >= 0.2
                else "so quantise/dequantise overhead is not the main cost")
-    largest = (f" The largest other INT8 cost is {other['other_op']} in the {other['model']}: {other['other_share']:.0%} of its "
+    largest = (f" The largest other INT8 cost is {other['op_type']} in the {_run_words(other['model'])}: {other['share']:.0%} of its "
                "kernel time, element-wise work that the FP32 graph fuses or does not have." if other is not None else "")
     text = ("In ONNX Runtime's profile of an earlier reference's seed-0 models (the same architectures, so the same "
             f"exported graphs), the nodes that quantise activations to INT8 and back (QuantizeLinear and "

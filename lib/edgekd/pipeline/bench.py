@@ -36,7 +36,7 @@ from edgekd.core.provenance import cpu_model
 from edgekd.stages import backends as BK
 from edgekd.stages import data as D
 from edgekd.stages import efficiency as E
-from edgekd.stages import tables as T
+from edgekd.stages import tables as TB
 
 #: Target per column: speedup at least, macro-F1 delta at least (i.e. a drop of at most 0.01).
 TARGETS: dict[str, float] = {
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     if ops is not None:
         print("  ORT profiler, kernel ms per call (all, convolutions), the quantise/dequantise share of INT8 and its "
               "largest other INT8 operator:")
-        print(T.int8_op_summary(ops).to_string(index=False, float_format="{:.3f}".format))
+        print(TB.int8_op_summary(ops).to_string(index=False, float_format="{:.3f}".format))
     if csv is not None:
         table.to_csv(csv, index=False)
         print(f"  wrote {csv}")
