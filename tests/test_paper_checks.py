@@ -167,3 +167,12 @@ def test_glue_leaves_a_tables_header_row_free_to_wrap():
 def test_a_table_header_wraps_at_its_spaces_but_not_inside_a_model_name():
     table = FM.md_table(pd.DataFrame([{"x": 0.5}]), {"Class": FM.col("x"), "EfficientNet-Lite0 · KD": FM.col("x")}, "C.")
     assert table.splitlines()[0] == "| Class | EfficientNet\u2011Lite0 · KD |"
+
+
+def test_glue_keeps_a_pair_of_values_together_and_a_kd_method_cell_unwrapped():
+    """ "0.064 / 0.022" (KD / no KD) is one reading and must not split at its slash; words around a slash may; a KD
+    method's cell ("logit-standardised KD") goes whole in the no-wrap span, as a model's does."""
+    nb = "\u00a0"
+    assert FM.glue("0.064 / 0.022, 1.34 / -1.03; KD / no KD") == f"0.064{nb}/{nb}0.022, 1.34{nb}/{nb}-1.03; KD / no KD"
+    table = FM.md_table(pd.DataFrame([{"m": "logit-standardised KD"}]), {"KD method": FM.col("m", str)}, "C.")
+    assert '| <span class="name">logit-standardised KD</span> |' in table

@@ -137,7 +137,7 @@ def label_of(caption: str, words: int = 5) -> str:
 
 
 #: Table columns that hold a model's name: their cells never wrap (``.name`` in paper/paper.css).
-NAME_COLUMNS: frozenset[str] = frozenset({"Model", "Student"})
+NAME_COLUMNS: frozenset[str] = frozenset({"Model", "Student", "KD method"})
 
 #: Hyphenated names a line must not break inside (a browser breaks after a hyphen): the architectures' and one method's;
 #: :func:`glue` keeps them whole and the paper's browser check looks for any that broke.
@@ -146,6 +146,8 @@ HYPHENATED_NAMES: tuple[str, ...] = tuple(sorted({n for n in (*info.ARCH_LABELS.
 _HYPHENATED = re.compile("|".join(re.escape(n) for n in HYPHENATED_NAMES))
 #: A symbol and its value ("T 2", "α 0.5", "MDE = 0.076", "p = 0.044"), which a line must not split.
 _SYMBOL_VALUE = re.compile(r"(?<![\w\u00a0])(T|α|β|MDE =|p =|→) (?=[−+\-]?\d)")
+#: A pair of values such as "0.064 / 0.022" (KD / no KD), which reads as one.
+_VALUE_PAIR = re.compile(r"(?<=\d) / (?=[−+\-]?\d)")
 
 
 def and_list(items: Sequence[str]) -> str:
@@ -155,10 +157,12 @@ def and_list(items: Sequence[str]) -> str:
 
 
 def glue(text: str) -> str:
-    """``text`` with its hyphenated names in the no-wrap ``.name`` span and each symbol joined to its value by
-    no-break spaces, so that neither is split at a line's end (a table cell or generated prose)."""
+    """``text`` with its hyphenated names in the no-wrap ``.name`` span, each symbol joined to its value and each
+    pair of values ("0.064 / 0.022") joined by no-break spaces, so that none is split at a line's end (a table cell or
+    generated prose)."""
     def prose(part: str) -> str:
         part = _SYMBOL_VALUE.sub(lambda m: m.group(1).replace(" ", "\u00a0") + "\u00a0", part)
+        part = _VALUE_PAIR.sub("\u00a0/\u00a0", part)
         return _HYPHENATED.sub(lambda m: f'<span class="name">{m.group(0)}</span>', part)
 
     def line(text: str) -> str:
