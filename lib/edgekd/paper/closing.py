@@ -22,6 +22,7 @@ from edgekd.paper.shared import (
     kd_calibration_rows,
     method,
     official,
+    power_rows,
     shown,
     verdict_kind,
     verdicts,
@@ -141,8 +142,7 @@ def teacher_size(size: Source) -> str:
 
 def _seeds_needed(power: Source, src: Source) -> str:
     """One sentence: how many seeds the inconclusive comparisons would need for 80% power at the smallest effect."""
-    names = verdicts(src)[["arch", "split", "setting"]]
-    df = power.csv("power.csv").merge(names, on=["arch", "split", "setting"], how="inner")
+    df = power_rows(power, src)
     open_ = df[df["label"].map(verdict_kind) == "inconclusive"]
     if open_.empty:
         return ""

@@ -66,6 +66,13 @@ def counted(verdicts: pd.Series) -> str:
     return f"of the {n} comparisons, " + and_list(parts)
 
 
+def power_rows(power: Source, src: Source) -> pd.DataFrame:
+    """The power study's row for each of ``src``'s official KD comparisons, with the reference's student and method
+    names (the study names a method by its profile label)."""
+    names = verdicts(src)[["arch", "split", "setting", "student", "method"]]
+    return names.merge(power.csv("power.csv").drop(columns="student"), on=["arch", "split", "setting"], how="inner")
+
+
 def image_counts(src: Source) -> tuple[int, float] | None:
     """All images of the data and the training split's share of *nv* (``data_counts.csv``), if the results have it."""
     if not src.has("data_counts.csv"):

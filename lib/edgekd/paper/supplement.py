@@ -21,7 +21,7 @@ from edgekd.core.info import ARCH_LABELS
 from edgekd.core.words import kd_setting_words, setting_words
 from edgekd.paper import sources
 from edgekd.paper.format import DASH, Columns, and_list, ci_col, col, count, finite, human, md_table, num, ratio, signed, span
-from edgekd.paper.shared import PAIRED_NOTE, official, paired_columns, shown, verdict_cell, verdicts
+from edgekd.paper.shared import PAIRED_NOTE, official, paired_columns, power_rows, shown, verdict_cell
 from edgekd.paper.sources import Source
 from edgekd.pipeline import plan, reproduce
 
@@ -641,8 +641,7 @@ def kd_power_table(src: Source) -> str:
 def seeds_needed(power: Source, src: Source) -> str:
     """How many seeds each KD comparison would need (``scripts/power.py`` on this reference's per-seed differences):
     the MDE today, and the seeds for 80% power at the smallest effect of interest and for a half-width within it."""
-    names = verdicts(src)[["arch", "split", "setting", "student", "method"]]
-    df = names.merge(power.csv("power.csv").drop(columns="student"), on=["arch", "split", "setting"], how="inner")
+    df = power_rows(power, src)
     margin = num(power.provenance["margin"], 2)
     return md_table(df, {"Student": col("student", str), "KD method": col("method", str), "Seeds": col("n"),
                          "Standard deviation of Δ across seeds": col("sd", lambda x: num(x, 3)),
