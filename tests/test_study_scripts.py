@@ -12,7 +12,7 @@ import pytest
 from edgekd.core import info
 from edgekd.pipeline import publish
 
-SCRIPTS: tuple[str, ...] = ("capacity_gap", "kd_tuning", "power", "studies", "teacher_size")
+SCRIPTS: tuple[str, ...] = ("capacity_gap", "kd_tuning", "learning_curve", "power", "studies", "teacher_size")
 
 
 def _script(name: str):
@@ -27,6 +27,7 @@ def _argv(name: str, out: Path, tmp_path: Path) -> list[str]:
     missing = str(tmp_path / "missing")
     return {"kd_tuning": ["--runs", missing], "power": ["--reference", missing], "studies": ["--runs", missing],
             "capacity_gap": ["--strong", missing, "--weak", missing],
+            "learning_curve": ["--long", missing, "--budget", missing, "--reference", missing],
             "teacher_size": ["--large", missing, "--small", missing, "--reference", missing]}[name] + ["--out", str(out)]
 
 

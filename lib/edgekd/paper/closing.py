@@ -75,9 +75,10 @@ def intervals_disagree(df: pd.DataFrame) -> str:
             "these are the comparisons to confirm with more seeds.")
 
 
-def _pilot_budget(pilot: Source, epochs: int) -> str:
-    """What the pilot says about the fixed budget: how many KD students had their best validation epoch at the last
-    epoch, against the no-KD student's best epoch."""
+def _pilot_budget(pilot: Source, epochs: int, curve: Source | None = None) -> str:
+    """What the pilots say about the fixed budget: how many KD students had their best validation epoch at the last
+    epoch, against the no-KD student's best epoch, and, with the learning-curve pilot, how KD's validation difference
+    on the from-scratch students moved with more epochs."""
     table = pilot.csv("pilot.csv")
     kd, nokd = table[table["mode"] != "none"], table[table["mode"] == "none"]
     last = int((kd["best_epoch"] == epochs).sum())
@@ -87,9 +88,27 @@ def _pilot_budget(pilot: Source, epochs: int) -> str:
             f"the last of the {epochs} epochs")
     if len(nokd):
         text += f", where the no-KD student peaked at epoch {int(nokd['best_epoch'].iloc[0])}"
-    return (text + ". At this fixed CPU budget distillation may not have had the epochs it needs; patient, consistent "
-            "training closes much of the gap on natural images [@beyer2022knowledge], and a longer run is the next "
-            "test of that.")
+    text += (". At this fixed CPU budget distillation may not have had the epochs it needs; patient, consistent "
+             "training closes much of the gap on natural images [@beyer2022knowledge]")
+    if curve is None:
+        return text + ", and a longer run is the next test of that."
+    moved = curve.csv("kd_by_budget.csv")
+    longer = int(moved["long_epochs"].iloc[0])
+    return (text + f". Trained for {longer} epochs (one seed), the from-scratch students' KD minus no-KD difference on "
+            f"validation went from {span(moved['kd_minus_nokd_budget'], signed, ' to ')} at {epochs} epochs to "
+            f"{span(moved['kd_minus_nokd_long'], signed, ' to ')} (Supplement S9).")
+
+
+def longer_training(curve: Source) -> str:
+    """The learning-curve pilot in one clause for the Limitations: what more epochs did to validation macro-F1."""
+    table = curve.csv("learning_curve.csv")
+    budget, longer = int(table["budget_epochs"].iloc[0]), int(table["long_epochs"].iloc[0])
+    rising = table[~table["plateau_at_budget"].astype(bool)]
+    if rising.empty:
+        return f"; {longer} epochs left every from-scratch student's validation macro-F1 within 0.01 (Supplement S9)"
+    whose = "a from-scratch student's" if len(rising) == 1 else f"{len(rising)} from-scratch students'"
+    return (f": {longer / budget:g} times the epochs raised {whose} validation macro-F1 by "
+            f"{span(rising['gain'], signed, ' to ')} (Supplement S9)")
 
 
 def calibration_paragraph(src: Source) -> str | None:
@@ -152,7 +171,7 @@ def _seeds_needed(power: Source, src: Source) -> str:
 
 
 def discussion(src: Source, gap: Source | None, pilot: Source | None, size: Source | None,
-               power: Source | None = None) -> str:
+               power: Source | None = None, curve: Source | None = None) -> str:
     """What the results mean: the verdicts (with the seeds the inconclusive ones would need, where the power study of
     this reference is committed), when KD helped here, the capacity gap (with the teacher-size test where it is
     committed) and the calibration effect."""
@@ -171,7 +190,7 @@ def discussion(src: Source, gap: Source | None, pilot: Source | None, size: Sour
         if unsettled := intervals_disagree(df):
             paras.append(unsettled)
     if pilot is not None:
-        paras.append(_pilot_budget(pilot, src.numbers["student_epochs"]))
+        paras.append(_pilot_budget(pilot, src.numbers["student_epochs"], curve))
     if gap is not None:
         soft = ""
         if pilot is not None and pilot.has("teacher_softness.csv"):
@@ -196,8 +215,9 @@ def discussion(src: Source, gap: Source | None, pilot: Source | None, size: Sour
 # ----------------------------------------------------------------------------- Limitations
 
 
-def limitations(src: Source) -> str:
-    """What limits the study: the source images, the leaky split, the budget, one CPU type and no phone processor."""
+def limitations(src: Source, curve: Source | None = None) -> str:
+    """What limits the study: the source images, the leaky split, the budget (with the learning-curve pilot's answer
+    where it extended this reference's runs), one CPU type and no phone processor."""
     n, (w, h) = src.numbers, info.RAW_FRAME
     return "\n".join([
         f"- **Images.** The {n['size']} px inputs come from {w}×{h} px copies of HAM10000's 600×450 images (Methods); "
@@ -206,8 +226,10 @@ def limitations(src: Source) -> str:
         "The KD verdicts compare models on the same split and hold within it; the lesion-grouped comparison did not fit "
         "the budget (Supplement S1).",
         f"- **Budget.** Students train {n['student_epochs']} epochs on a 2-core CPU, a fixed budget rather than a "
-        "plateau (a study of the earlier recipe on a graphics processing unit (GPU) trained students twice as long: "
-        f"Supplement S5); seeds (at most {n['n_seeds']}) go where the power analysis asked for them, and the teacher "
+        + (f"plateau{longer_training(curve)}" if curve is not None else
+           "plateau (a study of the earlier recipe on a graphics processing unit (GPU) trained students twice as long: "
+           "Supplement S5)")
+        + f"; seeds (at most {n['n_seeds']}) go where the power analysis asked for them, and the teacher "
         "has 1 seed, so its interval covers test images only.",
         "- **Hardware.** Latency is measured on one x86 CPU type with ONNX Runtime, without a GPU; no phone or "
         "microcontroller processor was measured, so the speed-ups are indicative of, not equal to, those on a device.",

@@ -21,7 +21,7 @@ from edgekd.core.info import ARCH_LABELS
 from edgekd.core.words import kd_setting_words, setting_words
 from edgekd.paper import sources
 from edgekd.paper.format import DASH, Columns, and_list, ci_col, col, count, finite, human, md_table, num, ratio, signed, span
-from edgekd.paper.shared import PAIRED_NOTE, official, paired_columns, power_rows, shown, verdict_cell
+from edgekd.paper.shared import PAIRED_NOTE, figure, official, paired_columns, power_rows, shown, verdict_cell
 from edgekd.paper.sources import Source
 from edgekd.pipeline import plan, reproduce
 
@@ -1010,6 +1010,46 @@ def gpu_latency(src: Source) -> str:
 
 
 # ----------------------------------------------------------------------------- S9: training curves, classes and Grad-CAM
+
+
+def _yes(flag) -> str:
+    return "yes" if bool(flag) else "no"
+
+
+def learning_curve(study: Source) -> str:
+    """The learning-curve pilot: what the plan's rule says of the fixed budget, KD against no KD at both budgets, the
+    table of every student and the figure of its per-epoch validation curves."""
+    table, kd = study.csv("learning_curve.csv"), study.csv("kd_by_budget.csv")
+    budget, longer = int(table["budget_epochs"].iloc[0]), int(table["long_epochs"].iloc[0])
+    margin = num(study.provenance.get("margin", ST.SESOI / 2), 2)
+    rising = table[~table["plateau_at_budget"].astype(bool)]
+    still = (f"all {len(table)} were still learning at {budget} epochs" if len(rising) == len(table) else
+             f"{len(rising)} of the {len(table)} were still learning at {budget} epochs" if len(rising) else
+             f"none of the {len(table)} was still learning at {budget} epochs")
+    gains = f" (validation macro-F1 {span(rising['gain'], signed, ' to ')} higher after {longer})" if len(rising) else ""
+    flat = int(table["flat_by_long"].astype(bool).sum())
+    kd_words = and_list([f"{ARCH_LABELS.get(r.arch, r.arch)} {signed(r.kd_minus_nokd_budget)} → "
+                         f"{signed(r.kd_minus_nokd_long)}" for r in kd.itertuples()])
+    text = (f"**Longer training, on validation.** Each from-scratch student was trained once more for {longer} epochs, "
+            f"{longer / budget:g} times the main job's {budget}, with and without KD (seed 0; the main job's recipe, "
+            f"schedule and teacher otherwise), and read with a rule the analysis plan fixed before any of these numbers "
+            f"was read: the budget counts as a plateau if the longer run's validation macro-F1 (at its best epoch) "
+            f"exceeds it by less than {margin}. Of the {len(table)} students, {still}{gains}; {flat} of them changed by "
+            f"less than {margin} over the last third of the longer run. KD minus no KD on validation went, from "
+            f"{budget} to {longer} epochs: {kd_words} (one seed each, so descriptive only; @fig-learning-curve, "
+            "@tbl-learning-curve).\n\n")
+    table = table.assign(best=[f"{int(a)} / {int(b)}" for a, b in zip(table["best_epoch_budget"],
+                                                                         table["best_epoch_long"], strict=True)])
+    return text + md_table(table, {"Student": col("label", str), f"{budget} epochs": col("val_budget"),
+                                   f"{longer} epochs": col("val_long"), "Gain": col("gain", signed),
+                                   f"Best epoch ({budget} / {longer})": col("best", str),
+                                   "Flat over the last third": col("flat_by_long", _yes)},
+                           f"Validation macro-F1 of the from-scratch students at the main job's {budget} epochs and at "
+                           f"{longer} (seed 0, best epoch of each run), and whether the longer run still rose over its "
+                           f"last third (by {margin} or more).", text=("Flat over the last third",),
+                           label="learning-curve") + "\n" + figure(
+        study, "learning_curve.png", f"Validation macro-F1 per epoch of the from-scratch students trained for {longer} "
+        f"epochs (lines) and for the main job's {budget} (thin lines with markers), with and without KD, seed 0.")
 
 
 def teacher_agreement(src: Source) -> str:

@@ -1,10 +1,12 @@
-"""The KD pilot's table and its pre-declared choice, on validation only (``paper/analysis_plan.md``, "KD pilot").
+"""The validation pilots of ``paper/analysis_plan.md``: the KD pilot's table and its pre-declared choice, and the
+learning-curve pilot's plateau rule. Neither reads a test number.
 
 A pilot profile trains one student architecture and seed under many KD settings beside its no-KD twin
 (``params/kd_tuning.yaml``). :func:`pilot_table` reads each finished student's validation macro-F1 from its saved
 validation predictions (the number every selection in the project is made on) and never a test number;
-:func:`choose` applies the plan's rule to it. Both are plain functions of the run folders, so the rule is tested
-on synthetic runs before the pilot's own.
+:func:`choose` applies the plan's rule to it. The learning-curve profile (``params/learning_curve.yaml``) trains
+the from-scratch students for more epochs; :func:`learning_curve` pairs each with the main job's run at its budget.
+All are plain functions of the run folders, so the rules are tested on synthetic runs before the pilots' own.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from edgekd.core import calibration as C
+from edgekd.core import info, provenance
 from edgekd.core import metrics as M
 from edgekd.core.stats import SESOI
 from edgekd.core.words import BASELINE
-from edgekd.stages.runs import run_identity
+from edgekd.stages.figures import line_style, model_colour
+from edgekd.stages.runs import run_identity, val_macro_f1
 
 #: The KD setting the main job ran before the pilot (Hinton, alpha 0.5, T 4): kept unless another beats it by MARGIN.
 CURRENT: dict = {"mode": "hinton", "alpha": 0.5, "temperature": 4.0, "beta": 0.0, "standardize": False}
@@ -122,3 +128,120 @@ def teacher_softness(logits: np.ndarray, temperatures: list[float]) -> pd.DataFr
                      "mean_entropy_nats": float(entropy.mean()),
                      "entropy_share": float(entropy.mean() / np.log(flat.shape[1])), "n": len(flat)})
     return pd.DataFrame(rows)
+
+
+#: What may differ between a learning-curve pilot's run and the budget run it is read against: the epochs, and the
+#: folders of its teacher and of the data cache (the teacher itself must be the same network: its ``best.pt``).
+CURVE_FREE: tuple[str, ...] = ("epochs", "teacher_dir", "cache_dir")
+
+
+def _recipe(config: dict) -> dict:
+    """A run's configuration without what :data:`CURVE_FREE` lets differ."""
+    return {k: ({kk: vv for kk, vv in v.items() if kk not in CURVE_FREE} if isinstance(v, dict) else v)
+            for k, v in config.items() if k not in CURVE_FREE}
+
+
+def _teacher_weights(config: dict) -> str | None:
+    """sha256 of the ``best.pt`` of the teacher a run distilled from (None without one); refuses a teacher folder
+    that is gone, since the two runs could then not be shown to share it."""
+    if not config.get("teacher_dir"):
+        return None
+    best = Path(config["teacher_dir"]) / "best.pt"
+    if not best.is_file():
+        raise FileNotFoundError(f"{best} is missing: the run's teacher cannot be compared")
+    return provenance.file_digest(best)
+
+
+def _curve_run(run: Path) -> tuple[dict, pd.DataFrame]:
+    """A finished pilot or budget run: its ``run_config.json`` and ``history.csv``; refuses an unfinished one."""
+    if not (run / "metrics.json").is_file():
+        raise FileNotFoundError(f"{run} is not a finished run (no metrics.json)")
+    return json.loads((run / "run_config.json").read_text()), pd.read_csv(run / "history.csv")
+
+
+def learning_curve(long_dir: str | Path, budget_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The learning-curve pilot read with the plan's rule (``paper/analysis_plan.md``, "The learning-curve pilot").
+
+    Each finished student of ``long_dir`` (trained for more epochs) is paired with the student of the same folder
+    name in ``budget_dir`` (the main job's, at its budget); a pair whose runs differ in more than the epochs (or
+    distil from teachers with different weights) is refused. Per pair: validation macro-F1 of each run as trained
+    (its best epoch, from its saved validation predictions), ``gain`` (long minus budget) and ``plateau_at_budget``
+    (gain under :data:`MARGIN`); ``late_rise``, the long run's best validation macro-F1 over its last third of epochs
+    minus its best before, and ``flat_by_long`` (under :data:`MARGIN`); each run's best epoch, and the collapse guard's
+    flag. Returns that table and the per-epoch validation curves of both runs (``arch, setting, label, seed, epochs,
+    epoch, val_macro_f1``)."""
+    rows, curves = [], []
+    for cfg_path in sorted(Path(long_dir).glob("student-*/run_config.json")):
+        long_run = cfg_path.parent
+        if not (long_run / "metrics.json").is_file():
+            continue  # unfinished
+        budget_run = Path(budget_dir) / long_run.name
+        (long_cfg, long_hist), (budget_cfg, budget_hist) = _curve_run(long_run), _curve_run(budget_run)
+        if _recipe(long_cfg) != _recipe(budget_cfg) or _teacher_weights(long_cfg) != _teacher_weights(budget_cfg):
+            raise ValueError(f"{long_run} and {budget_run} differ in more than their epochs: they do not pair")
+        ident = run_identity(long_run)
+        epochs = {"long": int(long_cfg["train"]["epochs"]), "budget": int(budget_cfg["train"]["epochs"])}
+        if epochs["long"] <= epochs["budget"] or len(long_hist) != epochs["long"] or len(budget_hist) != epochs["budget"]:
+            raise ValueError(f"{long_run}: {len(long_hist)} epochs of {epochs['long']} against {budget_run}'s "
+                             f"{len(budget_hist)} of {epochs['budget']}: not a longer run of the same student")
+        f1 = {"long": val_macro_f1(long_run), "budget": val_macro_f1(budget_run)}
+        split = epochs["long"] - epochs["long"] // 3
+        curve = long_hist["val_macro_f1"]
+        late_rise = float(curve.iloc[split:].max() - curve.iloc[:split].max())
+        rows.append({"arch": ident["arch"], "setting": ident["setting"], "label": ident["label"], "seed": ident["seed"],
+                     "budget_epochs": epochs["budget"], "long_epochs": epochs["long"],
+                     "val_budget": f1["budget"], "val_long": f1["long"], "gain": f1["long"] - f1["budget"],
+                     "plateau_at_budget": f1["long"] - f1["budget"] < MARGIN, "late_rise": late_rise,
+                     "flat_by_long": late_rise < MARGIN,
+                     "best_epoch_budget": int(budget_hist["val_macro_f1"].idxmax()) + 1,
+                     "best_epoch_long": int(curve.idxmax()) + 1,
+                     "collapsed": run_identity(budget_run)["collapsed"] or ident["collapsed"]})
+        for which, hist in (("budget", budget_hist), ("long", long_hist)):
+            curves.append(pd.DataFrame({"arch": ident["arch"], "setting": ident["setting"], "label": ident["label"],
+                                        "seed": ident["seed"],
+                                        "epochs": epochs[which], "epoch": hist["epoch"],
+                                        "val_macro_f1": hist["val_macro_f1"]}))
+    if not rows:
+        raise FileNotFoundError(f"no finished student under {long_dir}")
+    return (pd.DataFrame(rows).sort_values(["arch", "setting", "seed"], ignore_index=True),
+            pd.concat(curves, ignore_index=True))
+
+
+def kd_by_budget(table: pd.DataFrame) -> pd.DataFrame:
+    """From :func:`learning_curve`'s table: per architecture and seed, validation macro-F1 with KD minus without at the
+    budget and at the longer run, and the change (descriptive: one seed, no test). Architectures without both a KD and
+    a no-KD pair are left out."""
+    rows = []
+    for (arch, seed), g in table.groupby(["arch", "seed"], sort=True):
+        by = g.set_index("setting")
+        if BASELINE not in by.index:
+            continue
+        for setting in by.index.drop(BASELINE):
+            at = {w: by.loc[setting, f"val_{w}"] - by.loc[BASELINE, f"val_{w}"] for w in ("budget", "long")}
+            rows.append({"arch": arch, "setting": setting, "seed": seed,
+                         "budget_epochs": int(by.loc[setting, "budget_epochs"]),
+                         "long_epochs": int(by.loc[setting, "long_epochs"]), "kd_minus_nokd_budget": at["budget"],
+                         "kd_minus_nokd_long": at["long"], "change": at["long"] - at["budget"]})
+    return pd.DataFrame(rows, columns=["arch", "setting", "seed", "budget_epochs", "long_epochs",
+                                       "kd_minus_nokd_budget", "kd_minus_nokd_long", "change"])
+
+
+def learning_curve_figure(curves: pd.DataFrame) -> Figure:
+    """Validation macro-F1 per epoch of :func:`learning_curve`'s runs, one panel per architecture: the longer runs as
+    lines in each model's colour and pattern (:func:`edgekd.stages.figures.line_style`), the budget runs as thin lines
+    with markers in the same colour, so that the epoch where the budget ends reads off the panel."""
+    archs = [a for a in info.ARCH_LABELS if a in set(curves["arch"])]
+    fig = Figure(figsize=(10, 2.8), layout="constrained")
+    axes = fig.subplots(1, len(archs), sharey=True, squeeze=False)[0]
+    for ax, arch in zip(axes, archs, strict=True):
+        for (label, epochs), c in curves[curves["arch"] == arch].groupby(["label", "epochs"], sort=True):
+            words = label.partition(" · ")[2]
+            longer = epochs == curves.loc[curves["arch"] == arch, "epochs"].max()
+            style = line_style(label) if longer else {"color": model_colour(label), "marker": "o", "markersize": 3,
+                                                      "linewidth": 0.8}
+            ax.plot(c["epoch"], c["val_macro_f1"], label=f"{words}, {epochs} epochs", **style)
+        ax.set(title=info.ARCH_LABELS[arch], xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7, frameon=False, loc="lower right")
+    axes[0].set_ylabel("validation macro-F1")
+    return fig
