@@ -350,7 +350,7 @@ def test_kd_power_paragraph_and_table_come_from_its_tables(tmp_path, monkeypatch
     pd.DataFrame(runs).to_csv(folder / "runs.csv", index=False)
     (folder / "provenance.json").write_text(json.dumps({"strong_teacher": "t1", "machine": {"gpu": "Some GPU"}}))
     text = supplement.kd_power_paragraph(SR.kd_power())
-    assert "(Some GPU;" in text and "3 student runs, 4 seeds per setting" in text
+    assert "(GPU), Some GPU, running" in text and "3 student runs, 4 seeds per setting" in text
     assert "same 8 epochs for 1 of 2 students" in text  # only A's interval lies above 0
     assert "gains more on average for 1 of 2 students (1 of 2 intervals above 0)" in text
     assert "is below it for 1 of 2 students: much of KD's gain" in text  # no "and above for 0"

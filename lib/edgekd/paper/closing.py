@@ -94,9 +94,9 @@ def _pilot_budget(pilot: Source, epochs: int, curve: Source | None = None) -> st
         return text + ", and a longer run is the next test of that."
     moved = curve.csv("kd_by_budget.csv")
     longer = int(moved["long_epochs"].iloc[0])
-    return (text + f". Trained for {longer} epochs (one seed), the from-scratch students' KD minus no-KD difference on "
-            f"validation went from {span(moved['kd_minus_nokd_budget'], signed, ' to ')} at {epochs} epochs to "
-            f"{span(moved['kd_minus_nokd_long'], signed, ' to ')} (Supplement S9).")
+    return (text + f". Trained for {longer} epochs (one seed each), the from-scratch students' KD minus no-KD "
+            f"difference on validation ranged from {span(moved['kd_minus_nokd_long'], signed, ' to ')}, against "
+            f"{span(moved['kd_minus_nokd_budget'], signed, ' to ')} at {epochs} epochs (Supplement S9).")
 
 
 def longer_training(curve: Source) -> str:
@@ -106,9 +106,9 @@ def longer_training(curve: Source) -> str:
     rising = table[~table["plateau_at_budget"].astype(bool)]
     if rising.empty:
         return f"; {longer} epochs left every from-scratch student's validation macro-F1 within 0.01 (Supplement S9)"
-    whose = "a from-scratch student's" if len(rising) == 1 else f"{len(rising)} from-scratch students'"
-    return (f": {longer / budget:g} times the epochs raised {whose} validation macro-F1 by "
-            f"{span(rising['gain'], signed, ' to ')} (Supplement S9)")
+    runs = f"all {len(table)}" if len(rising) == len(table) else f"{len(rising)} of {len(table)}"
+    return (f": {longer} epochs instead of {budget} raised the from-scratch students' validation macro-F1 by "
+            f"{span(rising['gain'], signed, ' to ')} in {runs} runs (Supplement S9)")
 
 
 def calibration_paragraph(src: Source) -> str | None:
@@ -231,7 +231,7 @@ def limitations(src: Source, curve: Source | None = None) -> str:
            "Supplement S5)")
         + f"; seeds (at most {n['n_seeds']}) go where the power analysis asked for them, and the teacher "
         "has 1 seed, so its interval covers test images only.",
-        "- **Hardware.** Latency is measured on one x86 CPU type with ONNX Runtime, without a GPU; no phone or "
+        "- **Hardware.** Latency is measured on one x86 CPU type with ONNX Runtime, without a graphics processor; no phone or "
         "microcontroller processor was measured, so the speed-ups are indicative of, not equal to, those on a device.",
         "- **Population.** HAM10000 comes from two sites and mostly lighter skin; the external set is another sample "
         "of the same challenge data, not a different population.",

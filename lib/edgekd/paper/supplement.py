@@ -600,8 +600,8 @@ def kd_power_paragraph(src: Source) -> str:
         f"above it for {_above(vs_long)} of {n}"] * bool(_above(vs_long))
     versus = " and ".join(sides) if sides else "neither above nor below it for any student"
     return (
-        f"A larger study on a borrowed GPU ({machine.get('gpu', 'GPU')}; "
-        f"the pipeline's own training and pairing code on the previous, from-scratch recipe at 64 px) trained "
+        f"A larger study on one borrowed graphics processing unit (GPU), {machine.get('gpu', 'unnamed')}, running "
+        f"the pipeline's own training and pairing code on the previous, from-scratch recipe at 64 px, trained "
         f"{len(students)} student runs, {pairs} seeds per setting, Hinton KD at T 4, α 0.5. With that recipe's "
         f"teacher, KD beats the no-KD student at the same {epochs} epochs for {_above(kd)} of {n} students (Δ macro-F1 "
         f"interval above 0). But training the no-KD student for twice the epochs gains more on average for {bigger} "
@@ -1023,18 +1023,18 @@ def learning_curve(study: Source) -> str:
     budget, longer = int(table["budget_epochs"].iloc[0]), int(table["long_epochs"].iloc[0])
     margin = num(study.provenance.get("margin", ST.SESOI / 2), 2)
     rising = table[~table["plateau_at_budget"].astype(bool)]
-    still = (f"all {len(table)} were still learning at {budget} epochs" if len(rising) == len(table) else
+    still = (f"all were still learning at {budget} epochs" if len(rising) == len(table) else
              f"{len(rising)} of the {len(table)} were still learning at {budget} epochs" if len(rising) else
              f"none of the {len(table)} was still learning at {budget} epochs")
     gains = f" (validation macro-F1 {span(rising['gain'], signed, ' to ')} higher after {longer})" if len(rising) else ""
     flat = int(table["flat_by_long"].astype(bool).sum())
     kd_words = and_list([f"{ARCH_LABELS.get(r.arch, r.arch)} {signed(r.kd_minus_nokd_budget)} → "
                          f"{signed(r.kd_minus_nokd_long)}" for r in kd.itertuples()])
-    text = (f"**Longer training, on validation.** Each from-scratch student was trained once more for {longer} epochs, "
-            f"{longer / budget:g} times the main job's {budget}, with and without KD (seed 0; the main job's recipe, "
+    text = (f"**Longer training, on validation.** Each from-scratch student was trained once more for {longer} epochs "
+            f"instead of the main job's {budget}, with and without KD (seed 0; the main job's recipe, "
             f"schedule and teacher otherwise), and read with a rule the analysis plan fixed before any of these numbers "
             f"was read: the budget counts as a plateau if the longer run's validation macro-F1 (at its best epoch) "
-            f"exceeds it by less than {margin}. Of the {len(table)} students, {still}{gains}; {flat} of them changed by "
+            f"exceeds it by less than {margin}. Of these {len(table)} runs, {still}{gains}; {flat} of them changed by "
             f"less than {margin} over the last third of the longer run. KD minus no KD on validation went, from "
             f"{budget} to {longer} epochs: {kd_words} (one seed each, so descriptive only; @fig-learning-curve, "
             "@tbl-learning-curve).\n\n")
