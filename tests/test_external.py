@@ -16,11 +16,11 @@ from edgekd.core import info
 from edgekd.core import metrics as M
 from edgekd.core.config import ExternalSet, parse_external
 from edgekd.core.inference import load_run, predict, read_config
-from edgekd.core.info import CLASS_NAMES
+from edgekd.core.info import CLASS_NAMES, NUM_CLASSES
 from edgekd.pipeline import plan as PL
 from edgekd.pipeline import runner as R
 from edgekd.stages import evaluate as V
-from edgekd.stages.external import deployed_metrics, evaluate_external, load_external
+from edgekd.stages.external import deployed_metrics, deployed_table, evaluate_external, load_external
 from edgekd.stages.operating import fit_deployment
 
 
@@ -192,3 +192,19 @@ def test_runner_refuses_an_external_set_it_cannot_score_before_any_work(tmp_path
         err = capsys.readouterr().err
         assert "external set 'isic'" in err and "Traceback" not in err, err
     assert not outputs.exists()
+
+
+def test_deployed_table_equals_each_metrics_own_bootstrap_bitwise():
+    """The table shares work across metrics (one headline table, one operating report per resample); every row must be
+    exactly what that metric's own bootstrap of its reference function gives."""
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 5, 250)  # two classes absent: macro-F1 over the classes present
+    logits = rng.normal(size=(250, NUM_CLASSES))
+    logits[np.arange(250), y] += 1.5
+    probs = softmax(logits, axis=1)
+    fitted = {"temperature": 1.0, "melanoma_threshold": 0.2, "abstain_threshold": 0.3}
+    table = deployed_table(y, probs, fitted, n_resamples=150, seed=2).set_index("metric")
+    fns = deployed_metrics(fitted, M.scored_classes(y))
+    assert list(table.index) == list(fns)
+    for name, fn in fns.items():
+        assert tuple(table.loc[name]) == M.bootstrap_ci(y, probs, fn, 150, 2), name

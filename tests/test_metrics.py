@@ -132,15 +132,36 @@ def test_bootstrap_ci_accuracy_close_to_normal_approximation() -> None:
     assert low < narrow[1] < narrow[2] < high
 
 
-def test_bootstrap_table_rows_equal_bootstrap_ci() -> None:
-    y, probs = random_case(400, 6)
-    table = M.bootstrap_table(y, probs, n_resamples=100, seed=7).set_index("metric")
+@pytest.mark.parametrize("n, classes, subset", [(400, NUM_CLASSES, False), (60, 4, False), (300, 5, True)])
+def test_bootstrap_table_rows_equal_bootstrap_ci_of_the_sklearn_functions_bitwise(n, classes, subset) -> None:
+    """The vectorised table scores every resample with count_metrics; each row must be exactly what the reference
+    function's own bootstrap gives (same draws, sklearn per resample), classes absent or not."""
+    rng = np.random.default_rng(n)
+    y = rng.integers(0, classes, n)
+    logits = rng.normal(size=(n, NUM_CLASSES))
+    logits[np.arange(n), y] += 1.0
+    probs = softmax(logits, axis=1)
+    labels = M.scored_classes(y) if subset else M.LABELS
+    table = M.bootstrap_table(y, probs, n_resamples=200, seed=7, labels=labels).set_index("metric")
     assert list(table.index) == ["accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "auc"]
-    for name in ("macro_f1", "auc"):
-        expected = M.bootstrap_ci(y, probs, M.HEADLINE[name], n_resamples=100, seed=7)
-        np.testing.assert_allclose(
-            table.loc[name, ["value", "ci_low", "ci_high"]].astype(float), expected
-        )
+    for name, fn in M.headline(labels).items():
+        expected = M.bootstrap_ci(y, probs, fn, n_resamples=200, seed=7)
+        assert tuple(table.loc[name, ["value", "ci_low", "ci_high"]].astype(float)) == expected, name
+
+
+def test_count_metrics_of_a_batch_equal_sklearn_per_resample_bitwise() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, NUM_CLASSES - 2, (50, 80))  # two classes never occur
+    pred = np.where(rng.random((50, 80)) < 0.5, y, rng.integers(0, NUM_CLASSES, (50, 80)))
+    got = M.count_metrics(M.batch_confusion_counts(y, pred), labels=np.arange(3))
+    for i in range(50):
+        assert got["accuracy"][i] == skm.accuracy_score(y[i], pred[i])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert got["balanced_accuracy"][i] == skm.balanced_accuracy_score(y[i], pred[i])
+        assert got["macro_f1"][i] == skm.f1_score(y[i], pred[i], labels=range(3), average="macro", zero_division=0)
+        assert got["weighted_f1"][i] == skm.f1_score(y[i], pred[i], labels=LABELS, average="weighted", zero_division=0)
+    assert np.array_equal(M.batch_confusion_counts(y, pred)[7], M.confusion_counts(y[7], pred[7]))
 
 
 def test_seed_summary() -> None:

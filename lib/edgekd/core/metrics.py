@@ -104,6 +104,34 @@ def confusion_counts(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return flat.reshape(NUM_CLASSES, NUM_CLASSES)
 
 
+def batch_confusion_counts(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(..., K, K) confusion counts of label arrays ``y`` and ``pred`` of shape (..., N): one matrix per leading index
+    (a bootstrap's resamples), as :func:`confusion_counts` of each."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    lead = y.shape[:-1]
+    offset = np.arange(int(np.prod(lead, dtype=int))).reshape(*lead, 1) * NUM_CLASSES**2
+    flat = np.bincount((offset + y * NUM_CLASSES + pred).ravel(), minlength=max(1, offset.size) * NUM_CLASSES**2)
+    return flat.reshape(*lead, NUM_CLASSES, NUM_CLASSES)
+
+
+def count_metrics(cm: np.ndarray, labels: np.ndarray = LABELS) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy, macro-F1 over ``labels`` and weighted F1 (over every class) from confusion counts
+    ``cm`` of shape (..., K, K), each of shape (...): the values sklearn gives (:data:`HEADLINE`, bitwise, by the same
+    arithmetic in the same order), without its per-call checks, so a bootstrap scores all its resamples at once.
+    Balanced accuracy is over the classes present in the labels; F1 counts 0/0 as 0."""
+    cm = np.asarray(cm)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(float)
+    support, predicted = cm.sum(-1), cm.sum(-2)
+    denom = (support + predicted).astype(float)
+    f1_per = np.divide(2.0 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = support > 0
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=present)
+    return {"accuracy": tp.sum(-1) / cm.sum((-2, -1)),
+            "balanced_accuracy": recall.sum(-1) / present.sum(-1),
+            "macro_f1": f1_per[..., np.asarray(labels)].mean(-1),
+            "weighted_f1": (f1_per * support).sum(-1) / support.sum(-1)}
+
+
 def macro_f1_from_counts(cm: np.ndarray) -> float:
     """Macro F1 from a confusion matrix (fast path for threshold search; 0/0 counts as 0)."""
     tp = np.diag(cm).astype(float)
@@ -137,7 +165,7 @@ def top_confusions(y: np.ndarray, pred: np.ndarray, k: int = 5) -> pd.DataFrame:
     return df.head(k).reset_index(drop=True)
 
 
-def _percentile_bootstrap(
+def percentile_bootstrap(
     y: np.ndarray,
     probs: np.ndarray,
     statistic: Callable[[np.ndarray, np.ndarray], float | np.ndarray],
@@ -171,24 +199,28 @@ def bootstrap_ci(
     ``scipy.stats.bootstrap`` with ``method='percentile'`` on the image indices, so labels and
     probabilities are resampled together (paired).
     """
-    low, high = _percentile_bootstrap(y, probs, metric_fn, n_resamples, seed, confidence)
+    low, high = percentile_bootstrap(y, probs, metric_fn, n_resamples, seed, confidence)
     return float(metric_fn(y, probs)), float(low), float(high)
 
 
 def bootstrap_table(y: np.ndarray, probs: np.ndarray, n_resamples: int, seed: int, labels: np.ndarray = LABELS) -> pd.DataFrame:
     """Headline metrics (macro-F1 over ``labels``) with 95% percentile bootstrap intervals.
 
-    All metrics share one set of resamples; each row equals ``bootstrap_ci`` with the same seed.
+    All metrics share one set of resamples; each row equals ``bootstrap_ci`` with the same seed and the
+    :func:`headline` function (the same draws of ``scipy.stats.bootstrap``, scored by :func:`count_metrics`, which
+    gives sklearn's values, and :func:`ovr_auc`). The point values are the reference implementations'.
     """
     fns = headline(labels)
 
-    def all_metrics(yy: np.ndarray, pp: np.ndarray) -> np.ndarray:
-        return np.array([fn(yy, pp) for fn in fns.values()])
+    def all_resamples(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        counts = count_metrics(batch_confusion_counts(y[idx], probs[idx].argmax(-1)), labels)
+        auc = np.array([ovr_auc(y[i], probs[i]) for i in idx.reshape(-1, idx.shape[-1])]).reshape(idx.shape[:-1])
+        return np.stack([auc if name == "auc" else counts[name] for name in fns])
 
-    low, high = _percentile_bootstrap(y, probs, all_metrics, n_resamples, seed, 0.95)
-    return pd.DataFrame(
-        {"metric": list(fns), "value": all_metrics(y, probs), "ci_low": low, "ci_high": high}
-    )
+    res = stats.bootstrap((np.arange(len(y)),), all_resamples, n_resamples=n_resamples, vectorized=True,
+                          confidence_level=0.95, method="percentile", rng=np.random.default_rng(seed))
+    return pd.DataFrame({"metric": list(fns), "value": [float(fn(y, probs)) for fn in fns.values()],
+                         "ci_low": res.confidence_interval.low, "ci_high": res.confidence_interval.high})
 
 
 def seed_summary(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:

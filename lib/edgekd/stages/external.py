@@ -91,11 +91,23 @@ def deployed_metrics(fitted: Mapping[str, float], labels: np.ndarray = M.LABELS)
 
 def deployed_table(y: np.ndarray, probs: np.ndarray, fitted: Mapping[str, float], n_resamples: int, seed: int) -> pd.DataFrame:
     """:func:`deployed_metrics` of calibrated ``probs`` with percentile bootstrap intervals (same resamples per metric;
-    macro-F1 over the classes of ``y``, :func:`edgekd.core.metrics.scored_classes`)."""
-    rows = []
-    for name, fn in deployed_metrics(fitted, M.scored_classes(y)).items():
-        value, low, high = M.bootstrap_ci(y, probs, fn, n_resamples, seed)
-        rows.append({"metric": name, "value": value, "ci_low": low, "ci_high": high})
+    macro-F1 over the classes of ``y``, :func:`edgekd.core.metrics.scored_classes`). The headline metrics come from
+    :func:`edgekd.core.metrics.bootstrap_table` and the operating ones from one report per resample: the values each
+    metric's own bootstrap gives, computed once."""
+    labels = M.scored_classes(y)
+    fns = deployed_metrics(fitted, labels)
+    found = M.bootstrap_table(y, probs, n_resamples, seed, labels).set_index("metric")[["value", "ci_low", "ci_high"]]
+
+    def operating(yy: np.ndarray, pp: np.ndarray) -> np.ndarray:
+        report = operating_report(yy, pp, dict(fitted))
+        return np.array([report[k] for k in OPERATING])
+
+    low, high = M.percentile_bootstrap(y, probs, operating, n_resamples, seed, 0.95)
+    found = pd.concat([found, pd.DataFrame({"value": operating(y, probs), "ci_low": low, "ci_high": high}, index=OPERATING)])
+    rows = [{"metric": name, **({k: float(v) for k, v in found.loc[name].items()} if name in found.index else
+                                dict(zip(("value", "ci_low", "ci_high"), M.bootstrap_ci(y, probs, fn, n_resamples, seed),
+                                         strict=True)))}
+            for name, fn in fns.items()]
     return pd.DataFrame(rows)
 
 

@@ -61,17 +61,6 @@ def seed_metrics(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def count_metrics(cm: np.ndarray) -> dict[str, float]:
-    """Accuracy, balanced accuracy, macro- and weighted F1 from a confusion matrix, as sklearn computes them
-    (:data:`metrics.HEADLINE`): balanced accuracy over the classes present, F1 over every class with 0/0 as 0."""
-    tp, support, predicted = np.diag(cm).astype(float), cm.sum(1), cm.sum(0)
-    denom = support + predicted
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    present = support > 0
-    return {"accuracy": float(tp.sum() / cm.sum()), "balanced_accuracy": float(np.mean(tp[present] / support[present])),
-            "macro_f1": float(f1.mean()), "weighted_f1": float((f1 * support).sum() / support.sum())}
-
-
 def hierarchical_interval(y: np.ndarray, probs: Sequence[np.ndarray], n_resamples: int = 2000, seed: int = 0,
                           confidence: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile interval of each headline metric's mean over a model's seeds, from a hierarchical bootstrap.
@@ -90,7 +79,7 @@ def hierarchical_interval(y: np.ndarray, probs: Sequence[np.ndarray], n_resample
         seeds = rng.integers(0, k, k)
         idx = rng.integers(0, n, n)
         yy = y[idx]
-        per = {s: count_metrics(M.confusion_counts(yy, preds[s][idx])) | {"auc": M.ovr_auc(yy, probs[s][idx])}
+        per = {s: M.count_metrics(M.confusion_counts(yy, preds[s][idx])) | {"auc": M.ovr_auc(yy, probs[s][idx])}
                for s in set(seeds.tolist())}
         for m, values in draws.items():
             values[r] = np.mean([per[s][m] for s in seeds])
