@@ -24,6 +24,7 @@ import torch  # noqa: F401  (provenance.machine() reads the CPU's instruction se
 
 from edgekd.core import info, provenance
 from edgekd.core.files import atomic_write, file_digest
+from edgekd.paper import sources as SR
 from edgekd.pipeline import publish
 from edgekd.stages import tuning as TU
 
@@ -33,13 +34,13 @@ WRITES: tuple[str, ...] = ("learning_curve.csv", "kd_by_budget.csv", "curves.csv
 
 
 def published(table: pd.DataFrame, reference: Path) -> pd.Series:
-    """Whether each budget run's validation macro-F1 equals, bitwise, the published reference's run of the same id;
-    refuses a reference that lacks one of them."""
+    """Whether each budget run's validation macro-F1 equals, bitwise, the published reference's run of the same id
+    (:func:`edgekd.paper.sources.extended_runs`, the paper's own test); refuses a reference that lacks one of them."""
     runs = pd.read_csv(reference / "runs.csv").set_index("run_id")["val_macro_f1"]
-    ids = [f"student-{r.arch}-{r.setting}-s{r.seed}" for r in table.itertuples()]
-    if missing := [i for i in ids if i not in runs.index]:
+    same = SR.extended_runs(table, runs)
+    if missing := [i for i in same.index if i not in runs.index]:
         raise ValueError(f"{reference} holds no run {', '.join(missing)}: the budget runs are not the reference's")
-    return pd.Series([runs[i] == v for i, v in zip(ids, table["val_budget"], strict=True)], index=table.index)
+    return pd.Series(same.to_numpy(), index=table.index)
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -27,6 +27,7 @@ import torch  # noqa: F401  (provenance.machine() reads the CPU's instruction se
 from edgekd.core import info, provenance, stats
 from edgekd.core.files import atomic_write, file_digest
 from edgekd.pipeline import plan, publish, reproduce
+from edgekd.stages import tuning as TU
 
 ARCH, SETTING, BASELINE = "resnet18", "kd", "nokd"
 #: What this script writes into ``--out``; a folder holding any other file is refused.
@@ -45,10 +46,8 @@ def _run(folder: Path) -> tuple[dict, dict]:
     return m, json.loads(config.read_text())
 
 
-def _recipe(config: dict) -> dict:
-    """A run's recipe without the teacher it distils and its cache folder: equal for the two students of a seed."""
-    data = {k: v for k, v in config.get("data", {}).items() if k != "cache_dir"}
-    return {**{k: v for k, v in config.items() if k != "teacher_dir"}, "data": data}
+#: What the two students of a seed may differ in: their teacher and its cache folder.
+FREE: tuple[str, ...] = ("teacher_dir", "cache_dir")
 
 
 def pairs(large: Path, small: Path) -> pd.DataFrame:
@@ -61,7 +60,7 @@ def pairs(large: Path, small: Path) -> pd.DataFrame:
         with_small, small_cfg = _run(folder)
         with_large, large_cfg = _run(large / folder.name)
         nokd, _ = _run(large / f"student-{ARCH}-{BASELINE}-s{seed}")
-        if _recipe(small_cfg) != _recipe(large_cfg):
+        if TU.recipe(small_cfg, FREE) != TU.recipe(large_cfg, FREE):
             raise ValueError(f"{folder} and {large / folder.name} differ in more than their teacher: they do not pair")
         rows.append({"seed": int(seed), "val_kd_64px_teacher": with_small["val_macro_f1"],
                      "val_kd_128px_teacher": with_large["val_macro_f1"], "val_nokd": nokd["val_macro_f1"],

@@ -146,15 +146,21 @@ def power(src: Source) -> Source | None:
     return study if recorded.get("paired_kd_seeds.csv") == actual else None
 
 
+def extended_runs(table: pd.DataFrame, runs: pd.Series) -> pd.Series:
+    """Per row of a learning-curve table (``scripts/learning_curve.py``), indexed by its budget run's id: whether that
+    run is the one of the same id in ``runs`` (a reference's validation macro-F1 by run id), bitwise; False for a run
+    the reference lacks."""
+    ids = [f"student-{r.arch}-{r.setting}-s{r.seed}" for r in table.itertuples()]
+    return pd.Series([i in runs.index and runs[i] == v for i, v in zip(ids, table["val_budget"], strict=True)],
+                     index=ids, dtype=bool)
+
+
 def learning_curve(src: Source) -> Source | None:
     """The learning-curve pilot (``paper/results/studies/learning_curve/``, ``scripts/learning_curve.py``), only when
-    every budget run it extended is ``src``'s own run (the same run id, its validation macro-F1 bitwise equal), so that
-    its 8-epoch points are the reference's; else None."""
+    every budget run it extended is ``src``'s own run (:func:`extended_runs`), so that its 8-epoch points are the
+    reference's; else None."""
     study = _committed("learning_curve", "studies/learning_curve", "learning_curve.csv")
     if study is None or not src.has("runs.csv"):
         return None
     runs = src.csv("runs.csv").set_index("run_id")["val_macro_f1"]
-    table = study.csv("learning_curve.csv")
-    ids = [f"student-{r.arch}-{r.setting}-s{r.seed}" for r in table.itertuples()]
-    same = all(i in runs.index and runs[i] == v for i, v in zip(ids, table["val_budget"], strict=True))
-    return study if same else None
+    return study if extended_runs(study.csv("learning_curve.csv"), runs).all() else None

@@ -95,19 +95,19 @@ def deployed_table(y: np.ndarray, probs: np.ndarray, fitted: Mapping[str, float]
     :func:`edgekd.core.metrics.bootstrap_table` and the operating ones from one report per resample: the values each
     metric's own bootstrap gives, computed once."""
     labels = M.scored_classes(y)
-    fns = deployed_metrics(fitted, labels)
-    found = M.bootstrap_table(y, probs, n_resamples, seed, labels).set_index("metric")[["value", "ci_low", "ci_high"]]
+    headline = M.bootstrap_table(y, probs, n_resamples, seed, labels).set_index("metric")
+    found = {name: tuple(row) for name, row in headline[["value", "ci_low", "ci_high"]].iterrows()}
 
     def operating(yy: np.ndarray, pp: np.ndarray) -> np.ndarray:
         report = operating_report(yy, pp, dict(fitted))
         return np.array([report[k] for k in OPERATING])
 
     low, high = M.percentile_bootstrap(y, probs, operating, n_resamples, seed, 0.95)
-    found = pd.concat([found, pd.DataFrame({"value": operating(y, probs), "ci_low": low, "ci_high": high}, index=OPERATING)])
-    rows = [{"metric": name, **({k: float(v) for k, v in found.loc[name].items()} if name in found.index else
-                                dict(zip(("value", "ci_low", "ci_high"), M.bootstrap_ci(y, probs, fn, n_resamples, seed),
-                                         strict=True)))}
-            for name, fn in fns.items()]
+    found |= dict(zip(OPERATING, zip(operating(y, probs), low, high, strict=True), strict=True))
+    rows = []
+    for name, fn in deployed_metrics(fitted, labels).items():
+        value, ci_low, ci_high = found[name] if name in found else M.bootstrap_ci(y, probs, fn, n_resamples, seed)
+        rows.append({"metric": name, "value": float(value), "ci_low": float(ci_low), "ci_high": float(ci_high)})
     return pd.DataFrame(rows)
 
 

@@ -26,7 +26,7 @@ from edgekd.core import metrics as M
 from edgekd.core.stats import SESOI
 from edgekd.core.words import BASELINE
 from edgekd.stages.figures import line_style, model_colour
-from edgekd.stages.runs import run_identity, val_macro_f1
+from edgekd.stages.runs import run_identity
 
 #: The KD setting the main job ran before the pilot (Hinton, alpha 0.5, T 4): kept unless another beats it by MARGIN.
 CURRENT: dict = {"mode": "hinton", "alpha": 0.5, "temperature": 4.0, "beta": 0.0, "standardize": False}
@@ -135,10 +135,11 @@ def teacher_softness(logits: np.ndarray, temperatures: list[float]) -> pd.DataFr
 CURVE_FREE: tuple[str, ...] = ("epochs", "teacher_dir", "cache_dir")
 
 
-def _recipe(config: dict) -> dict:
-    """A run's configuration without what :data:`CURVE_FREE` lets differ."""
-    return {k: ({kk: vv for kk, vv in v.items() if kk not in CURVE_FREE} if isinstance(v, dict) else v)
-            for k, v in config.items() if k not in CURVE_FREE}
+def recipe(config: dict, free: tuple[str, ...]) -> dict:
+    """A run's configuration (``run_config.json``) without the keys ``free``, at its top level and in its sections:
+    equal for two runs that pair when only those differ."""
+    return {k: ({kk: vv for kk, vv in v.items() if kk not in free} if isinstance(v, dict) else v)
+            for k, v in config.items() if k not in free}
 
 
 def _teacher_weights(config: dict) -> str | None:
@@ -177,14 +178,15 @@ def learning_curve(long_dir: str | Path, budget_dir: str | Path) -> tuple[pd.Dat
             continue  # unfinished
         budget_run = Path(budget_dir) / long_run.name
         (long_cfg, long_hist), (budget_cfg, budget_hist) = _curve_run(long_run), _curve_run(budget_run)
-        if _recipe(long_cfg) != _recipe(budget_cfg) or _teacher_weights(long_cfg) != _teacher_weights(budget_cfg):
+        if (recipe(long_cfg, CURVE_FREE) != recipe(budget_cfg, CURVE_FREE)
+                or _teacher_weights(long_cfg) != _teacher_weights(budget_cfg)):
             raise ValueError(f"{long_run} and {budget_run} differ in more than their epochs: they do not pair")
-        ident = run_identity(long_run)
+        ident, budget_ident = run_identity(long_run), run_identity(budget_run)
         epochs = {"long": int(long_cfg["train"]["epochs"]), "budget": int(budget_cfg["train"]["epochs"])}
         if epochs["long"] <= epochs["budget"] or len(long_hist) != epochs["long"] or len(budget_hist) != epochs["budget"]:
             raise ValueError(f"{long_run}: {len(long_hist)} epochs of {epochs['long']} against {budget_run}'s "
                              f"{len(budget_hist)} of {epochs['budget']}: not a longer run of the same student")
-        f1 = {"long": val_macro_f1(long_run), "budget": val_macro_f1(budget_run)}
+        f1 = {"long": ident["val_macro_f1"], "budget": budget_ident["val_macro_f1"]}
         split = epochs["long"] - epochs["long"] // 3
         curve = long_hist["val_macro_f1"]
         late_rise = float(curve.iloc[split:].max() - curve.iloc[:split].max())
@@ -195,7 +197,7 @@ def learning_curve(long_dir: str | Path, budget_dir: str | Path) -> tuple[pd.Dat
                      "flat_by_long": late_rise < MARGIN,
                      "best_epoch_budget": int(budget_hist["val_macro_f1"].idxmax()) + 1,
                      "best_epoch_long": int(curve.idxmax()) + 1,
-                     "collapsed": run_identity(budget_run)["collapsed"] or ident["collapsed"]})
+                     "collapsed": budget_ident["collapsed"] or ident["collapsed"]})
         for which, hist in (("budget", budget_hist), ("long", long_hist)):
             curves.append(pd.DataFrame({"arch": ident["arch"], "setting": ident["setting"], "label": ident["label"],
                                         "seed": ident["seed"],
@@ -234,10 +236,10 @@ def learning_curve_figure(curves: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(10, 2.8), layout="constrained")
     axes = fig.subplots(1, len(archs), sharey=True, squeeze=False)[0]
     for ax, arch in zip(axes, archs, strict=True):
-        for (label, epochs), c in curves[curves["arch"] == arch].groupby(["label", "epochs"], sort=True):
+        panel = curves[curves["arch"] == arch]
+        for (label, epochs), c in panel.groupby(["label", "epochs"], sort=True):
             words = label.partition(" · ")[2]
-            longer = epochs == curves.loc[curves["arch"] == arch, "epochs"].max()
-            style = line_style(label) if longer else {"color": model_colour(label), "marker": "o", "markersize": 3,
+            style = line_style(label) if epochs == panel["epochs"].max() else {"color": model_colour(label), "marker": "o", "markersize": 3,
                                                       "linewidth": 0.8}
             ax.plot(c["epoch"], c["val_macro_f1"], label=f"{words}, {epochs} epochs", **style)
         ax.set(title=info.ARCH_LABELS[arch], xlabel="epoch")
